@@ -1,0 +1,349 @@
+//! Error values. The core never panics on bad input: every failure is one of these.
+
+use core::fmt;
+
+/// Which of the two networks in a model file an error refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkKind {
+    /// The score model `D` (denoiser).
+    Denoiser,
+    /// The classifier `C`.
+    Classifier,
+}
+
+impl fmt::Display for NetworkKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NetworkKind::Denoiser => "denoiser",
+            NetworkKind::Classifier => "classifier",
+        })
+    }
+}
+
+/// Which tensor of a dense layer an error refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorKind {
+    /// int8 weights, row-major `[outputs][inputs]`.
+    Weights,
+    /// One little-endian f32 scale per output row.
+    Scales,
+    /// One little-endian f32 bias per output row.
+    Bias,
+}
+
+impl fmt::Display for TensorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TensorKind::Weights => "weights",
+            TensorKind::Scales => "scales",
+            TensorKind::Bias => "bias",
+        })
+    }
+}
+
+/// A purifier setting outside its allowed range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ConfigError {
+    /// σ must be finite and > 0.
+    Sigma(f32),
+    /// M must be in `1..=MAX_NOISE_SAMPLES`.
+    NoiseSamples(u32),
+    /// K must be at most `MAX_ITERS`.
+    Iterations(u32),
+    /// η must be finite and > 0.
+    StepSize(f32),
+    /// ρ must be finite and ≥ 0.
+    Rho(f32),
+    /// δ must be finite and ≥ 0.
+    Radius(f32),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::purify::{MAX_ITERS, MAX_NOISE_SAMPLES};
+        match *self {
+            ConfigError::Sigma(v) => write!(f, "noise level sigma = {v} must be finite and > 0"),
+            ConfigError::NoiseSamples(v) => write!(
+                f,
+                "noise samples M = {v} must be between 1 and {MAX_NOISE_SAMPLES}"
+            ),
+            ConfigError::Iterations(v) => {
+                write!(f, "iterations K = {v} exceeds the limit of {MAX_ITERS}")
+            }
+            ConfigError::StepSize(v) => write!(f, "step size eta = {v} must be finite and > 0"),
+            ConfigError::Rho(v) => write!(f, "SAM radius rho = {v} must be finite and >= 0"),
+            ConfigError::Radius(v) => {
+                write!(f, "purification radius delta = {v} must be finite and >= 0")
+            }
+        }
+    }
+}
+
+impl core::error::Error for ConfigError {}
+
+/// Why a `.psm` model file was rejected (or could not be written).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum FormatError {
+    /// Fewer bytes than the fixed prefix plus the CRC.
+    TooShort {
+        /// Bytes present.
+        len: usize,
+    },
+    /// The first four bytes are not `PSMR`.
+    BadMagic([u8; 4]),
+    /// A format version this build cannot read.
+    UnsupportedVersion(u16),
+    /// Flag bits this build does not know.
+    UnknownFlags(u16),
+    /// The payload length in the prefix disagrees with the file size.
+    PayloadLength {
+        /// Payload length the prefix declares.
+        declared: u32,
+        /// Payload bytes actually present between prefix and CRC.
+        actual: usize,
+    },
+    /// The CRC-32 over prefix and payload does not match.
+    CrcMismatch {
+        /// CRC stored in the file.
+        stored: u32,
+        /// CRC computed over the bytes read.
+        computed: u32,
+    },
+    /// The postcard payload could not be decoded (truncated field, bad tag,
+    /// invalid UTF-8, too many layers or classes, ...).
+    MalformedPayload,
+    /// The postcard payload decoded but left bytes unused.
+    TrailingPayload {
+        /// Unused bytes.
+        extra: usize,
+    },
+    /// The input shape has a zero dimension or is implausibly large.
+    InputShape {
+        /// Channels.
+        channels: u16,
+        /// Height.
+        height: u16,
+        /// Width.
+        width: u16,
+    },
+    /// A network has no layers.
+    EmptyNetwork(NetworkKind),
+    /// A layer dimension is zero or above `MAX_DIM`.
+    LayerDimension {
+        /// Network.
+        network: NetworkKind,
+        /// Layer index.
+        layer: usize,
+        /// The offending dimension.
+        dim: u32,
+    },
+    /// A layer's input length does not equal the previous layer's output length.
+    LayerShape {
+        /// Network.
+        network: NetworkKind,
+        /// Layer index.
+        layer: usize,
+        /// Length the previous layer produces.
+        expected: usize,
+        /// Length this layer accepts.
+        found: usize,
+    },
+    /// A tensor has the wrong number of bytes for its layer's shape.
+    TensorLength {
+        /// Network.
+        network: NetworkKind,
+        /// Layer index.
+        layer: usize,
+        /// Which tensor.
+        tensor: TensorKind,
+        /// Bytes required.
+        expected: usize,
+        /// Bytes present.
+        found: usize,
+    },
+    /// A quantisation scale is NaN, infinite, zero or negative.
+    BadScale {
+        /// Network.
+        network: NetworkKind,
+        /// Layer index.
+        layer: usize,
+        /// Output row.
+        row: usize,
+    },
+    /// A bias is NaN or infinite.
+    BadBias {
+        /// Network.
+        network: NetworkKind,
+        /// Layer index.
+        layer: usize,
+        /// Output row.
+        row: usize,
+    },
+    /// A network's output length is wrong (denoiser: the input length;
+    /// classifier: the number of classes).
+    OutputLength {
+        /// Network.
+        network: NetworkKind,
+        /// Required output length.
+        expected: usize,
+        /// Output length of the last layer.
+        found: usize,
+    },
+    /// No class names.
+    NoClasses,
+    /// The default purifier configuration is out of range.
+    Config(ConfigError),
+    /// The output buffer given to the writer is too small.
+    BufferTooSmall {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes available.
+        available: usize,
+    },
+}
+
+impl fmt::Display for FormatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use FormatError::*;
+        match *self {
+            TooShort { len } => write!(
+                f,
+                "file is {len} bytes, shorter than the {} bytes of prefix and CRC; it is truncated or not a model file",
+                crate::format::PREFIX_LEN + crate::format::CRC_LEN
+            ),
+            BadMagic(m) => write!(
+                f,
+                "bad magic {:02x} {:02x} {:02x} {:02x}: not a PurSAMERE model file (expected \"PSMR\")",
+                m[0], m[1], m[2], m[3]
+            ),
+            UnsupportedVersion(v) => write!(
+                f,
+                "model format version {v} is not supported (this build reads version {})",
+                crate::format::FORMAT_VERSION
+            ),
+            UnknownFlags(v) => write!(f, "unknown flag bits {v:#06x} in the model file prefix"),
+            PayloadLength { declared, actual } => write!(
+                f,
+                "prefix declares a {declared}-byte payload but {actual} bytes are present; the file is truncated or has trailing data"
+            ),
+            CrcMismatch { stored, computed } => write!(
+                f,
+                "CRC-32 mismatch (stored {stored:#010x}, computed {computed:#010x}): the file is corrupt"
+            ),
+            MalformedPayload => f.write_str(
+                "payload could not be decoded (corrupt field, too many layers or classes, or invalid text)",
+            ),
+            TrailingPayload { extra } => {
+                write!(f, "payload has {extra} unused bytes after the last field")
+            }
+            InputShape { channels, height, width } => write!(
+                f,
+                "input shape {channels}x{height}x{width} is empty or too large"
+            ),
+            EmptyNetwork(n) => write!(f, "the {n} has no layers"),
+            LayerDimension { network, layer, dim } => write!(
+                f,
+                "{network} layer {layer}: dimension {dim} is zero or above {}",
+                crate::format::MAX_DIM
+            ),
+            LayerShape { network, layer, expected, found } => write!(
+                f,
+                "{network} layer {layer} takes {found} inputs but the previous layer produces {expected}"
+            ),
+            TensorLength { network, layer, tensor, expected, found } => write!(
+                f,
+                "{network} layer {layer}: {tensor} tensor has {found} bytes, expected {expected}"
+            ),
+            BadScale { network, layer, row } => write!(
+                f,
+                "{network} layer {layer}: scale of row {row} is not a finite positive number"
+            ),
+            BadBias { network, layer, row } => {
+                write!(f, "{network} layer {layer}: bias of row {row} is not finite")
+            }
+            OutputLength { network, expected, found } => write!(
+                f,
+                "the {network} produces {found} outputs but {expected} are required"
+            ),
+            NoClasses => f.write_str("the model declares no classes"),
+            Config(e) => write!(f, "default purifier configuration: {e}"),
+            BufferTooSmall { needed, available } => write!(
+                f,
+                "output buffer holds {available} bytes but the model file needs {needed}"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for FormatError {}
+
+impl From<ConfigError> for FormatError {
+    fn from(e: ConfigError) -> Self {
+        FormatError::Config(e)
+    }
+}
+
+/// Why a purification, gradient or classification call was refused.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The input slice has the wrong length.
+    InputLength {
+        /// Length the model takes.
+        expected: usize,
+        /// Length given.
+        found: usize,
+    },
+    /// The input holds NaN or ±Inf.
+    NonFiniteInput {
+        /// First offending index.
+        index: usize,
+    },
+    /// Purification needs pixels in `[0, 1]`.
+    InputOutOfRange {
+        /// First offending index.
+        index: usize,
+    },
+    /// A caller-supplied buffer has the wrong length.
+    BufferLength {
+        /// Which buffer.
+        buffer: &'static str,
+        /// Required length (for scratch: the minimum).
+        expected: usize,
+        /// Length given.
+        found: usize,
+    },
+    /// A purifier override is out of range.
+    Config(ConfigError),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Error::InputLength { expected, found } => write!(
+                f,
+                "input has {found} values but the model takes {expected}"
+            ),
+            Error::NonFiniteInput { index } => {
+                write!(f, "input value at index {index} is NaN or infinite")
+            }
+            Error::InputOutOfRange { index } => {
+                write!(f, "input value at index {index} is outside [0, 1]")
+            }
+            Error::BufferLength { buffer, expected, found } => write!(
+                f,
+                "{buffer} buffer has {found} elements, {expected} required"
+            ),
+            Error::Config(e) => e.fmt(f),
+        }
+    }
+}
+
+impl core::error::Error for Error {}
+
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Self {
+        Error::Config(e)
+    }
+}

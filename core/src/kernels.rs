@@ -1,0 +1,136 @@
+//! Dense int8 × f32 kernels with a summation order fixed by design.
+//!
+//! Bit-identical results on every target need a fixed order of floating-point
+//! operations; speed on the host needs SIMD. Both hold because the order below is
+//! written out in the source, uses only `+` and `*` (Rust never fuses them into FMA),
+//! and happens to be the order a vector unit wants:
+//!
+//! * **Dot products** (`dot_*`): element `i` is accumulated into partial sum `i % LANES`
+//!   (`LANES = 16`), elements in increasing `i`; the sixteen partial sums are then
+//!   combined in a fixed tree: `s[k] + s[k+8]`, then `+4`, `+2`, `+1`. Sixteen
+//!   independent lanes map onto one AVX-512, two AVX2 or four SSE registers without
+//!   reassociation, and the rows of a block of four are independent chains.
+//! * **Transposed products** (`axpy_*`): `gx[i] += w[o][i] * c[o]` for rows `o` in
+//!   increasing order, one row after another for each `i`. Every `i` is independent,
+//!   so this vectorises over `i` with the per-element order untouched.
+
+/// Number of interleaved partial sums in a dot product. Part of the numeric
+/// definition of the format: changing it changes results.
+pub(crate) const LANES: usize = 16;
+
+/// Weight byte → f32 (weights are stored as two's-complement i8).
+#[inline(always)]
+fn w(b: u8) -> f32 {
+    f32::from(b as i8)
+}
+
+/// The fixed reduction tree over the sixteen partial sums.
+#[inline(always)]
+fn tree_sum(a: &[f32; LANES]) -> f32 {
+    let mut s8 = [0.0f32; 8];
+    for (k, s) in s8.iter_mut().enumerate() {
+        *s = a[k] + a[k + 8];
+    }
+    let mut s4 = [0.0f32; 4];
+    for (k, s) in s4.iter_mut().enumerate() {
+        *s = s8[k] + s8[k + 4];
+    }
+    let s2 = [s4[0] + s4[2], s4[1] + s4[3]];
+    s2[0] + s2[1]
+}
+
+/// `Σ_i w[i] * x[i]` in the fixed order. `w` and `x` must have equal length
+/// (extra elements of the longer one are ignored).
+#[inline]
+pub(crate) fn dot_i8(wr: &[u8], x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (wc, wt) = wr.as_chunks::<LANES>();
+    let (xc, xt) = x.as_chunks::<LANES>();
+    for (wk, xk) in wc.iter().zip(xc) {
+        for l in 0..LANES {
+            acc[l] += w(wk[l]) * xk[l];
+        }
+    }
+    for ((a, &wi), &xi) in acc.iter_mut().zip(wt).zip(xt) {
+        *a += w(wi) * xi;
+    }
+    tree_sum(&acc)
+}
+
+/// Four rows at once: each result is bit-identical to [`dot_i8`] of that row; the
+/// block only gives the CPU four independent dependency chains.
+#[inline]
+pub(crate) fn dot4_i8(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
+    let mut acc = [[0.0f32; LANES]; 4];
+    let (xc, xt) = x.as_chunks::<LANES>();
+    let (c0, t0) = rows[0].as_chunks::<LANES>();
+    let (c1, t1) = rows[1].as_chunks::<LANES>();
+    let (c2, t2) = rows[2].as_chunks::<LANES>();
+    let (c3, t3) = rows[3].as_chunks::<LANES>();
+    for ((((xk, w0), w1), w2), w3) in xc.iter().zip(c0).zip(c1).zip(c2).zip(c3) {
+        for l in 0..LANES {
+            acc[0][l] += w(w0[l]) * xk[l];
+            acc[1][l] += w(w1[l]) * xk[l];
+            acc[2][l] += w(w2[l]) * xk[l];
+            acc[3][l] += w(w3[l]) * xk[l];
+        }
+    }
+    for (a, t) in acc.iter_mut().zip([t0, t1, t2, t3]) {
+        for ((ai, &wi), &xi) in a.iter_mut().zip(t).zip(xt) {
+            *ai += w(wi) * xi;
+        }
+    }
+    [
+        tree_sum(&acc[0]),
+        tree_sum(&acc[1]),
+        tree_sum(&acc[2]),
+        tree_sum(&acc[3]),
+    ]
+}
+
+/// `gx[i] += w[i] * c` for every `i`.
+#[inline]
+pub(crate) fn axpy_i8(gx: &mut [f32], wr: &[u8], c: f32) {
+    for (g, &wi) in gx.iter_mut().zip(wr) {
+        *g += w(wi) * c;
+    }
+}
+
+/// Four rows in order: bit-identical to four successive [`axpy_i8`] calls, with one
+/// load and store of `gx` instead of four.
+#[inline]
+pub(crate) fn axpy4_i8(gx: &mut [f32], rows: [&[u8]; 4], c: [f32; 4]) {
+    for ((((g, &a), &b), &d), &e) in gx
+        .iter_mut()
+        .zip(rows[0])
+        .zip(rows[1])
+        .zip(rows[2])
+        .zip(rows[3])
+    {
+        *g = (((*g + w(a) * c[0]) + w(b) * c[1]) + w(d) * c[2]) + w(e) * c[3];
+    }
+}
+
+/// `Σ_i x[i]²` in the same fixed lane order as [`dot_i8`].
+#[inline]
+pub(crate) fn sum_sq(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (xc, xt) = x.as_chunks::<LANES>();
+    for xk in xc {
+        for l in 0..LANES {
+            acc[l] += xk[l] * xk[l];
+        }
+    }
+    for (a, &xi) in acc.iter_mut().zip(xt) {
+        *a += xi * xi;
+    }
+    tree_sum(&acc)
+}
+
+/// Little-endian f32 at position `k` of a byte tensor (0.0 when out of range, which
+/// validation rules out).
+#[inline(always)]
+pub(crate) fn f32_at(bytes: &[u8], k: usize) -> f32 {
+    let (chunks, _) = bytes.as_chunks::<4>();
+    chunks.get(k).map_or(0.0, |c| f32::from_le_bytes(*c))
+}

@@ -1,0 +1,165 @@
+//! The layer set: what the model file stores and what the kernels run.
+//!
+//! Every layer has a forward pass and a vector–Jacobian product (VJP) with respect
+//! to its *input* (never its weights: the core does not train). A network stores the
+//! input of every layer in an activation buffer during the forward pass so the VJP
+//! can read it; the buffer layout is computed from [`Layer::output_len`] alone, so a
+//! new layer kind (a 3×3 convolution, say) is one new enum variant plus its two
+//! kernels, and the public API does not change.
+
+use serde::{Deserialize, Serialize};
+
+use crate::kernels::{axpy4_i8, axpy_i8, dot4_i8, dot_i8, f32_at};
+
+/// One layer of a network.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Layer<'a> {
+    /// Fully connected: `y[o] = scale[o] · Σ_i w[o][i] x[i] + bias[o]`.
+    Dense(#[serde(borrow)] Dense<'a>),
+    /// `y = max(x, 0)` elementwise; its length is that of the previous layer.
+    Relu,
+}
+
+/// A dense layer with int8 weights, one f32 scale per output row and an f32 bias,
+/// all borrowed from the model file bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Dense<'a> {
+    /// Input length.
+    pub inputs: u32,
+    /// Output length.
+    pub outputs: u32,
+    /// `outputs × inputs` two's-complement int8 weights, row-major `[out][in]`.
+    pub weights: &'a [u8],
+    /// `outputs` little-endian f32 scales (dequantised weight = `w · scale`).
+    pub scales: &'a [u8],
+    /// `outputs` little-endian f32 biases.
+    pub bias: &'a [u8],
+}
+
+impl Dense<'_> {
+    /// The quantised weight `w[o][i]` (0 when out of range).
+    pub fn weight(&self, o: usize, i: usize) -> i8 {
+        let idx = o
+            .checked_mul(self.inputs as usize)
+            .and_then(|v| v.checked_add(i));
+        idx.and_then(|k| self.weights.get(k)).map_or(0, |&b| b as i8)
+    }
+
+    /// The scale of output row `o` (0.0 when out of range).
+    pub fn scale(&self, o: usize) -> f32 {
+        f32_at(self.scales, o)
+    }
+
+    /// The bias of output row `o` (0.0 when out of range).
+    pub fn bias(&self, o: usize) -> f32 {
+        f32_at(self.bias, o)
+    }
+
+    /// `y = W x` with the dequantising scale and bias (validated shapes assumed;
+    /// a mismatch computes on the common prefix and never panics).
+    pub(crate) fn forward(&self, x: &[f32], y: &mut [f32]) {
+        let n = self.inputs as usize;
+        if n == 0 {
+            return;
+        }
+        let mut rows = self.weights.chunks_exact(n);
+        let mut blocks = y.chunks_exact_mut(4);
+        for yb in &mut blocks {
+            let (Some(r0), Some(r1), Some(r2), Some(r3)) =
+                (rows.next(), rows.next(), rows.next(), rows.next())
+            else {
+                return;
+            };
+            yb.copy_from_slice(&dot4_i8([r0, r1, r2, r3], x));
+        }
+        for (yo, row) in blocks.into_remainder().iter_mut().zip(rows) {
+            *yo = dot_i8(row, x);
+        }
+        for (o, yo) in y.iter_mut().enumerate() {
+            *yo = *yo * self.scale(o) + self.bias(o);
+        }
+    }
+
+    /// `gx = Wᵀ (scale ⊙ gy)`: rows in increasing order, four at a time. Rows whose
+    /// coefficient is exactly zero (common after a ReLU) are skipped: they would add
+    /// `±0` and change nothing but, at most, the sign of an exact zero.
+    pub(crate) fn vjp(&self, gy: &[f32], gx: &mut [f32]) {
+        gx.fill(0.0);
+        let n = self.inputs as usize;
+        if n == 0 {
+            return;
+        }
+        let mut pending: [(&[u8], f32); 4] = [(&[], 0.0); 4];
+        let mut count = 0usize;
+        for (o, (row, &g)) in self.weights.chunks_exact(n).zip(gy).enumerate() {
+            let c = self.scale(o) * g;
+            if c == 0.0 {
+                continue;
+            }
+            if let Some(slot) = pending.get_mut(count) {
+                *slot = (row, c);
+                count += 1;
+            }
+            if count == 4 {
+                let [p0, p1, p2, p3] = pending;
+                axpy4_i8(gx, [p0.0, p1.0, p2.0, p3.0], [p0.1, p1.1, p2.1, p3.1]);
+                count = 0;
+            }
+        }
+        for &(row, c) in pending.iter().take(count) {
+            axpy_i8(gx, row, c);
+        }
+    }
+}
+
+impl Layer<'_> {
+    /// Output length for a given input length.
+    pub fn output_len(&self, input_len: usize) -> usize {
+        match self {
+            Layer::Dense(d) => d.outputs as usize,
+            Layer::Relu => input_len,
+        }
+    }
+
+    /// Multiply–accumulate operations of one forward pass.
+    pub fn macs(&self) -> u64 {
+        match self {
+            Layer::Dense(d) => u64::from(d.inputs) * u64::from(d.outputs),
+            Layer::Relu => 0,
+        }
+    }
+
+    /// Number of stored parameters (weights, scales and biases).
+    pub fn params(&self) -> u64 {
+        match self {
+            Layer::Dense(d) => u64::from(d.inputs) * u64::from(d.outputs) + 2 * u64::from(d.outputs),
+            Layer::Relu => 0,
+        }
+    }
+
+    /// Forward pass `x → y` (`y` has [`Layer::output_len`] elements).
+    pub(crate) fn forward(&self, x: &[f32], y: &mut [f32]) {
+        match self {
+            Layer::Dense(d) => d.forward(x, y),
+            Layer::Relu => {
+                for (yo, &xi) in y.iter_mut().zip(x) {
+                    *yo = if xi > 0.0 { xi } else { 0.0 };
+                }
+            }
+        }
+    }
+
+    /// Vector–Jacobian product: given the layer input `x` seen in the forward pass
+    /// and `gy = ∂L/∂y`, writes `gx = ∂L/∂x`.
+    pub(crate) fn vjp(&self, x: &[f32], gy: &[f32], gx: &mut [f32]) {
+        match self {
+            Layer::Dense(d) => d.vjp(gy, gx),
+            Layer::Relu => {
+                for ((g, &gyi), &xi) in gx.iter_mut().zip(gy).zip(x) {
+                    *g = if xi > 0.0 { gyi } else { 0.0 };
+                }
+            }
+        }
+    }
+}

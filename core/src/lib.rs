@@ -1,0 +1,51 @@
+//! # pursamere-core
+//!
+//! The `no_std`, allocation-free runtime of PurSAMERE: it reads a quantised `.psm`
+//! model file without copying it, purifies an input with a fixed number of
+//! sharpness-aware steps on the expected reconstruction error (ERE) of a score model,
+//! and classifies the result. Results are bit-identical on every target.
+//!
+//! Callers own all memory: each entry point says how many scratch floats it needs
+//! ([`Model::scratch_len`] covers all of them for the file's default settings).
+//!
+//! ```no_run
+//! # fn demo(bytes: &[u8], image: &[f32]) -> Result<usize, Box<dyn core::error::Error>> {
+//! use pursamere_core::Model;
+//! let model = Model::parse(bytes)?;
+//! let cfg = model.purifier_config();
+//! let mut scratch = vec![0.0f32; model.scratch_len()];
+//! let mut purified = vec![0.0f32; model.input_len()];
+//! let mut logits = vec![0.0f32; model.num_classes()];
+//! model.purify(image, &cfg, &mut purified, &mut scratch)?;
+//! let label = model.classify(&purified, &mut logits, &mut scratch)?;
+//! # Ok(label) }
+//! ```
+//!
+//! Where each concept lives: the file format in `format`, layers and their kernels
+//! in `layers`/`kernels`, the noise generator in [`noise`], `F` and `∇F` in `ere`,
+//! the SAM loop in `purify`, sizes and classification in `model`,
+//! quantisation rules in [`quantize`].
+#![no_std]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod ere;
+mod error;
+mod format;
+mod kernels;
+mod layers;
+mod model;
+mod network;
+pub mod noise;
+mod purify;
+pub mod quantize;
+
+pub use error::{ConfigError, Error, FormatError, NetworkKind, TensorKind};
+pub use format::{
+    encode_f32_le, encoded_len, write_model, InputShape, Metadata, ModelSpec, NetworkSpec,
+    CRC_LEN, FORMAT_VERSION, MAGIC, MAX_CLASSES, MAX_DIM, MAX_LAYERS, PREFIX_LEN,
+};
+pub use layers::{Dense, Layer};
+pub use model::Model;
+pub use purify::{Norm, PurifierConfig, StepRule, MAX_ITERS, MAX_NOISE_SAMPLES};

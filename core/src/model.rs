@@ -1,0 +1,190 @@
+//! [`Model`]: a validated, zero-copy view of a `.psm` file, and the memory each entry
+//! point needs.
+
+use crate::error::{Error, FormatError};
+use crate::format::{self, ModelSpec, NetInfo};
+use crate::purify::PurifierConfig;
+
+/// A validated model whose tensors borrow from the file bytes.
+#[derive(Debug, Clone)]
+pub struct Model<'a> {
+    pub(crate) spec: ModelSpec<'a>,
+    pub(crate) den: NetInfo,
+    pub(crate) cls: NetInfo,
+}
+
+impl<'a> Model<'a> {
+    /// Parses and validates a `.psm` file without copying its tensors.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, FormatError> {
+        let payload = format::unframe(bytes)?;
+        Self::from_spec(format::decode(payload)?)
+    }
+
+    /// Validates an in-memory specification (what the writer accepts).
+    pub fn from_spec(spec: ModelSpec<'a>) -> Result<Self, FormatError> {
+        let (den, cls) = format::validate(&spec)?;
+        Ok(Model { spec, den, cls })
+    }
+
+    /// Everything the file holds.
+    pub fn spec(&self) -> &ModelSpec<'a> {
+        &self.spec
+    }
+
+    /// Number of input values (`channels × height × width`).
+    pub fn input_len(&self) -> usize {
+        self.den.input_len
+    }
+
+    /// Number of classes (length of the logits).
+    pub fn num_classes(&self) -> usize {
+        self.cls.output_len
+    }
+
+    /// The default purifier configuration stored in the file.
+    pub fn purifier_config(&self) -> PurifierConfig {
+        self.spec.purifier
+    }
+
+    /// Scratch floats [`Model::ere_value_and_grad`] needs for `cfg`.
+    pub fn ere_scratch_len(&self, cfg: &PurifierConfig) -> usize {
+        let d = self.den.input_len;
+        cfg.noise_samples as usize * d + d + self.den.acts_len + 2 * self.den.max_width
+    }
+
+    /// Scratch floats [`Model::purify`] needs for `cfg`.
+    pub fn purify_scratch_len(&self, cfg: &PurifierConfig) -> usize {
+        self.ere_scratch_len(cfg) + 2 * self.den.input_len
+    }
+
+    /// Scratch floats [`Model::denoise`] needs.
+    pub fn denoise_scratch_len(&self) -> usize {
+        self.den.acts_len
+    }
+
+    /// Scratch floats [`Model::classify`] needs.
+    pub fn classify_scratch_len(&self) -> usize {
+        self.cls.acts_len
+    }
+
+    /// Scratch floats that suffice for every entry point with the file's default
+    /// purifier configuration.
+    pub fn scratch_len(&self) -> usize {
+        let cfg = self.spec.purifier;
+        self.purify_scratch_len(&cfg)
+            .max(self.classify_scratch_len())
+            .max(self.denoise_scratch_len())
+    }
+
+    /// Multiply–accumulates of one denoiser forward pass.
+    pub fn denoiser_macs(&self) -> u64 {
+        self.den.macs
+    }
+
+    /// Multiply–accumulates of one classifier forward pass.
+    pub fn classifier_macs(&self) -> u64 {
+        self.cls.macs
+    }
+
+    /// Nominal multiply–accumulates of one purification with `cfg`: every ∇F costs M
+    /// denoiser forward passes and M VJPs of the same size; a SAM step (ρ > 0) needs
+    /// two gradients, plain descent (ρ = 0) one. (The VJP skips rows whose
+    /// coefficient is zero, so the executed count is somewhat lower.)
+    pub fn purify_macs(&self, cfg: &PurifierConfig) -> u64 {
+        let grads_per_step = if cfg.rho > 0.0 { 2 } else { 1 };
+        u64::from(cfg.iters) * grads_per_step * u64::from(cfg.noise_samples) * 2 * self.den.macs
+    }
+
+    /// Classifies `input`: writes the logits (length [`Model::num_classes`]) and
+    /// returns the arg-max (the first index on ties).
+    pub fn classify(
+        &self,
+        input: &[f32],
+        logits: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<usize, Error> {
+        check_input(input, self.input_len(), false)?;
+        check_len("logits", logits.len(), self.num_classes(), true)?;
+        let acts = take_scratch(scratch, self.cls.acts_len)?;
+        let (head, _) = acts.split_at_mut(self.cls.input_len);
+        head.copy_from_slice(input);
+        crate::network::forward(&self.spec.classifier, &self.cls, acts);
+        logits.copy_from_slice(crate::network::output(&self.cls, acts));
+        Ok(argmax(logits))
+    }
+
+    /// One-shot denoising `D(y)` (an ablation baseline, and a sanity check).
+    pub fn denoise(&self, input: &[f32], out: &mut [f32], scratch: &mut [f32]) -> Result<(), Error> {
+        check_input(input, self.input_len(), false)?;
+        check_len("output", out.len(), self.input_len(), true)?;
+        let acts = take_scratch(scratch, self.den.acts_len)?;
+        let (head, _) = acts.split_at_mut(self.den.input_len);
+        head.copy_from_slice(input);
+        crate::network::forward(&self.spec.denoiser, &self.den, acts);
+        let net = crate::network::output(&self.den, acts);
+        for ((o, &n), &y) in out.iter_mut().zip(net).zip(input) {
+            *o = if self.spec.denoiser.residual { y + n } else { n };
+        }
+        Ok(())
+    }
+}
+
+/// Index of the largest value; the first one on ties; NaN never wins.
+pub(crate) fn argmax(v: &[f32]) -> usize {
+    let mut best = 0usize;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &x) in v.iter().enumerate() {
+        if x > best_v {
+            best = i;
+            best_v = x;
+        }
+    }
+    best
+}
+
+/// Length check; `exact = false` accepts longer buffers (scratch).
+pub(crate) fn check_len(
+    buffer: &'static str,
+    found: usize,
+    expected: usize,
+    exact: bool,
+) -> Result<(), Error> {
+    if found == expected || (!exact && found > expected) {
+        Ok(())
+    } else {
+        Err(Error::BufferLength {
+            buffer,
+            expected,
+            found,
+        })
+    }
+}
+
+/// The first `n` floats of the scratch buffer, or a length error.
+pub(crate) fn take_scratch(scratch: &mut [f32], n: usize) -> Result<&mut [f32], Error> {
+    let found = scratch.len();
+    scratch.get_mut(..n).ok_or(Error::BufferLength {
+        buffer: "scratch",
+        expected: n,
+        found,
+    })
+}
+
+/// Input length, finiteness and (for purification) range `[0, 1]`.
+pub(crate) fn check_input(input: &[f32], expected: usize, unit_range: bool) -> Result<(), Error> {
+    if input.len() != expected {
+        return Err(Error::InputLength {
+            expected,
+            found: input.len(),
+        });
+    }
+    for (index, &v) in input.iter().enumerate() {
+        if !v.is_finite() {
+            return Err(Error::NonFiniteInput { index });
+        }
+        if unit_range && !(0.0..=1.0).contains(&v) {
+            return Err(Error::InputOutOfRange { index });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! Deterministic purification: K sharpness-aware steps on the ERE, projected onto
+//! the L∞ ball of radius δ around the input intersected with `[0, 1]^d`.
+//!
+//! Each step, in this order (all f32):
+//! 1. if ρ > 0: `g = ∇F(x)`, `n = sqrt(Σ g²)` (fixed lane order, `libm::sqrtf`);
+//!    if `n > 0` and finite, `x̃[i] = x[i] + g[i] · (ρ / n)`, else `x̃ = x`
+//!    (a flat point skips the SAM perturbation). If ρ = 0, `x̃ = x` and `∇F(x)` is
+//!    computed once (plain projected descent).
+//! 2. `h = ∇F(x̃)`.
+//! 3. gradient rule: `x[i] ← x[i] − η · h[i]`; sign rule: `x[i] ← x[i] − η · sign(h[i])`
+//!    with `sign(0) = 0`.
+//! 4. projection: `lo = max(x0[i] − δ, 0)`, `hi = min(x0[i] + δ, 1)`;
+//!    `x[i] ← lo` if `!(x[i] >= lo)` (this also maps NaN to `lo`), else `hi` if
+//!    `x[i] > hi`, else unchanged.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ere::{ere_eval, EreScratch};
+use crate::error::{ConfigError, Error};
+use crate::kernels::sum_sq;
+use crate::model::{check_input, check_len, Model};
+
+/// Most purification steps a configuration may ask for.
+pub const MAX_ITERS: u32 = 10_000;
+/// Most noise vectors a configuration may ask for.
+pub const MAX_NOISE_SAMPLES: u32 = 1_024;
+
+/// The norm of the purification ball.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Norm {
+    /// `||x − x0||_∞ ≤ δ`.
+    Linf,
+}
+
+/// How a step uses the gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StepRule {
+    /// `x ← x − η ∇F(x̃)`.
+    Gradient,
+    /// `x ← x − η sign(∇F(x̃))`.
+    Sign,
+}
+
+/// Every knob of the purifier. The file stores a default; calls may override it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PurifierConfig {
+    /// Noise level σ of the ERE (> 0).
+    pub sigma: f32,
+    /// Number M of fixed noise vectors (1 ..= [`MAX_NOISE_SAMPLES`]).
+    pub noise_samples: u32,
+    /// Number K of SAM steps (0 ..= [`MAX_ITERS`]).
+    pub iters: u32,
+    /// Step size η (> 0).
+    pub eta: f32,
+    /// SAM radius ρ (≥ 0; 0 gives plain projected descent).
+    pub rho: f32,
+    /// Purification radius δ (≥ 0).
+    pub radius: f32,
+    /// Ball norm.
+    pub norm: Norm,
+    /// Step rule.
+    pub step: StepRule,
+    /// Seed of the noise vectors.
+    pub seed: u64,
+}
+
+impl PurifierConfig {
+    /// Checks every range; the first violation is the error.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.sigma.is_finite() && self.sigma > 0.0) {
+            return Err(ConfigError::Sigma(self.sigma));
+        }
+        if self.noise_samples == 0 || self.noise_samples > MAX_NOISE_SAMPLES {
+            return Err(ConfigError::NoiseSamples(self.noise_samples));
+        }
+        if self.iters > MAX_ITERS {
+            return Err(ConfigError::Iterations(self.iters));
+        }
+        if !(self.eta.is_finite() && self.eta > 0.0) {
+            return Err(ConfigError::StepSize(self.eta));
+        }
+        if !(self.rho.is_finite() && self.rho >= 0.0) {
+            return Err(ConfigError::Rho(self.rho));
+        }
+        if !(self.radius.is_finite() && self.radius >= 0.0) {
+            return Err(ConfigError::Radius(self.radius));
+        }
+        Ok(())
+    }
+}
+
+impl Model<'_> {
+    /// Purifies `input` (values in `[0, 1]`, length [`Model::input_len`]) into `out`
+    /// with configuration `cfg` (usually [`Model::purifier_config`], possibly
+    /// overridden). `scratch` needs [`Model::purify_scratch_len`] floats; its contents
+    /// on entry do not matter. Deterministic: the same model, input and `cfg` give the
+    /// same bits on every target.
+    pub fn purify(
+        &self,
+        input: &[f32],
+        cfg: &PurifierConfig,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<(), Error> {
+        cfg.validate()?;
+        let d = self.input_len();
+        check_input(input, d, true)?;
+        check_len("output", out.len(), d, true)?;
+        let found = scratch.len();
+        let needed = self.purify_scratch_len(cfg);
+        if found < needed {
+            return Err(Error::BufferLength {
+                buffer: "scratch",
+                expected: needed,
+                found,
+            });
+        }
+        let (mut ws, rest) = EreScratch::split(self, cfg, scratch)?;
+        let (x_tilde, rest) = rest.split_at_mut(d);
+        let (g, _) = rest.split_at_mut(d);
+        ws.fill_noise(cfg, d);
+
+        out.copy_from_slice(input);
+        for _ in 0..cfg.iters {
+            // After this, `g` holds h = ∇F(x̃).
+            if cfg.rho > 0.0 {
+                ere_eval(self, cfg, &mut ws, out, g);
+                let n = libm::sqrtf(sum_sq(g));
+                if n > 0.0 && n.is_finite() {
+                    let s = cfg.rho / n;
+                    for ((t, &xi), &gi) in x_tilde.iter_mut().zip(out.iter()).zip(g.iter()) {
+                        *t = xi + gi * s;
+                    }
+                    ere_eval(self, cfg, &mut ws, x_tilde, g);
+                }
+                // else: flat point, x̃ = x and g = ∇F(x) already.
+            } else {
+                ere_eval(self, cfg, &mut ws, out, g);
+            }
+            step_and_project(cfg, input, out, g);
+        }
+        Ok(())
+    }
+}
+
+/// Steps 3 and 4 of the module documentation.
+fn step_and_project(cfg: &PurifierConfig, x0: &[f32], x: &mut [f32], h: &[f32]) {
+    let eta = cfg.eta;
+    let delta = cfg.radius;
+    for ((xi, &hi), &x0i) in x.iter_mut().zip(h).zip(x0) {
+        let moved = match cfg.step {
+            StepRule::Gradient => *xi - eta * hi,
+            StepRule::Sign => {
+                let s = if hi > 0.0 {
+                    1.0
+                } else if hi < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                };
+                *xi - eta * s
+            }
+        };
+        let lo = {
+            let v = x0i - delta;
+            if v > 0.0 {
+                v
+            } else {
+                0.0
+            }
+        };
+        let hi_b = {
+            let v = x0i + delta;
+            if v < 1.0 {
+                v
+            } else {
+                1.0
+            }
+        };
+        *xi = if !(moved >= lo) {
+            lo
+        } else if moved > hi_b {
+            hi_b
+        } else {
+            moved
+        };
+    }
+}
