@@ -138,8 +138,10 @@ impl Layer<'_> {
         }
     }
 
-    /// Forward pass `x → y` (`y` has [`Layer::output_len`] elements).
-    pub(crate) fn forward(&self, x: &[f32], y: &mut [f32]) {
+    /// Forward pass `x → y` (`y` has [`Layer::output_len`] elements). Lengths are
+    /// the caller's contract (a validated [`crate::Model`] keeps it); a mismatch
+    /// computes on the common prefix and never panics.
+    pub fn forward(&self, x: &[f32], y: &mut [f32]) {
         match self {
             Layer::Dense(d) => d.forward(x, y),
             Layer::Relu => {
@@ -152,7 +154,7 @@ impl Layer<'_> {
 
     /// Vector–Jacobian product: given the layer input `x` seen in the forward pass
     /// and `gy = ∂L/∂y`, writes `gx = ∂L/∂x`.
-    pub(crate) fn vjp(&self, x: &[f32], gy: &[f32], gx: &mut [f32]) {
+    pub fn vjp(&self, x: &[f32], gy: &[f32], gx: &mut [f32]) {
         match self {
             Layer::Dense(d) => d.vjp(gy, gx),
             Layer::Relu => {

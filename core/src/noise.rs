@@ -16,6 +16,23 @@
 //!    `core::f64::consts::TAU`; the result is rounded to the nearest f32.
 //!
 //! Only the cosine branch is used so that each index depends on one hash and nothing else.
+//!
+//! The same recipe in Python (it reproduces the pinned values of the core's golden test):
+//!
+//! ```text
+//! import math, struct
+//! M = (1 << 64) - 1
+//! def mix(z):
+//!     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M
+//!     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M
+//!     return z ^ (z >> 31)
+//! def normal(seed, m, i):
+//!     h = mix((seed + (((m << 32) | i) + 1) * 0x9E3779B97F4A7C15) & M)
+//!     u1 = ((h >> 32) + 1) / 2**32
+//!     u2 = (h & 0xFFFFFFFF) / 2**32
+//!     z = math.sqrt(-2 * math.log(u1)) * math.cos(2 * math.pi * u2)
+//!     return struct.unpack('<f', struct.pack('<f', z))[0]   # round to f32
+//! ```
 
 const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 

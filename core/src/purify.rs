@@ -10,7 +10,7 @@
 //! 3. gradient rule: `x[i] ← x[i] − η · h[i]`; sign rule: `x[i] ← x[i] − η · sign(h[i])`
 //!    with `sign(0) = 0`.
 //! 4. projection: `lo = max(x0[i] − δ, 0)`, `hi = min(x0[i] + δ, 1)`;
-//!    `x[i] ← lo` if `!(x[i] >= lo)` (this also maps NaN to `lo`), else `hi` if
+//!    `x[i] ← lo` if `x[i]` is NaN or `x[i] < lo`, else `hi` if
 //!    `x[i] > hi`, else unchanged.
 
 use serde::{Deserialize, Serialize};
@@ -178,7 +178,7 @@ fn step_and_project(cfg: &PurifierConfig, x0: &[f32], x: &mut [f32], h: &[f32]) 
                 1.0
             }
         };
-        *xi = if !(moved >= lo) {
+        *xi = if moved.is_nan() || moved < lo {
             lo
         } else if moved > hi_b {
             hi_b

@@ -40,7 +40,7 @@ pub fn quantize_value(w: f32, scale: f32) -> i8 {
 /// `scales` (`rows` values). Returns `false` (writing nothing) when the lengths
 /// disagree.
 pub fn quantize_per_channel(weights: &[f32], cols: usize, q: &mut [i8], scales: &mut [f32]) -> bool {
-    if cols == 0 || weights.len() % cols != 0 {
+    if cols == 0 || !weights.len().is_multiple_of(cols) {
         return false;
     }
     let rows = weights.len() / cols;
