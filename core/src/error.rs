@@ -321,17 +321,20 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Error::InputLength { expected, found } => write!(
-                f,
-                "input has {found} values but the model takes {expected}"
-            ),
+            Error::InputLength { expected, found } => {
+                write!(f, "input has {found} values but the model takes {expected}")
+            }
             Error::NonFiniteInput { index } => {
                 write!(f, "input value at index {index} is NaN or infinite")
             }
             Error::InputOutOfRange { index } => {
                 write!(f, "input value at index {index} is outside [0, 1]")
             }
-            Error::BufferLength { buffer, expected, found } => write!(
+            Error::BufferLength {
+                buffer,
+                expected,
+                found,
+            } => write!(
                 f,
                 "{buffer} buffer has {found} elements, {expected} required"
             ),

@@ -145,8 +145,16 @@ fn validate_network(
                 });
             }
             let rows = d.outputs as usize;
+            // Checked: on 32-bit targets the product of two large dimensions overflows.
+            let Some(weight_len) = rows.checked_mul(d.inputs as usize) else {
+                return Err(FormatError::LayerDimension {
+                    network: kind,
+                    layer,
+                    dim: d.outputs,
+                });
+            };
             let checks = [
-                (TensorKind::Weights, d.weights.len(), rows * d.inputs as usize),
+                (TensorKind::Weights, d.weights.len(), weight_len),
                 (TensorKind::Scales, d.scales.len(), rows * 4),
                 (TensorKind::Bias, d.bias.len(), rows * 4),
             ];
@@ -304,7 +312,8 @@ pub fn write_model(spec: &ModelSpec<'_>, out: &mut [u8]) -> Result<usize, Format
     prefix[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     prefix[6..8].copy_from_slice(&0u16.to_le_bytes());
     prefix[8..12].copy_from_slice(&declared.to_le_bytes());
-    postcard::to_slice(spec, body).map_err(|_| FormatError::BufferTooSmall { needed, available })?;
+    postcard::to_slice(spec, body)
+        .map_err(|_| FormatError::BufferTooSmall { needed, available })?;
     let mut digest = CRC32.digest();
     digest.update(prefix);
     digest.update(body);

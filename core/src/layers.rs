@@ -43,7 +43,8 @@ impl Dense<'_> {
         let idx = o
             .checked_mul(self.inputs as usize)
             .and_then(|v| v.checked_add(i));
-        idx.and_then(|k| self.weights.get(k)).map_or(0, |&b| b as i8)
+        idx.and_then(|k| self.weights.get(k))
+            .map_or(0, |&b| b as i8)
     }
 
     /// The scale of output row `o` (0.0 when out of range).
@@ -133,7 +134,9 @@ impl Layer<'_> {
     /// Number of stored parameters (weights, scales and biases).
     pub fn params(&self) -> u64 {
         match self {
-            Layer::Dense(d) => u64::from(d.inputs) * u64::from(d.outputs) + 2 * u64::from(d.outputs),
+            Layer::Dense(d) => {
+                u64::from(d.inputs) * u64::from(d.outputs) + 2 * u64::from(d.outputs)
+            }
             Layer::Relu => 0,
         }
     }

@@ -43,8 +43,8 @@ pub mod quantize;
 
 pub use error::{ConfigError, Error, FormatError, NetworkKind, TensorKind};
 pub use format::{
-    encode_f32_le, encoded_len, write_model, InputShape, Metadata, ModelSpec, NetworkSpec,
-    CRC_LEN, FORMAT_VERSION, MAGIC, MAX_CLASSES, MAX_DIM, MAX_LAYERS, PREFIX_LEN,
+    encode_f32_le, encoded_len, write_model, InputShape, Metadata, ModelSpec, NetworkSpec, CRC_LEN,
+    FORMAT_VERSION, MAGIC, MAX_CLASSES, MAX_DIM, MAX_LAYERS, PREFIX_LEN,
 };
 pub use layers::{Dense, Layer};
 pub use model::Model;

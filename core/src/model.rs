@@ -114,7 +114,12 @@ impl<'a> Model<'a> {
     }
 
     /// One-shot denoising `D(y)` (an ablation baseline, and a sanity check).
-    pub fn denoise(&self, input: &[f32], out: &mut [f32], scratch: &mut [f32]) -> Result<(), Error> {
+    pub fn denoise(
+        &self,
+        input: &[f32],
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<(), Error> {
         check_input(input, self.input_len(), false)?;
         check_len("output", out.len(), self.input_len(), true)?;
         let acts = take_scratch(scratch, self.den.acts_len)?;
@@ -123,7 +128,11 @@ impl<'a> Model<'a> {
         crate::network::forward(&self.spec.denoiser, &self.den, acts);
         let net = crate::network::output(&self.den, acts);
         for ((o, &n), &y) in out.iter_mut().zip(net).zip(input) {
-            *o = if self.spec.denoiser.residual { y + n } else { n };
+            *o = if self.spec.denoiser.residual {
+                y + n
+            } else {
+                n
+            };
         }
         Ok(())
     }

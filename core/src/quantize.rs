@@ -39,7 +39,12 @@ pub fn quantize_value(w: f32, scale: f32) -> i8 {
 /// Quantises a row-major `[rows][cols]` matrix: writes `q` (`rows·cols` values) and
 /// `scales` (`rows` values). Returns `false` (writing nothing) when the lengths
 /// disagree.
-pub fn quantize_per_channel(weights: &[f32], cols: usize, q: &mut [i8], scales: &mut [f32]) -> bool {
+pub fn quantize_per_channel(
+    weights: &[f32],
+    cols: usize,
+    q: &mut [i8],
+    scales: &mut [f32],
+) -> bool {
     if cols == 0 || !weights.len().is_multiple_of(cols) {
         return false;
     }
@@ -47,7 +52,11 @@ pub fn quantize_per_channel(weights: &[f32], cols: usize, q: &mut [i8], scales: 
     if q.len() != weights.len() || scales.len() != rows {
         return false;
     }
-    for ((row, qrow), s) in weights.chunks_exact(cols).zip(q.chunks_exact_mut(cols)).zip(scales) {
+    for ((row, qrow), s) in weights
+        .chunks_exact(cols)
+        .zip(q.chunks_exact_mut(cols))
+        .zip(scales)
+    {
         *s = row_scale(row);
         for (qi, &w) in qrow.iter_mut().zip(row) {
             *qi = quantize_value(w, *s);

@@ -38,10 +38,13 @@ fn check_model(owned: &OwnedModel, seed: u64) -> f64 {
         let fd = |dir: &[f64]| {
             let plus: Vec<f64> = x64.iter().zip(dir).map(|(a, b)| a + h * b).collect();
             let minus: Vec<f64> = x64.iter().zip(dir).map(|(a, b)| a - h * b).collect();
-            (ere_f64(&spec, &cfg, &plus) - ere_f64(&spec, &cfg, &minus))
-                / (2.0 * h)
+            (ere_f64(&spec, &cfg, &plus) - ere_f64(&spec, &cfg, &minus)) / (2.0 * h)
         };
-        let gnorm = grad.iter().map(|&g| f64::from(g).powi(2)).sum::<f64>().sqrt();
+        let gnorm = grad
+            .iter()
+            .map(|&g| f64::from(g).powi(2))
+            .sum::<f64>()
+            .sqrt();
         // Random directions (unit norm).
         for _ in 0..4 {
             let mut dir: Vec<f64> = (0..d).map(|_| f64::from(rng.sym(1.0))).collect();
@@ -51,7 +54,10 @@ fn check_model(owned: &OwnedModel, seed: u64) -> f64 {
             let got: f64 = grad.iter().zip(&dir).map(|(&g, &v)| f64::from(g) * v).sum();
             let rel = (got - want).abs() / gnorm;
             worst = worst.max(rel);
-            assert!(rel < 1e-5, "directional derivative: core {got}, FD {want}, rel {rel:e}");
+            assert!(
+                rel < 1e-5,
+                "directional derivative: core {got}, FD {want}, rel {rel:e}"
+            );
         }
         // Every coordinate.
         for i in 0..d {
@@ -60,7 +66,11 @@ fn check_model(owned: &OwnedModel, seed: u64) -> f64 {
             let want = fd(&e);
             let rel = (f64::from(grad[i]) - want).abs() / gnorm;
             worst = worst.max(rel);
-            assert!(rel < 1e-5, "dF/dx[{i}]: core {}, FD {want}, rel {rel:e}", grad[i]);
+            assert!(
+                rel < 1e-5,
+                "dF/dx[{i}]: core {}, FD {want}, rel {rel:e}",
+                grad[i]
+            );
         }
     }
     worst
@@ -99,7 +109,9 @@ fn ere_of_identity_like_denoiser_is_noise_energy() {
     let mut grad = vec![0.0; d];
     let mut scratch = vec![0.0; model.ere_scratch_len(&cfg)];
     let x = vec![0.5; d];
-    let f = model.ere_value_and_grad(&x, &cfg, &mut grad, &mut scratch).unwrap();
+    let f = model
+        .ere_value_and_grad(&x, &cfg, &mut grad, &mut scratch)
+        .unwrap();
     let mut energy = 0.0f64;
     for m in 0..cfg.noise_samples {
         for i in 0..d as u32 {
@@ -108,6 +120,12 @@ fn ere_of_identity_like_denoiser_is_noise_energy() {
         }
     }
     energy /= f64::from(cfg.noise_samples);
-    assert!((f64::from(f) - energy).abs() < 1e-5 * energy, "{f} vs {energy}");
-    assert!(grad.iter().all(|&g| g == 0.0), "zero network must give a zero gradient");
+    assert!(
+        (f64::from(f) - energy).abs() < 1e-5 * energy,
+        "{f} vs {energy}"
+    );
+    assert!(
+        grad.iter().all(|&g| g == 0.0),
+        "zero network must give a zero gradient"
+    );
 }

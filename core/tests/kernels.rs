@@ -29,7 +29,15 @@ fn assert_close(got: &[f32], want: &[f64], scale: &[f64], tol: f64, what: &str) 
 fn dense_forward_and_vjp_match_f64_reference() {
     let mut rng = Rng(0x5EED_0001);
     // Shapes around the lane count (16) and block size (4), plus odd ones.
-    let mut shapes = vec![(1, 1), (15, 3), (16, 4), (17, 5), (33, 7), (64, 9), (100, 13)];
+    let mut shapes = vec![
+        (1, 1),
+        (15, 3),
+        (16, 4),
+        (17, 5),
+        (33, 7),
+        (64, 9),
+        (100, 13),
+    ];
     for _ in 0..40 {
         shapes.push((1 + rng.below(200), 1 + rng.below(40)));
     }
@@ -43,7 +51,9 @@ fn dense_forward_and_vjp_match_f64_reference() {
         layer.forward(&x, &mut y);
         let want = layer_forward_f64(&layer, &x64);
         // f32 accumulation error bound: a few ulps times the sum of |terms|.
-        let Layer::Dense(dv) = layer else { unreachable!() };
+        let Layer::Dense(dv) = layer else {
+            unreachable!()
+        };
         let scale: Vec<f64> = (0..m)
             .map(|o| {
                 let s = f64::from(dv.scale(o));
@@ -53,7 +63,13 @@ fn dense_forward_and_vjp_match_f64_reference() {
                     + f64::from(dv.bias(o)).abs()
             })
             .collect();
-        assert_close(&y, &want, &scale, 1e-6 * (n as f64).sqrt().max(4.0), "forward");
+        assert_close(
+            &y,
+            &want,
+            &scale,
+            1e-6 * (n as f64).sqrt().max(4.0),
+            "forward",
+        );
 
         let gy = rng.vec(m, 1.0);
         let gy64: Vec<f64> = gy.iter().map(|&v| f64::from(v)).collect();

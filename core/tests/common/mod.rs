@@ -227,7 +227,11 @@ pub fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         c ^= u32::from(b);
         for _ in 0..8 {
-            c = if c & 1 != 0 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 };
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -306,7 +310,11 @@ pub fn ere_f64(spec: &ModelSpec<'_>, cfg: &PurifierConfig, x: &[f64]) -> f64 {
             })
             .collect();
         let dy = denoise_f64(&spec.denoiser, &y);
-        total += dy.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum::<f64>();
+        total += dy
+            .iter()
+            .zip(x)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f64>();
     }
     total / f64::from(cfg.noise_samples)
 }

@@ -1,0 +1,295 @@
+//! Property tests of the purifier on a small random model.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::OwnedModel;
+use proptest::prelude::*;
+use pursamere_core::{Error, Model, PurifierConfig, StepRule};
+
+fn model_bytes() -> &'static [u8] {
+    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+    BYTES.get_or_init(|| OwnedModel::random(21, (3, 4), &[10, 9], true, &[6], 3).bytes())
+}
+
+fn model() -> Model<'static> {
+    Model::parse(model_bytes()).unwrap()
+}
+
+const D: usize = 12;
+
+fn config() -> impl Strategy<Value = PurifierConfig> {
+    (
+        0.05f32..1.0,
+        1u32..4,
+        0u32..6,
+        0.001f32..0.5,
+        prop_oneof![Just(0.0f32), 0.0f32..0.2],
+        prop_oneof![Just(0.0f32), 0.0f32..0.5, Just(2.0f32)],
+        prop_oneof![Just(StepRule::Gradient), Just(StepRule::Sign)],
+        any::<u64>(),
+    )
+        .prop_map(
+            |(sigma, m, k, eta, rho, radius, step, seed)| PurifierConfig {
+                sigma,
+                noise_samples: m,
+                iters: k,
+                eta,
+                rho,
+                radius,
+                step,
+                seed,
+                ..common::default_config()
+            },
+        )
+}
+
+fn image() -> impl Strategy<Value = Vec<f32>> {
+    prop::collection::vec(prop_oneof![Just(0.0f32), Just(1.0f32), 0.0f32..=1.0], D)
+}
+
+fn purify(m: &Model<'_>, x: &[f32], cfg: &PurifierConfig, garbage: f32) -> Vec<f32> {
+    let mut out = vec![garbage; D];
+    let mut scratch = vec![garbage; m.purify_scratch_len(cfg)];
+    m.purify(x, cfg, &mut out, &mut scratch).unwrap();
+    out
+}
+
+/// Projection written independently from the documented rule.
+fn project(x0: f32, v: f32, delta: f32) -> f32 {
+    let lo = (x0 - delta).max(0.0);
+    let hi = (x0 + delta).min(1.0);
+    if v.is_nan() || v < lo {
+        lo
+    } else if v > hi {
+        hi
+    } else {
+        v
+    }
+}
+
+/// The SAM loop written again from DESIGN.md on top of the public `∇F`.
+fn reference_purify(m: &Model<'_>, x0: &[f32], cfg: &PurifierConfig) -> Vec<f32> {
+    let mut x = x0.to_vec();
+    let mut g = vec![0.0; D];
+    let mut scratch = vec![0.0; m.ere_scratch_len(cfg)];
+    for _ in 0..cfg.iters {
+        let mut point = x.clone();
+        if cfg.rho > 0.0 {
+            m.ere_value_and_grad(&x, cfg, &mut g, &mut scratch).unwrap();
+            // Same fixed-order norm as the core: sum of squares in 16 lanes, tree.
+            let n = lane_norm(&g);
+            if n > 0.0 && n.is_finite() {
+                let s = cfg.rho / n;
+                for i in 0..D {
+                    point[i] = x[i] + g[i] * s;
+                }
+            }
+        }
+        m.ere_value_and_grad(&point, cfg, &mut g, &mut scratch)
+            .unwrap();
+        for i in 0..D {
+            let step = match cfg.step {
+                StepRule::Gradient => g[i],
+                StepRule::Sign => {
+                    if g[i] > 0.0 {
+                        1.0
+                    } else if g[i] < 0.0 {
+                        -1.0
+                    } else {
+                        0.0
+                    }
+                }
+            };
+            x[i] = project(x0[i], x[i] - cfg.eta * step, cfg.radius);
+        }
+    }
+    x
+}
+
+fn lane_norm(g: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    for (i, &v) in g.iter().enumerate() {
+        acc[i % 16] += v * v;
+    }
+    let mut w = 16;
+    while w > 1 {
+        w /= 2;
+        for k in 0..w {
+            acc[k] += acc[k + w];
+        }
+    }
+    acc[0].sqrt()
+}
+
+proptest! {
+    #[test]
+    fn output_stays_in_ball_and_unit_box(x in image(), cfg in config()) {
+        let m = model();
+        let out = purify(&m, &x, &cfg, f32::NAN);
+        for (i, (&o, &x0)) in out.iter().zip(&x).enumerate() {
+            prop_assert!((0.0..=1.0).contains(&o), "pixel {i} = {o} outside [0, 1]");
+            prop_assert!(
+                (f64::from(o) - f64::from(x0)).abs() <= f64::from(cfg.radius) + 1e-6,
+                "pixel {i}: |{o} - {x0}| > delta {}", cfg.radius
+            );
+        }
+    }
+
+    #[test]
+    fn same_input_gives_same_bytes(x in image(), cfg in config()) {
+        let m = model();
+        let a = purify(&m, &x, &cfg, f32::NAN);
+        let b = purify(&m, &x, &cfg, 1.0e30);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        prop_assert_eq!(bits(&a), bits(&b));
+    }
+
+    #[test]
+    fn zero_steps_or_zero_radius_return_the_input(x in image(), cfg in config()) {
+        let m = model();
+        let k0 = PurifierConfig { iters: 0, ..cfg };
+        prop_assert_eq!(purify(&m, &x, &k0, f32::NAN), x.clone());
+        let d0 = PurifierConfig { radius: 0.0, ..cfg };
+        prop_assert_eq!(purify(&m, &x, &d0, f32::NAN), x);
+    }
+
+    #[test]
+    fn rho_zero_is_projected_gradient_descent(x in image(), cfg in config()) {
+        let m = model();
+        let cfg = PurifierConfig { rho: 0.0, ..cfg };
+        let mut want = x.clone();
+        let mut g = vec![0.0; D];
+        let mut scratch = vec![0.0; m.ere_scratch_len(&cfg)];
+        for _ in 0..cfg.iters {
+            m.ere_value_and_grad(&want, &cfg, &mut g, &mut scratch).unwrap();
+            for i in 0..D {
+                let step = match cfg.step {
+                    StepRule::Gradient => g[i],
+                    StepRule::Sign => if g[i] > 0.0 { 1.0 } else if g[i] < 0.0 { -1.0 } else { 0.0 },
+                };
+                want[i] = project(x[i], want[i] - cfg.eta * step, cfg.radius);
+            }
+        }
+        prop_assert_eq!(purify(&m, &x, &cfg, f32::NAN), want);
+    }
+
+    #[test]
+    fn sam_loop_matches_an_independent_implementation(x in image(), cfg in config()) {
+        let m = model();
+        prop_assert_eq!(purify(&m, &x, &cfg, 3.0), reference_purify(&m, &x, &cfg));
+    }
+}
+
+#[test]
+fn purification_lowers_the_ere_on_average() {
+    // Not a guarantee for a random network, but small gradient steps must not
+    // increase F at a generic point: a check that the step goes downhill.
+    let m = model();
+    let cfg = PurifierConfig {
+        iters: 1,
+        rho: 0.0,
+        eta: 1e-3,
+        radius: 1.0,
+        ..m.purifier_config()
+    };
+    let x: Vec<f32> = (0..D).map(|i| 0.3 + 0.03 * i as f32).collect();
+    let out = purify(&m, &x, &cfg, 0.0);
+    let mut g = vec![0.0; D];
+    let mut s = vec![0.0; m.ere_scratch_len(&cfg)];
+    let f0 = m.ere_value_and_grad(&x, &cfg, &mut g, &mut s).unwrap();
+    let f1 = m.ere_value_and_grad(&out, &cfg, &mut g, &mut s).unwrap();
+    assert!(f1 < f0, "F went from {f0} to {f1}");
+}
+
+#[test]
+fn bad_calls_are_errors_not_panics() {
+    let m = model();
+    let cfg = m.purifier_config();
+    let need = m.purify_scratch_len(&cfg);
+    let x = vec![0.5f32; D];
+    let mut out = vec![0.0; D];
+    let mut scratch = vec![0.0; need];
+    assert_eq!(
+        m.purify(&x[..D - 1], &cfg, &mut out, &mut scratch),
+        Err(Error::InputLength {
+            expected: D,
+            found: D - 1
+        })
+    );
+    let mut nan = x.clone();
+    nan[3] = f32::NAN;
+    assert_eq!(
+        m.purify(&nan, &cfg, &mut out, &mut scratch),
+        Err(Error::NonFiniteInput { index: 3 })
+    );
+    let mut big = x.clone();
+    big[5] = 1.5;
+    assert_eq!(
+        m.purify(&big, &cfg, &mut out, &mut scratch),
+        Err(Error::InputOutOfRange { index: 5 })
+    );
+    assert_eq!(
+        m.purify(&x, &cfg, &mut out, &mut scratch[..need - 1]),
+        Err(Error::BufferLength {
+            buffer: "scratch",
+            expected: need,
+            found: need - 1
+        })
+    );
+    assert_eq!(
+        m.purify(&x, &cfg, &mut out[..2], &mut scratch),
+        Err(Error::BufferLength {
+            buffer: "output",
+            expected: D,
+            found: 2
+        })
+    );
+    for bad in [
+        PurifierConfig { sigma: 0.0, ..cfg },
+        PurifierConfig {
+            sigma: f32::NAN,
+            ..cfg
+        },
+        PurifierConfig {
+            noise_samples: 0,
+            ..cfg
+        },
+        PurifierConfig {
+            iters: pursamere_core::MAX_ITERS + 1,
+            ..cfg
+        },
+        PurifierConfig { eta: -1.0, ..cfg },
+        PurifierConfig {
+            rho: f32::INFINITY,
+            ..cfg
+        },
+        PurifierConfig {
+            radius: -0.1,
+            ..cfg
+        },
+    ] {
+        let e = m.purify(&x, &bad, &mut out, &mut scratch).unwrap_err();
+        assert!(matches!(e, Error::Config(_)), "{bad:?} gave {e:?}");
+        assert!(!e.to_string().is_empty());
+    }
+    let mut logits = vec![0.0; 3];
+    let mut inf = x.clone();
+    inf[0] = f32::NEG_INFINITY;
+    assert_eq!(
+        m.classify(&inf, &mut logits, &mut scratch),
+        Err(Error::NonFiniteInput { index: 0 })
+    );
+    assert_eq!(
+        m.classify(&x, &mut logits[..2], &mut scratch),
+        Err(Error::BufferLength {
+            buffer: "logits",
+            expected: 3,
+            found: 2
+        })
+    );
+    let label = m.classify(&x, &mut logits, &mut scratch).unwrap();
+    let best = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    assert_eq!(logits[label], best);
+}
