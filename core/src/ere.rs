@@ -24,21 +24,26 @@ use crate::purify::PurifierConfig;
 pub(crate) struct EreScratch<'s> {
     /// `M × d`: `σ ε_m` for every `m`.
     pub noise: &'s mut [f32],
+    /// Noise samples evaluated together.
+    batch: usize,
+    /// `batch × d`: the residuals `r_m`.
     r: &'s mut [f32],
     acts: &'s mut [f32],
     ping: &'s mut [f32],
     pong: &'s mut [f32],
+    rowbuf: &'s mut [f32],
 }
 
 impl<'s> EreScratch<'s> {
-    /// Splits `scratch` (at least [`Model::ere_scratch_len`] floats) and returns the
-    /// rest of it.
+    /// Splits `scratch` for a noise batch of `batch` (its length must be at least
+    /// [`Model::ere_scratch_len_batched`]) and returns the rest of it.
     pub(crate) fn split(
         model: &Model<'_>,
         cfg: &PurifierConfig,
+        batch: usize,
         scratch: &'s mut [f32],
     ) -> Result<(Self, &'s mut [f32]), Error> {
-        let needed = model.ere_scratch_len(cfg);
+        let needed = model.ere_scratch_len_batched(cfg, batch);
         let found = scratch.len();
         let Some((mine, rest)) = scratch.split_at_mut_checked(needed) else {
             return Err(Error::BufferLength {
@@ -47,19 +52,23 @@ impl<'s> EreScratch<'s> {
                 found,
             });
         };
+        let b = batch.clamp(1, (cfg.noise_samples as usize).max(1));
         let d = model.den.input_len;
         let w = model.den.max_width;
         let (noise, mine) = mine.split_at_mut(cfg.noise_samples as usize * d);
-        let (r, mine) = mine.split_at_mut(d);
-        let (acts, mine) = mine.split_at_mut(model.den.acts_len);
-        let (ping, pong) = mine.split_at_mut(w);
+        let (r, mine) = mine.split_at_mut(b * d);
+        let (acts, mine) = mine.split_at_mut(b * model.den.acts_len);
+        let (ping, mine) = mine.split_at_mut(b * w);
+        let (pong, rowbuf) = mine.split_at_mut(b * w);
         Ok((
             EreScratch {
                 noise,
+                batch: b,
                 r,
                 acts,
                 ping,
                 pong,
+                rowbuf,
             },
             rest,
         ))
@@ -97,32 +106,46 @@ pub(crate) fn ere_eval(
     if d == 0 {
         return value;
     }
-    for sigma_eps in ws.noise.chunks_exact(d) {
-        // y_m = x + σ ε_m into the network input slot.
-        for ((a, &xi), &n) in ws.acts.iter_mut().zip(x).zip(sigma_eps) {
-            *a = xi + n;
-        }
-        network::forward(net, info, ws.acts);
-        let out = network::output(info, ws.acts);
-        // r = D(y) − x.
-        for (((r, &o), &y), &xi) in ws.r.iter_mut().zip(out).zip(ws.acts.iter()).zip(x) {
-            let dy = if residual { y + o } else { o };
-            *r = dy - xi;
-        }
-        value += sum_sq(ws.r);
-        // v = J_netᵀ r.
-        if let Some(dst) = ws.ping.get_mut(..d) {
-            dst.copy_from_slice(ws.r);
-        }
-        let in_ping = network::vjp(net, info, ws.acts, ws.ping, ws.pong);
-        let v: &[f32] = if in_ping { ws.ping } else { ws.pong };
-        if residual {
-            for (g, &vi) in grad.iter_mut().zip(v) {
-                *g += vi;
+    // Noise samples in chunks of `batch`; within and across chunks everything is
+    // summed in increasing m, so the batch size never changes the bits.
+    for noise_chunk in ws.noise.chunks(ws.batch * d) {
+        let nb = noise_chunk.len() / d;
+        // y_m = x + σ ε_m into the network input slots.
+        for (a, sigma_eps) in ws.acts.chunks_exact_mut(d).zip(noise_chunk.chunks_exact(d)) {
+            for ((ai, &xi), &n) in a.iter_mut().zip(x).zip(sigma_eps) {
+                *ai = xi + n;
             }
-        } else {
-            for ((g, &vi), &ri) in grad.iter_mut().zip(v).zip(ws.r.iter()) {
-                *g += vi - ri;
+        }
+        network::forward(net, info, ws.acts, nb, ws.rowbuf);
+        let outs = network::output(info, ws.acts, nb);
+        // r = D(y) − x.
+        for ((r, out), y) in
+            ws.r.chunks_exact_mut(d)
+                .zip(outs.chunks_exact(d))
+                .zip(ws.acts.chunks_exact(d))
+                .take(nb)
+        {
+            for (((ri, &o), &yi), &xi) in r.iter_mut().zip(out).zip(y).zip(x) {
+                let dy = if residual { yi + o } else { o };
+                *ri = dy - xi;
+            }
+            value += sum_sq(r);
+        }
+        // v = J_netᵀ r for every sample of the chunk.
+        if let (Some(dst), Some(src)) = (ws.ping.get_mut(..nb * d), ws.r.get(..nb * d)) {
+            dst.copy_from_slice(src);
+        }
+        let in_ping = network::vjp(net, info, ws.acts, ws.ping, ws.pong, nb, ws.rowbuf);
+        let vs: &[f32] = if in_ping { ws.ping } else { ws.pong };
+        for (v, r) in vs.chunks_exact(d).zip(ws.r.chunks_exact(d)).take(nb) {
+            if residual {
+                for (g, &vi) in grad.iter_mut().zip(v) {
+                    *g += vi;
+                }
+            } else {
+                for ((g, &vi), &ri) in grad.iter_mut().zip(v).zip(r) {
+                    *g += vi - ri;
+                }
             }
         }
     }
@@ -137,7 +160,9 @@ pub(crate) fn ere_eval(
 impl Model<'_> {
     /// `F(x)` (returned) and `∇F(x)` (written to `grad`) for purifier settings `cfg`
     /// (σ, M and the seed matter here). `scratch` needs
-    /// [`Model::ere_scratch_len`] floats; its contents on entry do not matter.
+    /// [`Model::ere_scratch_len`] floats (more, up to
+    /// [`Model::ere_scratch_len_batched`] with `batch = M`, is faster and gives the
+    /// same bits); its contents on entry do not matter.
     pub fn ere_value_and_grad(
         &self,
         x: &[f32],
@@ -150,7 +175,8 @@ impl Model<'_> {
         check_input(x, d, false)?;
         check_len("gradient", grad.len(), d, true)?;
         take_scratch(scratch, self.ere_scratch_len(cfg))?;
-        let (mut ws, _) = EreScratch::split(self, cfg, scratch)?;
+        let batch = self.batch_for(cfg, scratch.len(), 0);
+        let (mut ws, _) = EreScratch::split(self, cfg, batch, scratch)?;
         ws.fill_noise(cfg, d);
         Ok(ere_eval(self, cfg, &mut ws, x, grad))
     }

@@ -18,10 +18,40 @@
 /// definition of the format: changing it changes results.
 pub(crate) const LANES: usize = 16;
 
-/// Weight byte → f32 (weights are stored as two's-complement i8).
+/// A weight element: an int8 byte from the file, or the same value already
+/// converted to f32 (the batched path converts a block of rows once and reuses it
+/// for every noise sample). Both give exactly the same f32, so both paths give the
+/// same bits.
+pub(crate) trait Weight: Copy {
+    /// The weight as f32 (exact).
+    fn f(self) -> f32;
+}
+
+impl Weight for u8 {
+    #[inline(always)]
+    fn f(self) -> f32 {
+        f32::from(self as i8)
+    }
+}
+
+impl Weight for f32 {
+    #[inline(always)]
+    fn f(self) -> f32 {
+        self
+    }
+}
+
 #[inline(always)]
-fn w(b: u8) -> f32 {
-    f32::from(b as i8)
+fn w<W: Weight>(b: W) -> f32 {
+    b.f()
+}
+
+/// Converts a row of int8 weight bytes to f32.
+#[inline]
+pub(crate) fn widen_row(src: &[u8], dst: &mut [f32]) {
+    for (d, &b) in dst.iter_mut().zip(src) {
+        *d = w(b);
+    }
 }
 
 /// The fixed reduction tree over the sixteen partial sums.
@@ -42,7 +72,7 @@ fn tree_sum(a: &[f32; LANES]) -> f32 {
 /// `Σ_i w[i] * x[i]` in the fixed order. `w` and `x` must have equal length
 /// (extra elements of the longer one are ignored).
 #[inline]
-pub(crate) fn dot_i8(wr: &[u8], x: &[f32]) -> f32 {
+pub(crate) fn dot<W: Weight>(wr: &[W], x: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let (wc, wt) = wr.as_chunks::<LANES>();
     let (xc, xt) = x.as_chunks::<LANES>();
@@ -57,10 +87,10 @@ pub(crate) fn dot_i8(wr: &[u8], x: &[f32]) -> f32 {
     tree_sum(&acc)
 }
 
-/// Four rows at once: each result is bit-identical to [`dot_i8`] of that row; the
+/// Four rows at once: each result is bit-identical to [`dot`] of that row; the
 /// block only gives the CPU four independent dependency chains.
 #[inline]
-pub(crate) fn dot4_i8(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
+pub(crate) fn dot4<W: Weight>(rows: [&[W]; 4], x: &[f32]) -> [f32; 4] {
     let mut acc = [[0.0f32; LANES]; 4];
     let (xc, xt) = x.as_chunks::<LANES>();
     let (c0, t0) = rows[0].as_chunks::<LANES>();
@@ -90,16 +120,16 @@ pub(crate) fn dot4_i8(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
 
 /// `gx[i] += w[i] * c` for every `i`.
 #[inline]
-pub(crate) fn axpy_i8(gx: &mut [f32], wr: &[u8], c: f32) {
+pub(crate) fn axpy<W: Weight>(gx: &mut [f32], wr: &[W], c: f32) {
     for (g, &wi) in gx.iter_mut().zip(wr) {
         *g += w(wi) * c;
     }
 }
 
-/// Four rows in order: bit-identical to four successive [`axpy_i8`] calls, with one
+/// Four rows in order: bit-identical to four successive [`axpy`] calls, with one
 /// load and store of `gx` instead of four.
 #[inline]
-pub(crate) fn axpy4_i8(gx: &mut [f32], rows: [&[u8]; 4], c: [f32; 4]) {
+pub(crate) fn axpy4<W: Weight>(gx: &mut [f32], rows: [&[W]; 4], c: [f32; 4]) {
     for ((((g, &a), &b), &d), &e) in gx
         .iter_mut()
         .zip(rows[0])
@@ -111,7 +141,7 @@ pub(crate) fn axpy4_i8(gx: &mut [f32], rows: [&[u8]; 4], c: [f32; 4]) {
     }
 }
 
-/// `Σ_i x[i]²` in the same fixed lane order as [`dot_i8`].
+/// `Σ_i x[i]²` in the same fixed lane order as [`dot`].
 #[inline]
 pub(crate) fn sum_sq(x: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::{axpy4_i8, axpy_i8, dot4_i8, dot_i8, f32_at};
+use crate::kernels::{axpy, axpy4, dot, dot4, f32_at, widen_row};
 
 /// One layer of a network.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -72,14 +72,12 @@ impl Dense<'_> {
             else {
                 return;
             };
-            yb.copy_from_slice(&dot4_i8([r0, r1, r2, r3], x));
+            yb.copy_from_slice(&dot4([r0, r1, r2, r3], x));
         }
         for (yo, row) in blocks.into_remainder().iter_mut().zip(rows) {
-            *yo = dot_i8(row, x);
+            *yo = dot(row, x);
         }
-        for (o, yo) in y.iter_mut().enumerate() {
-            *yo = *yo * self.scale(o) + self.bias(o);
-        }
+        self.apply_scale_bias(y);
     }
 
     /// `gx = Wᵀ (scale ⊙ gy)`: rows in increasing order, four at a time. Rows whose
@@ -104,12 +102,151 @@ impl Dense<'_> {
             }
             if count == 4 {
                 let [p0, p1, p2, p3] = pending;
-                axpy4_i8(gx, [p0.0, p1.0, p2.0, p3.0], [p0.1, p1.1, p2.1, p3.1]);
+                axpy4(gx, [p0.0, p1.0, p2.0, p3.0], [p0.1, p1.1, p2.1, p3.1]);
                 count = 0;
             }
         }
         for &(row, c) in pending.iter().take(count) {
-            axpy_i8(gx, row, c);
+            axpy(gx, row, c);
+        }
+    }
+}
+
+/// Scratch floats the batched kernels use to hold four rows widened to f32.
+pub(crate) fn row_buffer_len(max_inputs: usize) -> usize {
+    4 * max_inputs
+}
+
+impl Dense<'_> {
+    fn apply_scale_bias(&self, y: &mut [f32]) {
+        for (o, yo) in y.iter_mut().enumerate() {
+            *yo = *yo * self.scale(o) + self.bias(o);
+        }
+    }
+
+    /// Forward pass of `batch` samples stored one after another in `xs`/`ys`.
+    /// With `rowbuf` (at least `4 × inputs` floats) and `batch ≥ 2`, each block of
+    /// four rows is widened to f32 once and reused for every sample; the arithmetic
+    /// per sample is exactly that of [`Dense::forward`], so the bits are the same.
+    pub(crate) fn forward_batch(
+        &self,
+        xs: &[f32],
+        ys: &mut [f32],
+        batch: usize,
+        rowbuf: &mut [f32],
+    ) {
+        let (n, m) = (self.inputs as usize, self.outputs as usize);
+        if n == 0 || m == 0 {
+            return;
+        }
+        let Some(rb) = rowbuf.get_mut(..row_buffer_len(n)).filter(|_| batch >= 2) else {
+            for (x, y) in xs.chunks_exact(n).zip(ys.chunks_exact_mut(m)).take(batch) {
+                self.forward(x, y);
+            }
+            return;
+        };
+        let (r0, rest) = rb.split_at_mut(n);
+        let (r1, rest) = rest.split_at_mut(n);
+        let (r2, r3) = rest.split_at_mut(n);
+        let mut rows = self.weights.chunks_exact(n);
+        let mut o = 0usize;
+        while o + 4 <= m {
+            let (Some(w0), Some(w1), Some(w2), Some(w3)) =
+                (rows.next(), rows.next(), rows.next(), rows.next())
+            else {
+                return;
+            };
+            widen_row(w0, r0);
+            widen_row(w1, r1);
+            widen_row(w2, r2);
+            widen_row(w3, r3);
+            for (x, y) in xs.chunks_exact(n).zip(ys.chunks_exact_mut(m)).take(batch) {
+                if let Some(yb) = y.get_mut(o..o + 4) {
+                    yb.copy_from_slice(&dot4([&*r0, &*r1, &*r2, &*r3], x));
+                }
+            }
+            o += 4;
+        }
+        for row in rows {
+            widen_row(row, r0);
+            for (x, y) in xs.chunks_exact(n).zip(ys.chunks_exact_mut(m)).take(batch) {
+                if let Some(yo) = y.get_mut(o) {
+                    *yo = dot(&*r0, x);
+                }
+            }
+            o += 1;
+        }
+        for y in ys.chunks_exact_mut(m).take(batch) {
+            self.apply_scale_bias(y);
+        }
+    }
+
+    /// VJP of `batch` samples; bit-identical per sample to [`Dense::vjp`] (each
+    /// sample sees its non-zero rows in increasing order, added one after another).
+    pub(crate) fn vjp_batch(&self, gys: &[f32], gxs: &mut [f32], batch: usize, rowbuf: &mut [f32]) {
+        let (n, m) = (self.inputs as usize, self.outputs as usize);
+        if n == 0 || m == 0 {
+            return;
+        }
+        let Some(rb) = rowbuf.get_mut(..row_buffer_len(n)).filter(|_| batch >= 2) else {
+            for (gy, gx) in gys.chunks_exact(m).zip(gxs.chunks_exact_mut(n)).take(batch) {
+                self.vjp(gy, gx);
+            }
+            return;
+        };
+        for gx in gxs.chunks_exact_mut(n).take(batch) {
+            gx.fill(0.0);
+        }
+        let (r0, rest) = rb.split_at_mut(n);
+        let (r1, rest) = rest.split_at_mut(n);
+        let (r2, r3) = rest.split_at_mut(n);
+        for (blk, wblock) in self.weights.chunks(4 * n).enumerate() {
+            let o = blk * 4;
+            let k = wblock.len() / n;
+            let scales = [
+                self.scale(o),
+                self.scale(o + 1),
+                self.scale(o + 2),
+                self.scale(o + 3),
+            ];
+            let any = gys
+                .chunks_exact(m)
+                .take(batch)
+                .any(|gy| (0..k).any(|j| gy.get(o + j).is_some_and(|&g| scales[j] * g != 0.0)));
+            if !any {
+                continue;
+            }
+            for (j, (w, r)) in wblock
+                .chunks_exact(n)
+                .zip([&mut *r0, &mut *r1, &mut *r2, &mut *r3])
+                .enumerate()
+            {
+                if j < k {
+                    widen_row(w, r);
+                }
+            }
+            let rows: [&[f32]; 4] = [&*r0, &*r1, &*r2, &*r3];
+            for (gy, gx) in gys.chunks_exact(m).zip(gxs.chunks_exact_mut(n)).take(batch) {
+                let mut sel: [(&[f32], f32); 4] = [(&[], 0.0); 4];
+                let mut count = 0usize;
+                for (j, &row) in rows.iter().enumerate().take(k) {
+                    let c = scales[j] * gy.get(o + j).copied().unwrap_or(0.0);
+                    if c != 0.0 {
+                        if let Some(slot) = sel.get_mut(count) {
+                            *slot = (row, c);
+                            count += 1;
+                        }
+                    }
+                }
+                if count == 4 {
+                    let [p0, p1, p2, p3] = sel;
+                    axpy4(gx, [p0.0, p1.0, p2.0, p3.0], [p0.1, p1.1, p2.1, p3.1]);
+                } else {
+                    for &(row, c) in sel.iter().take(count) {
+                        axpy(gx, row, c);
+                    }
+                }
+            }
         }
     }
 }
@@ -152,6 +289,36 @@ impl Layer<'_> {
                     *yo = if xi > 0.0 { xi } else { 0.0 };
                 }
             }
+        }
+    }
+
+    /// Forward pass of `batch` samples stored one after another (`len` inputs each).
+    pub(crate) fn forward_batch(
+        &self,
+        xs: &[f32],
+        ys: &mut [f32],
+        batch: usize,
+        rowbuf: &mut [f32],
+    ) {
+        match self {
+            Layer::Dense(d) => d.forward_batch(xs, ys, batch, rowbuf),
+            // Elementwise: the batch is one long vector.
+            Layer::Relu => self.forward(xs, ys),
+        }
+    }
+
+    /// VJP of `batch` samples stored one after another.
+    pub(crate) fn vjp_batch(
+        &self,
+        xs: &[f32],
+        gys: &[f32],
+        gxs: &mut [f32],
+        batch: usize,
+        rowbuf: &mut [f32],
+    ) {
+        match self {
+            Layer::Dense(d) => d.vjp_batch(gys, gxs, batch, rowbuf),
+            Layer::Relu => self.vjp(xs, gys, gxs),
         }
     }
 

@@ -46,15 +46,47 @@ impl<'a> Model<'a> {
         self.spec.purifier
     }
 
-    /// Scratch floats [`Model::ere_value_and_grad`] needs for `cfg`.
+    /// Minimum scratch floats [`Model::ere_value_and_grad`] needs for `cfg`
+    /// (noise samples processed one at a time).
     pub fn ere_scratch_len(&self, cfg: &PurifierConfig) -> usize {
-        let d = self.den.input_len;
-        cfg.noise_samples as usize * d + d + self.den.acts_len + 2 * self.den.max_width
+        self.ere_scratch_len_batched(cfg, 1)
     }
 
-    /// Scratch floats [`Model::purify`] needs for `cfg`.
+    /// Scratch floats for evaluating `batch` noise samples at once (clamped to
+    /// `1..=M`). Batching reuses each weight for several samples and is faster on
+    /// hosts; the result is bit-identical for every batch size. Entry points use the
+    /// largest batch the scratch they are given allows.
+    pub fn ere_scratch_len_batched(&self, cfg: &PurifierConfig, batch: usize) -> usize {
+        let b = batch.clamp(1, (cfg.noise_samples as usize).max(1));
+        let d = self.den.input_len;
+        let w = self.den.max_width;
+        let rowbuf = if b >= 2 {
+            crate::layers::row_buffer_len(w)
+        } else {
+            0
+        };
+        cfg.noise_samples as usize * d + b * (d + self.den.acts_len + 2 * w) + rowbuf
+    }
+
+    /// Minimum scratch floats [`Model::purify`] needs for `cfg`.
     pub fn purify_scratch_len(&self, cfg: &PurifierConfig) -> usize {
-        self.ere_scratch_len(cfg) + 2 * self.den.input_len
+        self.purify_scratch_len_batched(cfg, 1)
+    }
+
+    /// Scratch floats for [`Model::purify`] with `batch` noise samples evaluated
+    /// together (see [`Model::ere_scratch_len_batched`]); `batch = M` is fastest.
+    pub fn purify_scratch_len_batched(&self, cfg: &PurifierConfig, batch: usize) -> usize {
+        self.ere_scratch_len_batched(cfg, batch) + 2 * self.den.input_len
+    }
+
+    /// The largest noise batch whose ERE scratch plus `extra` fits in `available`
+    /// (at least 1; the caller checks the minimum separately).
+    pub(crate) fn batch_for(&self, cfg: &PurifierConfig, available: usize, extra: usize) -> usize {
+        let mut b = (cfg.noise_samples as usize).max(1);
+        while b > 1 && self.ere_scratch_len_batched(cfg, b) + extra > available {
+            b -= 1;
+        }
+        b
     }
 
     /// Scratch floats [`Model::denoise`] needs.
@@ -68,10 +100,20 @@ impl<'a> Model<'a> {
     }
 
     /// Scratch floats that suffice for every entry point with the file's default
-    /// purifier configuration.
+    /// purifier configuration (the minimum: noise samples one at a time).
     pub fn scratch_len(&self) -> usize {
         let cfg = self.spec.purifier;
         self.purify_scratch_len(&cfg)
+            .max(self.classify_scratch_len())
+            .max(self.denoise_scratch_len())
+    }
+
+    /// Like [`Model::scratch_len`], but enough for the fastest path (all M noise
+    /// samples at once). Same results, more memory.
+    pub fn scratch_len_fast(&self) -> usize {
+        let cfg = self.spec.purifier;
+        let m = cfg.noise_samples as usize;
+        self.purify_scratch_len_batched(&cfg, m)
             .max(self.classify_scratch_len())
             .max(self.denoise_scratch_len())
     }
@@ -108,8 +150,8 @@ impl<'a> Model<'a> {
         let acts = take_scratch(scratch, self.cls.acts_len)?;
         let (head, _) = acts.split_at_mut(self.cls.input_len);
         head.copy_from_slice(input);
-        crate::network::forward(&self.spec.classifier, &self.cls, acts);
-        logits.copy_from_slice(crate::network::output(&self.cls, acts));
+        crate::network::forward(&self.spec.classifier, &self.cls, acts, 1, &mut []);
+        logits.copy_from_slice(crate::network::output(&self.cls, acts, 1));
         Ok(argmax(logits))
     }
 
@@ -125,8 +167,8 @@ impl<'a> Model<'a> {
         let acts = take_scratch(scratch, self.den.acts_len)?;
         let (head, _) = acts.split_at_mut(self.den.input_len);
         head.copy_from_slice(input);
-        crate::network::forward(&self.spec.denoiser, &self.den, acts);
-        let net = crate::network::output(&self.den, acts);
+        crate::network::forward(&self.spec.denoiser, &self.den, acts, 1, &mut []);
+        let net = crate::network::output(&self.den, acts, 1);
         for ((o, &n), &y) in out.iter_mut().zip(net).zip(input) {
             *o = if self.spec.denoiser.residual {
                 y + n

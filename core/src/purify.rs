@@ -93,8 +93,10 @@ impl PurifierConfig {
 impl Model<'_> {
     /// Purifies `input` (values in `[0, 1]`, length [`Model::input_len`]) into `out`
     /// with configuration `cfg` (usually [`Model::purifier_config`], possibly
-    /// overridden). `scratch` needs [`Model::purify_scratch_len`] floats; its contents
-    /// on entry do not matter. Deterministic: the same model, input and `cfg` give the
+    /// overridden). `scratch` needs [`Model::purify_scratch_len`] floats; up to
+    /// [`Model::purify_scratch_len_batched`] with `batch = M` it is used to evaluate
+    /// several noise samples at once, which is faster and gives the same bits. Its
+    /// contents on entry do not matter. Deterministic: the same model, input and `cfg` give the
     /// same bits on every target.
     pub fn purify(
         &self,
@@ -116,9 +118,15 @@ impl Model<'_> {
                 found,
             });
         }
-        let (mut ws, rest) = EreScratch::split(self, cfg, scratch)?;
-        let (x_tilde, rest) = rest.split_at_mut(d);
-        let (g, _) = rest.split_at_mut(d);
+        let batch = self.batch_for(cfg, found, 2 * d);
+        let (mut ws, rest) = EreScratch::split(self, cfg, batch, scratch)?;
+        let too_small = Error::BufferLength {
+            buffer: "scratch",
+            expected: needed,
+            found,
+        };
+        let (x_tilde, rest) = rest.split_at_mut_checked(d).ok_or(too_small)?;
+        let (g, _) = rest.split_at_mut_checked(d).ok_or(too_small)?;
         ws.fill_noise(cfg, d);
 
         out.copy_from_slice(input);

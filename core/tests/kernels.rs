@@ -148,3 +148,33 @@ fn quantisation_rule_is_symmetric_per_row() {
     assert_eq!(quantize_value(0.5, 1.0), 1); // half away from zero
     assert!(!quantize_per_channel(&w, 3, &mut q, &mut s));
 }
+
+#[test]
+fn batched_model_gradient_is_bit_identical_to_unbatched() {
+    // A model wide enough that the batched kernels see full 4-row blocks, partial
+    // blocks, and sparse ReLU masks.
+    let owned = common::OwnedModel::random(41, (5, 7), &[37, 22], true, &[9], 4);
+    let bytes = owned.bytes();
+    let model = pursamere_core::Model::parse(&bytes).unwrap();
+    let mut rng = Rng(8);
+    for m in [1u32, 2, 3, 7] {
+        let cfg = pursamere_core::PurifierConfig {
+            noise_samples: m,
+            ..model.purifier_config()
+        };
+        let x: Vec<f32> = (0..35).map(|_| rng.unit()).collect();
+        let mut reference = None;
+        for batch in 1..=m as usize {
+            let mut g = vec![f32::NAN; 35];
+            let mut scratch = dirty(model.ere_scratch_len_batched(&cfg, batch), batch);
+            let f = model
+                .ere_value_and_grad(&x, &cfg, &mut g, &mut scratch)
+                .unwrap();
+            let bits: Vec<u32> = std::iter::once(f).chain(g).map(f32::to_bits).collect();
+            match &reference {
+                None => reference = Some(bits),
+                Some(r) => assert_eq!(r, &bits, "M = {m}, batch = {batch}"),
+            }
+        }
+    }
+}

@@ -22,7 +22,7 @@ const D: usize = 12;
 fn config() -> impl Strategy<Value = PurifierConfig> {
     (
         0.05f32..1.0,
-        1u32..4,
+        1u32..6,
         0u32..6,
         0.001f32..0.5,
         prop_oneof![Just(0.0f32), 0.0f32..0.2],
@@ -50,8 +50,19 @@ fn image() -> impl Strategy<Value = Vec<f32>> {
 }
 
 fn purify(m: &Model<'_>, x: &[f32], cfg: &PurifierConfig, garbage: f32) -> Vec<f32> {
+    purify_batched(m, x, cfg, garbage, 1)
+}
+
+/// Purifies with scratch for `batch` noise samples at once.
+fn purify_batched(
+    m: &Model<'_>,
+    x: &[f32],
+    cfg: &PurifierConfig,
+    garbage: f32,
+    batch: usize,
+) -> Vec<f32> {
     let mut out = vec![garbage; D];
-    let mut scratch = vec![garbage; m.purify_scratch_len(cfg)];
+    let mut scratch = vec![garbage; m.purify_scratch_len_batched(cfg, batch)];
     m.purify(x, cfg, &mut out, &mut scratch).unwrap();
     out
 }
@@ -144,6 +155,11 @@ proptest! {
         let b = purify(&m, &x, &cfg, 1.0e30);
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         prop_assert_eq!(bits(&a), bits(&b));
+        // Every noise batch size (more scratch) gives the same bits.
+        for batch in 2..=cfg.noise_samples as usize {
+            let c = purify_batched(&m, &x, &cfg, -3.0, batch);
+            prop_assert_eq!(bits(&a), bits(&c), "batch {}", batch);
+        }
     }
 
     #[test]
