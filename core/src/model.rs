@@ -65,7 +65,11 @@ impl<'a> Model<'a> {
         } else {
             0
         };
-        cfg.noise_samples as usize * d + b * (d + self.den.acts_len + 2 * w) + rowbuf
+        // Saturating: callers may ask before validating an absurd configuration.
+        (cfg.noise_samples as usize)
+            .saturating_mul(d)
+            .saturating_add(b.saturating_mul(d + self.den.acts_len + 2 * w))
+            .saturating_add(rowbuf)
     }
 
     /// Minimum scratch floats [`Model::purify`] needs for `cfg`.
@@ -76,14 +80,15 @@ impl<'a> Model<'a> {
     /// Scratch floats for [`Model::purify`] with `batch` noise samples evaluated
     /// together (see [`Model::ere_scratch_len_batched`]); `batch = M` is fastest.
     pub fn purify_scratch_len_batched(&self, cfg: &PurifierConfig, batch: usize) -> usize {
-        self.ere_scratch_len_batched(cfg, batch) + 2 * self.den.input_len
+        self.ere_scratch_len_batched(cfg, batch)
+            .saturating_add(2 * self.den.input_len)
     }
 
     /// The largest noise batch whose ERE scratch plus `extra` fits in `available`
     /// (at least 1; the caller checks the minimum separately).
     pub(crate) fn batch_for(&self, cfg: &PurifierConfig, available: usize, extra: usize) -> usize {
         let mut b = (cfg.noise_samples as usize).max(1);
-        while b > 1 && self.ere_scratch_len_batched(cfg, b) + extra > available {
+        while b > 1 && self.ere_scratch_len_batched(cfg, b).saturating_add(extra) > available {
             b -= 1;
         }
         b
@@ -134,7 +139,10 @@ impl<'a> Model<'a> {
     /// coefficient is zero, so the executed count is somewhat lower.)
     pub fn purify_macs(&self, cfg: &PurifierConfig) -> u64 {
         let grads_per_step = if cfg.rho > 0.0 { 2 } else { 1 };
-        u64::from(cfg.iters) * grads_per_step * u64::from(cfg.noise_samples) * 2 * self.den.macs
+        u64::from(cfg.iters)
+            .saturating_mul(grads_per_step * 2)
+            .saturating_mul(u64::from(cfg.noise_samples))
+            .saturating_mul(self.den.macs)
     }
 
     /// Classifies `input`: writes the logits (length [`Model::num_classes`]) and
