@@ -117,6 +117,19 @@ pub(crate) fn row_buffer_len(max_inputs: usize) -> usize {
     4 * max_inputs
 }
 
+/// Four row buffers of `n` floats carved from `rowbuf`, when the batched path
+/// applies (at least two samples and a large enough buffer).
+fn row_buffers(rowbuf: &mut [f32], n: usize, batch: usize) -> Option<[&mut [f32]; 4]> {
+    if batch < 2 {
+        return None;
+    }
+    let rb = rowbuf.get_mut(..row_buffer_len(n))?;
+    let (r0, rest) = rb.split_at_mut(n);
+    let (r1, rest) = rest.split_at_mut(n);
+    let (r2, r3) = rest.split_at_mut(n);
+    Some([r0, r1, r2, r3])
+}
+
 impl Dense<'_> {
     fn apply_scale_bias(&self, y: &mut [f32]) {
         for (o, yo) in y.iter_mut().enumerate() {
@@ -139,15 +152,12 @@ impl Dense<'_> {
         if n == 0 || m == 0 {
             return;
         }
-        let Some(rb) = rowbuf.get_mut(..row_buffer_len(n)).filter(|_| batch >= 2) else {
+        let Some([r0, r1, r2, r3]) = row_buffers(rowbuf, n, batch) else {
             for (x, y) in xs.chunks_exact(n).zip(ys.chunks_exact_mut(m)).take(batch) {
                 self.forward(x, y);
             }
             return;
         };
-        let (r0, rest) = rb.split_at_mut(n);
-        let (r1, rest) = rest.split_at_mut(n);
-        let (r2, r3) = rest.split_at_mut(n);
         let mut rows = self.weights.chunks_exact(n);
         let mut o = 0usize;
         while o + 4 <= m {
@@ -188,7 +198,7 @@ impl Dense<'_> {
         if n == 0 || m == 0 {
             return;
         }
-        let Some(rb) = rowbuf.get_mut(..row_buffer_len(n)).filter(|_| batch >= 2) else {
+        let Some([r0, r1, r2, r3]) = row_buffers(rowbuf, n, batch) else {
             for (gy, gx) in gys.chunks_exact(m).zip(gxs.chunks_exact_mut(n)).take(batch) {
                 self.vjp(gy, gx);
             }
@@ -197,9 +207,6 @@ impl Dense<'_> {
         for gx in gxs.chunks_exact_mut(n).take(batch) {
             gx.fill(0.0);
         }
-        let (r0, rest) = rb.split_at_mut(n);
-        let (r1, rest) = rest.split_at_mut(n);
-        let (r2, r3) = rest.split_at_mut(n);
         for (blk, wblock) in self.weights.chunks(4 * n).enumerate() {
             let o = blk * 4;
             let k = wblock.len() / n;
