@@ -1,8 +1,9 @@
 //! # pursamere-trainer
 //!
-//! Host-side tooling for PurSAMERE. This crate is being built up (training, export,
-//! the float reference purifier and the attacks land with later work); today it
-//! re-exports the core so the workspace layout is final.
+//! Host-side tooling for PurSAMERE. Today: the data loaders ([`data`]). Training,
+//! export, the float reference purifier and the attacks are being added.
 #![deny(missing_docs)]
+
+pub mod data;
 
 pub use pursamere_core as core;

@@ -1,0 +1,334 @@
+//! Data sets: IDX files (MNIST, Fashion-MNIST; gzipped or raw), seeded shuffling and
+//! a validation split carved from the TRAIN set.
+//!
+//! IDX (LeCun's format): a big-endian header `0x00 0x00 type ndims`, then `ndims`
+//! big-endian u32 dimensions, then the data. Images are type `0x08` (unsigned byte)
+//! with three dimensions (count, rows, columns): magic `0x00000803`; labels are type
+//! `0x08` with one dimension: magic `0x00000801`.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// Magic number of an IDX image file.
+pub const IDX_IMAGES_MAGIC: u32 = 0x0000_0803;
+/// Magic number of an IDX label file.
+pub const IDX_LABELS_MAGIC: u32 = 0x0000_0801;
+
+/// What is wrong with a data file. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The file could not be opened or read (or its gzip stream is corrupt).
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// Wrong magic number: not an IDX file of the expected kind.
+    #[error("{path}: magic number {found:#010x}, expected {expected:#010x} ({what}); is this the right file?")]
+    BadMagic {
+        /// File.
+        path: PathBuf,
+        /// Magic required.
+        expected: u32,
+        /// Magic found.
+        found: u32,
+        /// "images" or "labels".
+        what: &'static str,
+    },
+    /// A dimension is zero or the image size is implausible.
+    #[error("{path}: bad dimensions {dims:?}")]
+    BadDims {
+        /// File.
+        path: PathBuf,
+        /// Dimensions in the header.
+        dims: Vec<u32>,
+    },
+    /// Fewer (or more) data bytes than the header promises.
+    #[error("{path}: header promises {expected} data bytes but the file holds {found}")]
+    Length {
+        /// File.
+        path: PathBuf,
+        /// Bytes the header implies.
+        expected: u64,
+        /// Bytes present.
+        found: u64,
+    },
+    /// Image and label counts differ.
+    #[error("{images} holds {image_count} images but {labels} holds {label_count} labels")]
+    CountMismatch {
+        /// Image file.
+        images: PathBuf,
+        /// Label file.
+        labels: PathBuf,
+        /// Images.
+        image_count: usize,
+        /// Labels.
+        label_count: usize,
+    },
+    /// A label is not below the number of classes.
+    #[error("{path}: label {label} at index {index} is out of range (the data set has {classes} classes)")]
+    LabelRange {
+        /// File.
+        path: PathBuf,
+        /// Position.
+        index: usize,
+        /// Value.
+        label: u8,
+        /// Number of classes.
+        classes: usize,
+    },
+    /// A requested split does not fit the data.
+    #[error("cannot hold out {requested} validation examples from {available}")]
+    Split {
+        /// Requested validation size.
+        requested: usize,
+        /// Examples available.
+        available: usize,
+    },
+}
+
+/// Images with labels, as bytes (0..=255) in row-major order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dataset {
+    /// Rows per image.
+    pub rows: usize,
+    /// Columns per image.
+    pub cols: usize,
+    /// `len × rows × cols` pixel bytes.
+    pub pixels: Vec<u8>,
+    /// One label per image.
+    pub labels: Vec<u8>,
+}
+
+impl Dataset {
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True when there are no examples.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Values per image.
+    pub fn image_len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// Image `i` as bytes (`None` past the end).
+    pub fn image(&self, i: usize) -> Option<&[u8]> {
+        let n = self.image_len();
+        self.pixels.get(i * n..(i + 1) * n)
+    }
+
+    /// Image `i` scaled to `[0, 1]` f32 (`value / 255`), as the purifier takes it.
+    pub fn image_f32(&self, i: usize) -> Option<Vec<f32>> {
+        self.image(i)
+            .map(|b| b.iter().map(|&v| f32::from(v) / 255.0).collect())
+    }
+
+    /// The examples at `indices`, in that order.
+    pub fn select(&self, indices: &[usize]) -> Dataset {
+        let n = self.image_len();
+        let mut pixels = Vec::with_capacity(indices.len() * n);
+        let mut labels = Vec::with_capacity(indices.len());
+        for &i in indices {
+            if let (Some(img), Some(&l)) = (self.image(i), self.labels.get(i)) {
+                pixels.extend_from_slice(img);
+                labels.push(l);
+            }
+        }
+        Dataset {
+            rows: self.rows,
+            cols: self.cols,
+            pixels,
+            labels,
+        }
+    }
+
+    /// A seeded permutation of `0..len` (ChaCha8, reproducible across platforms).
+    pub fn permutation(&self, seed: u64) -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..self.len()).collect();
+        idx.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        idx
+    }
+
+    /// Splits off `validation` examples chosen by a seeded shuffle: returns
+    /// `(train, validation)`. Hyper-parameters are tuned on the validation part of
+    /// the TRAIN set, never on the test set.
+    pub fn split_validation(
+        &self,
+        validation: usize,
+        seed: u64,
+    ) -> Result<(Dataset, Dataset), DataError> {
+        if validation >= self.len() {
+            return Err(DataError::Split {
+                requested: validation,
+                available: self.len(),
+            });
+        }
+        let perm = self.permutation(seed);
+        let (val, train) = perm.split_at(validation);
+        Ok((self.select(train), self.select(val)))
+    }
+}
+
+/// Reads a whole file, transparently un-gzipping it when it starts with the gzip magic.
+fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
+    let io_err = |source| DataError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut raw = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut raw))
+        .map_err(io_err)?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .map_err(io_err)?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// Parses an IDX header; returns the dimensions and the data.
+fn parse_idx<'b>(
+    path: &Path,
+    bytes: &'b [u8],
+    magic: u32,
+    what: &'static str,
+) -> Result<(Vec<u32>, &'b [u8]), DataError> {
+    let ndims = (magic & 0xff) as usize;
+    let header_len = 4 + 4 * ndims;
+    let found_magic = bytes
+        .get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    match found_magic {
+        Some(m) if m == magic => {}
+        other => {
+            return Err(DataError::BadMagic {
+                path: path.to_owned(),
+                expected: magic,
+                found: other.unwrap_or(0),
+                what,
+            })
+        }
+    }
+    let Some(header) = bytes.get(4..header_len) else {
+        return Err(DataError::Length {
+            path: path.to_owned(),
+            expected: header_len as u64,
+            found: bytes.len() as u64,
+        });
+    };
+    let dims: Vec<u32> = header
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let data = &bytes[header_len..];
+    let expected: u64 = dims.iter().map(|&d| u64::from(d)).product();
+    if expected != data.len() as u64 {
+        return Err(DataError::Length {
+            path: path.to_owned(),
+            expected,
+            found: data.len() as u64,
+        });
+    }
+    Ok((dims, data))
+}
+
+/// Reads an IDX image file (gzipped or raw): `(count, rows, cols, pixels)`.
+pub fn read_idx_images(path: &Path) -> Result<(usize, usize, usize, Vec<u8>), DataError> {
+    let bytes = read_maybe_gz(path)?;
+    let (dims, data) = parse_idx(path, &bytes, IDX_IMAGES_MAGIC, "images")?;
+    let [count, rows, cols] = [dims[0], dims[1], dims[2]].map(|d| d as usize);
+    if rows == 0 || cols == 0 || rows > 4096 || cols > 4096 {
+        return Err(DataError::BadDims {
+            path: path.to_owned(),
+            dims,
+        });
+    }
+    Ok((count, rows, cols, data.to_vec()))
+}
+
+/// Reads an IDX label file (gzipped or raw).
+pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>, DataError> {
+    let bytes = read_maybe_gz(path)?;
+    let (_, data) = parse_idx(path, &bytes, IDX_LABELS_MAGIC, "labels")?;
+    Ok(data.to_vec())
+}
+
+/// Reads an image file and its label file, checking that the counts agree and that
+/// every label is below `classes`.
+pub fn load_idx_pair(images: &Path, labels: &Path, classes: usize) -> Result<Dataset, DataError> {
+    let (count, rows, cols, pixels) = read_idx_images(images)?;
+    let labels_v = read_idx_labels(labels)?;
+    if labels_v.len() != count {
+        return Err(DataError::CountMismatch {
+            images: images.to_owned(),
+            labels: labels.to_owned(),
+            image_count: count,
+            label_count: labels_v.len(),
+        });
+    }
+    if let Some((index, &label)) = labels_v
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| usize::from(l) >= classes)
+    {
+        return Err(DataError::LabelRange {
+            path: labels.to_owned(),
+            index,
+            label,
+            classes,
+        });
+    }
+    Ok(Dataset {
+        rows,
+        cols,
+        pixels,
+        labels: labels_v,
+    })
+}
+
+/// Which part of a data set directory to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// `train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`.
+    Train,
+    /// `t10k-images-idx3-ubyte[.gz]`, `t10k-labels-idx1-ubyte[.gz]`.
+    Test,
+}
+
+/// Loads the train or test part of an MNIST-layout directory (MNIST, Fashion-MNIST),
+/// accepting gzipped or raw files under their standard names; 10 classes.
+pub fn load_mnist_dir(dir: &Path, split: Split) -> Result<Dataset, DataError> {
+    let prefix = match split {
+        Split::Train => "train",
+        Split::Test => "t10k",
+    };
+    let find = |stem: String| {
+        let gz = dir.join(format!("{stem}.gz"));
+        if gz.exists() {
+            gz
+        } else {
+            dir.join(stem)
+        }
+    };
+    load_idx_pair(
+        &find(format!("{prefix}-images-idx3-ubyte")),
+        &find(format!("{prefix}-labels-idx1-ubyte")),
+        10,
+    )
+}

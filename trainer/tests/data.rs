@@ -1,0 +1,225 @@
+//! The IDX loader on generated files: good files (raw and gzipped) and every kind of
+//! bad file; the full data sets in an opt-in test.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use pursamere_trainer::data::{
+    load_idx_pair, load_mnist_dir, read_idx_images, DataError, Split, IDX_IMAGES_MAGIC,
+    IDX_LABELS_MAGIC,
+};
+
+fn idx(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut v = magic.to_be_bytes().to_vec();
+    for d in dims {
+        v.extend_from_slice(&d.to_be_bytes());
+    }
+    v.extend_from_slice(data);
+    v
+}
+
+fn gz(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// Three 2×3 images with labels 0, 9, 4.
+fn good(dir: &Path, gzip: bool) -> (PathBuf, PathBuf) {
+    let pixels: Vec<u8> = (0..18).collect();
+    let images = idx(IDX_IMAGES_MAGIC, &[3, 2, 3], &pixels);
+    let labels = idx(IDX_LABELS_MAGIC, &[3], &[0, 9, 4]);
+    if gzip {
+        (
+            write(dir, "i.gz", &gz(&images)),
+            write(dir, "l.gz", &gz(&labels)),
+        )
+    } else {
+        (write(dir, "i", &images), write(dir, "l", &labels))
+    }
+}
+
+#[test]
+fn reads_raw_and_gzipped_files_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let (i, l) = good(dir.path(), false);
+    let raw = load_idx_pair(&i, &l, 10).unwrap();
+    let (i, l) = good(dir.path(), true);
+    let zipped = load_idx_pair(&i, &l, 10).unwrap();
+    assert_eq!(raw, zipped);
+    assert_eq!((raw.len(), raw.rows, raw.cols), (3, 2, 3));
+    assert_eq!(raw.labels, [0, 9, 4]);
+    assert_eq!(raw.image(1).unwrap(), &[6, 7, 8, 9, 10, 11]);
+    assert_eq!(raw.image(3), None);
+    assert_eq!(raw.image_f32(2).unwrap()[5], 17.0 / 255.0);
+}
+
+#[test]
+fn bad_files_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (gi, gl) = good(d, false);
+    let msg = |e: DataError| e.to_string();
+
+    // Missing file.
+    let e = load_idx_pair(&d.join("nope"), &gl, 10).unwrap_err();
+    assert!(matches!(e, DataError::Io { .. }) && msg(e).contains("nope"));
+
+    // Labels given where images are expected (bad magic).
+    let e = load_idx_pair(&gl, &gl, 10).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DataError::BadMagic {
+                found: IDX_LABELS_MAGIC,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(msg(e).contains("0x00000803"));
+
+    // Truncated data.
+    let short = write(d, "short", &idx(IDX_IMAGES_MAGIC, &[3, 2, 3], &[0; 17]));
+    let e = load_idx_pair(&short, &gl, 10).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DataError::Length {
+                expected: 18,
+                found: 17,
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    // Truncated header.
+    let head = write(d, "head", &IDX_IMAGES_MAGIC.to_be_bytes()[..]);
+    assert!(matches!(
+        read_idx_images(&head).unwrap_err(),
+        DataError::Length { .. }
+    ));
+
+    // Empty file.
+    let empty = write(d, "empty", &[]);
+    assert!(matches!(
+        read_idx_images(&empty).unwrap_err(),
+        DataError::BadMagic { found: 0, .. }
+    ));
+
+    // Zero-sized images.
+    let zero = write(d, "zero", &idx(IDX_IMAGES_MAGIC, &[3, 0, 3], &[]));
+    assert!(matches!(
+        read_idx_images(&zero).unwrap_err(),
+        DataError::BadDims { .. }
+    ));
+
+    // Count mismatch.
+    let two = write(d, "two", &idx(IDX_LABELS_MAGIC, &[2], &[1, 2]));
+    let e = load_idx_pair(&gi, &two, 10).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DataError::CountMismatch {
+                image_count: 3,
+                label_count: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    // Label out of range.
+    let e = load_idx_pair(&gi, &gl, 5).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DataError::LabelRange {
+                index: 1,
+                label: 9,
+                classes: 5,
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    // Corrupt gzip stream.
+    let mut z = gz(&idx(IDX_LABELS_MAGIC, &[3], &[0, 1, 2]));
+    let n = z.len();
+    z.truncate(n - 6);
+    let bad = write(d, "bad.gz", &z);
+    assert!(matches!(
+        load_idx_pair(&gi, &bad, 10).unwrap_err(),
+        DataError::Io { .. }
+    ));
+}
+
+#[test]
+fn validation_split_is_seeded_and_disjoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 50u32;
+    let pixels: Vec<u8> = (0..n).flat_map(|i| [i as u8; 4]).collect();
+    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    let i = write(dir.path(), "i", &idx(IDX_IMAGES_MAGIC, &[n, 2, 2], &pixels));
+    let l = write(dir.path(), "l", &idx(IDX_LABELS_MAGIC, &[n], &labels));
+    let ds = load_idx_pair(&i, &l, 10).unwrap();
+    let (train, val) = ds.split_validation(10, 3).unwrap();
+    assert_eq!((train.len(), val.len()), (40, 10));
+    let (train2, val2) = ds.split_validation(10, 3).unwrap();
+    assert_eq!((&train, &val), (&train2, &val2), "same seed, same split");
+    let (_, val3) = ds.split_validation(10, 4).unwrap();
+    assert_ne!(val, val3, "another seed, another split");
+    // Every example lands in exactly one part, with its own label.
+    let mut ids: Vec<u8> = train
+        .pixels
+        .chunks(4)
+        .chain(val.pixels.chunks(4))
+        .map(|c| c[0])
+        .collect();
+    for (k, c) in train
+        .pixels
+        .chunks(4)
+        .chain(val.pixels.chunks(4))
+        .enumerate()
+    {
+        let lab = train.labels.iter().chain(&val.labels).nth(k).unwrap();
+        assert_eq!(c[0] % 10, *lab);
+    }
+    ids.sort();
+    assert_eq!(ids, (0..n as u8).collect::<Vec<_>>());
+    assert!(matches!(
+        ds.split_validation(50, 0),
+        Err(DataError::Split { .. })
+    ));
+}
+
+/// Opt-in: the real data sets beside the repository (`../shared/data`).
+#[test]
+#[ignore = "needs ../shared/data (run with --ignored)"]
+fn full_mnist_and_fashion_mnist_load_with_published_counts() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+    let mnist_train = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949];
+    let mnist_test = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009];
+    for (name, split, want) in [
+        ("mnist", Split::Train, mnist_train),
+        ("mnist", Split::Test, mnist_test),
+        ("fashion-mnist", Split::Train, [6000; 10]),
+        ("fashion-mnist", Split::Test, [1000; 10]),
+    ] {
+        let ds = load_mnist_dir(&root.join(name), split).unwrap();
+        assert_eq!((ds.rows, ds.cols), (28, 28));
+        let mut counts = [0usize; 10];
+        for &l in &ds.labels {
+            counts[l as usize] += 1;
+        }
+        assert_eq!(counts, want, "{name} {split:?}");
+    }
+}
