@@ -5,5 +5,6 @@
 #![deny(missing_docs)]
 
 pub mod data;
+pub mod export;
 
 pub use pursamere_core as core;

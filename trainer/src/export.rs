@@ -1,0 +1,273 @@
+//! Float networks and their export to the core's `.psm` format.
+//!
+//! Quantisation uses the core's rule ([`pursamere_core::quantize`]) and the file is
+//! written by the core's writer, so there is one definition of both.
+
+use pursamere_core::quantize::quantize_per_channel;
+use pursamere_core::{
+    encode_f32_le, encoded_len, write_model, Dense, FormatError, InputShape, Layer, Metadata,
+    ModelSpec, NetworkKind, NetworkSpec, PurifierConfig, MAX_CLASSES, MAX_LAYERS,
+};
+
+/// One float layer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FloatLayer {
+    /// Dense layer, weights row-major `[outputs][inputs]`.
+    Dense {
+        /// Input length.
+        inputs: usize,
+        /// Output length.
+        outputs: usize,
+        /// `outputs × inputs` weights.
+        weights: Vec<f32>,
+        /// `outputs` biases.
+        bias: Vec<f32>,
+    },
+    /// `max(x, 0)`.
+    Relu,
+}
+
+/// A float network (mirror of the core's `NetworkSpec`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloatNet {
+    /// Global residual skip `y + net(y)`.
+    pub residual: bool,
+    /// Layers in order.
+    pub layers: Vec<FloatLayer>,
+}
+
+/// Both networks plus metadata and the default purifier configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloatModel {
+    /// Data set name.
+    pub dataset: String,
+    /// Input shape.
+    pub input_shape: InputShape,
+    /// Class names.
+    pub class_names: Vec<String>,
+    /// Score model.
+    pub denoiser: FloatNet,
+    /// Classifier.
+    pub classifier: FloatNet,
+    /// Default purifier configuration.
+    pub purifier: PurifierConfig,
+}
+
+/// Why an export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The core rejected the model (shape chain, sizes, configuration, ...).
+    #[error("invalid model: {0}")]
+    Format(#[from] FormatError),
+    /// A dense layer's tensors do not match its declared shape.
+    #[error("{network} layer {layer}: {what}")]
+    Shape {
+        /// Network.
+        network: NetworkKind,
+        /// Layer index.
+        layer: usize,
+        /// What is wrong.
+        what: String,
+    },
+    /// More layers or classes than the format holds.
+    #[error("{0}")]
+    Capacity(String),
+}
+
+/// Quantisation error of one dense layer (dequantised minus float weights).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantError {
+    /// Network.
+    pub network: NetworkKind,
+    /// Layer index.
+    pub layer: usize,
+    /// Largest absolute weight error.
+    pub max_abs: f32,
+    /// Root-mean-square weight error.
+    pub rms: f32,
+    /// RMS error divided by the RMS weight.
+    pub relative_rms: f32,
+}
+
+struct QDense {
+    inputs: u32,
+    outputs: u32,
+    weights: Vec<u8>,
+    scales: Vec<u8>,
+    bias: Vec<u8>,
+}
+
+enum QLayer {
+    Dense(QDense),
+    Relu,
+}
+
+/// A quantised model that owns its tensors and lends the core a [`ModelSpec`].
+pub struct QuantizedModel {
+    dataset: String,
+    input_shape: InputShape,
+    class_names: Vec<String>,
+    denoiser: (bool, Vec<QLayer>),
+    classifier: (bool, Vec<QLayer>),
+    purifier: PurifierConfig,
+    report: Vec<QuantError>,
+}
+
+fn quantize_net(
+    net: &FloatNet,
+    kind: NetworkKind,
+    report: &mut Vec<QuantError>,
+) -> Result<Vec<QLayer>, ExportError> {
+    if net.layers.len() > MAX_LAYERS {
+        return Err(ExportError::Capacity(format!(
+            "the {kind} has {} layers; the format holds at most {MAX_LAYERS}",
+            net.layers.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(net.layers.len());
+    for (layer, l) in net.layers.iter().enumerate() {
+        match l {
+            FloatLayer::Relu => out.push(QLayer::Relu),
+            FloatLayer::Dense {
+                inputs,
+                outputs,
+                weights,
+                bias,
+            } => {
+                let shape_err = |what: String| ExportError::Shape {
+                    network: kind,
+                    layer,
+                    what,
+                };
+                if weights.len() != inputs * outputs || bias.len() != *outputs || *inputs == 0 {
+                    return Err(shape_err(format!(
+                        "{} weights and {} biases for a {inputs} -> {outputs} layer",
+                        weights.len(),
+                        bias.len()
+                    )));
+                }
+                let mut q = vec![0i8; weights.len()];
+                let mut s = vec![0f32; *outputs];
+                quantize_per_channel(weights, *inputs, &mut q, &mut s);
+                let (mut max_abs, mut se, mut sw) = (0f32, 0f64, 0f64);
+                for (row, (qrow, &scale)) in weights.chunks(*inputs).zip(q.chunks(*inputs).zip(&s))
+                {
+                    for (&w, &qi) in row.iter().zip(qrow) {
+                        let e = f32::from(qi) * scale - w;
+                        max_abs = max_abs.max(e.abs());
+                        se += f64::from(e) * f64::from(e);
+                        sw += f64::from(w) * f64::from(w);
+                    }
+                }
+                let n = weights.len() as f64;
+                report.push(QuantError {
+                    network: kind,
+                    layer,
+                    max_abs,
+                    rms: (se / n).sqrt() as f32,
+                    relative_rms: if sw > 0.0 {
+                        (se / sw).sqrt() as f32
+                    } else {
+                        0.0
+                    },
+                });
+                let mut scales = vec![0u8; 4 * outputs];
+                let mut bias_b = vec![0u8; 4 * outputs];
+                encode_f32_le(&s, &mut scales)?;
+                encode_f32_le(bias, &mut bias_b)?;
+                let dim = |v: usize| {
+                    u32::try_from(v).map_err(|_| shape_err(format!("dimension {v} too large")))
+                };
+                out.push(QLayer::Dense(QDense {
+                    inputs: dim(*inputs)?,
+                    outputs: dim(*outputs)?,
+                    weights: q.iter().map(|&v| v as u8).collect(),
+                    scales,
+                    bias: bias_b,
+                }));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn net_spec(residual: bool, layers: &[QLayer]) -> NetworkSpec<'_> {
+    let mut v = heapless::Vec::new();
+    for l in layers {
+        let layer = match l {
+            QLayer::Relu => Layer::Relu,
+            QLayer::Dense(d) => Layer::Dense(Dense {
+                inputs: d.inputs,
+                outputs: d.outputs,
+                weights: &d.weights,
+                scales: &d.scales,
+                bias: &d.bias,
+            }),
+        };
+        // Capacity was checked in `quantize_net`.
+        let _ = v.push(layer);
+    }
+    NetworkSpec {
+        residual,
+        layers: v,
+    }
+}
+
+impl QuantizedModel {
+    /// Quantises both networks with the core's per-row int8 rule.
+    pub fn from_float(model: &FloatModel) -> Result<Self, ExportError> {
+        if model.class_names.len() > MAX_CLASSES {
+            return Err(ExportError::Capacity(format!(
+                "{} classes; the format holds at most {MAX_CLASSES}",
+                model.class_names.len()
+            )));
+        }
+        let mut report = Vec::new();
+        let den = quantize_net(&model.denoiser, NetworkKind::Denoiser, &mut report)?;
+        let cls = quantize_net(&model.classifier, NetworkKind::Classifier, &mut report)?;
+        let q = QuantizedModel {
+            dataset: model.dataset.clone(),
+            input_shape: model.input_shape,
+            class_names: model.class_names.clone(),
+            denoiser: (model.denoiser.residual, den),
+            classifier: (model.classifier.residual, cls),
+            purifier: model.purifier,
+            report,
+        };
+        pursamere_core::Model::from_spec(q.spec())?;
+        Ok(q)
+    }
+
+    /// The specification the core validates and writes.
+    pub fn spec(&self) -> ModelSpec<'_> {
+        let mut names = heapless::Vec::new();
+        for n in &self.class_names {
+            // Capacity was checked in `from_float`.
+            let _ = names.push(n.as_str());
+        }
+        ModelSpec {
+            meta: Metadata {
+                dataset: &self.dataset,
+                input_shape: self.input_shape,
+                class_names: names,
+            },
+            denoiser: net_spec(self.denoiser.0, &self.denoiser.1),
+            classifier: net_spec(self.classifier.0, &self.classifier.1),
+            purifier: self.purifier,
+        }
+    }
+
+    /// Per-layer quantisation error, in network and layer order.
+    pub fn report(&self) -> &[QuantError] {
+        &self.report
+    }
+
+    /// The `.psm` file bytes.
+    pub fn to_psm(&self) -> Result<Vec<u8>, ExportError> {
+        let spec = self.spec();
+        let mut out = vec![0u8; encoded_len(&spec)?];
+        let n = write_model(&spec, &mut out)?;
+        out.truncate(n);
+        Ok(out)
+    }
+}

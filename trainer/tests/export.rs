@@ -1,0 +1,140 @@
+//! Float model → quantised `.psm` → core: the core's output follows the float network.
+
+use pursamere_core::{InputShape, Model, NetworkKind, Norm, PurifierConfig, StepRule};
+use pursamere_trainer::export::{ExportError, FloatLayer, FloatModel, FloatNet, QuantizedModel};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn mlp(rng: &mut ChaCha8Rng, dims: &[usize], residual: bool) -> FloatNet {
+    let mut layers = Vec::new();
+    for (k, w) in dims.windows(2).enumerate() {
+        if k > 0 {
+            layers.push(FloatLayer::Relu);
+        }
+        let a = (3.0 / w[0] as f32).sqrt();
+        layers.push(FloatLayer::Dense {
+            inputs: w[0],
+            outputs: w[1],
+            weights: (0..w[0] * w[1]).map(|_| rng.gen_range(-a..a)).collect(),
+            bias: (0..w[1]).map(|_| rng.gen_range(-0.1..0.1)).collect(),
+        });
+    }
+    FloatNet { residual, layers }
+}
+
+fn float_forward(net: &FloatNet, x: &[f32]) -> Vec<f32> {
+    let mut a = x.to_vec();
+    for l in &net.layers {
+        a = match l {
+            FloatLayer::Relu => a.iter().map(|v| v.max(0.0)).collect(),
+            FloatLayer::Dense {
+                inputs,
+                weights,
+                bias,
+                ..
+            } => weights
+                .chunks(*inputs)
+                .zip(bias)
+                .map(|(row, b)| row.iter().zip(&a).map(|(w, v)| w * v).sum::<f32>() + b)
+                .collect(),
+        };
+    }
+    a
+}
+
+fn model() -> FloatModel {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    FloatModel {
+        dataset: "synthetic".into(),
+        input_shape: InputShape {
+            channels: 1,
+            height: 6,
+            width: 6,
+        },
+        class_names: (0..4).map(|i| format!("class {i}")).collect(),
+        denoiser: mlp(&mut rng, &[36, 48, 36], true),
+        classifier: mlp(&mut rng, &[36, 32, 4], false),
+        purifier: PurifierConfig {
+            sigma: 0.3,
+            noise_samples: 2,
+            iters: 3,
+            eta: 0.05,
+            rho: 0.02,
+            radius: 0.2,
+            norm: Norm::Linf,
+            step: StepRule::Gradient,
+            seed: 9,
+        },
+    }
+}
+
+#[test]
+fn exported_model_tracks_the_float_network() {
+    let fm = model();
+    let q = QuantizedModel::from_float(&fm).unwrap();
+    // Per-row int8 with 127 levels: relative RMS error well below 1 %.
+    assert_eq!(q.report().len(), 4);
+    for r in q.report() {
+        assert!(r.relative_rms > 0.0 && r.relative_rms < 0.01, "{r:?}");
+    }
+    let bytes = q.to_psm().unwrap();
+    let core = Model::parse(&bytes).unwrap();
+    assert_eq!(core.spec().meta.class_names[2], "class 2");
+    assert_eq!(core.purifier_config(), fm.purifier);
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let mut agree = 0;
+    for _ in 0..50 {
+        let x: Vec<f32> = (0..36).map(|_| rng.gen_range(0.0..1.0)).collect();
+        let mut logits = vec![0.0; 4];
+        let mut scratch = vec![0.0; core.scratch_len()];
+        let label = core.classify(&x, &mut logits, &mut scratch).unwrap();
+        let want = float_forward(&fm.classifier, &x);
+        for (g, w) in logits.iter().zip(&want) {
+            assert!((g - w).abs() < 0.05 * (1.0 + w.abs()), "{g} vs {w}");
+        }
+        let best = (0..4).fold(0, |b, i| if want[i] > want[b] { i } else { b });
+        agree += usize::from(best == label);
+    }
+    assert!(agree >= 45, "labels agree on {agree}/50");
+}
+
+#[test]
+fn export_errors_name_the_problem() {
+    let mut fm = model();
+    if let FloatLayer::Dense { bias, .. } = &mut fm.classifier.layers[2] {
+        bias.pop();
+    }
+    let e = QuantizedModel::from_float(&fm).err().unwrap();
+    assert!(
+        matches!(
+            e,
+            ExportError::Shape {
+                network: NetworkKind::Classifier,
+                layer: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    let mut fm = model();
+    fm.class_names.pop();
+    let e = QuantizedModel::from_float(&fm).err().unwrap();
+    assert!(
+        e.to_string()
+            .contains("classifier produces 4 outputs but 3"),
+        "{e}"
+    );
+
+    let mut fm = model();
+    fm.purifier.sigma = 0.0;
+    let e = QuantizedModel::from_float(&fm).err().unwrap();
+    assert!(e.to_string().contains("sigma"), "{e}");
+
+    let mut fm = model();
+    fm.class_names = (0..100).map(|i| i.to_string()).collect();
+    assert!(matches!(
+        QuantizedModel::from_float(&fm),
+        Err(ExportError::Capacity(_))
+    ));
+}
