@@ -3,55 +3,12 @@
 //! Quantisation uses the core's rule ([`pursamere_core::quantize`]) and the file is
 //! written by the core's writer, so there is one definition of both.
 
+use crate::model::{FloatLayer, FloatModel, FloatNet};
 use pursamere_core::quantize::quantize_per_channel;
 use pursamere_core::{
     encode_f32_le, encoded_len, write_model, Dense, FormatError, InputShape, Layer, Metadata,
     ModelSpec, NetworkKind, NetworkSpec, PurifierConfig, MAX_CLASSES, MAX_LAYERS,
 };
-
-/// One float layer.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FloatLayer {
-    /// Dense layer, weights row-major `[outputs][inputs]`.
-    Dense {
-        /// Input length.
-        inputs: usize,
-        /// Output length.
-        outputs: usize,
-        /// `outputs × inputs` weights.
-        weights: Vec<f32>,
-        /// `outputs` biases.
-        bias: Vec<f32>,
-    },
-    /// `max(x, 0)`.
-    Relu,
-}
-
-/// A float network (mirror of the core's `NetworkSpec`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct FloatNet {
-    /// Global residual skip `y + net(y)`.
-    pub residual: bool,
-    /// Layers in order.
-    pub layers: Vec<FloatLayer>,
-}
-
-/// Both networks plus metadata and the default purifier configuration.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FloatModel {
-    /// Data set name.
-    pub dataset: String,
-    /// Input shape.
-    pub input_shape: InputShape,
-    /// Class names.
-    pub class_names: Vec<String>,
-    /// Score model.
-    pub denoiser: FloatNet,
-    /// Classifier.
-    pub classifier: FloatNet,
-    /// Default purifier configuration.
-    pub purifier: PurifierConfig,
-}
 
 /// Why an export failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,493 @@
+//! Training loops: the score model with the expected-reconstruction-error loss
+//! `E ||D(x + σε) − x||²`, and the classifier with cross-entropy; Adam with a
+//! cosine learning-rate schedule; atomic per-epoch checkpoints and exact resume.
+//!
+//! Determinism: every random choice of epoch `e` (shuffle, σ per example, noise)
+//! comes from a ChaCha8 stream seeded by `(seed, e)`, and the optimiser state is in
+//! the checkpoint, so a run resumed from the checkpoint after epoch `e` ends with
+//! exactly the weights of an uninterrupted run.
+//!
+//! Adam is written here with dfdx tensor ops (dfdx's own optimisers need
+//! compile-time shapes; ours are runtime so widths are a command-line choice).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use dfdx::prelude::*;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use serde::{Deserialize, Serialize};
+
+use crate::data::Dataset;
+use crate::model::{Batch, DeviceNet, FloatNet};
+
+/// The device the trainer uses: the CPU, or CUDA with the `cuda` feature.
+pub type Dev = AutoDevice;
+
+/// What is being trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Objective {
+    /// Score model: ERE loss with σ drawn per example from `sigmas`.
+    Denoiser {
+        /// Noise levels (one is drawn uniformly per example).
+        sigmas: Vec<f32>,
+    },
+    /// Classifier: softmax cross-entropy over `classes`.
+    Classifier {
+        /// Number of classes.
+        classes: usize,
+    },
+}
+
+/// Optimisation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f32,
+    /// Learning rate at the end of the cosine schedule, as a fraction of `lr`.
+    pub lr_final_fraction: f32,
+    /// Adam β₁.
+    pub beta1: f32,
+    /// Adam β₂.
+    pub beta2: f32,
+    /// Adam ε.
+    pub eps: f32,
+    /// Seed of every random choice.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 10,
+            batch_size: 128,
+            lr: 1e-3,
+            lr_final_fraction: 0.05,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            seed: 0,
+        }
+    }
+}
+
+/// One epoch's figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochStats {
+    /// Epoch index (0-based).
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f32,
+    /// Validation loss (ERE per example, or cross-entropy).
+    pub val_loss: f32,
+    /// Validation accuracy (classifier only).
+    pub val_accuracy: Option<f32>,
+    /// Training throughput.
+    pub images_per_second: f32,
+}
+
+/// Everything needed to continue a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Checkpoint format version.
+    pub version: u32,
+    /// What is trained.
+    pub objective: Objective,
+    /// How.
+    pub config: TrainConfig,
+    /// Epochs completed.
+    pub epochs_done: usize,
+    /// Adam step counter.
+    pub adam_t: u64,
+    /// Current weights.
+    pub net: FloatNet,
+    /// Adam first moments (same layout as `net`).
+    pub adam_m: FloatNet,
+    /// Adam second moments.
+    pub adam_v: FloatNet,
+    /// Per-epoch history.
+    pub history: Vec<EpochStats>,
+}
+
+const CHECKPOINT_VERSION: u32 = 1;
+
+/// Why training stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Reading or writing a checkpoint failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A checkpoint file could not be decoded.
+    #[error("{path}: not a valid checkpoint ({why})")]
+    BadCheckpoint {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        why: String,
+    },
+    /// Settings that cannot work.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Options of one call to [`train`].
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Write a checkpoint here after every epoch (atomically).
+    pub checkpoint: Option<PathBuf>,
+    /// Stop after this many epochs in total (to test resuming).
+    pub stop_after: Option<usize>,
+    /// Show a progress bar and per-epoch lines on stderr.
+    pub progress: bool,
+}
+
+/// Adam moments on the device, one pair per dense layer.
+struct Moments {
+    m: DeviceNet<f32, Dev>,
+    v: DeviceNet<f32, Dev>,
+}
+
+/// A new run's starting state.
+pub fn fresh_checkpoint(objective: Objective, config: TrainConfig, net: FloatNet) -> Checkpoint {
+    let zeros = zeros_like(&net);
+    Checkpoint {
+        version: CHECKPOINT_VERSION,
+        objective,
+        config,
+        epochs_done: 0,
+        adam_t: 0,
+        net,
+        adam_m: zeros.clone(),
+        adam_v: zeros,
+        history: Vec::new(),
+    }
+}
+
+fn zeros_like(net: &FloatNet) -> FloatNet {
+    use crate::model::FloatLayer;
+    FloatNet {
+        residual: net.residual,
+        layers: net
+            .layers
+            .iter()
+            .map(|l| match l {
+                FloatLayer::Dense {
+                    inputs,
+                    outputs,
+                    weights,
+                    bias,
+                } => FloatLayer::Dense {
+                    inputs: *inputs,
+                    outputs: *outputs,
+                    weights: vec![0.0; weights.len()],
+                    bias: vec![0.0; bias.len()],
+                },
+                FloatLayer::Relu => FloatLayer::Relu,
+            })
+            .collect(),
+    }
+}
+
+/// Reads a checkpoint.
+pub fn load_checkpoint(path: &Path) -> Result<Checkpoint, TrainError> {
+    let bytes = std::fs::read(path).map_err(|source| TrainError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let ck: Checkpoint = postcard::from_bytes(&bytes).map_err(|e| TrainError::BadCheckpoint {
+        path: path.to_owned(),
+        why: e.to_string(),
+    })?;
+    if ck.version != CHECKPOINT_VERSION {
+        return Err(TrainError::BadCheckpoint {
+            path: path.to_owned(),
+            why: format!("version {} (this build reads {CHECKPOINT_VERSION})", ck.version),
+        });
+    }
+    Ok(ck)
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory,
+/// then a rename, so a crash never leaves a half-written file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn save_checkpoint(path: &Path, ck: &Checkpoint) -> Result<(), TrainError> {
+    let bytes = postcard::to_allocvec(ck).map_err(|e| TrainError::BadCheckpoint {
+        path: path.to_owned(),
+        why: e.to_string(),
+    })?;
+    write_atomic(path, &bytes).map_err(|source| TrainError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Seed of the random stream `stream` of epoch `epoch`.
+fn epoch_seed(seed: u64, epoch: usize, stream: u64) -> u64 {
+    pursamere_core::noise::noise_bits(seed, stream as u32, epoch as u32)
+}
+
+/// Uploads examples `idx` of `data` as a `[batch, d]` tensor scaled to `[0, 1]`.
+fn batch_pixels(data: &Dataset, idx: &[usize]) -> Vec<f32> {
+    let d = data.image_len();
+    let mut v = Vec::with_capacity(idx.len() * d);
+    for &i in idx {
+        if let Some(img) = data.image(i) {
+            v.extend(img.iter().map(|&p| f32::from(p) / 255.0));
+        }
+    }
+    v
+}
+
+fn one_hot(data: &Dataset, idx: &[usize], classes: usize) -> Vec<f32> {
+    let mut v = vec![0.0; idx.len() * classes];
+    for (row, &i) in idx.iter().enumerate() {
+        let l = data.labels.get(i).copied().unwrap_or(0) as usize;
+        if let Some(x) = v.get_mut(row * classes + l) {
+            *x = 1.0;
+        }
+    }
+    v
+}
+
+/// Loss of one batch (with the tape on the input so parameter gradients exist).
+fn batch_loss(
+    dev: &Dev,
+    net: &DeviceNet<f32, Dev>,
+    objective: &Objective,
+    data: &Dataset,
+    idx: &[usize],
+    rng: &mut ChaCha8Rng,
+) -> Tensor<Rank0, f32, Dev, OwnedTape<f32, Dev>> {
+    let b = idx.len();
+    let d = data.image_len();
+    let x = batch_pixels(data, idx);
+    match objective {
+        Objective::Denoiser { sigmas } => {
+            let mut y = x.clone();
+            for row in y.chunks_mut(d) {
+                let s = sigmas[rng.gen_range(0..sigmas.len())];
+                for v in row {
+                    let e: f32 = rng.sample(StandardNormal);
+                    *v += s * e;
+                }
+            }
+            let y: Batch<f32, Dev> = dev.tensor_from_vec(y, (b, d));
+            let x: Batch<f32, Dev> = dev.tensor_from_vec(x, (b, d));
+            let out = net.forward(y.leaky_traced());
+            (out - x).square().sum::<Rank0, _>() / b as f32
+        }
+        Objective::Classifier { classes } => {
+            let t: Batch<f32, Dev> = dev.tensor_from_vec(one_hot(data, idx, *classes), (b, *classes));
+            let x: Batch<f32, Dev> = dev.tensor_from_vec(x, (b, d));
+            cross_entropy_with_logits_loss(net.forward(x.leaky_traced()), t)
+        }
+    }
+}
+
+/// Validation figures: (loss, accuracy). The denoiser's loss is the ERE at the first
+/// σ with noise fixed by the seed.
+pub fn evaluate(
+    dev: &Dev,
+    net: &DeviceNet<f32, Dev>,
+    objective: &Objective,
+    data: &Dataset,
+    seed: u64,
+) -> (f32, Option<f32>) {
+    let n = data.len();
+    let d = data.image_len();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (mut loss, mut correct) = (0.0f64, 0usize);
+    let all: Vec<usize> = (0..n).collect();
+    for idx in all.chunks(512) {
+        let b = idx.len();
+        let x = batch_pixels(data, idx);
+        match objective {
+            Objective::Denoiser { sigmas } => {
+                let s = sigmas.first().copied().unwrap_or(0.5);
+                let y: Vec<f32> = x
+                    .iter()
+                    .map(|&v| v + s * rng.sample::<f32, _>(StandardNormal))
+                    .collect();
+                let out = net.forward(dev.tensor_from_vec(y, (b, d)));
+                let x: Batch<f32, Dev> = dev.tensor_from_vec(x, (b, d));
+                loss += f64::from((out - x).square().sum::<Rank0, _>().array());
+            }
+            Objective::Classifier { classes } => {
+                let logits = net.forward(dev.tensor_from_vec(x, (b, d)));
+                let lv = logits.as_vec();
+                for (row, &i) in lv.chunks(*classes).zip(idx) {
+                    let best = (0..*classes).fold(0, |a, c| if row[c] > row[a] { c } else { a });
+                    correct += usize::from(data.labels.get(i) == Some(&(best as u8)));
+                }
+                let t: Batch<f32, Dev> = dev.tensor_from_vec(one_hot(data, idx, *classes), (b, *classes));
+                loss += f64::from(cross_entropy_with_logits_loss(logits, t).array()) * b as f64;
+            }
+        }
+    }
+    let acc = matches!(objective, Objective::Classifier { .. })
+        .then(|| correct as f32 / n.max(1) as f32);
+    ((loss / n.max(1) as f64) as f32, acc)
+}
+
+/// Runs (or continues) training from `ck` on `train_set`, validating on `val_set`
+/// after every epoch. Returns the final checkpoint.
+pub fn train(
+    mut ck: Checkpoint,
+    train_set: &Dataset,
+    val_set: &Dataset,
+    opts: &RunOptions,
+) -> Result<Checkpoint, TrainError> {
+    let cfg = ck.config.clone();
+    if cfg.batch_size == 0 || train_set.is_empty() {
+        return Err(TrainError::Config("batch size and training set must be non-empty".into()));
+    }
+    if let Objective::Denoiser { sigmas } = &ck.objective {
+        if sigmas.is_empty() || sigmas.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(TrainError::Config(format!("noise levels {sigmas:?} must be finite and > 0")));
+        }
+    }
+    let dev = Dev::seed_from_u64(cfg.seed);
+    let mut net = DeviceNet::<f32, Dev>::from_float(&ck.net, &dev);
+    let mut mom = Moments {
+        m: DeviceNet::from_float(&ck.adam_m, &dev),
+        v: DeviceNet::from_float(&ck.adam_v, &dev),
+    };
+    let n = train_set.len();
+    let steps_per_epoch = n.div_ceil(cfg.batch_size);
+    let total_steps = (steps_per_epoch * cfg.epochs).max(1);
+    let last = opts.stop_after.unwrap_or(cfg.epochs).min(cfg.epochs);
+
+    for epoch in ck.epochs_done..last {
+        let start = Instant::now();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(epoch_seed(cfg.seed, epoch, 1)));
+        let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed(cfg.seed, epoch, 2));
+        let bar = progress_bar(opts.progress, steps_per_epoch, epoch, cfg.epochs);
+        let mut loss_sum = 0.0f64;
+        for (step, idx) in order.chunks(cfg.batch_size).enumerate() {
+            let global = epoch * steps_per_epoch + step;
+            let progress = global as f32 / total_steps as f32;
+            let lr = cfg.lr
+                * (cfg.lr_final_fraction
+                    + (1.0 - cfg.lr_final_fraction) * 0.5 * (1.0 + (std::f32::consts::PI * progress).cos()));
+            let loss = batch_loss(&dev, &net, &ck.objective, train_set, idx, &mut rng);
+            let lv = loss.array();
+            loss_sum += f64::from(lv);
+            let grads = loss.backward();
+            ck.adam_t += 1;
+            adam_step(&mut net, &mut mom, &grads, &cfg, lr, ck.adam_t);
+            if let Some(b) = &bar {
+                b.inc(1);
+                if step % 20 == 0 {
+                    let ips = ((step + 1) * cfg.batch_size) as f64 / start.elapsed().as_secs_f64();
+                    b.set_message(format!("loss {lv:.4}  {ips:.0} img/s"));
+                }
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let (val_loss, val_accuracy) = evaluate(&dev, &net, &ck.objective, val_set, cfg.seed ^ 0x5EED);
+        let stats = EpochStats {
+            epoch,
+            train_loss: (loss_sum / steps_per_epoch as f64) as f32,
+            val_loss,
+            val_accuracy,
+            images_per_second: (n as f64 / secs) as f32,
+        };
+        if opts.progress {
+            eprintln!(
+                "epoch {:>3}/{}  train loss {:.4}  val loss {:.4}{}  {:.0} img/s",
+                epoch + 1,
+                cfg.epochs,
+                stats.train_loss,
+                stats.val_loss,
+                stats
+                    .val_accuracy
+                    .map(|a| format!("  val acc {:.2} %", 100.0 * a))
+                    .unwrap_or_default(),
+                stats.images_per_second
+            );
+        }
+        ck.history.push(stats);
+        ck.epochs_done = epoch + 1;
+        ck.net = net.to_float();
+        ck.adam_m = mom.m.to_float();
+        ck.adam_v = mom.v.to_float();
+        if let Some(path) = &opts.checkpoint {
+            save_checkpoint(path, &ck)?;
+        }
+    }
+    ck.net = net.to_float();
+    ck.adam_m = mom.m.to_float();
+    ck.adam_v = mom.v.to_float();
+    Ok(ck)
+}
+
+fn progress_bar(show: bool, steps: usize, epoch: usize, epochs: usize) -> Option<indicatif::ProgressBar> {
+    if !show {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "epoch {prefix} [{bar:30}] {pos}/{len} {msg} (ETA {eta})",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(format!("{}/{epochs}", epoch + 1));
+    Some(bar)
+}
+
+/// One Adam step (bias-corrected) on every dense layer, with dfdx tensor ops so it
+/// runs on whichever device holds the weights.
+fn adam_step(
+    net: &mut DeviceNet<f32, Dev>,
+    mom: &mut Moments,
+    grads: &Gradients<f32, Dev>,
+    cfg: &TrainConfig,
+    lr: f32,
+    t: u64,
+) {
+    let (b1, b2) = (cfg.beta1, cfg.beta2);
+    let c1 = 1.0 - b1.powi(t as i32);
+    let c2 = 1.0 - b2.powi(t as i32);
+    let step = lr / c1;
+    let c2s = c2.sqrt();
+    for ((p, m), v) in net
+        .layers
+        .iter_mut()
+        .zip(mom.m.layers.iter_mut())
+        .zip(mom.v.layers.iter_mut())
+    {
+        let (Some(p), Some(m), Some(v)) = (p, m, v) else {
+            continue;
+        };
+        let gw = grads.get(&p.w);
+        let gb = grads.get(&p.b);
+        m.w = m.w.clone() * b1 + gw.clone() * (1.0 - b1);
+        v.w = v.w.clone() * b2 + gw.square() * (1.0 - b2);
+        p.w = p.w.clone() - m.w.clone() * step / ((v.w.clone().sqrt() / c2s) + cfg.eps);
+        m.b = m.b.clone() * b1 + gb.clone() * (1.0 - b1);
+        v.b = v.b.clone() * b2 + gb.square() * (1.0 - b2);
+        p.b = p.b.clone() - m.b.clone() * step / ((v.b.clone().sqrt() / c2s) + cfg.eps);
+    }
+}
