@@ -7,6 +7,7 @@
 pub mod data;
 pub mod export;
 pub mod model;
+pub mod reference;
 pub mod train;
 
 pub use pursamere_core as core;

@@ -86,7 +86,9 @@ impl FloatNet {
                         inputs: n,
                         outputs: m,
                         weights: (0..m)
-                            .flat_map(|o| (0..n).map(move |i| f32::from(d.weight(o, i)) * d.scale(o)))
+                            .flat_map(|o| {
+                                (0..n).map(move |i| f32::from(d.weight(o, i)) * d.scale(o))
+                            })
                             .collect(),
                         bias: (0..m).map(|o| d.bias(o)).collect(),
                     }
@@ -118,7 +120,12 @@ impl FloatModel {
         FloatModel {
             dataset: spec.meta.dataset.to_owned(),
             input_shape: spec.meta.input_shape,
-            class_names: spec.meta.class_names.iter().map(|s| (*s).to_owned()).collect(),
+            class_names: spec
+                .meta
+                .class_names
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
             denoiser: FloatNet::from_spec(&spec.denoiser),
             classifier: FloatNet::from_spec(&spec.classifier),
             purifier: spec.purifier,
@@ -150,7 +157,11 @@ pub type Batch<E, D, T = NoneTape> = Tensor<(usize, usize), E, D, T>;
 impl<E: Dtype + num_traits::Float, D: Device<E>> DeviceNet<E, D> {
     /// Uploads a float network.
     pub fn from_float(net: &FloatNet, dev: &D) -> Self {
-        let conv = |v: &[f32]| v.iter().map(|&x| E::from(x).unwrap_or(E::zero())).collect::<Vec<E>>();
+        let conv = |v: &[f32]| {
+            v.iter()
+                .map(|&x| E::from(x).unwrap_or(E::zero()))
+                .collect::<Vec<E>>()
+        };
         let layers = net
             .layers
             .iter()
@@ -175,7 +186,11 @@ impl<E: Dtype + num_traits::Float, D: Device<E>> DeviceNet<E, D> {
 
     /// Downloads the parameters as a float network.
     pub fn to_float(&self) -> FloatNet {
-        let conv = |v: Vec<E>| v.into_iter().map(|x| x.to_f32().unwrap_or(0.0)).collect::<Vec<f32>>();
+        let conv = |v: Vec<E>| {
+            v.into_iter()
+                .map(|x| x.to_f32().unwrap_or(0.0))
+                .collect::<Vec<f32>>()
+        };
         FloatNet {
             residual: self.residual,
             layers: self
@@ -195,9 +210,9 @@ impl<E: Dtype + num_traits::Float, D: Device<E>> DeviceNet<E, D> {
     }
 
     /// Forward pass of a batch; the tape (if any) rides on the input.
-    pub fn forward<T: Tape<E, D> + Merge<NoneTape>>(&self, x: Batch<E, D, T>) -> Batch<E, D, T>
+    pub fn forward<T>(&self, x: Batch<E, D, T>) -> Batch<E, D, T>
     where
-        T: Merge<T>,
+        T: Tape<E, D> + Merge<NoneTape> + Merge<T>,
     {
         let skip = if self.residual {
             Some(x.with_empty_tape())
@@ -219,10 +234,5 @@ impl<E: Dtype + num_traits::Float, D: Device<E>> DeviceNet<E, D> {
             Some(s) => a + s,
             None => a,
         }
-    }
-
-    /// All parameter tensors in a fixed order (w, b per dense layer).
-    pub fn params(&self) -> Vec<&Tensor<(usize, usize), E, D>> {
-        self.layers.iter().flatten().map(|d| &d.w).collect()
     }
 }

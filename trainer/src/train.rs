@@ -212,7 +212,10 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint, TrainError> {
     if ck.version != CHECKPOINT_VERSION {
         return Err(TrainError::BadCheckpoint {
             path: path.to_owned(),
-            why: format!("version {} (this build reads {CHECKPOINT_VERSION})", ck.version),
+            why: format!(
+                "version {} (this build reads {CHECKPOINT_VERSION})",
+                ck.version
+            ),
         });
     }
     Ok(ck)
@@ -295,7 +298,8 @@ fn batch_loss(
             (out - x).square().sum::<Rank0, _>() / b as f32
         }
         Objective::Classifier { classes } => {
-            let t: Batch<f32, Dev> = dev.tensor_from_vec(one_hot(data, idx, *classes), (b, *classes));
+            let t: Batch<f32, Dev> =
+                dev.tensor_from_vec(one_hot(data, idx, *classes), (b, *classes));
             let x: Batch<f32, Dev> = dev.tensor_from_vec(x, (b, d));
             cross_entropy_with_logits_loss(net.forward(x.leaky_traced()), t)
         }
@@ -337,13 +341,14 @@ pub fn evaluate(
                     let best = (0..*classes).fold(0, |a, c| if row[c] > row[a] { c } else { a });
                     correct += usize::from(data.labels.get(i) == Some(&(best as u8)));
                 }
-                let t: Batch<f32, Dev> = dev.tensor_from_vec(one_hot(data, idx, *classes), (b, *classes));
+                let t: Batch<f32, Dev> =
+                    dev.tensor_from_vec(one_hot(data, idx, *classes), (b, *classes));
                 loss += f64::from(cross_entropy_with_logits_loss(logits, t).array()) * b as f64;
             }
         }
     }
-    let acc = matches!(objective, Objective::Classifier { .. })
-        .then(|| correct as f32 / n.max(1) as f32);
+    let acc =
+        matches!(objective, Objective::Classifier { .. }).then(|| correct as f32 / n.max(1) as f32);
     ((loss / n.max(1) as f64) as f32, acc)
 }
 
@@ -357,11 +362,15 @@ pub fn train(
 ) -> Result<Checkpoint, TrainError> {
     let cfg = ck.config.clone();
     if cfg.batch_size == 0 || train_set.is_empty() {
-        return Err(TrainError::Config("batch size and training set must be non-empty".into()));
+        return Err(TrainError::Config(
+            "batch size and training set must be non-empty".into(),
+        ));
     }
     if let Objective::Denoiser { sigmas } = &ck.objective {
         if sigmas.is_empty() || sigmas.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-            return Err(TrainError::Config(format!("noise levels {sigmas:?} must be finite and > 0")));
+            return Err(TrainError::Config(format!(
+                "noise levels {sigmas:?} must be finite and > 0"
+            )));
         }
     }
     let dev = Dev::seed_from_u64(cfg.seed);
@@ -378,7 +387,9 @@ pub fn train(
     for epoch in ck.epochs_done..last {
         let start = Instant::now();
         let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(epoch_seed(cfg.seed, epoch, 1)));
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(epoch_seed(
+            cfg.seed, epoch, 1,
+        )));
         let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed(cfg.seed, epoch, 2));
         let bar = progress_bar(opts.progress, steps_per_epoch, epoch, cfg.epochs);
         let mut loss_sum = 0.0f64;
@@ -387,7 +398,9 @@ pub fn train(
             let progress = global as f32 / total_steps as f32;
             let lr = cfg.lr
                 * (cfg.lr_final_fraction
-                    + (1.0 - cfg.lr_final_fraction) * 0.5 * (1.0 + (std::f32::consts::PI * progress).cos()));
+                    + (1.0 - cfg.lr_final_fraction)
+                        * 0.5
+                        * (1.0 + (std::f32::consts::PI * progress).cos()));
             let loss = batch_loss(&dev, &net, &ck.objective, train_set, idx, &mut rng);
             let lv = loss.array();
             loss_sum += f64::from(lv);
@@ -406,7 +419,8 @@ pub fn train(
         if let Some(b) = bar {
             b.finish_and_clear();
         }
-        let (val_loss, val_accuracy) = evaluate(&dev, &net, &ck.objective, val_set, cfg.seed ^ 0x5EED);
+        let (val_loss, val_accuracy) =
+            evaluate(&dev, &net, &ck.objective, val_set, cfg.seed ^ 0x5EED);
         let stats = EpochStats {
             epoch,
             train_loss: (loss_sum / steps_per_epoch as f64) as f32,
@@ -443,7 +457,12 @@ pub fn train(
     Ok(ck)
 }
 
-fn progress_bar(show: bool, steps: usize, epoch: usize, epochs: usize) -> Option<indicatif::ProgressBar> {
+fn progress_bar(
+    show: bool,
+    steps: usize,
+    epoch: usize,
+    epochs: usize,
+) -> Option<indicatif::ProgressBar> {
     if !show {
         return None;
     }

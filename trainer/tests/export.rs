@@ -1,7 +1,8 @@
 //! Float model → quantised `.psm` → core: the core's output follows the float network.
 
 use pursamere_core::{InputShape, Model, NetworkKind, Norm, PurifierConfig, StepRule};
-use pursamere_trainer::export::{ExportError, FloatLayer, FloatModel, FloatNet, QuantizedModel};
+use pursamere_trainer::export::{ExportError, QuantizedModel};
+use pursamere_trainer::model::{FloatLayer, FloatModel, FloatNet};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
