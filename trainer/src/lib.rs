@@ -8,6 +8,7 @@ pub mod data;
 pub mod export;
 pub mod model;
 pub mod reference;
+pub mod safetensors_io;
 pub mod train;
 
 pub use pursamere_core as core;

@@ -139,3 +139,17 @@ fn export_errors_name_the_problem() {
         Err(ExportError::Capacity(_))
     ));
 }
+
+#[test]
+fn safetensors_round_trips_the_float_model() {
+    use pursamere_trainer::safetensors_io::{from_safetensors, to_safetensors};
+    let fm = model();
+    let bytes = to_safetensors(&fm).unwrap();
+    assert_eq!(from_safetensors(&bytes).unwrap(), fm);
+    // Damaged files are errors, not panics.
+    for cut in [0, 7, 8, 100, bytes.len() - 1] {
+        assert!(from_safetensors(&bytes[..cut]).is_err(), "cut at {cut}");
+    }
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    assert!(text.contains("pursamere-float-v1"));
+}

@@ -1,0 +1,204 @@
+//! Float weights as `.safetensors`, so PyTorch or JAX users can load the same
+//! networks. Layout and names are documented in `docs/FORMAT.md`:
+//!
+//! * `{net}.dense{j}.weight`: f32 `[outputs, inputs]` (PyTorch `nn.Linear` layout),
+//!   `{net}.dense{j}.bias`: f32 `[outputs]`, `net` ∈ {`denoiser`, `classifier`},
+//!   `j` counting dense layers from 0;
+//! * metadata (strings): `format` = `pursamere-float-v1`; `dataset`; `input_shape`
+//!   = `C,H,W`; `class_names` (JSON array); `{net}.layers` = the layer list, e.g.
+//!   `dense,relu,dense`; `{net}.residual` = `true`/`false`; `purifier` (JSON object
+//!   with the fields of `PurifierConfig`).
+
+use std::collections::HashMap;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::model::{FloatLayer, FloatModel, FloatNet};
+
+/// The `format` metadata value this build writes and reads.
+pub const FLOAT_FORMAT: &str = "pursamere-float-v1";
+
+/// Why a safetensors file could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SafetensorsError {
+    /// The container itself is malformed.
+    #[error("safetensors: {0}")]
+    Container(String),
+    /// A required metadata entry or tensor is missing or malformed.
+    #[error("safetensors: {0}")]
+    Content(String),
+}
+
+fn le_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn net_layers(net: &FloatNet) -> String {
+    net.layers
+        .iter()
+        .map(|l| match l {
+            FloatLayer::Dense { .. } => "dense",
+            FloatLayer::Relu => "relu",
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Serialises a float model.
+pub fn to_safetensors(model: &FloatModel) -> Result<Vec<u8>, SafetensorsError> {
+    let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut meta = HashMap::new();
+    meta.insert("format".to_owned(), FLOAT_FORMAT.to_owned());
+    meta.insert("dataset".to_owned(), model.dataset.clone());
+    let s = model.input_shape;
+    meta.insert(
+        "input_shape".to_owned(),
+        format!("{},{},{}", s.channels, s.height, s.width),
+    );
+    let json = |e: serde_json::Error| SafetensorsError::Content(e.to_string());
+    meta.insert(
+        "class_names".to_owned(),
+        serde_json::to_string(&model.class_names).map_err(json)?,
+    );
+    meta.insert(
+        "purifier".to_owned(),
+        serde_json::to_string(&model.purifier).map_err(json)?,
+    );
+    for (name, net) in [
+        ("denoiser", &model.denoiser),
+        ("classifier", &model.classifier),
+    ] {
+        meta.insert(format!("{name}.layers"), net_layers(net));
+        meta.insert(format!("{name}.residual"), net.residual.to_string());
+        let dense = net.layers.iter().filter_map(|l| match l {
+            FloatLayer::Dense {
+                inputs,
+                outputs,
+                weights,
+                bias,
+            } => Some((*inputs, *outputs, weights, bias)),
+            FloatLayer::Relu => None,
+        });
+        for (j, (n, m, w, b)) in dense.enumerate() {
+            buffers.push((format!("{name}.dense{j}.weight"), vec![m, n], le_bytes(w)));
+            buffers.push((format!("{name}.dense{j}.bias"), vec![m], le_bytes(b)));
+        }
+    }
+    let mut views = Vec::with_capacity(buffers.len());
+    for (name, shape, bytes) in &buffers {
+        let view = TensorView::new(Dtype::F32, shape.clone(), bytes)
+            .map_err(|e| SafetensorsError::Content(format!("{name}: {e:?}")))?;
+        views.push((name.clone(), view));
+    }
+    safetensors::serialize(views, &Some(meta))
+        .map_err(|e| SafetensorsError::Container(format!("{e:?}")))
+}
+
+/// Reads a float model written by [`to_safetensors`].
+pub fn from_safetensors(bytes: &[u8]) -> Result<FloatModel, SafetensorsError> {
+    let (_, header) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| SafetensorsError::Container(format!("{e:?}")))?;
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| SafetensorsError::Container(format!("{e:?}")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let get = |k: &str| {
+        meta.get(k)
+            .cloned()
+            .ok_or_else(|| SafetensorsError::Content(format!("metadata entry `{k}` is missing")))
+    };
+    let format = get("format")?;
+    if format != FLOAT_FORMAT {
+        return Err(SafetensorsError::Content(format!(
+            "format `{format}` is not `{FLOAT_FORMAT}`"
+        )));
+    }
+    let shape: Vec<u16> = get("input_shape")?
+        .split(',')
+        .map(|v| v.trim().parse::<u16>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| SafetensorsError::Content(format!("input_shape: {e}")))?;
+    let [channels, height, width] = shape[..] else {
+        return Err(SafetensorsError::Content(
+            "input_shape must be C,H,W".into(),
+        ));
+    };
+    let json = |k: &str, e: serde_json::Error| SafetensorsError::Content(format!("{k}: {e}"));
+    let class_names: Vec<String> =
+        serde_json::from_str(&get("class_names")?).map_err(|e| json("class_names", e))?;
+    let purifier = serde_json::from_str(&get("purifier")?).map_err(|e| json("purifier", e))?;
+    let mut nets = Vec::new();
+    for name in ["denoiser", "classifier"] {
+        let residual = get(&format!("{name}.residual"))? == "true";
+        let mut layers = Vec::new();
+        let mut j = 0;
+        for kind in get(&format!("{name}.layers"))?.split(',') {
+            match kind {
+                "relu" => layers.push(FloatLayer::Relu),
+                "dense" => {
+                    let read = |t: &str| -> Result<(Vec<usize>, Vec<f32>), SafetensorsError> {
+                        let key = format!("{name}.dense{j}.{t}");
+                        let v = st.tensor(&key).map_err(|_| {
+                            SafetensorsError::Content(format!("tensor `{key}` is missing"))
+                        })?;
+                        if v.dtype() != Dtype::F32 {
+                            return Err(SafetensorsError::Content(format!(
+                                "tensor `{key}` is not F32"
+                            )));
+                        }
+                        let data = v
+                            .data()
+                            .chunks_exact(4)
+                            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                            .collect();
+                        Ok((v.shape().to_vec(), data))
+                    };
+                    let (ws, weights) = read("weight")?;
+                    let (bs, bias) = read("bias")?;
+                    let [m, n] = ws[..] else {
+                        return Err(SafetensorsError::Content(format!(
+                            "{name}.dense{j}.weight must be 2-D"
+                        )));
+                    };
+                    if bs != [m] {
+                        return Err(SafetensorsError::Content(format!(
+                            "{name}.dense{j}.bias has shape {bs:?}, expected [{m}]"
+                        )));
+                    }
+                    layers.push(FloatLayer::Dense {
+                        inputs: n,
+                        outputs: m,
+                        weights,
+                        bias,
+                    });
+                    j += 1;
+                }
+                other => {
+                    return Err(SafetensorsError::Content(format!(
+                        "{name}.layers: unknown layer kind `{other}`"
+                    )))
+                }
+            }
+        }
+        nets.push(FloatNet { residual, layers });
+    }
+    let classifier = nets.pop().unwrap_or(FloatNet {
+        residual: false,
+        layers: vec![],
+    });
+    let denoiser = nets.pop().unwrap_or(FloatNet {
+        residual: false,
+        layers: vec![],
+    });
+    Ok(FloatModel {
+        dataset: get("dataset")?,
+        input_shape: pursamere_core::InputShape {
+            channels,
+            height,
+            width,
+        },
+        class_names,
+        denoiser,
+        classifier,
+        purifier,
+    })
+}
