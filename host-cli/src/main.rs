@@ -1,10 +1,47 @@
-//! The `pursamere` command line (subcommands land with the CLI work).
+//! `pursamere`: train, export, inspect and verify PurSAMERE models.
+//!
+//! Exit codes: 0 success, 1 failure (including a failed check), 2 usage error.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "pursamere",
+    version,
+    about = "Adversarial purification (PurSAMERE) for microcontrollers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train the score model (denoiser) and/or the classifier on IDX data.
+    Train(cmd::train::TrainArgs),
+    /// Quantise a training run into a .psm model file (and float .safetensors).
+    Export(cmd::export::ExportArgs),
+    /// Describe a .psm model: layers, sizes, purifier settings, memory, cost.
+    Inspect(cmd::inspect::InspectArgs),
+    /// Cross-check the core against the float host reference on test images.
+    Verify(cmd::verify::VerifyArgs),
+}
 
 fn main() {
-    eprintln!(
-        "pursamere {}: no subcommands yet (model format version {})",
-        env!("CARGO_PKG_VERSION"),
-        pursamere_core::FORMAT_VERSION
-    );
-    std::process::exit(2);
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => cmd::train::run(a),
+        Command::Export(a) => cmd::export::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
 }

@@ -1,0 +1,159 @@
+//! `pursamere export`, and the purifier flags shared by every command that purifies.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use pursamere_core::{InputShape, Norm, PurifierConfig, StepRule};
+use pursamere_trainer::export::QuantizedModel;
+use pursamere_trainer::model::FloatModel;
+use pursamere_trainer::safetensors_io::to_safetensors;
+use pursamere_trainer::train::load_checkpoint;
+
+use super::write_file;
+
+/// The default purifier configuration written into new models.
+pub const DEFAULT_PURIFIER: PurifierConfig = PurifierConfig {
+    sigma: 0.5,
+    noise_samples: 8,
+    iters: 20,
+    eta: 0.01,
+    rho: 0.05,
+    radius: 0.3,
+    norm: Norm::Linf,
+    step: StepRule::Gradient,
+    seed: 0,
+};
+
+/// Step rule on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum StepArg {
+    /// x ← x − η ∇F(x̃).
+    Gradient,
+    /// x ← x − η sign(∇F(x̃)).
+    Sign,
+}
+
+/// Purifier overrides; unset flags keep the model's (or the default) value.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PurifierArgs {
+    /// Noise level σ of the ERE (> 0).
+    #[arg(long)]
+    pub sigma: Option<f32>,
+    /// Number M of fixed noise vectors (1..=1024).
+    #[arg(long)]
+    pub noise_samples: Option<u32>,
+    /// Number K of SAM steps (0..=10000).
+    #[arg(long)]
+    pub iters: Option<u32>,
+    /// Step size η (> 0).
+    #[arg(long)]
+    pub eta: Option<f32>,
+    /// SAM radius ρ (≥ 0; 0 = plain projected descent).
+    #[arg(long)]
+    pub rho: Option<f32>,
+    /// Purification radius δ, L∞ (≥ 0).
+    #[arg(long)]
+    pub radius: Option<f32>,
+    /// Step rule.
+    #[arg(long, value_enum)]
+    pub step: Option<StepArg>,
+    /// Seed of the noise vectors.
+    #[arg(long)]
+    pub noise_seed: Option<u64>,
+}
+
+impl PurifierArgs {
+    /// `base` with the given overrides, validated.
+    pub fn apply(&self, base: PurifierConfig) -> Result<PurifierConfig> {
+        let cfg = PurifierConfig {
+            sigma: self.sigma.unwrap_or(base.sigma),
+            noise_samples: self.noise_samples.unwrap_or(base.noise_samples),
+            iters: self.iters.unwrap_or(base.iters),
+            eta: self.eta.unwrap_or(base.eta),
+            rho: self.rho.unwrap_or(base.rho),
+            radius: self.radius.unwrap_or(base.radius),
+            step: match self.step {
+                Some(StepArg::Gradient) => StepRule::Gradient,
+                Some(StepArg::Sign) => StepRule::Sign,
+                None => base.step,
+            },
+            seed: self.noise_seed.unwrap_or(base.seed),
+            norm: base.norm,
+        };
+        cfg.validate().context("invalid purifier setting")?;
+        Ok(cfg)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Training run directory holding denoiser.ckpt and classifier.ckpt.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Output model file (.psm).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write the float weights here (.safetensors); default: next to --out.
+    #[arg(long)]
+    pub safetensors: Option<PathBuf>,
+    /// Data set name stored in the model.
+    #[arg(long, default_value = "mnist")]
+    pub dataset: String,
+    /// Image height and width (square images).
+    #[arg(long, default_value_t = 28)]
+    pub side: u16,
+    #[command(flatten)]
+    pub purifier: PurifierArgs,
+}
+
+pub fn run(a: ExportArgs) -> Result<i32> {
+    let den = load_checkpoint(&a.run.join("denoiser.ckpt"))?;
+    let cls = load_checkpoint(&a.run.join("classifier.ckpt"))?;
+    let classes = match cls.net.layers.last() {
+        Some(pursamere_trainer::model::FloatLayer::Dense { outputs, .. }) => *outputs,
+        _ => anyhow::bail!("the classifier checkpoint does not end in a dense layer"),
+    };
+    let fm = FloatModel {
+        dataset: a.dataset.clone(),
+        input_shape: InputShape {
+            channels: 1,
+            height: a.side,
+            width: a.side,
+        },
+        class_names: (0..classes).map(|c| c.to_string()).collect(),
+        denoiser: den.net,
+        classifier: cls.net,
+        purifier: a.purifier.apply(DEFAULT_PURIFIER)?,
+    };
+    let q = QuantizedModel::from_float(&fm)?;
+    let psm = q.to_psm()?;
+    write_file(&a.out, &psm)?;
+    let st_path = a
+        .safetensors
+        .clone()
+        .unwrap_or_else(|| a.out.with_extension("safetensors"));
+    write_file(&st_path, &to_safetensors(&fm)?)?;
+    println!("layer quantisation error (int8 per output row):");
+    println!(
+        "{:<11} {:>5} {:>12} {:>12} {:>12}",
+        "network", "layer", "max |err|", "rms err", "rms/rms(w)"
+    );
+    for r in q.report() {
+        println!(
+            "{:<11} {:>5} {:>12.3e} {:>12.3e} {:>11.3} %",
+            r.network.to_string(),
+            r.layer,
+            r.max_abs,
+            r.rms,
+            100.0 * r.relative_rms
+        );
+    }
+    println!(
+        "wrote {} ({} bytes) and {}",
+        a.out.display(),
+        psm.len(),
+        st_path.display()
+    );
+    Ok(0)
+}
