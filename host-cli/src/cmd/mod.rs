@@ -19,17 +19,3 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     pursamere_trainer::train::write_atomic(path, bytes)
         .with_context(|| format!("cannot write {}", path.display()))
 }
-
-/// Parses a comma-separated list such as `256,256`.
-pub fn parse_list<T: std::str::FromStr>(s: &str) -> Result<Vec<T>, String> {
-    if s.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    s.split(',')
-        .map(|v| {
-            v.trim()
-                .parse::<T>()
-                .map_err(|_| format!("`{v}` is not a valid value"))
-        })
-        .collect()
-}

@@ -10,8 +10,6 @@ use pursamere_trainer::train::{
     fresh_checkpoint, load_checkpoint, train, Objective, RunOptions, TrainConfig,
 };
 
-use super::parse_list;
-
 /// Which networks to train.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum What {
@@ -41,16 +39,16 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 20)]
     pub cls_epochs: usize,
     /// Hidden widths of the denoiser, comma-separated.
-    #[arg(long, default_value = "256,256", value_parser = parse_list::<usize>)]
+    #[arg(long, default_value = "256,256", value_delimiter = ',')]
     pub den_hidden: Vec<usize>,
     /// Hidden widths of the classifier, comma-separated.
-    #[arg(long, default_value = "256,256", value_parser = parse_list::<usize>)]
+    #[arg(long, default_value = "256,256", value_delimiter = ',')]
     pub cls_hidden: Vec<usize>,
     /// Give the denoiser a global residual skip D(y) = y + net(y).
     #[arg(long)]
     pub residual: bool,
     /// Noise levels σ of the ERE loss, comma-separated; one is drawn per example.
-    #[arg(long, default_value = "0.5", value_parser = parse_list::<f32>)]
+    #[arg(long, default_value = "0.5", value_delimiter = ',')]
     pub sigmas: Vec<f32>,
     /// Examples per step.
     #[arg(long, default_value_t = 128)]
