@@ -81,21 +81,19 @@ pub fn run(a: InspectArgs) -> Result<i32> {
         "network", "#", "layer", "in", "out", "params", "MACs"
     );
     for l in &layers {
+        let num = |k: &str| l[k].as_u64().unwrap_or(0);
         println!(
             "{:<11} {:>3} {:<11} {:>7} {:>7} {:>9} {:>9}",
             l["network"].as_str().unwrap_or(""),
-            l["index"],
+            num("index"),
             l["kind"].as_str().unwrap_or(""),
-            l["inputs"],
-            l["outputs"],
-            l["params"],
-            l["macs"]
+            num("inputs"),
+            num("outputs"),
+            num("params"),
+            num("macs")
         );
     }
-    println!(
-        "parameters: {params} ({} int8 weight bytes in the file)",
-        bytes.len()
-    );
+    println!("parameters: {params}");
     println!("denoiser residual skip: {}", spec.denoiser.residual);
     println!(
         "purifier: sigma {} M {} K {} eta {} rho {} delta {} norm {:?} step {:?} seed {}",

@@ -152,8 +152,14 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         let start = std::time::Instant::now();
         let done = train(ck, &tr, &val, &opts)?;
         if let Some(last) = done.history.last() {
+            let ips = done
+                .history
+                .iter()
+                .map(|h| f64::from(h.images_per_second))
+                .sum::<f64>()
+                / done.history.len().max(1) as f64;
             eprintln!(
-                "{name}: done in {:.1} s; validation loss {:.4}{}; checkpoint {}",
+                "{name}: done in {:.1} s ({ips:.0} training images/s); validation loss {:.4}{}; checkpoint {}",
                 start.elapsed().as_secs_f64(),
                 last.val_loss,
                 last.val_accuracy

@@ -1,0 +1,228 @@
+//! End-to-end tests of the `pursamere` binary on generated data: the main path of
+//! every subcommand, and bad input giving a clear message, exit code 1 (2 for usage
+//! errors) and no partial output.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use pursamere_trainer::data::synthetic_bands;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pursamere"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run pursamere")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn write_idx_gz(path: &Path, magic: u32, dims: &[u32], data: &[u8]) {
+    let mut raw = magic.to_be_bytes().to_vec();
+    for d in dims {
+        raw.extend_from_slice(&d.to_be_bytes());
+    }
+    raw.extend_from_slice(data);
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(&raw).unwrap();
+    std::fs::write(path, e.finish().unwrap()).unwrap();
+}
+
+/// An MNIST-layout directory of 8×8 synthetic images.
+fn data_dir(dir: &Path) {
+    for (prefix, n, seed) in [("train", 400u32, 1), ("t10k", 100, 2)] {
+        let ds = synthetic_bands(n as usize, 8, 4, seed);
+        write_idx_gz(
+            &dir.join(format!("{prefix}-images-idx3-ubyte.gz")),
+            0x803,
+            &[n, 8, 8],
+            &ds.pixels,
+        );
+        write_idx_gz(
+            &dir.join(format!("{prefix}-labels-idx1-ubyte.gz")),
+            0x801,
+            &[n],
+            &ds.labels,
+        );
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn train_export_inspect_verify_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let run_dir = tmp.path().join("run");
+    std::fs::create_dir(&data).unwrap();
+    data_dir(&data);
+
+    let o = run(&[
+        "train",
+        "--data",
+        s(&data),
+        "--out",
+        s(&run_dir),
+        "--den-epochs",
+        "3",
+        "--cls-epochs",
+        "6",
+        "--den-hidden",
+        "24",
+        "--cls-hidden",
+        "16",
+        "--validation",
+        "50",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.005",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(run_dir.join("denoiser.ckpt").exists() && run_dir.join("classifier.ckpt").exists());
+
+    let psm = run_dir.join("m.psm");
+    let o = run(&[
+        "export",
+        "--run",
+        s(&run_dir),
+        "--out",
+        s(&psm),
+        "--side",
+        "8",
+        "--dataset",
+        "bands",
+        "--iters",
+        "3",
+        "--noise-samples",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("quantisation error"));
+    assert!(run_dir.join("m.safetensors").exists());
+
+    let o = run(&["inspect", s(&psm), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["dataset"], "bands");
+    assert_eq!(v["input_shape"], serde_json::json!([1, 8, 8]));
+    assert_eq!(v["purifier"]["iters"], 3);
+    assert_eq!(v["layers"].as_array().unwrap().len(), 6);
+    let o = run(&["inspect", s(&psm)]);
+    assert!(text(&o).contains("scratch RAM"), "{}", text(&o));
+
+    let o = run(&[
+        "verify",
+        "--model",
+        s(&psm),
+        "--data",
+        s(&data),
+        "--count",
+        "60",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["images"], 60);
+    assert_eq!(v["passed"], true);
+    assert!(v["clean_accuracy_core"].as_f64().unwrap() > 0.9, "{v}");
+    assert!(
+        v["core_vs_dequantised_reference"]["label_agreement"]
+            .as_f64()
+            .unwrap()
+            >= 0.995
+    );
+
+    // Resume with other settings is refused, naming the file.
+    let o = run(&[
+        "train",
+        "--data",
+        s(&data),
+        "--out",
+        s(&run_dir),
+        "--what",
+        "classifier",
+        "--cls-epochs",
+        "5",
+        "--cls-hidden",
+        "16",
+        "--validation",
+        "50",
+        "--resume",
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("classifier.ckpt"), "{}", text(&o));
+}
+
+#[test]
+fn bad_input_is_reported_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+
+    // Missing file.
+    let o = run(&["inspect", s(&d.join("missing.psm"))]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("missing.psm"), "{}", text(&o));
+
+    // Not a model / truncated model / wrong version.
+    let junk = d.join("junk.psm");
+    std::fs::write(&junk, b"hello world, not a model").unwrap();
+    let o = run(&["inspect", s(&junk)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("magic"), "{}", text(&o));
+    let mut v2 = b"PSMR".to_vec();
+    v2.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    std::fs::write(&junk, &v2).unwrap();
+    let o = run(&["inspect", s(&junk)]);
+    assert!(
+        text(&o).contains("version 2 is not supported"),
+        "{}",
+        text(&o)
+    );
+
+    // Bad data directory.
+    let o = run(&[
+        "train",
+        "--data",
+        s(&d.join("nodata")),
+        "--out",
+        s(&d.join("r")),
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("nodata"), "{}", text(&o));
+    assert!(
+        !d.join("r").exists(),
+        "no output directory for a failed run"
+    );
+
+    // Nonsensical settings.
+    let o = run(&[
+        "train",
+        "--data",
+        s(d),
+        "--out",
+        s(&d.join("r")),
+        "--sigmas",
+        "0",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("--sigmas"), "{}", text(&o));
+
+    // Usage error.
+    let o = run(&["inspect"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = run(&["frobnicate"]);
+    assert_eq!(o.status.code(), Some(2));
+}
