@@ -84,6 +84,24 @@ pub enum DataError {
         /// Number of classes.
         classes: usize,
     },
+    /// A PNG image could not be decoded or has the wrong size.
+    #[error("{path}: {why}")]
+    Image {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// A line of a labels file is malformed.
+    #[error("{path}:{line}: {why}")]
+    LabelsFile {
+        /// File.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        why: String,
+    },
     /// A requested split does not fit the data.
     #[error("cannot hold out {requested} validation examples from {available}")]
     Split {
@@ -359,4 +377,113 @@ pub fn synthetic_bands(n: usize, side: usize, classes: usize, seed: u64) -> Data
         pixels,
         labels,
     }
+}
+
+/// Reads a PNG as 8-bit grey pixels: `(width, height, pixels)`. Grey images are
+/// taken as they are; RGB(A) images are converted with the Rec. 601 luma weights
+/// (0.299 R + 0.587 G + 0.114 B); alpha is ignored; 16-bit and palette images are
+/// reduced to 8 bits first.
+pub fn read_png_gray(path: &Path) -> Result<(usize, usize, Vec<u8>), DataError> {
+    let img_err = |why: String| DataError::Image {
+        path: path.to_owned(),
+        why,
+    };
+    let file = File::open(path).map_err(|source| DataError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut decoder = png::Decoder::new(io::BufReader::new(file));
+    decoder.set_transformations(png::Transformations::normalize_to_color8());
+    let mut reader = decoder
+        .read_info()
+        .map_err(|e| img_err(format!("not a readable PNG ({e})")))?;
+    let mut buf = vec![0u8; reader.output_buffer_size()];
+    let info = reader
+        .next_frame(&mut buf)
+        .map_err(|e| img_err(format!("not a readable PNG ({e})")))?;
+    let (w, h) = (info.width as usize, info.height as usize);
+    let channels = match info.color_type {
+        png::ColorType::Grayscale => 1,
+        png::ColorType::GrayscaleAlpha => 2,
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        other => return Err(img_err(format!("unsupported colour type {other:?}"))),
+    };
+    let data = buf.get(..w * h * channels).unwrap_or(&[]);
+    let pixels = data
+        .chunks_exact(channels)
+        .map(|p| match p {
+            [g] | [g, _] => *g,
+            [r, g, b] | [r, g, b, _] => {
+                (0.299 * f32::from(*r) + 0.587 * f32::from(*g) + 0.114 * f32::from(*b)).round()
+                    as u8
+            }
+            _ => 0,
+        })
+        .collect();
+    Ok((w, h, pixels))
+}
+
+/// Reads a directory of PNG images listed in a labels file. Each non-empty line of
+/// `labels` that does not start with `#` is `<file name> <label>`, the file name
+/// relative to `dir`; all images must have the same size and every label must be
+/// below `classes`.
+pub fn load_png_dir(dir: &Path, labels: &Path, classes: usize) -> Result<Dataset, DataError> {
+    let text = std::fs::read_to_string(labels).map_err(|source| DataError::Io {
+        path: labels.to_owned(),
+        source,
+    })?;
+    let mut size = None;
+    let mut pixels = Vec::new();
+    let mut label_v = Vec::new();
+    for (k, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |why: String| DataError::LabelsFile {
+            path: labels.to_owned(),
+            line: k + 1,
+            why,
+        };
+        let (name, label) = line
+            .rsplit_once(char::is_whitespace)
+            .ok_or_else(|| bad("expected `<file name> <label>`".into()))?;
+        let label: u8 = label
+            .parse()
+            .ok()
+            .filter(|&l| usize::from(l) < classes)
+            .ok_or_else(|| {
+                bad(format!(
+                    "label `{label}` is not a class index below {classes}"
+                ))
+            })?;
+        let path = dir.join(name.trim());
+        let (w, h, img) = read_png_gray(&path)?;
+        match size {
+            None => size = Some((w, h)),
+            Some((sw, sh)) if (sw, sh) != (w, h) => {
+                return Err(DataError::Image {
+                    path,
+                    why: format!("is {w}x{h} but the first image is {sw}x{sh}"),
+                })
+            }
+            _ => {}
+        }
+        pixels.extend(img);
+        label_v.push(label);
+    }
+    let Some((cols, rows)) = size else {
+        return Err(DataError::LabelsFile {
+            path: labels.to_owned(),
+            line: 0,
+            why: "lists no images".into(),
+        });
+    };
+    Ok(Dataset {
+        rows,
+        cols,
+        pixels,
+        labels: label_v,
+    })
 }

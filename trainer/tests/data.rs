@@ -223,3 +223,70 @@ fn full_mnist_and_fashion_mnist_load_with_published_counts() {
         assert_eq!(counts, want, "{name} {split:?}");
     }
 }
+
+fn write_png(path: &Path, w: u32, h: u32, color: png::ColorType, data: &[u8]) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
+    enc.set_color(color);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header().unwrap().write_image_data(data).unwrap();
+}
+
+#[test]
+fn png_directory_with_labels_file() {
+    use pursamere_trainer::data::load_png_dir;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_png(
+        &d.join("a.png"),
+        2,
+        2,
+        png::ColorType::Grayscale,
+        &[0, 50, 100, 255],
+    );
+    // RGB grey pixels convert exactly; a pure red pixel becomes its luma.
+    write_png(
+        &d.join("b.png"),
+        2,
+        2,
+        png::ColorType::Rgb,
+        &[7, 7, 7, 255, 0, 0, 0, 0, 0, 9, 9, 9],
+    );
+    let labels = write(d, "labels.txt", b"# file label\na.png 3\n\nb.png 1\n");
+    let ds = load_png_dir(d, &labels, 10).unwrap();
+    assert_eq!((ds.len(), ds.rows, ds.cols), (2, 2, 2));
+    assert_eq!(ds.labels, [3, 1]);
+    assert_eq!(ds.image(0).unwrap(), &[0, 50, 100, 255]);
+    assert_eq!(ds.image(1).unwrap(), &[7, 76, 0, 9]);
+
+    // Wrong size, bad label, missing file, not a PNG, empty list.
+    write_png(&d.join("c.png"), 3, 2, png::ColorType::Grayscale, &[0; 6]);
+    let l = write(d, "l1.txt", b"a.png 1\nc.png 2\n");
+    let e = load_png_dir(d, &l, 10).unwrap_err().to_string();
+    assert!(
+        e.contains("c.png") && e.contains("3x2") && e.contains("2x2"),
+        "{e}"
+    );
+    let l = write(d, "l2.txt", b"a.png 12\n");
+    let e = load_png_dir(d, &l, 10).unwrap_err().to_string();
+    assert!(e.contains("l2.txt:1") && e.contains("below 10"), "{e}");
+    let l = write(d, "l3.txt", b"nope.png 1\n");
+    assert!(load_png_dir(d, &l, 10)
+        .unwrap_err()
+        .to_string()
+        .contains("nope.png"));
+    write(d, "fake.png", b"not a png");
+    let l = write(d, "l4.txt", b"fake.png 1\n");
+    let e = load_png_dir(d, &l, 10).unwrap_err().to_string();
+    assert!(e.contains("fake.png") && e.contains("PNG"), "{e}");
+    let l = write(d, "l5.txt", b"# nothing\n");
+    assert!(load_png_dir(d, &l, 10)
+        .unwrap_err()
+        .to_string()
+        .contains("no images"));
+    let l = write(d, "l6.txt", b"a.png\n");
+    assert!(load_png_dir(d, &l, 10)
+        .unwrap_err()
+        .to_string()
+        .contains("expected"));
+}
