@@ -4,6 +4,7 @@
 //! export, the float reference purifier and the attacks are being added.
 #![deny(missing_docs)]
 
+pub mod attack;
 pub mod data;
 pub mod export;
 pub mod model;

@@ -1,0 +1,253 @@
+//! Projected gradient descent (PGD) attacks, batched on the host.
+//!
+//! The attack is written against a *gradient oracle*: a function that, for a batch
+//! of inputs and labels, returns each example's loss, its gradient with respect to
+//! the input and the predicted label. [`ClassifierOracle`] attacks the undefended
+//! classifier (and gives the transfer examples); oracles through the purifier
+//! (BPDA, the exact unrolled gradient) plug into the same loop.
+
+use dfdx::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Batch, DeviceNet, FloatNet};
+
+/// Threat model norm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttackNorm {
+    /// `||δ||_∞ ≤ ε`, signed-gradient steps.
+    Linf,
+    /// `||δ||_2 ≤ ε`, normalised-gradient steps.
+    L2,
+}
+
+/// Attack objective (maximised).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttackLoss {
+    /// Softmax cross-entropy of the true label.
+    CrossEntropy,
+    /// Carlini–Wagner margin `max_{j≠y} z_j − z_y`.
+    Margin,
+}
+
+/// PGD settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PgdConfig {
+    /// Norm of the perturbation ball.
+    pub norm: AttackNorm,
+    /// Radius ε.
+    pub eps: f32,
+    /// Steps per restart.
+    pub steps: usize,
+    /// Step size α (absolute; `2.5 ε / steps` is a common choice).
+    pub step_size: f32,
+    /// Objective.
+    pub loss: AttackLoss,
+    /// Start from a random point of the ball (always true for restarts after the first).
+    pub random_start: bool,
+    /// Number of runs; per example the first run that fools the model wins, else
+    /// the one with the highest final loss.
+    pub restarts: usize,
+    /// Seed of the random starts.
+    pub seed: u64,
+}
+
+impl PgdConfig {
+    /// L∞ PGD with cross-entropy, `steps` steps of `2.5 ε / steps`, random start.
+    pub fn linf(eps: f32, steps: usize) -> Self {
+        PgdConfig {
+            norm: AttackNorm::Linf,
+            eps,
+            steps,
+            step_size: 2.5 * eps / steps.max(1) as f32,
+            loss: AttackLoss::CrossEntropy,
+            random_start: true,
+            restarts: 1,
+            seed: 0,
+        }
+    }
+}
+
+/// What an oracle returns for a batch.
+pub struct OracleOutput {
+    /// Loss per example.
+    pub loss: Vec<f32>,
+    /// Gradient of each example's loss with respect to its input, `[batch, d]`.
+    pub grad: Vec<f32>,
+    /// Predicted label per example.
+    pub pred: Vec<usize>,
+}
+
+/// Anything PGD can attack.
+pub trait GradientOracle {
+    /// Input length.
+    fn input_len(&self) -> usize;
+    /// Loss, input gradient and prediction for a batch.
+    fn evaluate(&self, x: &[f32], labels: &[usize], loss: AttackLoss) -> OracleOutput;
+}
+
+/// The undefended classifier in dfdx (float weights).
+pub struct ClassifierOracle {
+    dev: Cpu,
+    net: DeviceNet<f32, Cpu>,
+    d: usize,
+    classes: usize,
+}
+
+impl ClassifierOracle {
+    /// An oracle for `classifier` with input length `d`.
+    pub fn new(classifier: &FloatNet, d: usize) -> Self {
+        let dev = Cpu::default();
+        let net = DeviceNet::from_float(classifier, &dev);
+        let classes = classifier
+            .layers
+            .iter()
+            .rev()
+            .find_map(|l| match l {
+                crate::model::FloatLayer::Dense { outputs, .. } => Some(*outputs),
+                crate::model::FloatLayer::Relu => None,
+            })
+            .unwrap_or(1);
+        ClassifierOracle {
+            dev,
+            net,
+            d,
+            classes,
+        }
+    }
+
+    /// Predicted labels of a batch.
+    pub fn predict(&self, x: &[f32]) -> Vec<usize> {
+        let b = x.len() / self.d.max(1);
+        let logits = self
+            .net
+            .forward(self.dev.tensor_from_vec(x.to_vec(), (b, self.d)))
+            .as_vec();
+        logits.chunks(self.classes.max(1)).map(argmax).collect()
+    }
+}
+
+/// Index of the largest value (first on ties).
+pub fn argmax(v: &[f32]) -> usize {
+    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b })
+}
+
+impl GradientOracle for ClassifierOracle {
+    fn input_len(&self) -> usize {
+        self.d
+    }
+
+    fn evaluate(&self, x: &[f32], labels: &[usize], loss: AttackLoss) -> OracleOutput {
+        let (b, d, c) = (labels.len(), self.d, self.classes);
+        let x0: Batch<f32, Cpu> = self.dev.tensor_from_vec(x.to_vec(), (b, d));
+        let mut onehot = vec![0.0f32; b * c];
+        for (row, &l) in labels.iter().enumerate() {
+            if let Some(v) = onehot.get_mut(row * c + l) {
+                *v = 1.0;
+            }
+        }
+        let onehot: Batch<f32, Cpu> = self.dev.tensor_from_vec(onehot, (b, c));
+        let logits = self.net.forward(x0.leaky_trace());
+        let pred: Vec<usize> = logits
+            .retaped::<NoneTape>()
+            .as_vec()
+            .chunks(c)
+            .map(argmax)
+            .collect();
+        let per = match loss {
+            AttackLoss::CrossEntropy => {
+                let lsm = logits.log_softmax::<Axis<1>>();
+                (lsm * onehot).sum::<(usize,), Axis<1>>().negate()
+            }
+            AttackLoss::Margin => {
+                let z_y = logits.with_empty_tape() * onehot.clone();
+                let z_y = z_y.sum::<(usize,), Axis<1>>();
+                let others = logits - onehot * 1e9;
+                others.max::<(usize,), Axis<1>>() - z_y
+            }
+        };
+        let loss_v = per.retaped::<NoneTape>().as_vec();
+        let grads = per.sum::<Rank0, _>().backward();
+        OracleOutput {
+            loss: loss_v,
+            grad: grads.get(&x0).as_vec(),
+            pred,
+        }
+    }
+}
+
+/// Projects `x` onto the ε-ball around `x0` (in `norm`) and then onto `[0, 1]`.
+fn project(norm: AttackNorm, eps: f32, x0: &[f32], x: &mut [f32]) {
+    if norm == AttackNorm::L2 {
+        let n = x
+            .iter()
+            .zip(x0)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f32>()
+            .sqrt();
+        if n > eps {
+            let s = eps / n;
+            for (a, &b) in x.iter_mut().zip(x0) {
+                *a = b + (*a - b) * s;
+            }
+        }
+    }
+    for (a, &b) in x.iter_mut().zip(x0) {
+        if norm == AttackNorm::Linf {
+            *a = a.clamp(b - eps, b + eps);
+        }
+        *a = a.clamp(0.0, 1.0);
+    }
+}
+
+/// Runs PGD on a batch (`x` row-major `[batch, d]`); returns the adversarial batch.
+pub fn pgd(oracle: &impl GradientOracle, x: &[f32], labels: &[usize], cfg: &PgdConfig) -> Vec<f32> {
+    let d = oracle.input_len().max(1);
+    let mut best = x.to_vec();
+    let mut best_loss = vec![f32::NEG_INFINITY; labels.len()];
+    let mut fooled = vec![false; labels.len()];
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    for restart in 0..cfg.restarts.max(1) {
+        let mut adv = x.to_vec();
+        if cfg.random_start || restart > 0 {
+            for (row, x0) in adv.chunks_mut(d).zip(x.chunks(d)) {
+                for a in row.iter_mut() {
+                    *a += rng.gen_range(-1.0f32..=1.0) * cfg.eps;
+                }
+                project(cfg.norm, cfg.eps, x0, row);
+            }
+        }
+        for _ in 0..cfg.steps {
+            let out = oracle.evaluate(&adv, labels, cfg.loss);
+            for ((row, g), x0) in adv.chunks_mut(d).zip(out.grad.chunks(d)).zip(x.chunks(d)) {
+                match cfg.norm {
+                    AttackNorm::Linf => {
+                        for (a, &gi) in row.iter_mut().zip(g) {
+                            *a += cfg.step_size * gi.signum() * f32::from(u8::from(gi != 0.0));
+                        }
+                    }
+                    AttackNorm::L2 => {
+                        let n = g.iter().map(|v| v * v).sum::<f32>().sqrt();
+                        if n > 0.0 {
+                            for (a, &gi) in row.iter_mut().zip(g) {
+                                *a += cfg.step_size * gi / n;
+                            }
+                        }
+                    }
+                }
+                project(cfg.norm, cfg.eps, x0, row);
+            }
+        }
+        let out = oracle.evaluate(&adv, labels, cfg.loss);
+        for (k, row) in adv.chunks(d).enumerate() {
+            let now_fooled = out.pred[k] != labels[k];
+            if !fooled[k] && (now_fooled || out.loss[k] > best_loss[k]) {
+                best[k * d..(k + 1) * d].copy_from_slice(row);
+                best_loss[k] = out.loss[k];
+                fooled[k] = now_fooled;
+            }
+        }
+    }
+    best
+}
