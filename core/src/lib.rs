@@ -42,6 +42,17 @@ mod purify;
 pub mod quantize;
 
 pub use error::{ConfigError, Error, FormatError, NetworkKind, TensorKind};
+/// CRC-32 (ISO-HDLC) of the little-endian bytes of `values`: the digest the golden
+/// files, the CLI and the firmware use to compare purified images bit for bit.
+pub fn digest_f32(values: &[f32]) -> u32 {
+    const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    let mut d = CRC32.digest();
+    for v in values {
+        d.update(&v.to_le_bytes());
+    }
+    d.finalize()
+}
+
 pub use format::{
     encode_f32_le, encoded_len, write_model, InputShape, Metadata, ModelSpec, NetworkSpec, CRC_LEN,
     FORMAT_VERSION, MAGIC, MAX_CLASSES, MAX_DIM, MAX_LAYERS, PREFIX_LEN,

@@ -59,3 +59,11 @@ fn purified_bytes_are_pinned() {
 
 const PINNED_SAM: u32 = 0xc4fc5757;
 const PINNED_SIGN: u32 = 0x3168aa22;
+
+#[test]
+fn digest_is_crc32_of_little_endian_bytes() {
+    let v = [1.0f32, -0.5, 0.0];
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    assert_eq!(pursamere_core::digest_f32(&v), crc32(&bytes));
+    assert_eq!(pursamere_core::digest_f32(&[]), 0);
+}

@@ -27,6 +27,8 @@ enum Command {
     Inspect(cmd::inspect::InspectArgs),
     /// Cross-check the core against the float host reference on test images.
     Verify(cmd::verify::VerifyArgs),
+    /// Regenerate fixtures/: shipped model, test-image sample, golden vectors.
+    Fixtures(cmd::fixtures::FixturesArgs),
 }
 
 fn main() {
@@ -36,6 +38,7 @@ fn main() {
         Command::Export(a) => cmd::export::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Verify(a) => cmd::verify::run(a),
+        Command::Fixtures(a) => cmd::fixtures::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -487,3 +487,32 @@ pub fn load_png_dir(dir: &Path, labels: &Path, classes: usize) -> Result<Dataset
         labels: label_v,
     })
 }
+
+/// Writes `data` as a gzipped MNIST-layout pair in `dir` (`{prefix}-images-idx3-ubyte.gz`,
+/// `{prefix}-labels-idx1-ubyte.gz`), readable by [`load_mnist_dir`] when `prefix` is
+/// `train` or `t10k`.
+pub fn write_idx_gz(dir: &Path, prefix: &str, data: &Dataset) -> io::Result<()> {
+    use std::io::Write;
+    let gz = |bytes: &[u8]| -> io::Result<Vec<u8>> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(bytes)?;
+        e.finish()
+    };
+    let n = data.len() as u32;
+    let mut images = IDX_IMAGES_MAGIC.to_be_bytes().to_vec();
+    for v in [n, data.rows as u32, data.cols as u32] {
+        images.extend_from_slice(&v.to_be_bytes());
+    }
+    images.extend_from_slice(&data.pixels);
+    let mut labels = IDX_LABELS_MAGIC.to_be_bytes().to_vec();
+    labels.extend_from_slice(&n.to_be_bytes());
+    labels.extend_from_slice(&data.labels);
+    std::fs::write(
+        dir.join(format!("{prefix}-images-idx3-ubyte.gz")),
+        gz(&images)?,
+    )?;
+    std::fs::write(
+        dir.join(format!("{prefix}-labels-idx1-ubyte.gz")),
+        gz(&labels)?,
+    )
+}

@@ -1,0 +1,227 @@
+//! `pursamere fixtures`: regenerates everything in `fixtures/` from the MNIST data:
+//! trains (or reuses) a run, chooses the default purifier configuration on a
+//! validation split of the TRAIN set, exports the model, writes the test-image sample
+//! and the golden vectors.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use pursamere_core::{Model, PurifierConfig, StepRule};
+use pursamere_trainer::attack::{pgd, ClassifierOracle, PgdConfig};
+use pursamere_trainer::data::{load_mnist_dir, write_idx_gz, Split};
+use pursamere_trainer::export::QuantizedModel;
+use pursamere_trainer::model::FloatModel;
+use pursamere_trainer::safetensors_io::to_safetensors;
+use pursamere_trainer::train::load_checkpoint;
+use serde::Serialize;
+use serde_json::json;
+
+use super::export::DEFAULT_PURIFIER;
+use super::{accuracy, core_classify, core_purify_classify, write_file};
+
+/// Test images shipped in the sample.
+pub const SAMPLE_IMAGES: usize = 256;
+
+#[derive(Args, Debug)]
+pub struct FixturesArgs {
+    /// MNIST directory (IDX files).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Where to write the fixtures.
+    #[arg(long, default_value = "fixtures")]
+    pub out: PathBuf,
+    /// Training run to use (denoiser.ckpt, classifier.ckpt). Train one first with
+    /// `pursamere train --data DATA --out RUN` (about 2.5 minutes on 2 cores).
+    #[arg(long, default_value = "runs/mnist")]
+    pub run: PathBuf,
+    /// Validation images (from the TRAIN hold-out) used to choose the purifier settings.
+    #[arg(long, default_value_t = 500)]
+    pub tune_images: usize,
+}
+
+#[derive(Serialize)]
+struct SweepRow {
+    config: PurifierConfig,
+    clean_accuracy: f64,
+    transfer_accuracy: f64,
+    macs: u64,
+}
+
+/// The candidate configurations of the sweep (M = 4 keeps the microcontroller's
+/// scratch within its RAM budget).
+fn candidates() -> Vec<PurifierConfig> {
+    let base = PurifierConfig {
+        noise_samples: 4,
+        ..DEFAULT_PURIFIER
+    };
+    let mut v = Vec::new();
+    for iters in [10, 20] {
+        for rho in [0.0, 0.1] {
+            for eta in [0.02, 0.1, 0.5] {
+                v.push(PurifierConfig {
+                    iters,
+                    rho,
+                    eta,
+                    ..base
+                });
+            }
+        }
+    }
+    for eta in [0.01, 0.02] {
+        v.push(PurifierConfig {
+            iters: 20,
+            rho: 0.1,
+            eta,
+            step: StepRule::Sign,
+            ..base
+        });
+    }
+    v
+}
+
+pub fn run(a: FixturesArgs) -> Result<i32> {
+    let start = Instant::now();
+    let den = load_checkpoint(&a.run.join("denoiser.ckpt")).with_context(|| {
+        format!(
+            "train a run first: pursamere train --data {} --out {}",
+            a.data.display(),
+            a.run.display()
+        )
+    })?;
+    let cls = load_checkpoint(&a.run.join("classifier.ckpt"))?;
+    let mut fm = FloatModel {
+        dataset: "mnist".into(),
+        input_shape: pursamere_core::InputShape {
+            channels: 1,
+            height: 28,
+            width: 28,
+        },
+        class_names: (0..10).map(|c| c.to_string()).collect(),
+        denoiser: den.net,
+        classifier: cls.net,
+        purifier: DEFAULT_PURIFIER,
+    };
+
+    // Tuning data: the TRAIN hold-out (same split and seed as `pursamere train`).
+    let full = load_mnist_dir(&a.data, Split::Train)?;
+    let (_, val) = full.split_validation(5000, 0)?;
+    let n = a.tune_images.min(val.len());
+    let x: Vec<f32> = (0..n)
+        .flat_map(|i| val.image_f32(i).unwrap_or_default())
+        .collect();
+    let y: Vec<usize> = val.labels[..n].iter().map(|&l| usize::from(l)).collect();
+    let oracle = ClassifierOracle::new(&fm.classifier, 784);
+    let adv = pgd(&oracle, &x, &y, &PgdConfig::linf(0.3, 40));
+    let q = QuantizedModel::from_float(&fm)?;
+    let bytes = q.to_psm()?;
+    let model = Model::parse(&bytes)?;
+    let base_clean = accuracy(&core_classify(&model, &x)?, &y);
+    let base_adv = accuracy(&core_classify(&model, &adv)?, &y);
+    eprintln!("tuning on {n} validation images: no purification: clean {:.1} %, transfer PGD (L-inf 0.3) {:.1} %", 100.0 * base_clean, 100.0 * base_adv);
+    let mut rows = Vec::new();
+    for cfg in candidates() {
+        let (_, lc) = core_purify_classify(&model, &cfg, &x)?;
+        let (_, la) = core_purify_classify(&model, &cfg, &adv)?;
+        let row = SweepRow {
+            config: cfg,
+            clean_accuracy: accuracy(&lc, &y),
+            transfer_accuracy: accuracy(&la, &y),
+            macs: model.purify_macs(&cfg),
+        };
+        eprintln!(
+            "  K {:>2} M {} eta {:<5} rho {:<4} step {:<8?}: clean {:5.1} %  transfer {:5.1} %",
+            cfg.iters,
+            cfg.noise_samples,
+            cfg.eta,
+            cfg.rho,
+            cfg.step,
+            100.0 * row.clean_accuracy,
+            100.0 * row.transfer_accuracy
+        );
+        rows.push(row);
+    }
+    let chosen = choose(&rows, base_clean);
+    eprintln!("chosen: {chosen:?}");
+    fm.purifier = chosen;
+
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let q = QuantizedModel::from_float(&fm)?;
+    let psm = q.to_psm()?;
+    write_file(&a.out.join("mnist.psm"), &psm)?;
+    write_file(&a.out.join("mnist.safetensors"), &to_safetensors(&fm)?)?;
+    let model = Model::parse(&psm)?;
+
+    let test = load_mnist_dir(&a.data, Split::Test)?;
+    let idx: Vec<usize> = (0..SAMPLE_IMAGES.min(test.len())).collect();
+    let sample = test.select(&idx);
+    let sample_dir = a.out.join("mnist-sample");
+    std::fs::create_dir_all(&sample_dir)?;
+    write_idx_gz(&sample_dir, "t10k", &sample)
+        .with_context(|| format!("writing {}", sample_dir.display()))?;
+
+    let sx: Vec<f32> = (0..sample.len())
+        .flat_map(|i| sample.image_f32(i).unwrap_or_default())
+        .collect();
+    let clean = core_classify(&model, &sx)?;
+    let (px, labels) = core_purify_classify(&model, &chosen, &sx)?;
+    let images: Vec<_> = px
+        .chunks(784)
+        .enumerate()
+        .map(|(i, p)| {
+            json!({"index": i, "label": sample.labels[i], "clean_prediction": clean[i],
+                   "purified_prediction": labels[i], "purified_crc32": format!("{:08x}", pursamere_core::digest_f32(p))})
+        })
+        .collect();
+    let golden = json!({
+        "about": "Core (host build) outputs for fixtures/mnist-sample with fixtures/mnist.psm and its default purifier configuration. purified_crc32 = CRC-32 of the purified image's f32 little-endian bytes (pursamere_core::digest_f32). Regenerate with `pursamere fixtures`.",
+        "model_crc32": format!("{:08x}", crc32_bytes(&psm)),
+        "purifier": chosen,
+        "images": images,
+    });
+    write_file(
+        &a.out.join("golden.json"),
+        serde_json::to_string_pretty(&golden)?.as_bytes(),
+    )?;
+    let sweep = json!({"tune_images": n, "no_purification": {"clean_accuracy": base_clean, "transfer_accuracy": base_adv},
+                       "attack": "PGD L-inf eps 0.3, 40 steps, cross-entropy, on the float classifier (transfer)", "rows": rows, "chosen": chosen});
+    write_file(
+        &a.out.join("sweep.json"),
+        serde_json::to_string_pretty(&sweep)?.as_bytes(),
+    )?;
+    println!(
+        "wrote {}/mnist.psm ({} bytes), mnist.safetensors, mnist-sample/ ({} images), golden.json, sweep.json in {:.0} s",
+        a.out.display(),
+        psm.len(),
+        sample.len(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(0)
+}
+
+/// The selection rule: among settings that cost at most 3 points of clean accuracy,
+/// take the best mean of clean and transfer accuracy; among those within 1 point of
+/// it, the cheapest (fewest MACs). Written down in fixtures/README.md.
+fn choose(rows: &[SweepRow], base_clean: f64) -> PurifierConfig {
+    let ok: Vec<&SweepRow> = rows
+        .iter()
+        .filter(|r| r.clean_accuracy >= base_clean - 0.03)
+        .collect();
+    let score = |r: &SweepRow| 0.5 * (r.clean_accuracy + r.transfer_accuracy);
+    let best = ok
+        .iter()
+        .map(|r| score(r))
+        .fold(f64::NEG_INFINITY, f64::max);
+    ok.iter()
+        .filter(|r| score(r) >= best - 0.01)
+        .min_by(|a, b| a.macs.cmp(&b.macs).then(score(b).total_cmp(&score(a))))
+        .map(|r| r.config)
+        .unwrap_or(DEFAULT_PURIFIER)
+}
+
+fn crc32_bytes(b: &[u8]) -> u32 {
+    const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    CRC32.checksum(b)
+}
