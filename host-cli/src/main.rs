@@ -27,6 +27,8 @@ enum Command {
     Inspect(cmd::inspect::InspectArgs),
     /// Cross-check the core against the float host reference on test images.
     Verify(cmd::verify::VerifyArgs),
+    /// Run the shipped model on the shipped sample: attack, purify, report (no data needed).
+    Demo(cmd::demo::DemoArgs),
     /// Regenerate fixtures/: shipped model, test-image sample, golden vectors.
     Fixtures(cmd::fixtures::FixturesArgs),
 }
@@ -39,6 +41,7 @@ fn main() {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Fixtures(a) => cmd::fixtures::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -226,3 +226,22 @@ fn bad_input_is_reported_clearly() {
     let o = run(&["frobnicate"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn demo_runs_on_the_shipped_model_without_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let png = tmp.path().join("grid.png");
+    let o = run(&["demo", "--count", "16", "--steps", "10", "--out", s(&png)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("classifier alone") && t.contains("purified, then classified"),
+        "{t}"
+    );
+    assert!(t.contains("not a white-box attack"), "{t}");
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+    let o = run(&["demo", "--count", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("--count"));
+}

@@ -201,23 +201,83 @@ impl Dataset {
 
 /// Reads a whole file, transparently un-gzipping it when it starts with the gzip magic.
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    let io_err = |source| DataError::Io {
-        path: path.to_owned(),
-        source,
-    };
     let mut raw = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut raw))
-        .map_err(io_err)?;
+        .map_err(|source| DataError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    gunzip_if_needed(path, raw)
+}
+
+fn gunzip_if_needed(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>, DataError> {
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(raw.as_slice())
             .read_to_end(&mut out)
-            .map_err(io_err)?;
+            .map_err(|source| DataError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(out)
     } else {
         Ok(raw)
     }
+}
+
+/// Decodes an image/label IDX pair held in memory (gzipped or raw); `name` labels
+/// errors.
+pub fn dataset_from_idx_bytes(
+    name: &str,
+    images: &[u8],
+    labels: &[u8],
+    classes: usize,
+) -> Result<Dataset, DataError> {
+    let path = PathBuf::from(name);
+    let img = gunzip_if_needed(&path, images.to_vec())?;
+    let lab = gunzip_if_needed(&path, labels.to_vec())?;
+    let (dims, pixels) = parse_idx(&path, &img, IDX_IMAGES_MAGIC, "images")?;
+    let (_, label_v) = parse_idx(&path, &lab, IDX_LABELS_MAGIC, "labels")?;
+    let [count, rows, cols] = [dims[0], dims[1], dims[2]].map(|d| d as usize);
+    if label_v.len() != count || rows == 0 || cols == 0 {
+        return Err(DataError::BadDims { path, dims });
+    }
+    if let Some((index, &label)) = label_v
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| usize::from(l) >= classes)
+    {
+        return Err(DataError::LabelRange {
+            path,
+            index,
+            label,
+            classes,
+        });
+    }
+    Ok(Dataset {
+        rows,
+        cols,
+        pixels: pixels.to_vec(),
+        labels: label_v.to_vec(),
+    })
+}
+
+/// Encodes 8-bit grey pixels (`width × height`, row-major) as PNG bytes.
+pub fn encode_png_gray(width: usize, height: usize, pixels: &[u8]) -> Result<Vec<u8>, DataError> {
+    let err = |e: png::EncodingError| DataError::Image {
+        path: PathBuf::from("<png>"),
+        why: e.to_string(),
+    };
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, width as u32, height as u32);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header().map_err(err)?;
+        w.write_image_data(pixels).map_err(err)?;
+    }
+    Ok(out)
 }
 
 /// Parses an IDX header; returns the dimensions and the data.

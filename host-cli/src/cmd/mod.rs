@@ -1,5 +1,6 @@
 //! One module per subcommand, plus shared helpers.
 
+pub mod demo;
 pub mod export;
 pub mod fixtures;
 pub mod inspect;
