@@ -23,6 +23,10 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Quantise a training run into a .psm model file (and float .safetensors).
     Export(cmd::export::ExportArgs),
+    /// Purify images (PNG files or an IDX range) and write the results.
+    Purify(cmd::purify::PurifyArgs),
+    /// Classify images, optionally after purification.
+    Classify(cmd::purify::ClassifyArgs),
     /// Describe a .psm model: layers, sizes, purifier settings, memory, cost.
     Inspect(cmd::inspect::InspectArgs),
     /// Cross-check the core against the float host reference on test images.
@@ -39,6 +43,8 @@ fn main() {
         Command::Train(a) => cmd::train::run(a),
         Command::Export(a) => cmd::export::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Purify(a) => cmd::purify::run_purify(a),
+        Command::Classify(a) => cmd::purify::run_classify(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Fixtures(a) => cmd::fixtures::run(a),
         Command::Demo(a) => cmd::demo::run(a),

@@ -135,13 +135,20 @@ fn train_export_inspect_verify_end_to_end() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["images"], 60);
     assert_eq!(v["passed"], true);
-    assert!(v["clean_accuracy_core"].as_f64().unwrap() > 0.9, "{v}");
     assert!(
-        v["core_vs_dequantised_reference"]["label_agreement"]
+        v["clean"]["accuracy_without_purification_core"]
+            .as_f64()
+            .unwrap()
+            > 0.9,
+        "{v}"
+    );
+    assert!(
+        v["clean"]["core_vs_dequantised_reference"]["label_agreement"]
             .as_f64()
             .unwrap()
             >= 0.995
     );
+    assert!(v["agreement_float_all"].as_f64().unwrap() >= 0.99, "{v}");
 
     // Resume with other settings is refused, naming the file.
     let o = run(&[
@@ -244,4 +251,187 @@ fn demo_runs_on_the_shipped_model_without_data() {
     let o = run(&["demo", "--count", "0"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("--count"));
+}
+
+fn write_png(path: &Path, w: u32, h: u32, color: png::ColorType, data: &[u8]) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
+    enc.set_color(color);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header().unwrap().write_image_data(data).unwrap();
+}
+
+fn fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+}
+
+#[test]
+fn purify_and_classify_png_and_idx_inputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let sample = pursamere_trainer::data::load_mnist_dir(
+        &fixtures().join("mnist-sample"),
+        pursamere_trainer::data::Split::Test,
+    )
+    .unwrap();
+    let png0 = d.join("seven.png");
+    write_png(
+        &png0,
+        28,
+        28,
+        png::ColorType::Grayscale,
+        sample.image(0).unwrap(),
+    );
+    let out = d.join("out");
+
+    // PNG in, PNG + raw out, with the shipped model (no --model).
+    let o = run(&["purify", s(&png0), "--out", s(&out), "--raw", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let golden: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("golden.json")).unwrap()).unwrap();
+    assert_eq!(
+        v["images"][0]["crc32"],
+        golden["images"][0]["purified_crc32"]
+    );
+    assert_eq!(
+        v["images"][0]["label_after"],
+        golden["images"][0]["purified_prediction"]
+    );
+    let raw = std::fs::read(out.join("seven.purified.f32")).unwrap();
+    assert_eq!(raw.len(), 784 * 4);
+    assert!(out.join("seven.purified.png").exists());
+
+    // IDX range in; classify with and without purification.
+    let idx = fixtures().join("mnist-sample/t10k-images-idx3-ubyte.gz");
+    let o = run(&["classify", "--idx", s(&idx), "--range", "0..4", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for i in 0..4 {
+        assert_eq!(
+            v["images"][i]["label"],
+            golden["images"][i]["clean_prediction"]
+        );
+    }
+    let o = run(&[
+        "classify",
+        "--idx",
+        s(&idx),
+        "--range",
+        "5",
+        "--purify",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["images"][0]["label"],
+        golden["images"][5]["purified_prediction"]
+    );
+    assert_eq!(v["images"].as_array().unwrap().len(), 1);
+
+    // Overrides change the result; --iters 0 returns the input unchanged.
+    let o = run(&[
+        "purify",
+        "--idx",
+        s(&idx),
+        "--range",
+        "0",
+        "--iters",
+        "0",
+        "--out",
+        s(&out),
+        "--json",
+        "--no-png",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["images"][0]["max_abs_change"], 0.0);
+
+    // The psm from a file works the same as the shipped one.
+    let o = run(&[
+        "classify",
+        "--model",
+        s(&fixtures().join("mnist.psm")),
+        s(&png0),
+    ]);
+    assert!(
+        o.status.success() && text(&o).contains("seven"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn purify_rejects_bad_images_models_and_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let out = d.join("out");
+    let small = d.join("small.png");
+    write_png(&small, 20, 20, png::ColorType::Grayscale, &[0; 400]);
+    let o = run(&["purify", s(&small), "--out", s(&out)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("20x20") && text(&o).contains("28x28"),
+        "{}",
+        text(&o)
+    );
+    let rgb = d.join("rgb.png");
+    write_png(&rgb, 28, 28, png::ColorType::Rgb, &[0; 28 * 28 * 3]);
+    let o = run(&["purify", s(&rgb), "--out", s(&out)]);
+    assert!(
+        text(&o).contains("RGB") && text(&o).contains("grayscale"),
+        "{}",
+        text(&o)
+    );
+    assert!(!out.exists(), "nothing written for rejected input");
+
+    let idx = fixtures().join("mnist-sample/t10k-images-idx3-ubyte.gz");
+    let o = run(&["classify", "--idx", s(&idx), "--range", "250..300"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("outside the 256 images"), "{}", text(&o));
+    let o = run(&["classify", "--idx", s(&idx), "--range", "x"]);
+    assert!(text(&o).contains("--range"), "{}", text(&o));
+
+    for (flag, value, word) in [
+        ("--sigma", "0", "sigma"),
+        ("--sigma", "NaN", "sigma"),
+        ("--radius=-0.1", "", "delta"),
+        ("--iters", "10001", "iterations"),
+        ("--eta=-1", "", "eta"),
+        ("--noise-samples", "0", "noise samples"),
+    ] {
+        let mut args = vec![
+            "purify",
+            "--idx",
+            s(&idx),
+            "--range",
+            "0",
+            "--out",
+            s(&out),
+            flag,
+        ];
+        if !value.is_empty() {
+            args.push(value);
+        }
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(1), "{flag} {value}");
+        assert!(text(&o).contains(word), "{flag} {value}: {}", text(&o));
+    }
+
+    // Corrupt and truncated model files.
+    let psm = std::fs::read(fixtures().join("mnist.psm")).unwrap();
+    let trunc = d.join("trunc.psm");
+    std::fs::write(&trunc, &psm[..1000]).unwrap();
+    let o = run(&["classify", "--model", s(&trunc), "--idx", s(&idx)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("trunc.psm") && text(&o).contains("truncated"),
+        "{}",
+        text(&o)
+    );
+    let mut bad = psm.clone();
+    bad[5000] ^= 0x10;
+    let corrupt = d.join("corrupt.psm");
+    std::fs::write(&corrupt, &bad).unwrap();
+    let o = run(&["inspect", s(&corrupt)]);
+    assert!(text(&o).contains("CRC"), "{}", text(&o));
 }

@@ -439,11 +439,10 @@ pub fn synthetic_bands(n: usize, side: usize, classes: usize, seed: u64) -> Data
     }
 }
 
-/// Reads a PNG as 8-bit grey pixels: `(width, height, pixels)`. Grey images are
-/// taken as they are; RGB(A) images are converted with the Rec. 601 luma weights
-/// (0.299 R + 0.587 G + 0.114 B); alpha is ignored; 16-bit and palette images are
-/// reduced to 8 bits first.
-pub fn read_png_gray(path: &Path) -> Result<(usize, usize, Vec<u8>), DataError> {
+/// Reads a PNG as 8-bit samples: `(width, height, channels, samples)` with
+/// `channels` 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA); 16-bit and palette
+/// images are reduced to 8 bits first.
+pub fn read_png_8bit(path: &Path) -> Result<(usize, usize, usize, Vec<u8>), DataError> {
     let img_err = |why: String| DataError::Image {
         path: path.to_owned(),
         why,
@@ -469,7 +468,15 @@ pub fn read_png_gray(path: &Path) -> Result<(usize, usize, Vec<u8>), DataError> 
         png::ColorType::Rgba => 4,
         other => return Err(img_err(format!("unsupported colour type {other:?}"))),
     };
-    let data = buf.get(..w * h * channels).unwrap_or(&[]);
+    buf.truncate(w * h * channels);
+    Ok((w, h, channels, buf))
+}
+
+/// Reads a PNG as 8-bit grey pixels: `(width, height, pixels)`. Grey images are
+/// taken as they are; RGB(A) images are converted with the Rec. 601 luma weights
+/// (0.299 R + 0.587 G + 0.114 B); alpha is ignored.
+pub fn read_png_gray(path: &Path) -> Result<(usize, usize, Vec<u8>), DataError> {
+    let (w, h, channels, data) = read_png_8bit(path)?;
     let pixels = data
         .chunks_exact(channels)
         .map(|p| match p {

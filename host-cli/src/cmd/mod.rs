@@ -3,7 +3,9 @@
 pub mod demo;
 pub mod export;
 pub mod fixtures;
+pub mod images;
 pub mod inspect;
+pub mod purify;
 pub mod train;
 pub mod verify;
 
@@ -57,6 +59,16 @@ pub fn core_purify_classify(
     cfg: &pursamere_core::PurifierConfig,
     x: &[f32],
 ) -> Result<(Vec<f32>, Vec<usize>)> {
+    core_purify_classify_progress(model, cfg, x, None)
+}
+
+/// [`core_purify_classify`] advancing a progress bar by one per image.
+pub fn core_purify_classify_progress(
+    model: &pursamere_core::Model<'_>,
+    cfg: &pursamere_core::PurifierConfig,
+    x: &[f32],
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<(Vec<f32>, Vec<usize>)> {
     let d = model.input_len();
     let n = x.len() / d.max(1);
     let rows = parallel_ranges(n, |range| {
@@ -74,6 +86,9 @@ pub fn core_purify_classify(
             model.purify(img, cfg, &mut p, &mut scratch)?;
             let l = model.classify(&p, &mut logits, &mut scratch)?;
             out.push((p, l));
+            if let Some(b) = bar {
+                b.inc(1);
+            }
         }
         Ok(out)
     })?;

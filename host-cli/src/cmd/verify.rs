@@ -15,7 +15,8 @@ use pursamere_trainer::safetensors_io::from_safetensors;
 use serde::Serialize;
 
 use super::export::PurifierArgs;
-use super::read_file;
+use super::{accuracy, core_classify, core_purify_classify_progress, read_file};
+use pursamere_trainer::attack::{pgd, ClassifierOracle, PgdConfig};
 
 /// Label agreement required between the core and the dequantised reference.
 pub const MIN_AGREEMENT_DEQUANTISED: f64 = 0.995;
@@ -39,6 +40,12 @@ pub struct VerifyArgs {
     /// First test image.
     #[arg(long, default_value_t = 0)]
     pub start: usize,
+    /// L-inf budget of the transfer attack that makes the adversarial set.
+    #[arg(long, default_value_t = 0.3)]
+    pub eps: f32,
+    /// PGD steps of the transfer attack.
+    #[arg(long, default_value_t = 40)]
+    pub steps: usize,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -53,18 +60,28 @@ struct Pair {
     mean_abs_pixel_diff: f32,
 }
 
+/// The three implementations on one set of inputs.
 #[derive(Serialize, Debug)]
-struct Report {
-    images: usize,
-    purifier: PurifierConfig,
-    clean_accuracy_float: f64,
-    clean_accuracy_core: f64,
-    denoiser_ere_per_image: f64,
-    denoiser_ere_per_pixel: f64,
+struct SetReport {
+    accuracy_without_purification_core: f64,
+    accuracy_without_purification_float: f64,
     purified_accuracy_core: f64,
     purified_accuracy_float_reference: f64,
     core_vs_dequantised_reference: Pair,
     core_vs_float_reference: Pair,
+}
+
+#[derive(Serialize, Debug)]
+struct Report {
+    images: usize,
+    purifier: PurifierConfig,
+    denoiser_ere_per_image: f64,
+    denoiser_ere_per_pixel: f64,
+    clean: SetReport,
+    transfer_attack: String,
+    adversarial: SetReport,
+    agreement_dequantised_all: f64,
+    agreement_float_all: f64,
     core_seconds_per_image: f64,
     reference_seconds_per_image: f64,
     passed: bool,
@@ -83,73 +100,6 @@ fn float_labels(dev: &Cpu, net: &FloatNet, x: &[f32], d: usize) -> Vec<usize> {
     logits.chunks(c.max(1)).map(argmax).collect()
 }
 
-/// What the core computed for every image.
-struct CoreRun {
-    /// Purified pixels.
-    purified: Vec<f32>,
-    /// Labels after purification.
-    labels: Vec<usize>,
-    /// Labels of the unpurified images.
-    clean: Vec<usize>,
-    /// F of each input.
-    ere: Vec<f32>,
-}
-
-/// The core on every image, on all cores.
-fn run_core(model: &Model<'_>, cfg: &PurifierConfig, x: &[f32]) -> Result<CoreRun> {
-    let d = model.input_len();
-    let n = x.len() / d;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |t| t.get())
-        .min(n.max(1));
-    let per = n.div_ceil(threads.max(1));
-    let mut purified = vec![0.0; x.len()];
-    let mut labels = vec![0usize; n];
-    let mut clean = vec![0usize; n];
-    let mut ere = vec![0.0f32; n];
-    std::thread::scope(|s| -> Result<()> {
-        let mut handles = Vec::new();
-        for ((((xs, ps), ls), cs), es) in x
-            .chunks(per * d)
-            .zip(purified.chunks_mut(per * d))
-            .zip(labels.chunks_mut(per))
-            .zip(clean.chunks_mut(per))
-            .zip(ere.chunks_mut(per))
-        {
-            handles.push(s.spawn(move || -> Result<()> {
-                let mut scratch = vec![
-                    0.0;
-                    model.scratch_len_fast().max(
-                        model.purify_scratch_len_batched(cfg, cfg.noise_samples as usize)
-                    )
-                ];
-                let mut logits = vec![0.0; model.num_classes()];
-                let mut g = vec![0.0; d];
-                for ((((img, out), l), c), e) in
-                    xs.chunks(d).zip(ps.chunks_mut(d)).zip(ls).zip(cs).zip(es)
-                {
-                    *c = model.classify(img, &mut logits, &mut scratch)?;
-                    *e = model.ere_value_and_grad(img, cfg, &mut g, &mut scratch)?;
-                    model.purify(img, cfg, out, &mut scratch)?;
-                    *l = model.classify(out, &mut logits, &mut scratch)?;
-                }
-                Ok(())
-            }));
-        }
-        for h in handles {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("worker thread panicked"))??;
-        }
-        Ok(())
-    })?;
-    Ok(CoreRun {
-        purified,
-        labels,
-        clean,
-        ere,
-    })
-}
-
 fn compare(core_px: &[f32], core_labels: &[usize], ref_px: &[f32], ref_labels: &[usize]) -> Pair {
     let agree = core_labels
         .iter()
@@ -165,6 +115,70 @@ fn compare(core_px: &[f32], core_labels: &[usize], ref_px: &[f32], ref_labels: &
         label_agreement: agree as f64 / core_labels.len().max(1) as f64,
         max_abs_pixel_diff: diffs.iter().cloned().fold(0.0, f32::max),
         mean_abs_pixel_diff: diffs.iter().sum::<f32>() / diffs.len().max(1) as f32,
+    }
+}
+
+struct Ctx<'a> {
+    model: &'a Model<'a>,
+    cfg: PurifierConfig,
+    float: &'a FloatModel,
+    deq: &'a FloatModel,
+    dev: Cpu,
+    d: usize,
+    truth: &'a [usize],
+    core_secs: f64,
+    ref_secs: f64,
+}
+
+impl Ctx<'_> {
+    fn set(&mut self, x: &[f32], what: &str, show: bool) -> Result<SetReport> {
+        let n = self.truth.len();
+        let bar = show.then(|| {
+            let b = indicatif::ProgressBar::new(3 * n as u64);
+            if let Ok(st) = indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} (ETA {eta})",
+            ) {
+                b.set_style(st.progress_chars("=> "));
+            }
+            b.set_prefix(format!("verify {what}"));
+            b
+        });
+        let t = Instant::now();
+        let (core_px, core_labels) =
+            core_purify_classify_progress(self.model, &self.cfg, x, bar.as_ref())?;
+        self.core_secs += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let mut refs = Vec::new();
+        for net in [self.deq, self.float] {
+            let r: Reference<f32, Cpu> = Reference::new(&self.dev, &net.denoiser, self.d, self.cfg);
+            let mut px = Vec::with_capacity(x.len());
+            for chunk in x.chunks(100 * self.d) {
+                px.extend(r.purify(chunk));
+                if let Some(b) = &bar {
+                    b.inc((chunk.len() / self.d) as u64);
+                }
+            }
+            let labels = float_labels(&self.dev, &net.classifier, &px, self.d);
+            refs.push((px, labels));
+        }
+        self.ref_secs += t.elapsed().as_secs_f64() / 2.0;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        Ok(SetReport {
+            accuracy_without_purification_core: accuracy(
+                &core_classify(self.model, x)?,
+                self.truth,
+            ),
+            accuracy_without_purification_float: accuracy(
+                &float_labels(&self.dev, &self.float.classifier, x, self.d),
+                self.truth,
+            ),
+            purified_accuracy_core: accuracy(&core_labels, self.truth),
+            purified_accuracy_float_reference: accuracy(&refs[1].1, self.truth),
+            core_vs_dequantised_reference: compare(&core_px, &core_labels, &refs[0].0, &refs[0].1),
+            core_vs_float_reference: compare(&core_px, &core_labels, &refs[1].0, &refs[1].1),
+        })
     }
 }
 
@@ -208,50 +222,68 @@ pub fn run(a: VerifyArgs) -> Result<i32> {
         .collect();
     let truth: Vec<usize> = sel.labels.iter().map(|&l| usize::from(l)).collect();
     let n = sel.len();
-    let acc = |l: &[usize]| l.iter().zip(&truth).filter(|(a, b)| a == b).count() as f64 / n as f64;
+    let show = !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
 
-    let t = Instant::now();
-    let CoreRun {
-        purified: core_px,
-        labels: core_labels,
-        clean: core_clean,
-        ere,
-    } = run_core(&model, &cfg, &x)?;
-    let core_secs = t.elapsed().as_secs_f64();
+    // F at the clean inputs (the denoiser's test ERE).
+    let ere = super::parallel_ranges(n, |range| {
+        let mut scratch =
+            vec![0.0; model.ere_scratch_len_batched(&cfg, cfg.noise_samples as usize)];
+        let mut g = vec![0.0; d];
+        range
+            .map(|i| {
+                Ok(f64::from(model.ere_value_and_grad(
+                    &x[i * d..(i + 1) * d],
+                    &cfg,
+                    &mut g,
+                    &mut scratch,
+                )?))
+            })
+            .collect()
+    })?;
+    let mean_ere = ere.iter().sum::<f64>() / n as f64;
 
-    let dev = Cpu::default();
-    let t = Instant::now();
-    let mut refs = Vec::new();
-    for net in [&deq, &fm] {
-        let r: Reference<f32, Cpu> = Reference::new(&dev, &net.denoiser, d, cfg);
-        let mut px = Vec::with_capacity(x.len());
-        for chunk in x.chunks(100 * d) {
-            px.extend(r.purify(chunk));
-        }
-        let labels = float_labels(&dev, &net.classifier, &px, d);
-        refs.push((px, labels));
-    }
-    let ref_secs = t.elapsed().as_secs_f64() / 2.0;
-    let float_clean = float_labels(&dev, &fm.classifier, &x, d);
-
-    let deq_pair = compare(&core_px, &core_labels, &refs[0].0, &refs[0].1);
-    let float_pair = compare(&core_px, &core_labels, &refs[1].0, &refs[1].1);
-    let passed = deq_pair.label_agreement >= MIN_AGREEMENT_DEQUANTISED
-        && float_pair.label_agreement >= MIN_AGREEMENT_FLOAT;
-    let mean_ere = ere.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64;
+    let attack = PgdConfig::linf(a.eps, a.steps);
+    let adv = pgd(
+        &ClassifierOracle::new(&fm.classifier, d),
+        &x,
+        &truth,
+        &attack,
+    );
+    let mut ctx = Ctx {
+        model: &model,
+        cfg,
+        float: &fm,
+        deq: &deq,
+        dev: Cpu::default(),
+        d,
+        truth: &truth,
+        core_secs: 0.0,
+        ref_secs: 0.0,
+    };
+    let clean = ctx.set(&x, "clean", show)?;
+    let adversarial = ctx.set(&adv, "adversarial", show)?;
+    // Thresholds apply to all 2N inputs together (clean and adversarial); per-set
+    // figures are reported as well.
+    let both = |f: fn(&SetReport) -> f64| 0.5 * (f(&clean) + f(&adversarial));
+    let agreement_dequantised = both(|s| s.core_vs_dequantised_reference.label_agreement);
+    let agreement_float = both(|s| s.core_vs_float_reference.label_agreement);
+    let passed = agreement_dequantised >= MIN_AGREEMENT_DEQUANTISED
+        && agreement_float >= MIN_AGREEMENT_FLOAT;
     let report = Report {
         images: n,
         purifier: cfg,
-        clean_accuracy_float: acc(&float_clean),
-        clean_accuracy_core: acc(&core_clean),
         denoiser_ere_per_image: mean_ere,
         denoiser_ere_per_pixel: mean_ere / d as f64,
-        purified_accuracy_core: acc(&core_labels),
-        purified_accuracy_float_reference: acc(&refs[1].1),
-        core_vs_dequantised_reference: deq_pair,
-        core_vs_float_reference: float_pair,
-        core_seconds_per_image: core_secs / n as f64,
-        reference_seconds_per_image: ref_secs / n as f64,
+        clean,
+        transfer_attack: format!(
+            "PGD L-inf eps {} ({} steps, cross-entropy) against the float classifier",
+            a.eps, a.steps
+        ),
+        adversarial,
+        agreement_dequantised_all: agreement_dequantised,
+        agreement_float_all: agreement_float,
+        core_seconds_per_image: ctx.core_secs / (2 * n) as f64,
+        reference_seconds_per_image: ctx.ref_secs / (2 * n) as f64,
         passed,
     };
     if a.json {
@@ -260,40 +292,51 @@ pub fn run(a: VerifyArgs) -> Result<i32> {
         let r = &report;
         println!("images: {} (test split, from index {})", r.images, a.start);
         println!(
-            "clean accuracy: float classifier {:.2} %, core (int8) {:.2} %",
-            100.0 * r.clean_accuracy_float,
-            100.0 * r.clean_accuracy_core
-        );
-        println!(
             "denoiser ERE at sigma {} (M = {}): {:.3} per image, {:.5} per pixel",
             cfg.sigma, cfg.noise_samples, r.denoiser_ere_per_image, r.denoiser_ere_per_pixel
         );
-        println!(
-            "accuracy after purification: core {:.2} %, float reference {:.2} %",
-            100.0 * r.purified_accuracy_core,
-            100.0 * r.purified_accuracy_float_reference
-        );
-        for (name, p, min) in [
+        for (title, s) in [
+            ("clean", &r.clean),
             (
-                "dequantised reference",
-                &r.core_vs_dequantised_reference,
-                MIN_AGREEMENT_DEQUANTISED,
-            ),
-            (
-                "float reference",
-                &r.core_vs_float_reference,
-                MIN_AGREEMENT_FLOAT,
+                "adversarial (transfer: PGD on the undefended classifier)",
+                &r.adversarial,
             ),
         ] {
+            println!("{title}:");
             println!(
-                "core vs {name}: labels agree {:.2} % (need {:.1} %), pixels max |diff| {:.2e}, mean {:.2e}",
-                100.0 * p.label_agreement, 100.0 * min, p.max_abs_pixel_diff, p.mean_abs_pixel_diff
+                "  accuracy without purification: float {:.2} %, core {:.2} %",
+                100.0 * s.accuracy_without_purification_float,
+                100.0 * s.accuracy_without_purification_core
             );
+            println!(
+                "  accuracy after purification:   core {:.2} %, float reference {:.2} %",
+                100.0 * s.purified_accuracy_core,
+                100.0 * s.purified_accuracy_float_reference
+            );
+            for (name, p) in [
+                ("dequantised reference", &s.core_vs_dequantised_reference),
+                ("float reference", &s.core_vs_float_reference),
+            ] {
+                println!(
+                    "  core vs {name}: labels agree {:.2} %, pixels max |diff| {:.2e}, mean {:.2e}",
+                    100.0 * p.label_agreement,
+                    p.max_abs_pixel_diff,
+                    p.mean_abs_pixel_diff
+                );
+            }
         }
         println!(
-            "time per image: core {:.1} ms (all threads), reference {:.1} ms",
+            "time per purified image: core {:.1} ms (all threads), reference {:.1} ms",
             1e3 * r.core_seconds_per_image,
             1e3 * r.reference_seconds_per_image
+        );
+        println!(
+            "all {} inputs: core vs dequantised reference {:.2} % (need {:.1} %), core vs float reference {:.2} % (need {:.1} %)",
+            2 * n,
+            100.0 * r.agreement_dequantised_all,
+            100.0 * MIN_AGREEMENT_DEQUANTISED,
+            100.0 * r.agreement_float_all,
+            100.0 * MIN_AGREEMENT_FLOAT
         );
         println!(
             "{}",

@@ -1,0 +1,184 @@
+//! `pursamere purify` and `pursamere classify`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use pursamere_core::digest_f32;
+use pursamere_trainer::data::encode_png_gray;
+use serde_json::json;
+
+use super::export::PurifierArgs;
+use super::images::{load_inputs, model_bytes, parse_model, InputArgs};
+use super::write_file;
+
+#[derive(Args, Debug)]
+pub struct PurifyArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Output directory (created if missing) for NAME.purified.png / NAME.purified.f32.
+    #[arg(long, default_value = "purified")]
+    pub out: PathBuf,
+    /// Also write the purified image as raw little-endian f32 values (NAME.purified.f32).
+    #[arg(long)]
+    pub raw: bool,
+    /// Do not write PNG files.
+    #[arg(long)]
+    pub no_png: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub purifier: PurifierArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ClassifyArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Purify each image (model's settings plus overrides) before classifying it.
+    #[arg(long)]
+    pub purify: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub purifier: PurifierArgs,
+}
+
+fn softmax_max(logits: &[f32]) -> f32 {
+    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let z: f32 = logits.iter().map(|v| (v - m).exp()).sum();
+    1.0 / z
+}
+
+pub fn run_purify(a: PurifyArgs) -> Result<i32> {
+    let bytes = model_bytes(&a.input.model)?;
+    let model = parse_model(&bytes, &a.input.model)?;
+    let cfg = a.purifier.apply(model.purifier_config())?;
+    let inputs = load_inputs(&a.input, &model)?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let shape = model.spec().meta.input_shape;
+    let mut scratch = vec![
+        0.0;
+        model
+            .purify_scratch_len_batched(&cfg, cfg.noise_samples as usize)
+            .max(model.classify_scratch_len())
+    ];
+    let mut logits = vec![0.0; model.num_classes()];
+    let mut out = vec![0.0; model.input_len()];
+    let mut report = Vec::new();
+    for inp in &inputs {
+        let before = model.classify(&inp.pixels, &mut logits, &mut scratch)?;
+        model
+            .purify(&inp.pixels, &cfg, &mut out, &mut scratch)
+            .with_context(|| format!("purifying {}", inp.name))?;
+        let after = model.classify(&out, &mut logits, &mut scratch)?;
+        let mut files = Vec::new();
+        if !a.no_png {
+            let px: Vec<u8> = out
+                .iter()
+                .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+                .collect();
+            let p = a.out.join(format!("{}.purified.png", inp.name));
+            write_file(
+                &p,
+                &encode_png_gray(usize::from(shape.width), usize::from(shape.height), &px)?,
+            )?;
+            files.push(p.display().to_string());
+        }
+        if a.raw {
+            let p = a.out.join(format!("{}.purified.f32", inp.name));
+            let raw: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
+            write_file(&p, &raw)?;
+            files.push(p.display().to_string());
+        }
+        let max_change = out
+            .iter()
+            .zip(&inp.pixels)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        report.push(json!({"input": inp.name, "label_before": before, "label_after": after,
+            "max_abs_change": max_change, "crc32": format!("{:08x}", digest_f32(&out)), "files": files}));
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"purifier": cfg, "images": report}))?
+        );
+    } else {
+        println!(
+            "{:<24} {:>6} {:>6} {:>11} {:>9}  files",
+            "input", "before", "after", "max |diff|", "crc32"
+        );
+        for r in &report {
+            println!(
+                "{:<24} {:>6} {:>6} {:>11.4} {:>9}  {}",
+                r["input"].as_str().unwrap_or(""),
+                r["label_before"].as_u64().unwrap_or(0),
+                r["label_after"].as_u64().unwrap_or(0),
+                r["max_abs_change"].as_f64().unwrap_or(0.0),
+                r["crc32"].as_str().unwrap_or(""),
+                r["files"]
+                    .as_array()
+                    .map(|f| f
+                        .iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" "))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(0)
+}
+
+pub fn run_classify(a: ClassifyArgs) -> Result<i32> {
+    let bytes = model_bytes(&a.input.model)?;
+    let model = parse_model(&bytes, &a.input.model)?;
+    let cfg = a.purifier.apply(model.purifier_config())?;
+    let inputs = load_inputs(&a.input, &model)?;
+    let names = &model.spec().meta.class_names;
+    let mut scratch = vec![
+        0.0;
+        model
+            .purify_scratch_len_batched(&cfg, cfg.noise_samples as usize)
+            .max(model.classify_scratch_len())
+    ];
+    let mut logits = vec![0.0; model.num_classes()];
+    let mut out = vec![0.0; model.input_len()];
+    let mut report = Vec::new();
+    for inp in &inputs {
+        let x = if a.purify {
+            model.purify(&inp.pixels, &cfg, &mut out, &mut scratch)?;
+            &out
+        } else {
+            &inp.pixels
+        };
+        let label = model.classify(x, &mut logits, &mut scratch)?;
+        report.push(json!({"input": inp.name, "label": label, "class": names.get(label).copied().unwrap_or(""),
+            "confidence": softmax_max(&logits), "logits": logits.clone()}));
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"purified": a.purify, "images": report}))?
+        );
+    } else {
+        println!(
+            "{:<24} {:>5} {:<12} {:>10}",
+            "input", "label", "class", "confidence"
+        );
+        for r in &report {
+            println!(
+                "{:<24} {:>5} {:<12} {:>9.1} %",
+                r["input"].as_str().unwrap_or(""),
+                r["label"].as_u64().unwrap_or(0),
+                r["class"].as_str().unwrap_or(""),
+                100.0 * r["confidence"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    Ok(0)
+}
