@@ -1,0 +1,120 @@
+//! Firmware for the on-target check: parses the shipped model, purifies and
+//! classifies 16 fixture images with the core, prints one line per image
+//!
+//! `image <i> label <true> purified <label> crc32 <digest of the purified f32 bytes>`
+//!
+//! then footprint lines, and exits through semihosting (0 = every image ran).
+//! `pursamere verify --firmware-log` / the cross-check test compare the lines with
+//! the host build of the core.
+#![no_std]
+#![no_main]
+
+use core::panic::PanicInfo;
+
+use cortex_m_rt::entry;
+use cortex_m_semihosting::{debug, hprintln};
+use pursamere_core::{digest_f32, Model};
+
+static MODEL: &[u8] = include_bytes!("../../../fixtures/mnist.psm");
+static IMAGES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/images.bin"));
+static LABELS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/labels.bin"));
+
+/// Scratch floats reserved on the stack (checked against the model at run time).
+const SCRATCH: usize = 9_800;
+const D: usize = 784;
+/// Value painted over the free stack to measure its high-water mark.
+const PAINT: u32 = 0xDEAD_BEEF;
+
+extern "C" {
+    /// Top of the stack (cortex-m-rt).
+    static _stack_start: u32;
+    /// First byte after the static RAM sections (cortex-m-rt).
+    static __sheap: u32;
+}
+
+/// Paints the stack between the end of static RAM and the current stack pointer
+/// minus a safety margin. The only `unsafe` of the firmware; it touches memory no
+/// Rust object owns yet.
+#[inline(never)]
+fn paint_stack() -> (usize, usize) {
+    let bottom = core::ptr::addr_of!(__sheap) as usize;
+    let top = core::ptr::addr_of!(_stack_start) as usize;
+    let sp = cortex_m::register::msp::read() as usize;
+    let mut p = (bottom + 3) & !3;
+    while p + 256 < sp {
+        // SAFETY: [bottom, sp - 256) is RAM above .bss that no live object uses.
+        unsafe { core::ptr::write_volatile(p as *mut u32, PAINT) };
+        p += 4;
+    }
+    (bottom, top)
+}
+
+/// Bytes of stack ever used: from the top down to the lowest word not painted.
+fn stack_high_water(bottom: usize, top: usize) -> usize {
+    let mut p = (bottom + 3) & !3;
+    while p < top {
+        // SAFETY: reading RAM inside the stack region.
+        if unsafe { core::ptr::read_volatile(p as *const u32) } != PAINT {
+            break;
+        }
+        p += 4;
+    }
+    top - p
+}
+
+#[entry]
+fn main() -> ! {
+    let (bottom, top) = paint_stack();
+    let ok = run();
+    let used = stack_high_water(bottom, top);
+    hprintln!("stack_bytes {}", used);
+    hprintln!("done {}", if ok { "ok" } else { "error" });
+    debug::exit(if ok { debug::EXIT_SUCCESS } else { debug::EXIT_FAILURE });
+    loop {}
+}
+
+#[inline(never)]
+fn run() -> bool {
+    let model = match Model::parse(MODEL) {
+        Ok(m) => m,
+        Err(e) => {
+            hprintln!("model error: {}", e);
+            return false;
+        }
+    };
+    let cfg = model.purifier_config();
+    if model.input_len() != D || model.scratch_len() > SCRATCH {
+        hprintln!("model needs {} scratch floats, firmware has {}", model.scratch_len(), SCRATCH);
+        return false;
+    }
+    hprintln!("scratch_bytes {}", 4 * model.scratch_len());
+    let mut scratch = [0.0f32; SCRATCH];
+    let mut x = [0.0f32; D];
+    let mut out = [0.0f32; D];
+    let mut logits = [0.0f32; 10];
+    for (i, (img, &label)) in IMAGES.chunks_exact(D).zip(LABELS).enumerate() {
+        for (v, &p) in x.iter_mut().zip(img) {
+            *v = f32::from(p) / 255.0;
+        }
+        if let Err(e) = model.purify(&x, &cfg, &mut out, &mut scratch) {
+            hprintln!("image {} purify error: {}", i, e);
+            return false;
+        }
+        let l = match model.classify(&out, &mut logits, &mut scratch) {
+            Ok(l) => l,
+            Err(e) => {
+                hprintln!("image {} classify error: {}", i, e);
+                return false;
+            }
+        };
+        hprintln!("image {} label {} purified {} crc32 {:08x}", i, label, l, digest_f32(&out));
+    }
+    true
+}
+
+#[panic_handler]
+fn panic(info: &PanicInfo) -> ! {
+    hprintln!("panic: {}", info);
+    debug::exit(debug::EXIT_FAILURE);
+    loop {}
+}
