@@ -19,9 +19,11 @@ use super::{accuracy, core_classify, core_purify_classify, write_file};
 pub const SHIPPED_PSM: &[u8] = include_bytes!("../../../fixtures/mnist.psm");
 /// Float weights of the shipped model.
 pub const SHIPPED_SAFETENSORS: &[u8] = include_bytes!("../../../fixtures/mnist.safetensors");
-const SAMPLE_IMAGES: &[u8] =
+/// The shipped test-image sample (gzipped IDX).
+pub const SAMPLE_IMAGES: &[u8] =
     include_bytes!("../../../fixtures/mnist-sample/t10k-images-idx3-ubyte.gz");
-const SAMPLE_LABELS: &[u8] =
+/// Its labels.
+pub const SAMPLE_LABELS: &[u8] =
     include_bytes!("../../../fixtures/mnist-sample/t10k-labels-idx1-ubyte.gz");
 
 #[derive(Args, Debug)]

@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod export;
+pub mod firmware;
 pub mod fixtures;
 pub mod images;
 pub mod inspect;

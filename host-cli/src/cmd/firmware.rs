@@ -1,0 +1,125 @@
+//! `pursamere firmware-check`: compares a log captured from the firmware (QEMU or a
+//! real board) with the core on the host, bit for bit.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use pursamere_core::digest_f32;
+use pursamere_trainer::data::dataset_from_idx_bytes;
+
+use super::demo::{SAMPLE_IMAGES, SAMPLE_LABELS};
+use super::images::{model_bytes, parse_model};
+use super::read_file;
+
+#[derive(Args, Debug)]
+pub struct FirmwareCheckArgs {
+    /// Log printed by the firmware (lines `image <i> label <l> purified <p> crc32 <hex>`).
+    #[arg(long)]
+    pub log: PathBuf,
+    /// Model the firmware embeds (.psm); default: the shipped model.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+}
+
+/// One `image` line of a firmware log.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LogLine {
+    /// Image index in the sample.
+    pub index: usize,
+    /// True label.
+    pub label: usize,
+    /// Label after purification.
+    pub purified: usize,
+    /// CRC-32 of the purified image's f32 bytes.
+    pub crc32: u32,
+}
+
+/// Parses the `image` lines of a firmware log (other lines are ignored).
+pub fn parse_log(text: &str) -> Result<Vec<LogLine>> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.first() != Some(&"image")
+            || f.get(3) == Some(&"purify")
+            || f.get(3) == Some(&"classify")
+        {
+            continue;
+        }
+        let bad = || {
+            anyhow::anyhow!(
+                "line {}: `{line}` is not `image <i> label <l> purified <p> crc32 <hex>`",
+                n + 1
+            )
+        };
+        if f.len() != 8 || f[2] != "label" || f[4] != "purified" || f[6] != "crc32" {
+            return Err(bad());
+        }
+        out.push(LogLine {
+            index: f[1].parse().map_err(|_| bad())?,
+            label: f[3].parse().map_err(|_| bad())?,
+            purified: f[5].parse().map_err(|_| bad())?,
+            crc32: u32::from_str_radix(f[7], 16).map_err(|_| bad())?,
+        });
+    }
+    Ok(out)
+}
+
+pub fn run(a: FirmwareCheckArgs) -> Result<i32> {
+    let text = String::from_utf8_lossy(&read_file(&a.log)?).into_owned();
+    let lines = parse_log(&text).with_context(|| format!("reading {}", a.log.display()))?;
+    if lines.is_empty() {
+        bail!(
+            "{} has no `image` lines; is it a firmware log?",
+            a.log.display()
+        );
+    }
+    let bytes = model_bytes(&a.model)?;
+    let model = parse_model(&bytes, &a.model)?;
+    let sample = dataset_from_idx_bytes("fixtures/mnist-sample", SAMPLE_IMAGES, SAMPLE_LABELS, 10)?;
+    let cfg = model.purifier_config();
+    let mut scratch = vec![0.0; model.scratch_len_fast()];
+    let mut logits = vec![0.0; model.num_classes()];
+    let mut out = vec![0.0; model.input_len()];
+    let mut mismatches = 0;
+    println!(
+        "{:>5} {:>5} {:>12} {:>12} {:>10} {:>10}  result",
+        "image", "label", "board crc32", "host crc32", "board", "host"
+    );
+    for l in &lines {
+        let Some(x) = sample.image_f32(l.index) else {
+            bail!(
+                "image index {} is outside the {} sample images",
+                l.index,
+                sample.len()
+            );
+        };
+        model.purify(&x, &cfg, &mut out, &mut scratch)?;
+        let host_label = model.classify(&out, &mut logits, &mut scratch)?;
+        let host_crc = digest_f32(&out);
+        let ok = host_crc == l.crc32
+            && host_label == l.purified
+            && usize::from(sample.labels[l.index]) == l.label;
+        mismatches += usize::from(!ok);
+        println!(
+            "{:>5} {:>5} {:>12} {:>12} {:>10} {:>10}  {}",
+            l.index,
+            l.label,
+            format!("{:08x}", l.crc32),
+            format!("{host_crc:08x}"),
+            l.purified,
+            host_label,
+            if ok { "same" } else { "DIFFERENT" }
+        );
+    }
+    if mismatches == 0 {
+        println!("PASS: {} images bit-identical with the host", lines.len());
+        Ok(0)
+    } else {
+        println!(
+            "FAIL: {mismatches} of {} images differ from the host",
+            lines.len()
+        );
+        Ok(1)
+    }
+}
