@@ -435,3 +435,46 @@ fn purify_rejects_bad_images_models_and_settings() {
     let o = run(&["inspect", s(&corrupt)]);
     assert!(text(&o).contains("CRC"), "{}", text(&o));
 }
+
+#[test]
+fn firmware_check_compares_a_board_log_with_the_host() {
+    let golden: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("golden.json")).unwrap()).unwrap();
+    let mut log = String::from("scratch_bytes 38592\n");
+    for i in 0..4 {
+        let g = &golden["images"][i];
+        log += &format!(
+            "image {i} label {} purified {} crc32 {}\n",
+            g["label"],
+            g["purified_prediction"],
+            g["purified_crc32"].as_str().unwrap()
+        );
+    }
+    log += "done ok\n";
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("board.log");
+    std::fs::write(&good, &log).unwrap();
+    let o = run(&["firmware-check", "--log", s(&good)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("PASS: 4 images"));
+
+    let first_crc = golden["images"][0]["purified_crc32"].as_str().unwrap();
+    let bad = tmp.path().join("bad.log");
+    std::fs::write(&bad, log.replacen(first_crc, "00000000", 1)).unwrap();
+    let o = run(&["firmware-check", "--log", s(&bad)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("DIFFERENT") && text(&o).contains("FAIL: 1 of 4"),
+        "{}",
+        text(&o)
+    );
+
+    let junk = tmp.path().join("junk.log");
+    std::fs::write(&junk, "image 0 label seven\n").unwrap();
+    let o = run(&["firmware-check", "--log", s(&junk)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("line 1"), "{}", text(&o));
+    std::fs::write(&junk, "hello\n").unwrap();
+    let o = run(&["firmware-check", "--log", s(&junk)]);
+    assert!(text(&o).contains("no `image` lines"), "{}", text(&o));
+}

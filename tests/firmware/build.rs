@@ -26,6 +26,8 @@ fn main() {
     std::fs::copy("memory.x", out.join("memory.x")).unwrap();
     println!("cargo:rustc-link-search={}", out.display());
     println!("cargo:rerun-if-changed=memory.x");
+    println!("cargo:rerun-if-env-changed=PURSAMERE_FW_ITERS");
+    println!("cargo:rerun-if-env-changed=PURSAMERE_FW_NOISE_SAMPLES");
     println!("cargo:rerun-if-changed={sample}/t10k-images-idx3-ubyte.gz");
     println!("cargo:rerun-if-changed={sample}/t10k-labels-idx1-ubyte.gz");
     println!("cargo:rerun-if-changed=../../fixtures/mnist.psm");

@@ -10,8 +10,10 @@
 #![no_main]
 
 use core::panic::PanicInfo;
+use core::sync::atomic::{AtomicU32, Ordering};
 
-use cortex_m_rt::entry;
+use cortex_m::peripheral::{syst::SystClkSource, SYST};
+use cortex_m_rt::{entry, exception};
 use cortex_m_semihosting::{debug, hprintln};
 use pursamere_core::{digest_f32, Model};
 
@@ -62,15 +64,50 @@ fn stack_high_water(bottom: usize, top: usize) -> usize {
     top - p
 }
 
+/// SysTick wraps (the counter is 24 bits).
+static WRAPS: AtomicU32 = AtomicU32::new(0);
+const RELOAD: u32 = 0x00FF_FFFF;
+
+#[exception]
+fn SysTick() {
+    WRAPS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// SysTick ticks since start. Under QEMU with `-icount shift=0` one instruction is
+/// one virtual nanosecond and SysTick runs at the MPS2 board clock (25 MHz), so one
+/// tick is 40 instructions: deterministic, whatever the host does.
+fn ticks() -> u64 {
+    loop {
+        let w = WRAPS.load(Ordering::Relaxed);
+        let v = SYST::get_current();
+        if WRAPS.load(Ordering::Relaxed) == w {
+            return u64::from(w) * (u64::from(RELOAD) + 1) + u64::from(RELOAD - v);
+        }
+    }
+}
+
 #[entry]
 fn main() -> ! {
     let (bottom, top) = paint_stack();
+    if let Some(mut p) = cortex_m::Peripherals::take() {
+        p.SYST.set_clock_source(SystClkSource::Core);
+        p.SYST.set_reload(RELOAD);
+        p.SYST.clear_current();
+        p.SYST.enable_interrupt();
+        p.SYST.enable_counter();
+    }
     let ok = run();
     let used = stack_high_water(bottom, top);
     hprintln!("stack_bytes {}", used);
     hprintln!("done {}", if ok { "ok" } else { "error" });
-    debug::exit(if ok { debug::EXIT_SUCCESS } else { debug::EXIT_FAILURE });
-    loop {}
+    debug::exit(if ok {
+        debug::EXIT_SUCCESS
+    } else {
+        debug::EXIT_FAILURE
+    });
+    loop {
+        cortex_m::asm::wfi();
+    }
 }
 
 #[inline(never)]
@@ -82,16 +119,37 @@ fn run() -> bool {
             return false;
         }
     };
-    let cfg = model.purifier_config();
-    if model.input_len() != D || model.scratch_len() > SCRATCH {
-        hprintln!("model needs {} scratch floats, firmware has {}", model.scratch_len(), SCRATCH);
+    let mut cfg = model.purifier_config();
+    // Build-time overrides for the cost table in BENCHMARKS.md
+    // (`PURSAMERE_FW_ITERS=5 PURSAMERE_FW_NOISE_SAMPLES=2 cargo run --release`).
+    if let Some(k) = option_env!("PURSAMERE_FW_ITERS").and_then(|v| v.parse().ok()) {
+        cfg.iters = k;
+    }
+    if let Some(m) = option_env!("PURSAMERE_FW_NOISE_SAMPLES").and_then(|v| v.parse().ok()) {
+        cfg.noise_samples = m;
+    }
+    hprintln!(
+        "config iters {} noise_samples {}",
+        cfg.iters,
+        cfg.noise_samples
+    );
+    let need = model
+        .purify_scratch_len(&cfg)
+        .max(model.classify_scratch_len());
+    if model.input_len() != D || need > SCRATCH {
+        hprintln!(
+            "model needs {} scratch floats, firmware has {}",
+            need,
+            SCRATCH
+        );
         return false;
     }
-    hprintln!("scratch_bytes {}", 4 * model.scratch_len());
+    hprintln!("scratch_bytes {}", 4 * model.purify_scratch_len(&cfg));
     let mut scratch = [0.0f32; SCRATCH];
     let mut x = [0.0f32; D];
     let mut out = [0.0f32; D];
     let mut logits = [0.0f32; 10];
+    let start = ticks();
     for (i, (img, &label)) in IMAGES.chunks_exact(D).zip(LABELS).enumerate() {
         for (v, &p) in x.iter_mut().zip(img) {
             *v = f32::from(p) / 255.0;
@@ -107,8 +165,16 @@ fn run() -> bool {
                 return false;
             }
         };
-        hprintln!("image {} label {} purified {} crc32 {:08x}", i, label, l, digest_f32(&out));
+        hprintln!(
+            "image {} label {} purified {} crc32 {:08x}",
+            i,
+            label,
+            l,
+            digest_f32(&out)
+        );
     }
+    let per_image = (ticks() - start) / (IMAGES.len() / D) as u64;
+    hprintln!("systick_ticks_per_image {}", per_image);
     true
 }
 
@@ -116,5 +182,7 @@ fn run() -> bool {
 fn panic(info: &PanicInfo) -> ! {
     hprintln!("panic: {}", info);
     debug::exit(debug::EXIT_FAILURE);
-    loop {}
+    loop {
+        cortex_m::asm::wfi();
+    }
 }
