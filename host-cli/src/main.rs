@@ -20,6 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train the score model (denoiser) and/or the classifier on IDX data.
+    #[command(args_override_self = true)]
     Train(cmd::train::TrainArgs),
     /// Quantise a training run into a .psm model file (and float .safetensors).
     Export(cmd::export::ExportArgs),
@@ -39,8 +40,61 @@ enum Command {
     Fixtures(cmd::fixtures::FixturesArgs),
 }
 
+/// Expands `train --config FILE`: the TOML file's keys become flags placed before
+/// the command-line flags, so flags given on the command line win.
+fn expand_run_file(args: Vec<String>) -> Result<Vec<String>, String> {
+    let Some(pos) = args.iter().position(|a| a == "train") else {
+        return Ok(args);
+    };
+    let path = args.iter().enumerate().skip(pos).find_map(|(i, a)| {
+        if a == "--config" {
+            args.get(i + 1).cloned()
+        } else {
+            a.strip_prefix("--config=").map(str::to_owned)
+        }
+    });
+    let Some(path) = path else {
+        return Ok(args);
+    };
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("cannot read run file {path}: {e}"))?;
+    let table: toml::Table = text.parse().map_err(|e| format!("run file {path}: {e}"))?;
+    let mut flags = Vec::new();
+    for (key, value) in table {
+        let flag = format!("--{}", key.replace('_', "-"));
+        let scalar = |v: &toml::Value| match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            toml::Value::Float(f) => Ok(f.to_string()),
+            other => Err(format!(
+                "run file {path}: `{key}` has an unsupported value {other}"
+            )),
+        };
+        match &value {
+            toml::Value::Boolean(true) => flags.push(flag),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                let parts: Result<Vec<String>, String> = items.iter().map(scalar).collect();
+                flags.push(format!("{flag}={}", parts?.join(",")));
+            }
+            v => flags.push(format!("{flag}={}", scalar(v)?)),
+        }
+    }
+    let mut out = args[..=pos].to_vec();
+    out.extend(flags);
+    out.extend_from_slice(&args[pos + 1..]);
+    Ok(out)
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let args = match expand_run_file(std::env::args().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Train(a) => cmd::train::run(a),
         Command::Export(a) => cmd::export::run(a),

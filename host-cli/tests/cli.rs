@@ -478,3 +478,34 @@ fn firmware_check_compares_a_board_log_with_the_host() {
     let o = run(&["firmware-check", "--log", s(&junk)]);
     assert!(text(&o).contains("no `image` lines"), "{}", text(&o));
 }
+
+#[test]
+fn train_reads_a_toml_run_file_and_flags_override_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    data_dir(&data);
+    let run_dir = tmp.path().join("run");
+    let cfg = tmp.path().join("run.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data = {:?}\nout = {:?}\nwhat = \"classifier\"\ncls_epochs = 1\ncls_hidden = [12]\nvalidation = 50\nquiet = true\nlr = 0.5\n",
+            s(&data),
+            s(&run_dir)
+        ),
+    )
+    .unwrap();
+    // The file says lr = 0.5; the command line overrides it.
+    let o = run(&["train", "--config", s(&cfg), "--lr", "0.002"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ck = pursamere_trainer::train::load_checkpoint(&run_dir.join("classifier.ckpt")).unwrap();
+    assert_eq!(ck.config.lr, 0.002);
+    assert_eq!(ck.config.epochs, 1);
+    assert!(!run_dir.join("denoiser.ckpt").exists());
+
+    std::fs::write(&cfg, "den_epochs = [").unwrap();
+    let o = run(&["train", "--config", s(&cfg)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("run file"), "{}", text(&o));
+}

@@ -68,6 +68,10 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// TOML run file whose keys are these flags' long names (e.g. `den_epochs = 20`,
+    /// `sigmas = [0.25, 0.5]`); flags on the command line override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 pub fn run(a: TrainArgs) -> Result<i32> {
