@@ -177,6 +177,43 @@ impl GradientOracle for ClassifierOracle {
     }
 }
 
+/// BPDA (backward pass differentiable approximation) through the purifier: the
+/// forward pass purifies with the float host reference and classifies; the backward
+/// pass treats the purifier as the identity, i.e. uses the classifier's input
+/// gradient at the purified point. It catches defences whose exact gradient is
+/// uninformative (masked).
+pub struct BpdaOracle {
+    reference: crate::reference::Reference<f32, Cpu>,
+    classifier: ClassifierOracle,
+}
+
+impl BpdaOracle {
+    /// BPDA through `denoiser` purification with `cfg`, then `classifier`.
+    pub fn new(
+        denoiser: &FloatNet,
+        classifier: &FloatNet,
+        d: usize,
+        cfg: pursamere_core::PurifierConfig,
+    ) -> Self {
+        let dev = Cpu::default();
+        BpdaOracle {
+            reference: crate::reference::Reference::new(&dev, denoiser, d, cfg),
+            classifier: ClassifierOracle::new(classifier, d),
+        }
+    }
+}
+
+impl GradientOracle for BpdaOracle {
+    fn input_len(&self) -> usize {
+        self.classifier.d
+    }
+
+    fn evaluate(&self, x: &[f32], labels: &[usize], loss: AttackLoss) -> OracleOutput {
+        let purified = self.reference.purify(x);
+        self.classifier.evaluate(&purified, labels, loss)
+    }
+}
+
 /// Projects `x` onto the ε-ball around `x0` (in `norm`) and then onto `[0, 1]`.
 fn project(norm: AttackNorm, eps: f32, x0: &[f32], x: &mut [f32]) {
     if norm == AttackNorm::L2 {
@@ -250,4 +287,94 @@ pub fn pgd(oracle: &impl GradientOracle, x: &[f32], labels: &[usize], cfg: &PgdC
         }
     }
     best
+}
+
+/// Result of a Square attack on one image.
+#[derive(Debug, Clone)]
+pub struct SquareResult {
+    /// The best adversarial image found.
+    pub adv: Vec<f32>,
+    /// Queries spent.
+    pub queries: usize,
+    /// Whether the model was fooled.
+    pub fooled: bool,
+}
+
+/// Margin `z_y − max_{j≠y} z_j` (negative = misclassified).
+fn margin(logits: &[f32], label: usize) -> f32 {
+    let zy = logits.get(label).copied().unwrap_or(f32::NEG_INFINITY);
+    let other = logits
+        .iter()
+        .enumerate()
+        .filter(|&(j, _)| j != label)
+        .map(|(_, &v)| v)
+        .fold(f32::NEG_INFINITY, f32::max);
+    zy - other
+}
+
+/// Square attack, L∞, query-only (Andriushchenko et al., 2020), for one grey
+/// `h × w` image. `query` returns the logits of the *whole defended pipeline* (for
+/// PurSAMERE: the core's purification then classification), so no gradient is used
+/// and gradient masking cannot hide anything from it.
+#[allow(clippy::too_many_arguments)]
+pub fn square_linf(
+    mut query: impl FnMut(&[f32]) -> Vec<f32>,
+    x0: &[f32],
+    label: usize,
+    h: usize,
+    w: usize,
+    eps: f32,
+    max_queries: usize,
+    seed: u64,
+) -> SquareResult {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let clip = |x0: f32, d: f32| (x0 + d).clamp(0.0, 1.0);
+    // Vertical-stripe initialisation.
+    let mut delta = vec![0.0f32; h * w];
+    for c in 0..w {
+        let s = if rng.gen_bool(0.5) { eps } else { -eps };
+        for r in 0..h {
+            delta[r * w + c] = s;
+        }
+    }
+    let build = |delta: &[f32]| {
+        x0.iter()
+            .zip(delta)
+            .map(|(&a, &d)| clip(a, d))
+            .collect::<Vec<f32>>()
+    };
+    let mut best = build(&delta);
+    let mut best_m = margin(&query(&best), label);
+    let mut queries = 1;
+    while best_m >= 0.0 && queries < max_queries {
+        // Square size schedule (fraction of pixels changed), rescaled to 10,000 queries.
+        let it = queries * 10_000 / max_queries.max(1);
+        let halvings = [10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000]
+            .iter()
+            .filter(|&&t| it > t)
+            .count();
+        let p = 0.05 / f32::powi(2.0, halvings as i32);
+        let side = ((p * (h * w) as f32).sqrt().round() as usize).clamp(1, h.min(w));
+        let (r0, c0) = (rng.gen_range(0..=h - side), rng.gen_range(0..=w - side));
+        let s = if rng.gen_bool(0.5) { eps } else { -eps };
+        let mut cand = delta.clone();
+        for r in r0..r0 + side {
+            for c in c0..c0 + side {
+                cand[r * w + c] = s;
+            }
+        }
+        let x = build(&cand);
+        let m = margin(&query(&x), label);
+        queries += 1;
+        if m < best_m {
+            best_m = m;
+            best = x;
+            delta = cand;
+        }
+    }
+    SquareResult {
+        adv: best,
+        queries,
+        fooled: best_m < 0.0,
+    }
 }

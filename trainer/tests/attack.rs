@@ -104,3 +104,91 @@ fn pgd_stays_in_the_ball_and_breaks_the_undefended_classifier() {
     let adv = pgd(&o, &x, &y, &PgdConfig::linf(0.0, 5));
     assert_eq!(adv, x);
 }
+
+#[test]
+fn bpda_attacks_the_purified_classifier() {
+    use pursamere_core::{Norm, PurifierConfig, StepRule};
+    use pursamere_trainer::attack::BpdaOracle;
+    let (net, x, y) = trained();
+    let cfg = PurifierConfig {
+        sigma: 0.5,
+        noise_samples: 2,
+        iters: 3,
+        eta: 0.1,
+        rho: 0.0,
+        radius: 0.3,
+        norm: Norm::Linf,
+        step: StepRule::Gradient,
+        seed: 0,
+    };
+    let den = FloatNet::mlp(&[36, 24, 36], false, 1.0, 9);
+    let o = BpdaOracle::new(&den, &net, 36, cfg);
+    // The BPDA gradient is the classifier's gradient at the purified point.
+    let reference = pursamere_trainer::reference::Reference::<f32, dfdx::prelude::Cpu>::new(
+        &dfdx::prelude::Cpu::default(),
+        &den,
+        36,
+        cfg,
+    );
+    let purified = reference.purify(&x[..36]);
+    let direct =
+        ClassifierOracle::new(&net, 36).evaluate(&purified, &y[..1], AttackLoss::CrossEntropy);
+    let bpda = o.evaluate(&x[..36], &y[..1], AttackLoss::CrossEntropy);
+    assert_eq!(bpda.grad, direct.grad);
+    assert_eq!(bpda.loss, direct.loss);
+    // A large budget breaks it (the purifier here is untrained).
+    let adv = pgd(&o, &x[..36 * 20], &y[..20], &PgdConfig::linf(0.5, 10));
+    let out = o.evaluate(&adv, &y[..20], AttackLoss::CrossEntropy);
+    let robust = out.pred.iter().zip(&y).filter(|(a, b)| a == b).count();
+    assert!(robust <= 4, "{robust}/20 survive BPDA at eps 0.5");
+}
+
+#[test]
+fn square_attack_fools_the_undefended_classifier_without_gradients() {
+    use pursamere_trainer::attack::square_linf;
+    let (net, x, y) = trained();
+    let dev = dfdx::prelude::Cpu::default();
+    let cls =
+        pursamere_trainer::model::DeviceNet::<f32, dfdx::prelude::Cpu>::from_float(&net, &dev);
+    use dfdx::prelude::*;
+    let mut fooled = 0;
+    for i in 0..10 {
+        let x0 = &x[i * 36..(i + 1) * 36];
+        let r = square_linf(
+            |img| {
+                cls.forward(dev.tensor_from_vec(img.to_vec(), (1usize, 36usize)))
+                    .as_vec()
+            },
+            x0,
+            y[i],
+            6,
+            6,
+            0.5,
+            500,
+            i as u64,
+        );
+        assert!(r.queries <= 500);
+        assert!(r
+            .adv
+            .iter()
+            .zip(x0)
+            .all(|(a, b)| (a - b).abs() <= 0.5 + 1e-6 && (0.0..=1.0).contains(a)));
+        fooled += usize::from(r.fooled);
+    }
+    assert!(fooled >= 8, "square fooled {fooled}/10");
+    // Zero budget: never fooled, image unchanged.
+    let r = square_linf(
+        |img| {
+            cls.forward(dev.tensor_from_vec(img.to_vec(), (1usize, 36usize)))
+                .as_vec()
+        },
+        &x[..36],
+        y[0],
+        6,
+        6,
+        0.0,
+        50,
+        0,
+    );
+    assert!(!r.fooled && r.adv == x[..36]);
+}
