@@ -214,6 +214,46 @@ impl GradientOracle for BpdaOracle {
     }
 }
 
+/// The exact white-box gradient: purification with the float host reference, the
+/// classifier's loss at the purified point, and the loss's gradient propagated back
+/// through every unrolled purification step and the projection
+/// ([`crate::reference::Reference::purify_vjp`]).
+pub struct FullGradientOracle {
+    reference: crate::reference::Reference<f32, Cpu>,
+    classifier: ClassifierOracle,
+}
+
+impl FullGradientOracle {
+    /// Full gradient through `denoiser` purification with `cfg`, then `classifier`.
+    pub fn new(
+        denoiser: &FloatNet,
+        classifier: &FloatNet,
+        d: usize,
+        cfg: pursamere_core::PurifierConfig,
+    ) -> Self {
+        let dev = Cpu::default();
+        FullGradientOracle {
+            reference: crate::reference::Reference::new(&dev, denoiser, d, cfg),
+            classifier: ClassifierOracle::new(classifier, d),
+        }
+    }
+}
+
+impl GradientOracle for FullGradientOracle {
+    fn input_len(&self) -> usize {
+        self.classifier.d
+    }
+
+    fn evaluate(&self, x: &[f32], labels: &[usize], loss: AttackLoss) -> OracleOutput {
+        let t = self.reference.purify_trajectory(x);
+        let out = self.classifier.evaluate(t.output(), labels, loss);
+        OracleOutput {
+            grad: self.reference.purify_vjp(&t, &out.grad),
+            ..out
+        }
+    }
+}
+
 /// Projects `x` onto the ε-ball around `x0` (in `norm`) and then onto `[0, 1]`.
 fn project(norm: AttackNorm, eps: f32, x0: &[f32], x: &mut [f32]) {
     if norm == AttackNorm::L2 {

@@ -11,5 +11,6 @@ pub mod model;
 pub mod reference;
 pub mod safetensors_io;
 pub mod train;
+pub mod unrolled;
 
 pub use pursamere_core as core;

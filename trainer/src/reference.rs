@@ -17,12 +17,12 @@ use crate::model::{Batch, DeviceNet, FloatNet};
 
 /// The float reference purifier for one denoiser and configuration.
 pub struct Reference<E: Dtype, D: Device<E>> {
-    dev: D,
-    net: DeviceNet<E, D>,
-    cfg: PurifierConfig,
-    d: usize,
+    pub(crate) dev: D,
+    pub(crate) net: DeviceNet<E, D>,
+    pub(crate) cfg: PurifierConfig,
+    pub(crate) d: usize,
     /// `[M, d]`: σ ε_m.
-    noise: Tensor<(usize, usize), E, D>,
+    pub(crate) noise: Tensor<(usize, usize), E, D>,
 }
 
 fn cast<E: Float>(v: f32) -> E {

@@ -192,3 +192,38 @@ fn square_attack_fools_the_undefended_classifier_without_gradients() {
     );
     assert!(!r.fooled && r.adv == x[..36]);
 }
+
+#[test]
+fn full_gradient_attack_is_at_least_as_strong_as_bpda_here() {
+    use pursamere_core::{Norm, PurifierConfig, StepRule};
+    use pursamere_trainer::attack::{BpdaOracle, FullGradientOracle};
+    let (net, x, y) = trained();
+    let cfg = PurifierConfig {
+        sigma: 0.5,
+        noise_samples: 2,
+        iters: 3,
+        eta: 0.1,
+        rho: 0.0,
+        radius: 0.3,
+        norm: Norm::Linf,
+        step: StepRule::Gradient,
+        seed: 0,
+    };
+    let den = FloatNet::mlp(&[36, 24, 36], false, 1.0, 9);
+    let full = FullGradientOracle::new(&den, &net, 36, cfg);
+    let bpda = BpdaOracle::new(&den, &net, 36, cfg);
+    let (xs, ys) = (&x[..36 * 30], &y[..30]);
+    let correct = |o: &dyn Fn(&[f32]) -> Vec<usize>, adv: &[f32]| {
+        o(adv).iter().zip(ys).filter(|(a, b)| a == b).count()
+    };
+    let pred = |adv: &[f32]| bpda.evaluate(adv, ys, AttackLoss::CrossEntropy).pred;
+    let clean = correct(&pred, xs);
+    let a_full = pgd(&full, xs, ys, &PgdConfig::linf(0.2, 20));
+    let a_bpda = pgd(&bpda, xs, ys, &PgdConfig::linf(0.2, 20));
+    let (r_full, r_bpda) = (correct(&pred, &a_full), correct(&pred, &a_bpda));
+    assert!(
+        r_full < clean,
+        "the full-gradient attack must find something: {r_full}/{clean}"
+    );
+    assert!(r_full <= r_bpda + 2, "full {r_full} vs BPDA {r_bpda}");
+}
