@@ -248,11 +248,11 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
                 let hb = if hi_from_x0 { o + delta } else { one };
                 if z.is_nan() || z < lo {
                     if lo_from_x0 {
-                        g_x0[i] = g_x0[i] + v[i];
+                        g_x0[i] += v[i];
                     }
                 } else if z > hb {
                     if hi_from_x0 {
-                        g_x0[i] = g_x0[i] + v[i];
+                        g_x0[i] += v[i];
                     }
                 } else {
                     u[i] = v[i];
@@ -281,7 +281,7 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
                         }
                         let extra = self.ere_hvp(&t.xs[k], &q);
                         for (wi, ei) in w.iter_mut().zip(extra) {
-                            *wi = *wi + rho * ei;
+                            *wi += rho * ei;
                         }
                     }
                     u.iter().zip(&w).map(|(&ui, &wi)| ui - eta * wi).collect()
