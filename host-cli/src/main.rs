@@ -34,6 +34,8 @@ enum Command {
     Verify(cmd::verify::VerifyArgs),
     /// Run the shipped model on the shipped sample: attack, purify, report (no data needed).
     Demo(cmd::demo::DemoArgs),
+    /// White-box robustness evaluation from a TOML protocol (resumable).
+    Eval(cmd::eval::EvalArgs),
     /// Compare a firmware log (QEMU or a real board) with the core on the host.
     FirmwareCheck(cmd::firmware::FirmwareCheckArgs),
     /// Regenerate fixtures/: shipped model, test-image sample, golden vectors.
@@ -104,6 +106,7 @@ fn main() {
         Command::Verify(a) => cmd::verify::run(a),
         Command::Fixtures(a) => cmd::fixtures::run(a),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
         Command::FirmwareCheck(a) => cmd::firmware::run(a),
     };
     match result {

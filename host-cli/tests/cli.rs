@@ -509,3 +509,87 @@ fn train_reads_a_toml_run_file_and_flags_override_it() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("run file"), "{}", text(&o));
 }
+
+#[test]
+fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proto = tmp.path().join("p.toml");
+    std::fs::write(
+        &proto,
+        "images = 3\nsteps = 2\nsquare_queries = 20\nlinf_eps = [0.3]\nattacks = [\"transfer\", \"bpda\", \"full\", \"square\"]\ndefences = [\"none\", \"ere\"]\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let data = fixtures().join("mnist-sample");
+    let o = run(&[
+        "eval",
+        "--protocol",
+        s(&proto),
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["defence"], "none");
+    assert_eq!(rows[0]["n"], 3);
+    let lines = std::fs::read_to_string(out.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(lines, 6);
+    assert!(std::fs::read_to_string(out.join("report.md"))
+        .unwrap()
+        .contains("worst case"));
+
+    // Running again resumes: nothing is recomputed or duplicated.
+    let o = run(&[
+        "eval",
+        "--protocol",
+        s(&proto),
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+    ]);
+    assert!(
+        o.status.success() && text(&o).contains("resuming: 6 records"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("results.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        6
+    );
+
+    std::fs::write(&proto, "images = 3\nsteps = 2\nsquare_queries = 20\nlinf_eps = [0.3]\nattacks = [\"magic\"]\ndefences = [\"none\"]\n").unwrap();
+    let o = run(&[
+        "eval",
+        "--protocol",
+        s(&proto),
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("unknown attack `magic`"), "{}", text(&o));
+    std::fs::write(&proto, "images = 3\nbogus = 1\n").unwrap();
+    let o = run(&[
+        "eval",
+        "--protocol",
+        s(&proto),
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+    ]);
+    assert!(text(&o).contains("not a valid protocol"), "{}", text(&o));
+}

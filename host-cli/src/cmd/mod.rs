@@ -1,6 +1,7 @@
 //! One module per subcommand, plus shared helpers.
 
 pub mod demo;
+pub mod eval;
 pub mod export;
 pub mod firmware;
 pub mod fixtures;
