@@ -11,7 +11,7 @@
 
 use dfdx::prelude::*;
 use num_traits::Float;
-use pursamere_core::{PurifierConfig, StepRule};
+use pursamere_core::PurifierConfig;
 
 use crate::model::{Batch, DeviceNet, FloatNet};
 
@@ -75,66 +75,11 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
     }
 
     /// Purifies a batch (row-major `[batch, d]`, values in `[0, 1]`) with the same
-    /// SAM steps, flat-point rule and projection as the core.
+    /// SAM steps, flat-point rule and projection as the core (the loop itself is
+    /// [`Reference::purify_trajectory`], which also records what the exact gradient
+    /// needs).
     pub fn purify(&self, x0: &[E]) -> Vec<E> {
-        let d = self.d.max(1);
-        let cfg = &self.cfg;
-        let (rho, eta, delta) = (
-            cast::<E>(cfg.rho),
-            cast::<E>(cfg.eta),
-            cast::<E>(cfg.radius),
-        );
-        let (zero, one) = (E::zero(), E::one());
-        let mut x = x0.to_vec();
-        for _ in 0..cfg.iters {
-            let h = if cfg.rho > 0.0 {
-                let (_, g) = self.ere_value_and_grad(&x);
-                let mut xt = x.clone();
-                let mut any = false;
-                for ((t, xi), gi) in xt.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
-                    let n = gi.iter().fold(zero, |a, &v| a + v * v).sqrt();
-                    if n > zero && n.is_finite() {
-                        any = true;
-                        let s = rho / n;
-                        for ((ti, &xv), &gv) in t.iter_mut().zip(xi).zip(gi) {
-                            *ti = xv + gv * s;
-                        }
-                    }
-                }
-                if any {
-                    // Rows at a flat point have x̃ = x, so their gradient is unchanged.
-                    self.ere_value_and_grad(&xt).1
-                } else {
-                    g
-                }
-            } else {
-                self.ere_value_and_grad(&x).1
-            };
-            for ((xi, &hi), &oi) in x.iter_mut().zip(&h).zip(x0) {
-                let step = match cfg.step {
-                    StepRule::Gradient => hi,
-                    StepRule::Sign => {
-                        if hi > zero {
-                            one
-                        } else if hi < zero {
-                            -one
-                        } else {
-                            zero
-                        }
-                    }
-                };
-                let moved = *xi - eta * step;
-                let lo = if oi - delta > zero { oi - delta } else { zero };
-                let hi_b = if oi + delta < one { oi + delta } else { one };
-                *xi = if moved.is_nan() || moved < lo {
-                    lo
-                } else if moved > hi_b {
-                    hi_b
-                } else {
-                    moved
-                };
-            }
-        }
-        x
+        let mut t = self.purify_trajectory(x0);
+        t.xs.pop().unwrap_or_default()
     }
 }
