@@ -177,79 +177,63 @@ impl GradientOracle for ClassifierOracle {
     }
 }
 
-/// BPDA (backward pass differentiable approximation) through the purifier: the
-/// forward pass purifies with the float host reference and classifies; the backward
-/// pass treats the purifier as the identity, i.e. uses the classifier's input
-/// gradient at the purified point. It catches defences whose exact gradient is
-/// uninformative (masked).
-pub struct BpdaOracle {
-    reference: crate::reference::Reference<f32, Cpu>,
-    classifier: ClassifierOracle,
+/// How a gradient is taken through the purifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurifierGradient {
+    /// BPDA (backward pass differentiable approximation): the purifier is the
+    /// identity in the backward pass, i.e. the classifier's input gradient at the
+    /// purified point. Catches defences whose exact gradient is masked.
+    Bpda,
+    /// The exact gradient propagated back through every unrolled purification step
+    /// and the projection ([`crate::reference::Reference::purify_vjp`]).
+    Full,
 }
 
-impl BpdaOracle {
-    /// BPDA through `denoiser` purification with `cfg`, then `classifier`.
+/// The defended pipeline as a gradient oracle: purification with the float host
+/// reference, then the classifier.
+pub struct PurifiedOracle {
+    reference: crate::reference::Reference<f32, Cpu>,
+    classifier: ClassifierOracle,
+    mode: PurifierGradient,
+}
+
+impl PurifiedOracle {
+    /// `denoiser` purification with `cfg`, then `classifier`, differentiated by `mode`.
     pub fn new(
         denoiser: &FloatNet,
         classifier: &FloatNet,
         d: usize,
         cfg: pursamere_core::PurifierConfig,
+        mode: PurifierGradient,
     ) -> Self {
         let dev = Cpu::default();
-        BpdaOracle {
+        PurifiedOracle {
             reference: crate::reference::Reference::new(&dev, denoiser, d, cfg),
             classifier: ClassifierOracle::new(classifier, d),
+            mode,
         }
     }
 }
 
-impl GradientOracle for BpdaOracle {
+impl GradientOracle for PurifiedOracle {
     fn input_len(&self) -> usize {
         self.classifier.d
     }
 
     fn evaluate(&self, x: &[f32], labels: &[usize], loss: AttackLoss) -> OracleOutput {
-        let purified = self.reference.purify(x);
-        self.classifier.evaluate(&purified, labels, loss)
-    }
-}
-
-/// The exact white-box gradient: purification with the float host reference, the
-/// classifier's loss at the purified point, and the loss's gradient propagated back
-/// through every unrolled purification step and the projection
-/// ([`crate::reference::Reference::purify_vjp`]).
-pub struct FullGradientOracle {
-    reference: crate::reference::Reference<f32, Cpu>,
-    classifier: ClassifierOracle,
-}
-
-impl FullGradientOracle {
-    /// Full gradient through `denoiser` purification with `cfg`, then `classifier`.
-    pub fn new(
-        denoiser: &FloatNet,
-        classifier: &FloatNet,
-        d: usize,
-        cfg: pursamere_core::PurifierConfig,
-    ) -> Self {
-        let dev = Cpu::default();
-        FullGradientOracle {
-            reference: crate::reference::Reference::new(&dev, denoiser, d, cfg),
-            classifier: ClassifierOracle::new(classifier, d),
-        }
-    }
-}
-
-impl GradientOracle for FullGradientOracle {
-    fn input_len(&self) -> usize {
-        self.classifier.d
-    }
-
-    fn evaluate(&self, x: &[f32], labels: &[usize], loss: AttackLoss) -> OracleOutput {
-        let t = self.reference.purify_trajectory(x);
-        let out = self.classifier.evaluate(t.output(), labels, loss);
-        OracleOutput {
-            grad: self.reference.purify_vjp(&t, &out.grad),
-            ..out
+        match self.mode {
+            PurifierGradient::Bpda => {
+                let purified = self.reference.purify(x);
+                self.classifier.evaluate(&purified, labels, loss)
+            }
+            PurifierGradient::Full => {
+                let t = self.reference.purify_trajectory(x);
+                let out = self.classifier.evaluate(t.output(), labels, loss);
+                OracleOutput {
+                    grad: self.reference.purify_vjp(&t, &out.grad),
+                    ..out
+                }
+            }
         }
     }
 }

@@ -108,7 +108,7 @@ fn pgd_stays_in_the_ball_and_breaks_the_undefended_classifier() {
 #[test]
 fn bpda_attacks_the_purified_classifier() {
     use pursamere_core::{Norm, PurifierConfig, StepRule};
-    use pursamere_trainer::attack::BpdaOracle;
+    use pursamere_trainer::attack::{PurifiedOracle, PurifierGradient};
     let (net, x, y) = trained();
     let cfg = PurifierConfig {
         sigma: 0.5,
@@ -122,7 +122,7 @@ fn bpda_attacks_the_purified_classifier() {
         seed: 0,
     };
     let den = FloatNet::mlp(&[36, 24, 36], false, 1.0, 9);
-    let o = BpdaOracle::new(&den, &net, 36, cfg);
+    let o = PurifiedOracle::new(&den, &net, 36, cfg, PurifierGradient::Bpda);
     // The BPDA gradient is the classifier's gradient at the purified point.
     let reference = pursamere_trainer::reference::Reference::<f32, dfdx::prelude::Cpu>::new(
         &dfdx::prelude::Cpu::default(),
@@ -196,7 +196,7 @@ fn square_attack_fools_the_undefended_classifier_without_gradients() {
 #[test]
 fn full_gradient_attack_is_at_least_as_strong_as_bpda_here() {
     use pursamere_core::{Norm, PurifierConfig, StepRule};
-    use pursamere_trainer::attack::{BpdaOracle, FullGradientOracle};
+    use pursamere_trainer::attack::{PurifiedOracle, PurifierGradient};
     let (net, x, y) = trained();
     let cfg = PurifierConfig {
         sigma: 0.5,
@@ -210,8 +210,8 @@ fn full_gradient_attack_is_at_least_as_strong_as_bpda_here() {
         seed: 0,
     };
     let den = FloatNet::mlp(&[36, 24, 36], false, 1.0, 9);
-    let full = FullGradientOracle::new(&den, &net, 36, cfg);
-    let bpda = BpdaOracle::new(&den, &net, 36, cfg);
+    let full = PurifiedOracle::new(&den, &net, 36, cfg, PurifierGradient::Full);
+    let bpda = PurifiedOracle::new(&den, &net, 36, cfg, PurifierGradient::Bpda);
     let (xs, ys) = (&x[..36 * 30], &y[..30]);
     let correct = |o: &dyn Fn(&[f32]) -> Vec<usize>, adv: &[f32]| {
         o(adv).iter().zip(ys).filter(|(a, b)| a == b).count()

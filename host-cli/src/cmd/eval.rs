@@ -19,8 +19,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use pursamere_core::PurifierConfig;
 use pursamere_trainer::attack::{
-    pgd, square_linf, AttackLoss, AttackNorm, BpdaOracle, ClassifierOracle, FullGradientOracle,
-    GradientOracle, PgdConfig,
+    pgd, square_linf, AttackLoss, AttackNorm, ClassifierOracle, GradientOracle, PgdConfig,
+    PurifiedOracle, PurifierGradient,
 };
 use pursamere_trainer::data::{load_mnist_dir, Split};
 use pursamere_trainer::model::{FloatModel, FloatNet};
@@ -321,17 +321,24 @@ pub fn run(a: EvalArgs) -> Result<i32> {
                                     }
                                 }
                                 ("bpda", _, Some(c)) => pgd(
-                                    &BpdaOracle::new(&fm.denoiser, &fm.classifier, d, *c),
+                                    &PurifiedOracle::new(
+                                        &fm.denoiser,
+                                        &fm.classifier,
+                                        d,
+                                        *c,
+                                        PurifierGradient::Bpda,
+                                    ),
                                     &x,
                                     &y,
                                     &pc,
                                 ),
                                 (_, _, Some(c)) => {
-                                    let o = FullGradientOracle::new(
+                                    let o = PurifiedOracle::new(
                                         &fm.denoiser,
                                         &fm.classifier,
                                         d,
                                         *c,
+                                        PurifierGradient::Full,
                                     );
                                     if grad_norm.is_none() {
                                         let g = o.evaluate(&x, &y, loss).grad;
