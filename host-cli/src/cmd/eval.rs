@@ -87,6 +87,9 @@ pub struct EvalArgs {
     /// Output directory: results.jsonl (per example, appended), report.json, report.md.
     #[arg(long)]
     pub out: PathBuf,
+    /// Overrides of the model's purifier settings (the defended system evaluated).
+    #[command(flatten)]
+    pub purifier: super::export::PurifierArgs,
 }
 
 /// One evaluated (example, defence, threat).
@@ -189,7 +192,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         .append(true)
         .open(&results)?;
 
-    let base = model.purifier_config();
+    let base = a.purifier.apply(model.purifier_config())?;
     let purifier_for = |defence: &str| -> Option<PurifierConfig> {
         match defence {
             "ere" => Some(PurifierConfig { rho: 0.0, ..base }),
