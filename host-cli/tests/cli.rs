@@ -516,7 +516,7 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
     let proto = tmp.path().join("p.toml");
     std::fs::write(
         &proto,
-        "images = 3\nsteps = 2\nsquare_queries = 20\nlinf_eps = [0.3]\nattacks = [\"transfer\", \"bpda\", \"full\", \"square\"]\ndefences = [\"none\", \"ere\"]\n",
+        "images = 3\nsteps = 2\nsquare_queries = 20\nlinf_eps = [0.1, 0.3]\nattacks = [\"transfer\", \"bpda\", \"full\", \"square\"]\ndefences = [\"none\", \"ere\"]\nconvergence_check = true\n",
     )
     .unwrap();
     let out = tmp.path().join("out");
@@ -534,14 +534,19 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     let rows = report["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 2);
+    assert_eq!(rows.len(), 4);
     assert_eq!(rows[0]["defence"], "none");
     assert_eq!(rows[0]["n"], 3);
+    // The step-doubling check ran for the purifier at the largest ε.
+    let conv = report["convergence"].as_array().unwrap();
+    assert_eq!(conv.len(), 1);
+    assert_eq!(conv[0]["defence"], "ere");
+    assert!(conv[0]["worst_double_steps"].as_f64().unwrap() <= conv[0]["worst"].as_f64().unwrap());
     let lines = std::fs::read_to_string(out.join("results.jsonl"))
         .unwrap()
         .lines()
         .count();
-    assert_eq!(lines, 6);
+    assert_eq!(lines, 12);
     assert!(std::fs::read_to_string(out.join("report.md"))
         .unwrap()
         .contains("worst case"));
@@ -557,7 +562,7 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
         s(&out),
     ]);
     assert!(
-        o.status.success() && text(&o).contains("resuming: 6 records"),
+        o.status.success() && text(&o).contains("resuming: 12 records"),
         "{}",
         text(&o)
     );
@@ -566,7 +571,7 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
             .unwrap()
             .lines()
             .count(),
-        6
+        12
     );
 
     std::fs::write(&proto, "images = 3\nsteps = 2\nsquare_queries = 20\nlinf_eps = [0.3]\nattacks = [\"magic\"]\ndefences = [\"none\"]\n").unwrap();

@@ -61,6 +61,11 @@ pub struct Protocol {
     /// ρ of the "pursamere" defence (the model's own ρ when it is > 0).
     #[serde(default = "rho")]
     pub rho: f32,
+    /// Re-attack the examples that survived, at the largest ε of each norm, with the
+    /// full-gradient attack and twice the steps; flag "not converged" when the worst
+    /// case drops by more than 1 point.
+    #[serde(default)]
+    pub convergence_check: bool,
 }
 
 fn one() -> usize {
@@ -105,6 +110,16 @@ struct Record {
     /// Mean gradient norm of the full attack's first step (masking indicator).
     grad_norm: Option<f32>,
     seconds: BTreeMap<String, f64>,
+}
+
+/// Result of the step-doubling check at one threat.
+#[derive(Debug, Clone, Serialize)]
+struct Convergence {
+    defence: String,
+    norm: String,
+    eps: f32,
+    worst: f64,
+    worst_double_steps: f64,
 }
 
 /// Wilson 95 % interval for k successes out of n.
@@ -391,7 +406,69 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         }
     }
     bar.finish_and_clear();
-    report(&a, &p, &done, &threats)
+
+    let mut convergence = Vec::new();
+    if p.convergence_check && p.attacks.iter().any(|a| a == "full") {
+        for defence in &p.defences {
+            let Some(c) = purifier_for(defence) else {
+                continue;
+            };
+            let oracle =
+                PurifiedOracle::new(&fm.denoiser, &fm.classifier, d, c, PurifierGradient::Full);
+            for norm in [AttackNorm::Linf, AttackNorm::L2] {
+                let nn = if norm == AttackNorm::Linf {
+                    "linf"
+                } else {
+                    "l2"
+                };
+                let Some(eps) = threats
+                    .iter()
+                    .filter(|t| t.0 == norm)
+                    .map(|t| t.1)
+                    .reduce(f32::max)
+                else {
+                    continue;
+                };
+                let recs: Vec<&Record> = done
+                    .iter()
+                    .filter(|r| &r.defence == defence && r.norm == nn && r.eps == eps)
+                    .collect();
+                let survivors: Vec<usize> = recs
+                    .iter()
+                    .filter(|r| r.clean_correct && r.correct.values().all(|&c| c))
+                    .map(|r| r.index)
+                    .collect();
+                let mut broken = 0;
+                for &i in &survivors {
+                    let x = test.image_f32(i).unwrap_or_default();
+                    let y = vec![usize::from(test.labels[i])];
+                    let pc = PgdConfig {
+                        norm,
+                        eps,
+                        steps: 2 * p.steps,
+                        step_size: 2.5 * eps / (2 * p.steps) as f32,
+                        loss: losses[0],
+                        random_start: true,
+                        restarts: p.restarts,
+                        seed: i as u64 + 1,
+                    };
+                    let adv = pgd(&oracle, &x, &y, &pc);
+                    if core_purify_classify(&model, &c, &adv)?.1[0] != y[0] {
+                        broken += 1;
+                    }
+                }
+                let n = recs.len().max(1) as f64;
+                convergence.push(Convergence {
+                    defence: defence.clone(),
+                    norm: nn.into(),
+                    eps,
+                    worst: survivors.len() as f64 / n,
+                    worst_double_steps: (survivors.len() - broken) as f64 / n,
+                });
+            }
+        }
+    }
+    report(&a, &p, &done, &threats, &convergence)
 }
 
 fn report(
@@ -399,6 +476,7 @@ fn report(
     p: &Protocol,
     done: &[Record],
     threats: &[(AttackNorm, f32)],
+    convergence: &[Convergence],
 ) -> Result<i32> {
     let mut md = String::new();
     md += &format!(
@@ -493,6 +571,25 @@ fn report(
             }
         }
     }
+    for c in convergence {
+        let drop = c.worst - c.worst_double_steps;
+        md += &format!(
+            "\nStep doubling ({} {} {}): worst case {:.1} % with {} steps, {:.1} % with {}.\n",
+            c.defence,
+            c.norm,
+            c.eps,
+            100.0 * c.worst,
+            p.steps,
+            100.0 * c.worst_double_steps,
+            2 * p.steps
+        );
+        if drop > 0.01 {
+            flags.push(format!(
+                "FLAG {} {} {}: not converged — doubling the PGD steps lowers the worst case by {:.1} points",
+                c.defence, c.norm, c.eps, 100.0 * drop
+            ));
+        }
+    }
     md += "\nSanity checks:\n";
     if flags.is_empty() {
         md += "- all passed (undefended ≤ 1 % at the largest ε, no accuracy rising with ε, white-box ≤ transfer and Square, non-zero gradients)\n";
@@ -504,7 +601,7 @@ fn report(
     write_file(
         &a.out.join("report.json"),
         serde_json::to_string_pretty(
-            &serde_json::json!({"protocol": p, "rows": rows, "flags": flags}),
+            &serde_json::json!({"protocol": p, "rows": rows, "convergence": convergence, "flags": flags}),
         )?
         .as_bytes(),
     )?;
