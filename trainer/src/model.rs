@@ -102,6 +102,31 @@ impl FloatNet {
         }
     }
 
+    /// The same architecture with every weight and bias zero (Adam's initial moments).
+    pub fn zeros_like(&self) -> FloatNet {
+        FloatNet {
+            residual: self.residual,
+            layers: self
+                .layers
+                .iter()
+                .map(|l| match l {
+                    FloatLayer::Dense {
+                        inputs,
+                        outputs,
+                        weights,
+                        bias,
+                    } => FloatLayer::Dense {
+                        inputs: *inputs,
+                        outputs: *outputs,
+                        weights: vec![0.0; weights.len()],
+                        bias: vec![0.0; bias.len()],
+                    },
+                    FloatLayer::Relu => FloatLayer::Relu,
+                })
+                .collect(),
+        }
+    }
+
     /// Number of parameters.
     pub fn params(&self) -> usize {
         self.layers

@@ -160,7 +160,7 @@ struct Moments {
 
 /// A new run's starting state.
 pub fn fresh_checkpoint(objective: Objective, config: TrainConfig, net: FloatNet) -> Checkpoint {
-    let zeros = zeros_like(&net);
+    let zeros = net.zeros_like();
     Checkpoint {
         version: CHECKPOINT_VERSION,
         objective,
@@ -171,31 +171,6 @@ pub fn fresh_checkpoint(objective: Objective, config: TrainConfig, net: FloatNet
         adam_m: zeros.clone(),
         adam_v: zeros,
         history: Vec::new(),
-    }
-}
-
-fn zeros_like(net: &FloatNet) -> FloatNet {
-    use crate::model::FloatLayer;
-    FloatNet {
-        residual: net.residual,
-        layers: net
-            .layers
-            .iter()
-            .map(|l| match l {
-                FloatLayer::Dense {
-                    inputs,
-                    outputs,
-                    weights,
-                    bias,
-                } => FloatLayer::Dense {
-                    inputs: *inputs,
-                    outputs: *outputs,
-                    weights: vec![0.0; weights.len()],
-                    bias: vec![0.0; bias.len()],
-                },
-                FloatLayer::Relu => FloatLayer::Relu,
-            })
-            .collect(),
     }
 }
 

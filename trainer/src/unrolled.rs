@@ -51,6 +51,20 @@ struct Linearisation<E: Dtype, D: Device<E>> {
     masks: Vec<Option<Batch<E, D>>>,
 }
 
+/// The projection box of one coordinate, `[max(x0 − δ, 0), min(x0 + δ, 1)]`, and
+/// whether each bound is the one that moves with `x0` (not 0 or 1).
+fn ball_bounds<E: Float>(x0: E, delta: E) -> (E, bool, E, bool) {
+    let (zero, one) = (E::zero(), E::one());
+    let lo_from_x0 = x0 - delta > zero;
+    let hi_from_x0 = x0 + delta < one;
+    (
+        if lo_from_x0 { x0 - delta } else { zero },
+        lo_from_x0,
+        if hi_from_x0 { x0 + delta } else { one },
+        hi_from_x0,
+    )
+}
+
 fn cast<E: Float>(v: f64) -> E {
     E::from(v).unwrap_or_else(E::zero)
 }
@@ -206,8 +220,7 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
                 };
                 let moved = *xi - eta * step;
                 *zi = moved;
-                let lo = if oi - delta > zero { oi - delta } else { zero };
-                let hb = if oi + delta < one { oi + delta } else { one };
+                let (lo, _, hb, _) = ball_bounds(oi, delta);
                 *xi = if moved.is_nan() || moved < lo {
                     lo
                 } else if moved > hb {
@@ -235,17 +248,14 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
             cast::<E>(f64::from(cfg.eta)),
             cast::<E>(f64::from(cfg.radius)),
         );
-        let (zero, one) = (E::zero(), E::one());
+        let zero = E::zero();
         let mut v = v_out.to_vec();
         let mut g_x0 = vec![zero; v.len()];
         for k in (0..t.z.len()).rev() {
             let mut u = vec![zero; v.len()];
             for i in 0..v.len() {
                 let (z, o) = (t.z[k][i], t.x0[i]);
-                let lo_from_x0 = o - delta > zero;
-                let hi_from_x0 = o + delta < one;
-                let lo = if lo_from_x0 { o - delta } else { zero };
-                let hb = if hi_from_x0 { o + delta } else { one };
+                let (lo, lo_from_x0, hb, hi_from_x0) = ball_bounds(o, delta);
                 if z.is_nan() || z < lo {
                     if lo_from_x0 {
                         g_x0[i] += v[i];

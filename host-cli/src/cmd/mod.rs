@@ -26,6 +26,20 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Scratch for the fastest host path of `purify` with `cfg` (all noise samples
+/// batched) that also serves `classify`.
+pub fn fast_scratch(
+    model: &pursamere_core::Model<'_>,
+    cfg: &pursamere_core::PurifierConfig,
+) -> Vec<f32> {
+    vec![
+        0.0;
+        model
+            .purify_scratch_len_batched(cfg, cfg.noise_samples as usize)
+            .max(model.classify_scratch_len())
+    ]
+}
+
 /// Runs `f` over `0..n` split into one contiguous range per CPU thread and
 /// concatenates the results in order.
 pub fn parallel_ranges<T: Send>(
@@ -74,12 +88,7 @@ pub fn core_purify_classify_progress(
     let d = model.input_len();
     let n = x.len() / d.max(1);
     let rows = parallel_ranges(n, |range| {
-        let mut scratch = vec![
-            0.0;
-            model
-                .purify_scratch_len_batched(cfg, cfg.noise_samples as usize)
-                .max(model.classify_scratch_len())
-        ];
+        let mut scratch = fast_scratch(model, cfg);
         let mut logits = vec![0.0; model.num_classes()];
         let mut out = Vec::with_capacity(range.len());
         for i in range {

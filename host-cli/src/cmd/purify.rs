@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::export::PurifierArgs;
 use super::images::{load_inputs, model_bytes, parse_model, InputArgs};
-use super::write_file;
+use super::{fast_scratch, write_file};
 
 #[derive(Args, Debug)]
 pub struct PurifyArgs {
@@ -60,12 +60,7 @@ pub fn run_purify(a: PurifyArgs) -> Result<i32> {
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     let shape = model.spec().meta.input_shape;
-    let mut scratch = vec![
-        0.0;
-        model
-            .purify_scratch_len_batched(&cfg, cfg.noise_samples as usize)
-            .max(model.classify_scratch_len())
-    ];
+    let mut scratch = fast_scratch(&model, &cfg);
     let mut logits = vec![0.0; model.num_classes()];
     let mut out = vec![0.0; model.input_len()];
     let mut report = Vec::new();
@@ -140,12 +135,7 @@ pub fn run_classify(a: ClassifyArgs) -> Result<i32> {
     let cfg = a.purifier.apply(model.purifier_config())?;
     let inputs = load_inputs(&a.input, &model)?;
     let names = &model.spec().meta.class_names;
-    let mut scratch = vec![
-        0.0;
-        model
-            .purify_scratch_len_batched(&cfg, cfg.noise_samples as usize)
-            .max(model.classify_scratch_len())
-    ];
+    let mut scratch = fast_scratch(&model, &cfg);
     let mut logits = vec![0.0; model.num_classes()];
     let mut out = vec![0.0; model.input_len()];
     let mut report = Vec::new();
