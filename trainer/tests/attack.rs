@@ -227,3 +227,71 @@ fn full_gradient_attack_is_at_least_as_strong_as_bpda_here() {
     );
     assert!(r_full <= r_bpda + 2, "full {r_full} vs BPDA {r_bpda}");
 }
+
+#[test]
+fn cosine_schedule_decays_from_the_peak_to_zero() {
+    use pursamere_trainer::attack::StepSchedule;
+    let s = StepSchedule::Cosine;
+    assert_eq!(s.step_size(0.4, 0, 10), 0.4);
+    assert!((s.step_size(0.4, 5, 10) - 0.2).abs() < 1e-6);
+    let steps: Vec<f32> = (0..10).map(|t| s.step_size(0.4, t, 10)).collect();
+    assert!(steps.windows(2).all(|w| w[1] < w[0]), "{steps:?}");
+    assert!(steps[9] > 0.0 && steps[9] < 0.01);
+    assert_eq!(StepSchedule::Constant.step_size(0.4, 7, 10), 0.4);
+}
+
+#[test]
+fn early_stop_keeps_the_first_fooling_iterate_and_spends_no_more_queries() {
+    use pursamere_trainer::attack::{OracleOutput, StepSchedule};
+    use std::cell::Cell;
+    // Counts the rows it is asked about.
+    struct Counting<'a>(&'a ClassifierOracle, Cell<usize>);
+    impl GradientOracle for Counting<'_> {
+        fn input_len(&self) -> usize {
+            36
+        }
+        fn evaluate(&self, x: &[f32], labels: &[usize], loss: AttackLoss) -> OracleOutput {
+            self.1.set(self.1.get() + labels.len());
+            self.0.evaluate(x, labels, loss)
+        }
+    }
+    let (net, x, y) = trained();
+    let o = ClassifierOracle::new(&net, 36);
+    let (x, y) = (&x[..36 * 30], &y[..30]);
+    for schedule in [StepSchedule::Constant, StepSchedule::Cosine] {
+        let base = PgdConfig {
+            schedule,
+            step_size: 0.1,
+            ..PgdConfig::linf(0.5, 20)
+        };
+        let full = Counting(&o, Cell::new(0));
+        let adv_full = pgd(&full, x, y, &base);
+        let stop = Counting(&o, Cell::new(0));
+        let adv_stop = pgd(
+            &stop,
+            x,
+            y,
+            &PgdConfig {
+                early_stop: true,
+                ..base
+            },
+        );
+        // Every example fooled without early stopping is fooled with it, at a
+        // fraction of the oracle rows.
+        let wrong = |adv: &[f32]| -> Vec<bool> {
+            o.predict(adv).iter().zip(y).map(|(p, l)| p != l).collect()
+        };
+        let (wf, ws) = (wrong(&adv_full), wrong(&adv_stop));
+        for (k, (&f, &s)) in wf.iter().zip(&ws).enumerate() {
+            assert!(!f || s, "{schedule:?}: example {k} fooled only without early stop");
+        }
+        assert!(wf.iter().filter(|&&w| w).count() >= 25);
+        assert_eq!(full.1.get(), 30 * 21);
+        assert!(
+            stop.1.get() * 2 < full.1.get(),
+            "{schedule:?}: early stop asked about {} rows, full run {}",
+            stop.1.get(),
+            full.1.get()
+        );
+    }
+}
