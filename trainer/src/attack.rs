@@ -301,7 +301,12 @@ fn project(norm: AttackNorm, eps: f32, x0: &[f32], x: &mut [f32]) {
 /// highest final loss. With `early_stop`, an example leaves the batch at the first
 /// iterate the oracle misclassifies, so the remaining steps are spent on the
 /// examples that still resist.
-pub fn pgd(oracle: &impl GradientOracle, x: &[f32], labels: &[usize], cfg: &PgdConfig) -> Vec<f32> {
+pub fn pgd<O: GradientOracle + ?Sized>(
+    oracle: &O,
+    x: &[f32],
+    labels: &[usize],
+    cfg: &PgdConfig,
+) -> Vec<f32> {
     let d = oracle.input_len().max(1);
     let b = labels.len();
     let mut best = x.to_vec();

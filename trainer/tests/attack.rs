@@ -283,7 +283,10 @@ fn early_stop_keeps_the_first_fooling_iterate_and_spends_no_more_queries() {
         };
         let (wf, ws) = (wrong(&adv_full), wrong(&adv_stop));
         for (k, (&f, &s)) in wf.iter().zip(&ws).enumerate() {
-            assert!(!f || s, "{schedule:?}: example {k} fooled only without early stop");
+            assert!(
+                !f || s,
+                "{schedule:?}: example {k} fooled only without early stop"
+            );
         }
         assert!(wf.iter().filter(|&&w| w).count() >= 25);
         assert_eq!(full.1.get(), 30 * 21);

@@ -17,17 +17,18 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use dfdx::prelude::{Cpu, TensorFromVec};
 use pursamere_core::PurifierConfig;
 use pursamere_trainer::attack::{
-    pgd, square_linf, AttackLoss, AttackNorm, ClassifierOracle, GradientOracle, PgdConfig,
-    PurifiedOracle, PurifierGradient,
+    pgd, square_linf, AttackLoss, AttackNorm, ClassifierOracle, GradientOracle, OracleOutput,
+    PgdConfig, PurifiedOracle, PurifierGradient, StepSchedule,
 };
 use pursamere_trainer::data::{load_mnist_dir, Split};
-use pursamere_trainer::model::{FloatModel, FloatNet};
+use pursamere_trainer::model::{DeviceNet, FloatModel, FloatNet};
 use serde::{Deserialize, Serialize};
 
 use super::images::{model_bytes, parse_model};
-use super::{core_classify, core_purify_classify, write_file};
+use super::{core_classify, core_purify_classify, fast_scratch, parallel_ranges, write_file};
 
 /// The protocol file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -66,6 +67,20 @@ pub struct Protocol {
     /// case drops by more than 1 point.
     #[serde(default)]
     pub convergence_check: bool,
+    /// PGD step-size schedule: "constant" or "cosine".
+    #[serde(default = "constant")]
+    pub step_schedule: String,
+    /// Peak PGD step as a multiple of ε; default 2.5 / steps (constant) or
+    /// 5 / steps (cosine: the same total path length).
+    #[serde(default)]
+    pub step_size: Option<f32>,
+    /// Images: "test" (the TEST set) or "validation" (the TRAIN hold-out of
+    /// `pursamere train`: 5,000 images, seed 0), for tuning purifier settings.
+    #[serde(default = "test_split")]
+    pub split: String,
+    /// Images attacked together (one batch through the float reference).
+    #[serde(default = "batch")]
+    pub batch: usize,
 }
 
 fn one() -> usize {
@@ -76,6 +91,37 @@ fn ce() -> Vec<String> {
 }
 fn rho() -> f32 {
     0.05
+}
+fn constant() -> String {
+    "constant".into()
+}
+fn test_split() -> String {
+    "test".into()
+}
+fn batch() -> usize {
+    32
+}
+
+/// BPDA for one-shot denoising: the classifier's gradient at `D(x)`.
+struct DenoiseBpda {
+    dev: Cpu,
+    denoiser: DeviceNet<f32, Cpu>,
+    classifier: ClassifierOracle,
+    d: usize,
+}
+
+impl GradientOracle for DenoiseBpda {
+    fn input_len(&self) -> usize {
+        self.d
+    }
+    fn evaluate(&self, x: &[f32], labels: &[usize], loss: AttackLoss) -> OracleOutput {
+        let b = x.len() / self.d.max(1);
+        let dx = self
+            .denoiser
+            .forward(self.dev.tensor_from_vec(x.to_vec(), (b, self.d)))
+            .as_vec();
+        self.classifier.evaluate(&dx, labels, loss)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -147,7 +193,78 @@ fn denoise_then_classify(fm: &FloatModel) -> Option<FloatNet> {
     })
 }
 
+/// The core's verdict (predicted labels) for one defence.
+enum Judge<'m> {
+    Purify(&'m pursamere_core::Model<'m>, PurifierConfig),
+    Denoise(&'m pursamere_core::Model<'m>),
+    Classify(&'m pursamere_core::Model<'m>),
+}
+
+impl Judge<'_> {
+    fn predict(&self, x: &[f32]) -> Result<Vec<usize>> {
+        match self {
+            Judge::Purify(m, c) => Ok(core_purify_classify(m, c, x)?.1),
+            Judge::Denoise(m) => {
+                let d = m.input_len();
+                let mut out = vec![0.0; x.len()];
+                let mut scratch = vec![0.0; m.denoise_scratch_len()];
+                for (xi, oi) in x.chunks(d.max(1)).zip(out.chunks_mut(d.max(1))) {
+                    m.denoise(xi, oi, &mut scratch)?;
+                }
+                // The denoiser may leave [0, 1]; the classifier takes any finite input.
+                core_classify(m, &out)
+            }
+            Judge::Classify(m) => core_classify(m, x),
+        }
+    }
+
+    /// Logits of the whole defended pipeline for one image (the Square attack's query).
+    fn logits(&self, img: &[f32], scratch: &mut [f32], buf: &mut [f32]) -> Vec<f32> {
+        let m = match self {
+            Judge::Purify(m, _) | Judge::Denoise(m) | Judge::Classify(m) => m,
+        };
+        let mut logits = vec![0.0; m.num_classes()];
+        let xin: &[f32] = match self {
+            Judge::Purify(m, c) => {
+                let _ = m.purify(img, c, buf, scratch);
+                buf
+            }
+            Judge::Denoise(m) => {
+                let _ = m.denoise(img, buf, scratch);
+                buf
+            }
+            Judge::Classify(_) => img,
+        };
+        let _ = m.classify(xin, &mut logits, scratch);
+        logits
+    }
+
+    fn scratch_len(&self) -> usize {
+        match self {
+            Judge::Purify(m, c) => fast_scratch(m, c).len(),
+            Judge::Denoise(m) | Judge::Classify(m) => {
+                m.denoise_scratch_len().max(m.classify_scratch_len())
+            }
+        }
+    }
+}
+
+fn norm_name(norm: AttackNorm) -> &'static str {
+    match norm {
+        AttackNorm::Linf => "linf",
+        AttackNorm::L2 => "l2",
+    }
+}
+
+/// Rows `idx` of a row-major batch.
+fn rows(x: &[f32], d: usize, idx: &[usize]) -> Vec<f32> {
+    idx.iter()
+        .flat_map(|&k| x[k * d..(k + 1) * d].iter().copied())
+        .collect()
+}
+
 pub fn run(a: EvalArgs) -> Result<i32> {
+    let wall = Instant::now();
     let text = std::fs::read_to_string(&a.protocol)
         .with_context(|| format!("cannot read {}", a.protocol.display()))?;
     let p: Protocol = toml::from_str(&text)
@@ -171,20 +288,45 @@ pub fn run(a: EvalArgs) -> Result<i32> {
             o => bail!("unknown loss `{o}` (ce, margin)"),
         })
         .collect::<Result<_>>()?;
+    let schedule = match p.step_schedule.as_str() {
+        "constant" => StepSchedule::Constant,
+        "cosine" => StepSchedule::Cosine,
+        o => bail!("unknown step_schedule `{o}` (constant, cosine)"),
+    };
     if p.images == 0 || p.steps == 0 || (p.linf_eps.is_empty() && p.l2_eps.is_empty()) {
         bail!("the protocol needs images > 0, steps > 0 and at least one budget");
+    }
+    if p.batch == 0 || losses.is_empty() {
+        bail!("the protocol needs batch > 0 and at least one loss");
+    }
+    if let Some(e) = p
+        .linf_eps
+        .iter()
+        .chain(&p.l2_eps)
+        .find(|e| !e.is_finite() || **e < 0.0)
+    {
+        bail!("budget {e} is not a finite ε ≥ 0");
     }
     let bytes = model_bytes(&a.model)?;
     let model = parse_model(&bytes, &a.model)?;
     let fm = FloatModel::from_spec(model.spec());
     let d = model.input_len();
-    let test = load_mnist_dir(&a.data, Split::Test)?;
-    if p.start + p.images > test.len() {
+    let data = match p.split.as_str() {
+        "test" => load_mnist_dir(&a.data, Split::Test)?,
+        "validation" => {
+            load_mnist_dir(&a.data, Split::Train)?
+                .split_validation(5000, 0)?
+                .1
+        }
+        o => bail!("unknown split `{o}` (test, validation)"),
+    };
+    if p.start + p.images > data.len() {
         bail!(
-            "images {}..{} are outside the {} test images",
+            "images {}..{} are outside the {} {} images",
             p.start,
             p.start + p.images,
-            test.len()
+            data.len(),
+            p.split
         );
     }
     std::fs::create_dir_all(&a.out)
@@ -205,7 +347,8 @@ pub fn run(a: EvalArgs) -> Result<i32> {
     let mut sink = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&results)?;
+        .open(&results)
+        .with_context(|| format!("cannot open {}", results.display()))?;
 
     let base = a.purifier.apply(model.purifier_config())?;
     let purifier_for = |defence: &str| -> Option<PurifierConfig> {
@@ -224,183 +367,204 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         .map(|&e| (AttackNorm::Linf, e))
         .chain(p.l2_eps.iter().map(|&e| (AttackNorm::L2, e)))
         .collect();
+    let pgd_cfg = |norm, eps: f32, loss, steps: usize, seed, early_stop| PgdConfig {
+        norm,
+        eps,
+        steps,
+        step_size: eps
+            * p.step_size.unwrap_or(
+                match schedule {
+                    StepSchedule::Constant => 2.5,
+                    StepSchedule::Cosine => 5.0,
+                } / steps as f32,
+            ),
+        schedule,
+        loss,
+        random_start: true,
+        restarts: p.restarts,
+        seed,
+        early_stop,
+    };
     let total = p.images * p.defences.len() * threats.len();
     let bar = indicatif::ProgressBar::new(total as u64);
-    if let Ok(st) =
-        indicatif::ProgressStyle::with_template("eval [{bar:30}] {pos}/{len} {msg} (ETA {eta})")
-    {
+    if let Ok(st) = indicatif::ProgressStyle::with_template(
+        "eval [{bar:30}] {pos}/{len} {msg} ({elapsed} elapsed, ETA {eta})",
+    ) {
         bar.set_style(st.progress_chars("=> "));
     }
     bar.inc(done.len() as u64);
+    bar.reset_eta();
     let undefended = ClassifierOracle::new(&fm.classifier, d);
-    let dnc = denoise_then_classify(&fm);
+    let dev = Cpu::default();
+    let side = usize::from(model.spec().meta.input_shape.height);
 
     for defence in &p.defences {
         let cfg = purifier_for(defence);
-        let predict = |x: &[f32]| -> Result<Vec<usize>> {
-            match (defence.as_str(), &cfg) {
-                (_, Some(c)) => Ok(core_purify_classify(&model, c, x)?.1),
-                ("denoise", None) => {
-                    let mut out = vec![0.0; x.len()];
-                    let mut scratch = vec![0.0; model.denoise_scratch_len()];
-                    for (xi, oi) in x.chunks(d).zip(out.chunks_mut(d)) {
-                        model.denoise(xi, oi, &mut scratch)?;
-                    }
-                    // The denoiser may leave [0, 1]; the classifier takes any finite input.
-                    core_classify(&model, &out)
-                }
-                _ => core_classify(&model, x),
-            }
+        let judge = match (defence.as_str(), cfg) {
+            (_, Some(c)) => Judge::Purify(&model, c),
+            ("denoise", None) => Judge::Denoise(&model),
+            _ => Judge::Classify(&model),
         };
-        if defence == "denoise" && dnc.is_none() {
-            bail!("the `denoise` ablation needs a non-residual denoiser");
-        }
+        // The white-box oracles of this defence.
+        let (bpda, full): (Box<dyn GradientOracle>, Box<dyn GradientOracle>) = match cfg {
+            Some(c) => (
+                Box::new(PurifiedOracle::new(
+                    &fm.denoiser,
+                    &fm.classifier,
+                    d,
+                    c,
+                    PurifierGradient::Bpda,
+                )),
+                Box::new(PurifiedOracle::new(
+                    &fm.denoiser,
+                    &fm.classifier,
+                    d,
+                    c,
+                    PurifierGradient::Full,
+                )),
+            ),
+            None if defence == "denoise" => {
+                let Some(dnc) = denoise_then_classify(&fm) else {
+                    bail!("the `denoise` ablation needs a non-residual denoiser");
+                };
+                (
+                    Box::new(DenoiseBpda {
+                        dev: dev.clone(),
+                        denoiser: DeviceNet::from_float(&fm.denoiser, &dev),
+                        classifier: ClassifierOracle::new(&fm.classifier, d),
+                        d,
+                    }),
+                    Box::new(ClassifierOracle::new(&dnc, d)),
+                )
+            }
+            None => (
+                Box::new(ClassifierOracle::new(&fm.classifier, d)),
+                Box::new(ClassifierOracle::new(&fm.classifier, d)),
+            ),
+        };
         for &(norm, eps) in &threats {
-            let norm_name = if norm == AttackNorm::Linf {
-                "linf"
-            } else {
-                "l2"
-            };
-            for i in p.start..p.start + p.images {
-                if done.iter().any(|r| {
-                    r.index == i && &r.defence == defence && r.norm == norm_name && r.eps == eps
-                }) {
-                    continue;
+            let nn = norm_name(norm);
+            let pending: Vec<usize> = (p.start..p.start + p.images)
+                .filter(|&i| {
+                    !done.iter().any(|r| {
+                        r.index == i && &r.defence == defence && r.norm == nn && r.eps == eps
+                    })
+                })
+                .collect();
+            for chunk in pending.chunks(p.batch) {
+                let n = chunk.len();
+                let x: Vec<f32> = chunk
+                    .iter()
+                    .flat_map(|&i| data.image_f32(i).unwrap_or_default())
+                    .collect();
+                let y: Vec<usize> = chunk.iter().map(|&i| usize::from(data.labels[i])).collect();
+                let seed = chunk.first().copied().unwrap_or(0) as u64;
+                let clean = judge.predict(&x)?;
+                let clean_correct: Vec<bool> = clean.iter().zip(&y).map(|(a, b)| a == b).collect();
+                let attacked: Vec<usize> = (0..n).filter(|&k| clean_correct[k]).collect();
+                let mut correct: Vec<BTreeMap<String, bool>> = vec![BTreeMap::new(); n];
+                let mut seconds: Vec<BTreeMap<String, f64>> = vec![BTreeMap::new(); n];
+                let mut grad_norm: Vec<Option<f32>> = vec![None; n];
+                if cfg.is_some() && p.attacks.iter().any(|at| at == "full") && !attacked.is_empty()
+                {
+                    let out = full.evaluate(
+                        &rows(&x, d, &attacked),
+                        &rows_usize(&y, &attacked),
+                        losses[0],
+                    );
+                    for (j, &k) in attacked.iter().enumerate() {
+                        let g = &out.grad[j * d..(j + 1) * d];
+                        grad_norm[k] = Some(g.iter().map(|v| v * v).sum::<f32>().sqrt());
+                    }
                 }
-                let x = test.image_f32(i).unwrap_or_default();
-                let y = vec![usize::from(test.labels[i])];
-                let clean_correct = predict(&x)?[0] == y[0];
-                let mut correct = BTreeMap::new();
-                let mut seconds = BTreeMap::new();
-                let mut grad_norm = None;
                 for attack in &p.attacks {
+                    if attack == "square" && norm != AttackNorm::Linf {
+                        continue;
+                    }
                     let t = Instant::now();
-                    let mut ok = clean_correct;
-                    if ok && attack == "square" {
-                        if norm != AttackNorm::Linf {
-                            continue;
-                        }
-                        let side = usize::from(model.spec().meta.input_shape.height);
-                        let query = |img: &[f32]| -> Vec<f32> {
-                            let mut logits = vec![0.0; model.num_classes()];
-                            let mut scratch =
-                                vec![
-                                    0.0;
-                                    model.scratch_len_fast().max(model.denoise_scratch_len())
-                                ];
+                    // Still-correct examples of the chunk (positions in `chunk`).
+                    let mut alive = attacked.clone();
+                    if attack == "square" {
+                        let fooled = parallel_ranges(alive.len(), |range| {
+                            let mut scratch = vec![0.0; judge.scratch_len()];
                             let mut buf = vec![0.0; d];
-                            let xin: &[f32] = match (defence.as_str(), &cfg) {
-                                (_, Some(c)) => {
-                                    let _ = model.purify(img, c, &mut buf, &mut scratch);
-                                    &buf
-                                }
-                                ("denoise", None) => {
-                                    let _ = model.denoise(img, &mut buf, &mut scratch);
-                                    &buf
-                                }
-                                _ => img,
+                            Ok(range
+                                .map(|j| {
+                                    let k = alive[j];
+                                    square_linf(
+                                        |img| judge.logits(img, &mut scratch, &mut buf),
+                                        &x[k * d..(k + 1) * d],
+                                        y[k],
+                                        side,
+                                        d / side.max(1),
+                                        eps,
+                                        p.square_queries,
+                                        chunk[k] as u64,
+                                    )
+                                    .fooled
+                                })
+                                .collect())
+                        })?;
+                        alive = alive
+                            .iter()
+                            .zip(&fooled)
+                            .filter(|(_, &f)| !f)
+                            .map(|(&k, _)| k)
+                            .collect();
+                    } else {
+                        let (oracle, early_stop): (&dyn GradientOracle, bool) =
+                            match attack.as_str() {
+                                "transfer" => (&undefended, false),
+                                "bpda" => (bpda.as_ref(), true),
+                                _ => (full.as_ref(), true),
                             };
-                            let _ = model.classify(xin, &mut logits, &mut scratch);
-                            logits
-                        };
-                        let r = square_linf(
-                            query,
-                            &x,
-                            y[0],
-                            side,
-                            d / side.max(1),
-                            eps,
-                            p.square_queries,
-                            i as u64,
-                        );
-                        ok = !r.fooled;
-                    } else if ok {
                         for &loss in &losses {
-                            let pc = PgdConfig {
-                                norm,
-                                eps,
-                                steps: p.steps,
-                                step_size: 2.5 * eps / p.steps as f32,
-                                loss,
-                                random_start: true,
-                                restarts: p.restarts,
-                                seed: i as u64,
-                            };
-                            let adv = match (attack.as_str(), defence.as_str(), &cfg) {
-                                ("transfer", _, _) => pgd(&undefended, &x, &y, &pc),
-                                (_, "none", _) => pgd(&undefended, &x, &y, &pc),
-                                (_, "denoise", _) => {
-                                    let net = dnc.as_ref().map_or(&fm.classifier, |n| n);
-                                    let o = ClassifierOracle::new(net, d);
-                                    if attack == "bpda" {
-                                        pgd(&undefended, &x, &y, &pc)
-                                    } else {
-                                        pgd(&o, &x, &y, &pc)
-                                    }
-                                }
-                                ("bpda", _, Some(c)) => pgd(
-                                    &PurifiedOracle::new(
-                                        &fm.denoiser,
-                                        &fm.classifier,
-                                        d,
-                                        *c,
-                                        PurifierGradient::Bpda,
-                                    ),
-                                    &x,
-                                    &y,
-                                    &pc,
-                                ),
-                                (_, _, Some(c)) => {
-                                    let o = PurifiedOracle::new(
-                                        &fm.denoiser,
-                                        &fm.classifier,
-                                        d,
-                                        *c,
-                                        PurifierGradient::Full,
-                                    );
-                                    if grad_norm.is_none() {
-                                        let g = o.evaluate(&x, &y, loss).grad;
-                                        grad_norm =
-                                            Some(g.iter().map(|v| v * v).sum::<f32>().sqrt());
-                                    }
-                                    pgd(&o, &x, &y, &pc)
-                                }
-                                _ => x.clone(),
-                            };
-                            if predict(&adv)?[0] != y[0] {
-                                ok = false;
+                            if alive.is_empty() {
                                 break;
                             }
+                            let pc = pgd_cfg(norm, eps, loss, p.steps, seed, early_stop);
+                            let adv =
+                                pgd(oracle, &rows(&x, d, &alive), &rows_usize(&y, &alive), &pc);
+                            let pred = judge.predict(&adv)?;
+                            alive = alive
+                                .iter()
+                                .zip(&pred)
+                                .filter(|(&k, &pl)| pl == y[k])
+                                .map(|(&k, _)| k)
+                                .collect();
                         }
                     }
-                    correct.insert(attack.clone(), ok);
-                    seconds.insert(attack.clone(), t.elapsed().as_secs_f64());
+                    let per_image = t.elapsed().as_secs_f64() / n as f64;
+                    for k in 0..n {
+                        correct[k].insert(attack.clone(), alive.contains(&k));
+                        seconds[k].insert(attack.clone(), per_image);
+                    }
                 }
-                let rec = Record {
-                    index: i,
-                    defence: defence.clone(),
-                    norm: norm_name.into(),
-                    eps,
-                    clean_correct,
-                    correct,
-                    grad_norm,
-                    seconds,
-                };
-                writeln!(sink, "{}", serde_json::to_string(&rec)?)?;
+                for k in 0..n {
+                    let rec = Record {
+                        index: chunk[k],
+                        defence: defence.clone(),
+                        norm: nn.into(),
+                        eps,
+                        clean_correct: clean_correct[k],
+                        correct: std::mem::take(&mut correct[k]),
+                        grad_norm: grad_norm[k],
+                        seconds: std::mem::take(&mut seconds[k]),
+                    };
+                    writeln!(sink, "{}", serde_json::to_string(&rec)?)?;
+                    done.push(rec);
+                }
                 sink.flush()?;
-                done.push(rec);
-                bar.inc(1);
+                bar.inc(n as u64);
                 let same: Vec<&Record> = done
                     .iter()
-                    .filter(|r| &r.defence == defence && r.norm == norm_name && r.eps == eps)
+                    .filter(|r| &r.defence == defence && r.norm == nn && r.eps == eps)
                     .collect();
-                let robust = same
-                    .iter()
-                    .filter(|r| r.correct.values().all(|&c| c) && r.clean_correct)
-                    .count();
+                let robust = same.iter().filter(|r| robust(r)).count();
                 bar.set_message(format!(
-                    "{defence} {norm_name} {eps}: robust {robust}/{}",
-                    same.len()
+                    "{defence} {nn} {eps}: robust {robust}/{} ({:.1} %)",
+                    same.len(),
+                    100.0 * robust as f64 / same.len().max(1) as f64
                 ));
             }
         }
@@ -416,11 +580,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
             let oracle =
                 PurifiedOracle::new(&fm.denoiser, &fm.classifier, d, c, PurifierGradient::Full);
             for norm in [AttackNorm::Linf, AttackNorm::L2] {
-                let nn = if norm == AttackNorm::Linf {
-                    "linf"
-                } else {
-                    "l2"
-                };
+                let nn = norm_name(norm);
                 let Some(eps) = threats
                     .iter()
                     .filter(|t| t.0 == norm)
@@ -433,31 +593,40 @@ pub fn run(a: EvalArgs) -> Result<i32> {
                     .iter()
                     .filter(|r| &r.defence == defence && r.norm == nn && r.eps == eps)
                     .collect();
-                let survivors: Vec<usize> = recs
-                    .iter()
-                    .filter(|r| r.clean_correct && r.correct.values().all(|&c| c))
-                    .map(|r| r.index)
-                    .collect();
+                let survivors: Vec<usize> =
+                    recs.iter().filter(|r| robust(r)).map(|r| r.index).collect();
+                let t = Instant::now();
                 let mut broken = 0;
-                for &i in &survivors {
-                    let x = test.image_f32(i).unwrap_or_default();
-                    let y = vec![usize::from(test.labels[i])];
-                    let pc = PgdConfig {
-                        norm,
-                        eps,
-                        steps: 2 * p.steps,
-                        step_size: 2.5 * eps / (2 * p.steps) as f32,
-                        loss: losses[0],
-                        random_start: true,
-                        restarts: p.restarts,
-                        seed: i as u64 + 1,
-                    };
-                    let adv = pgd(&oracle, &x, &y, &pc);
-                    if core_purify_classify(&model, &c, &adv)?.1[0] != y[0] {
-                        broken += 1;
+                for chunk in survivors.chunks(p.batch) {
+                    let x: Vec<f32> = chunk
+                        .iter()
+                        .flat_map(|&i| data.image_f32(i).unwrap_or_default())
+                        .collect();
+                    let y: Vec<usize> =
+                        chunk.iter().map(|&i| usize::from(data.labels[i])).collect();
+                    let seed = chunk.first().copied().unwrap_or(0) as u64 + 1;
+                    let mut alive: Vec<usize> = (0..chunk.len()).collect();
+                    for &loss in &losses {
+                        let pc = pgd_cfg(norm, eps, loss, 2 * p.steps, seed, true);
+                        let adv = pgd(&oracle, &rows(&x, d, &alive), &rows_usize(&y, &alive), &pc);
+                        let pred = core_purify_classify(&model, &c, &adv)?.1;
+                        alive = alive
+                            .iter()
+                            .zip(&pred)
+                            .filter(|(&k, &pl)| pl == y[k])
+                            .map(|(&k, _)| k)
+                            .collect();
                     }
+                    broken += chunk.len() - alive.len();
                 }
                 let n = recs.len().max(1) as f64;
+                eprintln!(
+                    "step doubling {defence} {nn} {eps}: {} of {} survivors broken with {} steps ({:.0} s)",
+                    broken,
+                    survivors.len(),
+                    2 * p.steps,
+                    t.elapsed().as_secs_f64()
+                );
                 convergence.push(Convergence {
                     defence: defence.clone(),
                     norm: nn.into(),
@@ -468,7 +637,23 @@ pub fn run(a: EvalArgs) -> Result<i32> {
             }
         }
     }
-    report(&a, &p, &done, &threats, &convergence)
+    report(
+        &a,
+        &p,
+        &done,
+        &threats,
+        &convergence,
+        wall.elapsed().as_secs_f64(),
+    )
+}
+
+/// Correct on the clean input and after every attack.
+fn robust(r: &Record) -> bool {
+    r.clean_correct && r.correct.values().all(|&c| c)
+}
+
+fn rows_usize(y: &[usize], idx: &[usize]) -> Vec<usize> {
+    idx.iter().map(|&k| y[k]).collect()
 }
 
 fn report(
@@ -477,6 +662,7 @@ fn report(
     done: &[Record],
     threats: &[(AttackNorm, f32)],
     convergence: &[Convergence],
+    wall_seconds: f64,
 ) -> Result<i32> {
     let mut md = String::new();
     md += &format!(
@@ -487,13 +673,17 @@ fn report(
     let mut rows = Vec::new();
     let mut flags = Vec::new();
     for defence in &p.defences {
-        let mut prev_worst: Option<f64> = None;
-        for &(norm, eps) in threats {
-            let nn = if norm == AttackNorm::Linf {
-                "linf"
-            } else {
-                "l2"
-            };
+        // Worst case at the previous ε of the same norm (the budgets are checked
+        // in increasing order whatever order the protocol lists them in).
+        let mut prev_worst: BTreeMap<&str, f64> = BTreeMap::new();
+        let mut sorted = threats.to_vec();
+        sorted.sort_by(|a, b| {
+            (a.0 as u8, a.1)
+                .partial_cmp(&(b.0 as u8, b.1))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        for &(norm, eps) in &sorted {
+            let nn = norm_name(norm);
             let recs: Vec<&Record> = done
                 .iter()
                 .filter(|r| &r.defence == defence && r.norm == nn && r.eps == eps)
@@ -511,10 +701,7 @@ fn report(
                     .count();
                 per.insert(at.clone(), k as f64 / n as f64);
             }
-            let worst = recs
-                .iter()
-                .filter(|r| r.clean_correct && r.correct.values().all(|&c| c))
-                .count();
+            let worst = recs.iter().filter(|r| robust(r)).count();
             let (lo, hi) = wilson(worst, n);
             let wf = worst as f64 / n as f64;
             let gnorm: Vec<f32> = recs.iter().filter_map(|r| r.grad_norm).collect();
@@ -533,7 +720,7 @@ fn report(
                 100.0 * hi
             );
             // Sanity checks.
-            if let Some(pw) = prev_worst {
+            if let Some(&pw) = prev_worst.get(nn) {
                 if wf > pw + 1e-9 {
                     flags.push(format!(
                         "FLAG {defence} {nn}: robust accuracy rises with ε ({:.1} % at {eps})",
@@ -541,7 +728,7 @@ fn report(
                     ));
                 }
             }
-            prev_worst = Some(wf);
+            prev_worst.insert(nn, wf);
             if let (Some(&full), Some(&tr)) = (per.get("full"), per.get("transfer")) {
                 if full > tr + 1e-9 {
                     flags.push(format!("FLAG {defence} {nn} {eps}: white-box (full) accuracy {:.1} % above transfer {:.1} % — suspect the attack", 100.0 * full, 100.0 * tr));
@@ -563,10 +750,16 @@ fn report(
                 "seconds_per_image": p.attacks.iter().map(|at| (at.clone(), recs.iter().filter_map(|r| r.seconds.get(at)).sum::<f64>() / n as f64)).collect::<BTreeMap<_,_>>()}));
         }
         if defence == "none" {
-            if let Some(last) = rows.iter().rev().find(|r| r["defence"] == "none") {
-                let w = last["worst_case"].as_f64().unwrap_or(1.0);
-                if w > 0.01 {
-                    flags.push(format!("FLAG undefended classifier keeps {:.1} % at the largest ε (should be ≤ 1 %)", 100.0 * w));
+            for nn in ["linf", "l2"] {
+                if let Some(last) = rows
+                    .iter()
+                    .rev()
+                    .find(|r| r["defence"] == "none" && r["norm"] == nn)
+                {
+                    let w = last["worst_case"].as_f64().unwrap_or(1.0);
+                    if w > 0.01 {
+                        flags.push(format!("FLAG undefended classifier keeps {:.1} % at the largest {nn} ε (should be ≤ 1 %)", 100.0 * w));
+                    }
                 }
             }
         }
@@ -590,6 +783,33 @@ fn report(
             ));
         }
     }
+    // Seconds per image for each attack (mean over the records of each threat).
+    md += &format!(
+        "\nSeconds per image: | defence | norm | ε | {} |\n|---|---|---|{}\n",
+        p.attacks.join(" | "),
+        "---|".repeat(p.attacks.len())
+    );
+    for r in &rows {
+        md += &format!(
+            "| {} | {} | {} | {} |\n",
+            r["defence"].as_str().unwrap_or(""),
+            r["norm"].as_str().unwrap_or(""),
+            r["eps"].as_f64().unwrap_or(0.0) as f32,
+            p.attacks
+                .iter()
+                .map(|at| match r["seconds_per_image"][at].as_f64() {
+                    Some(s) if s > 0.0 => format!("{s:.3}"),
+                    _ => "–".into(),
+                })
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+    let compute: f64 = done.iter().map(|r| r.seconds.values().sum::<f64>()).sum();
+    md += &format!(
+        "\nAttack compute in the records: {:.0} s; this invocation's wall time: {:.0} s.\n",
+        compute, wall_seconds
+    );
     md += "\nSanity checks:\n";
     if flags.is_empty() {
         md += "- all passed (undefended ≤ 1 % at the largest ε, no accuracy rising with ε, white-box ≤ transfer and Square, non-zero gradients)\n";
@@ -597,17 +817,57 @@ fn report(
     for f in &flags {
         md += &format!("- {f}\n");
     }
+    let mut panels = Vec::new();
+    for norm in [AttackNorm::Linf, AttackNorm::L2] {
+        let nn = norm_name(norm);
+        let curves: Vec<super::plot::Curve> = p
+            .defences
+            .iter()
+            .filter_map(|defence| {
+                let mine: Vec<&serde_json::Value> = rows
+                    .iter()
+                    .filter(|r| r["defence"] == defence.as_str() && r["norm"] == nn)
+                    .collect();
+                let first = mine.first()?;
+                let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+                let n = first["n"].as_u64().unwrap_or(0) as usize;
+                let clean = f(&first["clean"]);
+                let (lo, hi) = wilson((clean * n as f64).round() as usize, n);
+                let mut points = vec![(0.0, clean, lo, hi)];
+                points.extend(mine.iter().map(|r| {
+                    (
+                        f(&r["eps"]) as f32,
+                        f(&r["worst_case"]),
+                        f(&r["wilson95"][0]),
+                        f(&r["wilson95"][1]),
+                    )
+                }));
+                Some(super::plot::Curve {
+                    defence: defence.clone(),
+                    points,
+                })
+            })
+            .collect();
+        if !curves.is_empty() {
+            let title = match norm {
+                AttackNorm::Linf => "L∞ threat",
+                AttackNorm::L2 => "L2 threat",
+            };
+            panels.push((title.to_string(), curves));
+        }
+    }
+    super::plot::accuracy_vs_eps(&a.out.join("report.png"), &panels)?;
     write_file(&a.out.join("report.md"), md.as_bytes())?;
     write_file(
         &a.out.join("report.json"),
         serde_json::to_string_pretty(
-            &serde_json::json!({"protocol": p, "rows": rows, "convergence": convergence, "flags": flags}),
+            &serde_json::json!({"protocol": p, "rows": rows, "convergence": convergence, "flags": flags, "wall_seconds": wall_seconds}),
         )?
         .as_bytes(),
     )?;
     println!("{md}");
     println!(
-        "wrote {}/report.md, report.json, results.jsonl",
+        "wrote {}/report.md, report.json, report.png, results.jsonl",
         a.out.display()
     );
     Ok(0)
