@@ -516,7 +516,7 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
     let proto = tmp.path().join("p.toml");
     std::fs::write(
         &proto,
-        "images = 3\nsteps = 2\nsquare_queries = 20\nlinf_eps = [0.1, 0.3]\nattacks = [\"transfer\", \"bpda\", \"full\", \"square\"]\ndefences = [\"none\", \"ere\"]\nconvergence_check = true\n",
+        "images = 3\nbatch = 2\nsteps = 2\nsquare_queries = 20\nlinf_eps = [0.3, 0.1]\nattacks = [\"transfer\", \"bpda\", \"full\", \"square\"]\ndefences = [\"none\", \"ere\"]\nconvergence_check = true\nstep_schedule = \"cosine\"\nlosses = [\"ce\", \"margin\"]\n",
     )
     .unwrap();
     let out = tmp.path().join("out");
@@ -547,9 +547,25 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
         .lines()
         .count();
     assert_eq!(lines, 12);
-    assert!(std::fs::read_to_string(out.join("report.md"))
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("worst case") && md.contains("Seconds per image"),
+        "{md}"
+    );
+    // Rows come in increasing ε whatever order the protocol lists them in.
+    assert_eq!(rows[0]["eps"].as_f64().unwrap() as f32, 0.1);
+    // Robust accuracy never exceeds clean accuracy.
+    for r in rows {
+        assert!(r["worst_case"].as_f64().unwrap() <= r["clean"].as_f64().unwrap());
+    }
+    // The plot is a real PNG: one 520x420 panel (L-inf budgets only).
+    let png_bytes = std::fs::read(out.join("report.png")).unwrap();
+    let info = png::Decoder::new(std::io::Cursor::new(png_bytes))
+        .read_info()
         .unwrap()
-        .contains("worst case"));
+        .info()
+        .clone();
+    assert_eq!((info.width, info.height), (520, 420));
 
     // Running again resumes: nothing is recomputed or duplicated.
     let o = run(&[
@@ -586,6 +602,28 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
     ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("unknown attack `magic`"), "{}", text(&o));
+    for (bad, msg) in [
+        (
+            "step_schedule = \"wobbly\"",
+            "unknown step_schedule `wobbly`",
+        ),
+        ("split = \"train\"", "unknown split `train`"),
+        ("batch = 0", "batch > 0"),
+        ("split = \"validation\"", "train-images"),
+    ] {
+        std::fs::write(&proto, format!("images = 3\nsteps = 2\nsquare_queries = 20\nlinf_eps = [0.3]\nattacks = [\"full\"]\ndefences = [\"ere\"]\n{bad}\n")).unwrap();
+        let o = run(&[
+            "eval",
+            "--protocol",
+            s(&proto),
+            "--data",
+            s(&data),
+            "--out",
+            s(&out),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{bad}");
+        assert!(text(&o).contains(msg), "{bad}: {}", text(&o));
+    }
     std::fs::write(&proto, "images = 3\nbogus = 1\n").unwrap();
     let o = run(&[
         "eval",
