@@ -392,12 +392,15 @@ pub fn run(a: EvalArgs) -> Result<i32> {
     ) {
         bar.set_style(st.progress_chars("=> "));
     }
-    bar.inc(done.len() as u64);
+    let in_range = |r: &Record| (p.start..p.start + p.images).contains(&r.index);
+    bar.inc(done.iter().filter(|r| in_range(r)).count() as u64);
     bar.reset_eta();
     let undefended = ClassifierOracle::new(&fm.classifier, d);
     let dev = Cpu::default();
     let side = usize::from(model.spec().meta.input_shape.height);
 
+    type Oracle = Box<dyn GradientOracle>;
+    let mut defences: Vec<(&String, Option<PurifierConfig>, Judge, Oracle, Oracle)> = Vec::new();
     for defence in &p.defences {
         let cfg = purifier_for(defence);
         let judge = match (defence.as_str(), cfg) {
@@ -406,7 +409,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
             _ => Judge::Classify(&model),
         };
         // The white-box oracles of this defence.
-        let (bpda, full): (Box<dyn GradientOracle>, Box<dyn GradientOracle>) = match cfg {
+        let (bpda, full): (Oracle, Oracle) = match cfg {
             Some(c) => (
                 Box::new(PurifiedOracle::new(
                     &fm.denoiser,
@@ -442,134 +445,153 @@ pub fn run(a: EvalArgs) -> Result<i32> {
                 Box::new(ClassifierOracle::new(&fm.classifier, d)),
             ),
         };
-        for &(norm, eps) in &threats {
-            let nn = norm_name(norm);
-            let pending: Vec<usize> = (p.start..p.start + p.images)
-                .filter(|&i| {
-                    !done.iter().any(|r| {
-                        r.index == i && &r.defence == defence && r.norm == nn && r.eps == eps
-                    })
-                })
-                .collect();
-            for chunk in pending.chunks(p.batch) {
-                let n = chunk.len();
-                let x: Vec<f32> = chunk
+        defences.push((defence, cfg, judge, bpda, full));
+    }
+    // Image blocks outermost: a stopped run has every threat of its first images.
+    let indices: Vec<usize> = (p.start..p.start + p.images).collect();
+    for block in indices.chunks(p.batch) {
+        for (defence, cfg, judge, bpda, full) in &defences {
+            let (defence, cfg): (&String, _) = (defence, *cfg);
+            for &(norm, eps) in &threats {
+                let nn = norm_name(norm);
+                let pending: Vec<usize> = block
                     .iter()
-                    .flat_map(|&i| data.image_f32(i).unwrap_or_default())
+                    .copied()
+                    .filter(|&i| {
+                        !done.iter().any(|r| {
+                            r.index == i && &r.defence == defence && r.norm == nn && r.eps == eps
+                        })
+                    })
                     .collect();
-                let y: Vec<usize> = chunk.iter().map(|&i| usize::from(data.labels[i])).collect();
-                let seed = chunk.first().copied().unwrap_or(0) as u64;
-                let clean = judge.predict(&x)?;
-                let clean_correct: Vec<bool> = clean.iter().zip(&y).map(|(a, b)| a == b).collect();
-                let attacked: Vec<usize> = (0..n).filter(|&k| clean_correct[k]).collect();
-                let mut correct: Vec<BTreeMap<String, bool>> = vec![BTreeMap::new(); n];
-                let mut seconds: Vec<BTreeMap<String, f64>> = vec![BTreeMap::new(); n];
-                let mut grad_norm: Vec<Option<f32>> = vec![None; n];
-                if cfg.is_some() && p.attacks.iter().any(|at| at == "full") && !attacked.is_empty()
-                {
-                    let out = full.evaluate(
-                        &rows(&x, d, &attacked),
-                        &rows_usize(&y, &attacked),
-                        losses[0],
-                    );
-                    for (j, &k) in attacked.iter().enumerate() {
-                        let g = &out.grad[j * d..(j + 1) * d];
-                        grad_norm[k] = Some(g.iter().map(|v| v * v).sum::<f32>().sqrt());
-                    }
-                }
-                for attack in &p.attacks {
-                    if attack == "square" && norm != AttackNorm::Linf {
-                        continue;
-                    }
-                    let t = Instant::now();
-                    // Still-correct examples of the chunk (positions in `chunk`).
-                    let mut alive = attacked.clone();
-                    if attack == "square" {
-                        let fooled = parallel_ranges(alive.len(), |range| {
-                            let mut scratch = vec![0.0; judge.scratch_len()];
-                            let mut buf = vec![0.0; d];
-                            Ok(range
-                                .map(|j| {
-                                    let k = alive[j];
-                                    square_linf(
-                                        |img| judge.logits(img, &mut scratch, &mut buf),
-                                        &x[k * d..(k + 1) * d],
-                                        y[k],
-                                        side,
-                                        d / side.max(1),
-                                        eps,
-                                        p.square_queries,
-                                        chunk[k] as u64,
-                                    )
-                                    .fooled
-                                })
-                                .collect())
-                        })?;
-                        alive = alive
-                            .iter()
-                            .zip(&fooled)
-                            .filter(|(_, &f)| !f)
-                            .map(|(&k, _)| k)
-                            .collect();
-                    } else {
-                        let (oracle, early_stop): (&dyn GradientOracle, bool) =
-                            match attack.as_str() {
-                                "transfer" => (&undefended, false),
-                                "bpda" => (bpda.as_ref(), true),
-                                _ => (full.as_ref(), true),
-                            };
-                        for &loss in &losses {
-                            if alive.is_empty() {
-                                break;
-                            }
-                            let pc = pgd_cfg(norm, eps, loss, p.steps, seed, early_stop);
-                            let adv =
-                                pgd(oracle, &rows(&x, d, &alive), &rows_usize(&y, &alive), &pc);
-                            let pred = judge.predict(&adv)?;
-                            alive = alive
-                                .iter()
-                                .zip(&pred)
-                                .filter(|(&k, &pl)| pl == y[k])
-                                .map(|(&k, _)| k)
-                                .collect();
+                for chunk in pending.chunks(p.batch) {
+                    let n = chunk.len();
+                    let x: Vec<f32> = chunk
+                        .iter()
+                        .flat_map(|&i| data.image_f32(i).unwrap_or_default())
+                        .collect();
+                    let y: Vec<usize> =
+                        chunk.iter().map(|&i| usize::from(data.labels[i])).collect();
+                    let seed = chunk.first().copied().unwrap_or(0) as u64;
+                    let clean = judge.predict(&x)?;
+                    let clean_correct: Vec<bool> =
+                        clean.iter().zip(&y).map(|(a, b)| a == b).collect();
+                    let attacked: Vec<usize> = (0..n).filter(|&k| clean_correct[k]).collect();
+                    let mut correct: Vec<BTreeMap<String, bool>> = vec![BTreeMap::new(); n];
+                    let mut seconds: Vec<BTreeMap<String, f64>> = vec![BTreeMap::new(); n];
+                    let mut grad_norm: Vec<Option<f32>> = vec![None; n];
+                    if cfg.is_some()
+                        && p.attacks.iter().any(|at| at == "full")
+                        && !attacked.is_empty()
+                    {
+                        let out = full.evaluate(
+                            &rows(&x, d, &attacked),
+                            &rows_usize(&y, &attacked),
+                            // The margin does not saturate on confident examples the way
+                            // cross-entropy does, so its gradient norm says more.
+                            AttackLoss::Margin,
+                        );
+                        for (j, &k) in attacked.iter().enumerate() {
+                            let g = &out.grad[j * d..(j + 1) * d];
+                            grad_norm[k] = Some(g.iter().map(|v| v * v).sum::<f32>().sqrt());
                         }
                     }
-                    let per_image = t.elapsed().as_secs_f64() / n as f64;
-                    for k in 0..n {
-                        correct[k].insert(attack.clone(), alive.contains(&k));
-                        seconds[k].insert(attack.clone(), per_image);
+                    for attack in &p.attacks {
+                        if attack == "square" && norm != AttackNorm::Linf {
+                            continue;
+                        }
+                        let t = Instant::now();
+                        // Still-correct examples of the chunk (positions in `chunk`).
+                        let mut alive = attacked.clone();
+                        if attack == "square" {
+                            let fooled = parallel_ranges(alive.len(), |range| {
+                                let mut scratch = vec![0.0; judge.scratch_len()];
+                                let mut buf = vec![0.0; d];
+                                Ok(range
+                                    .map(|j| {
+                                        let k = alive[j];
+                                        square_linf(
+                                            |img| judge.logits(img, &mut scratch, &mut buf),
+                                            &x[k * d..(k + 1) * d],
+                                            y[k],
+                                            side,
+                                            d / side.max(1),
+                                            eps,
+                                            p.square_queries,
+                                            chunk[k] as u64,
+                                        )
+                                        .fooled
+                                    })
+                                    .collect())
+                            })?;
+                            alive = alive
+                                .iter()
+                                .zip(&fooled)
+                                .filter(|(_, &f)| !f)
+                                .map(|(&k, _)| k)
+                                .collect();
+                        } else {
+                            let (oracle, early_stop): (&dyn GradientOracle, bool) =
+                                match attack.as_str() {
+                                    "transfer" => (&undefended, false),
+                                    "bpda" => (bpda.as_ref(), true),
+                                    _ => (full.as_ref(), true),
+                                };
+                            for &loss in &losses {
+                                if alive.is_empty() {
+                                    break;
+                                }
+                                let pc = pgd_cfg(norm, eps, loss, p.steps, seed, early_stop);
+                                let adv =
+                                    pgd(oracle, &rows(&x, d, &alive), &rows_usize(&y, &alive), &pc);
+                                let pred = judge.predict(&adv)?;
+                                alive = alive
+                                    .iter()
+                                    .zip(&pred)
+                                    .filter(|(&k, &pl)| pl == y[k])
+                                    .map(|(&k, _)| k)
+                                    .collect();
+                            }
+                        }
+                        let per_image = t.elapsed().as_secs_f64() / n as f64;
+                        for k in 0..n {
+                            correct[k].insert(attack.clone(), alive.contains(&k));
+                            seconds[k].insert(attack.clone(), per_image);
+                        }
                     }
+                    for k in 0..n {
+                        let rec = Record {
+                            index: chunk[k],
+                            defence: defence.clone(),
+                            norm: nn.into(),
+                            eps,
+                            clean_correct: clean_correct[k],
+                            correct: std::mem::take(&mut correct[k]),
+                            grad_norm: grad_norm[k],
+                            seconds: std::mem::take(&mut seconds[k]),
+                        };
+                        writeln!(sink, "{}", serde_json::to_string(&rec)?)?;
+                        done.push(rec);
+                    }
+                    sink.flush()?;
+                    bar.inc(n as u64);
+                    let same: Vec<&Record> = done
+                        .iter()
+                        .filter(|r| &r.defence == defence && r.norm == nn && r.eps == eps)
+                        .collect();
+                    let robust = same.iter().filter(|r| robust(r)).count();
+                    bar.set_message(format!(
+                        "{defence} {nn} {eps}: robust {robust}/{} ({:.1} %)",
+                        same.len(),
+                        100.0 * robust as f64 / same.len().max(1) as f64
+                    ));
                 }
-                for k in 0..n {
-                    let rec = Record {
-                        index: chunk[k],
-                        defence: defence.clone(),
-                        norm: nn.into(),
-                        eps,
-                        clean_correct: clean_correct[k],
-                        correct: std::mem::take(&mut correct[k]),
-                        grad_norm: grad_norm[k],
-                        seconds: std::mem::take(&mut seconds[k]),
-                    };
-                    writeln!(sink, "{}", serde_json::to_string(&rec)?)?;
-                    done.push(rec);
-                }
-                sink.flush()?;
-                bar.inc(n as u64);
-                let same: Vec<&Record> = done
-                    .iter()
-                    .filter(|r| &r.defence == defence && r.norm == nn && r.eps == eps)
-                    .collect();
-                let robust = same.iter().filter(|r| robust(r)).count();
-                bar.set_message(format!(
-                    "{defence} {nn} {eps}: robust {robust}/{} ({:.1} %)",
-                    same.len(),
-                    100.0 * robust as f64 / same.len().max(1) as f64
-                ));
             }
         }
     }
     bar.finish_and_clear();
+    // Records of other images (an earlier run with another range) stay in the file
+    // but not in this report.
+    done.retain(in_range);
 
     let mut convergence = Vec::new();
     if p.convergence_check && p.attacks.iter().any(|a| a == "full") {
