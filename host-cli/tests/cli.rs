@@ -602,6 +602,30 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
     ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("unknown attack `magic`"), "{}", text(&o));
+    // The surrogate attack applies to sign-step purifiers only.
+    std::fs::write(&proto, "images = 2\nsteps = 2\nsquare_queries = 20\nlinf_eps = [0.3]\nattacks = [\"full\", \"surrogate\"]\ndefences = [\"ere\"]\n").unwrap();
+    for (step, applies) in [("sign", true), ("gradient", false)] {
+        let out = tmp.path().join(format!("out-{step}"));
+        let o = run(&[
+            "eval",
+            "--protocol",
+            s(&proto),
+            "--data",
+            s(&data),
+            "--out",
+            s(&out),
+            "--step",
+            step,
+            "--eta",
+            "0.05",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+        let per = &report["rows"][0]["per_attack"];
+        assert!(per["full"].is_number(), "{report}");
+        assert_eq!(per["surrogate"].is_number(), applies, "{step}: {report}");
+    }
     for (bad, msg) in [
         (
             "step_schedule = \"wobbly\"",
