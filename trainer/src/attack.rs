@@ -295,6 +295,23 @@ fn project(norm: AttackNorm, eps: f32, x0: &[f32], x: &mut [f32]) {
     }
 }
 
+/// The oracle's output for rows `rows` of the batch `x` (row length `d`).
+fn evaluate_rows<O: GradientOracle + ?Sized>(
+    oracle: &O,
+    x: &[f32],
+    labels: &[usize],
+    rows: &[usize],
+    d: usize,
+    loss: AttackLoss,
+) -> OracleOutput {
+    let xa: Vec<f32> = rows
+        .iter()
+        .flat_map(|&k| x[k * d..(k + 1) * d].iter().copied())
+        .collect();
+    let la: Vec<usize> = rows.iter().map(|&k| labels[k]).collect();
+    oracle.evaluate(&xa, &la, loss)
+}
+
 /// Runs PGD on a batch (`x` row-major `[batch, d]`); returns the adversarial batch.
 ///
 /// Per example, the first restart that fools the oracle wins, else the one with the
@@ -329,12 +346,7 @@ pub fn pgd<O: GradientOracle + ?Sized>(
             if active.is_empty() {
                 break;
             }
-            let xa: Vec<f32> = active
-                .iter()
-                .flat_map(|&k| adv[k * d..(k + 1) * d].iter().copied())
-                .collect();
-            let la: Vec<usize> = active.iter().map(|&k| labels[k]).collect();
-            let out = oracle.evaluate(&xa, &la, cfg.loss);
+            let out = evaluate_rows(oracle, &adv, labels, &active, d, cfg.loss);
             let alpha = cfg.schedule.step_size(cfg.step_size, step, cfg.steps);
             let mut still = Vec::with_capacity(active.len());
             for (j, &k) in active.iter().enumerate() {
@@ -369,12 +381,7 @@ pub fn pgd<O: GradientOracle + ?Sized>(
         if active.is_empty() {
             continue;
         }
-        let xa: Vec<f32> = active
-            .iter()
-            .flat_map(|&k| adv[k * d..(k + 1) * d].iter().copied())
-            .collect();
-        let la: Vec<usize> = active.iter().map(|&k| labels[k]).collect();
-        let out = oracle.evaluate(&xa, &la, cfg.loss);
+        let out = evaluate_rows(oracle, &adv, labels, &active, d, cfg.loss);
         for (j, &k) in active.iter().enumerate() {
             let now_fooled = out.pred[j] != labels[k];
             if !fooled[k] && (now_fooled || out.loss[j] > best_loss[k]) {

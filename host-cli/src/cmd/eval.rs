@@ -23,7 +23,7 @@ use pursamere_trainer::attack::{
     pgd, square_linf, AttackLoss, AttackNorm, ClassifierOracle, GradientOracle, OracleOutput,
     PgdConfig, PurifiedOracle, PurifierGradient, StepSchedule,
 };
-use pursamere_trainer::data::{load_mnist_dir, Split};
+use pursamere_trainer::data::{load_mnist_dir, Dataset, Split};
 use pursamere_trainer::model::{DeviceNet, FloatModel, FloatNet};
 use serde::{Deserialize, Serialize};
 
@@ -496,12 +496,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
                     .collect();
                 for chunk in pending.chunks(p.batch) {
                     let n = chunk.len();
-                    let x: Vec<f32> = chunk
-                        .iter()
-                        .flat_map(|&i| data.image_f32(i).unwrap_or_default())
-                        .collect();
-                    let y: Vec<usize> =
-                        chunk.iter().map(|&i| usize::from(data.labels[i])).collect();
+                    let (x, y) = images(&data, chunk);
                     let seed = chunk.first().copied().unwrap_or(0) as u64;
                     let clean = judge.predict(&x)?;
                     let clean_correct: Vec<bool> =
@@ -657,12 +652,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
                 let t = Instant::now();
                 let mut broken = 0;
                 for chunk in survivors.chunks(p.batch) {
-                    let x: Vec<f32> = chunk
-                        .iter()
-                        .flat_map(|&i| data.image_f32(i).unwrap_or_default())
-                        .collect();
-                    let y: Vec<usize> =
-                        chunk.iter().map(|&i| usize::from(data.labels[i])).collect();
+                    let (x, y) = images(&data, chunk);
                     let seed = chunk.first().copied().unwrap_or(0) as u64 + 1;
                     let mut alive: Vec<usize> = (0..chunk.len()).collect();
                     for &loss in &losses {
@@ -704,6 +694,16 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         &convergence,
         wall.elapsed().as_secs_f64(),
     )
+}
+
+/// Pixels (row-major) and labels of the images `idx`.
+fn images(data: &Dataset, idx: &[usize]) -> (Vec<f32>, Vec<usize>) {
+    let x = idx
+        .iter()
+        .flat_map(|&i| data.image_f32(i).unwrap_or_default())
+        .collect();
+    let y = idx.iter().map(|&i| usize::from(data.labels[i])).collect();
+    (x, y)
 }
 
 /// Correct on the clean input and after every attack.
