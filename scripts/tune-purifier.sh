@@ -26,5 +26,5 @@ while IFS= read -r line || [ -n "$line" ]; do
   "$bin" eval --protocol "$protocol" --data "$data" --model "$model" --out "$dir" $line \
     > "$dir.log" 2>&1 || { echo "FAILED: $line (see $dir.log)" >&2; continue; }
   echo "== $line ($(( $(date +%s) - start )) s)"
-  grep -E '^\| (ere|pursamere|denoise|none) ' "$dir/report.md" | grep -v ' | – |' | grep '%' || true
+  grep -E '^\| (ere|pursamere|denoise|none) ' "$dir/report.md" | grep '%' || true
 done < "$settings"

@@ -359,6 +359,13 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         .with_context(|| format!("cannot open {}", results.display()))?;
 
     let base = a.purifier.apply(model.purifier_config())?;
+    if base.rho > 0.0 && p.defences.iter().any(|d| d == "ere") {
+        eprintln!(
+            "note: the `ere` defence is the purifier with ρ = 0 whatever --rho or the model \
+             says; ρ = {} applies to the `pursamere` defence",
+            base.rho
+        );
+    }
     let purifier_for = |defence: &str| -> Option<PurifierConfig> {
         match defence {
             "ere" => Some(PurifierConfig { rho: 0.0, ..base }),
