@@ -582,13 +582,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
                                 let pc = pgd_cfg(norm, eps, loss, p.steps, seed, early_stop);
                                 let adv =
                                     pgd(oracle, &rows(&x, d, &alive), &rows_usize(&y, &alive), &pc);
-                                let pred = judge.predict(&adv)?;
-                                alive = alive
-                                    .iter()
-                                    .zip(&pred)
-                                    .filter(|(&k, &pl)| pl == y[k])
-                                    .map(|(&k, _)| k)
-                                    .collect();
+                                alive = still_correct(&alive, &judge.predict(&adv)?, &y);
                             }
                         }
                         let per_image = t.elapsed().as_secs_f64() / n as f64;
@@ -666,12 +660,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
                         let pc = pgd_cfg(norm, eps, loss, 2 * p.steps, seed, true);
                         let adv = pgd(&oracle, &rows(&x, d, &alive), &rows_usize(&y, &alive), &pc);
                         let pred = core_purify_classify(&model, &c, &adv)?.1;
-                        alive = alive
-                            .iter()
-                            .zip(&pred)
-                            .filter(|(&k, &pl)| pl == y[k])
-                            .map(|(&k, _)| k)
-                            .collect();
+                        alive = still_correct(&alive, &pred, &y);
                     }
                     broken += chunk.len() - alive.len();
                 }
@@ -701,6 +690,17 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         &convergence,
         wall.elapsed().as_secs_f64(),
     )
+}
+
+/// The entries of `alive` (positions in the chunk) whose prediction `pred` (one per
+/// entry of `alive`) is still the label in `y`.
+fn still_correct(alive: &[usize], pred: &[usize], y: &[usize]) -> Vec<usize> {
+    alive
+        .iter()
+        .zip(pred)
+        .filter(|(&k, &pl)| pl == y[k])
+        .map(|(&k, _)| k)
+        .collect()
 }
 
 /// Pixels (row-major) and labels of the images `idx`.
