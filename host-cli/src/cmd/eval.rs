@@ -28,7 +28,7 @@ use pursamere_trainer::model::{DeviceNet, FloatModel, FloatNet};
 use serde::{Deserialize, Serialize};
 
 use super::images::{model_bytes, parse_model};
-use super::{core_classify, core_purify_classify, fast_scratch, parallel_ranges, write_file};
+use super::{core_classify, core_purify_classify, fast_scratch_len, parallel_ranges, write_file};
 
 /// The protocol file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -249,7 +249,7 @@ impl Judge<'_> {
 
     fn scratch_len(&self) -> usize {
         match self {
-            Judge::Purify(m, c) => fast_scratch(m, c).len(),
+            Judge::Purify(m, c) => fast_scratch_len(m, c),
             Judge::Denoise(m) | Judge::Classify(m) => {
                 m.denoise_scratch_len().max(m.classify_scratch_len())
             }
@@ -485,6 +485,12 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         };
         defences.push((defence, cfg, judge, bpda, full, surrogate));
     }
+    // Records a resumed run already has: (image, defence, norm, ε bits). The loop
+    // below visits each key once, so records it adds need no entry.
+    let finished: std::collections::HashSet<(usize, String, String, u32)> = done
+        .iter()
+        .map(|r| (r.index, r.defence.clone(), r.norm.clone(), r.eps.to_bits()))
+        .collect();
     // Image blocks outermost: a stopped run has every threat of its first images.
     let indices: Vec<usize> = (p.start..p.start + p.images).collect();
     for block in indices.chunks(p.batch) {
@@ -496,9 +502,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
                     .iter()
                     .copied()
                     .filter(|&i| {
-                        !done.iter().any(|r| {
-                            r.index == i && &r.defence == defence && r.norm == nn && r.eps == eps
-                        })
+                        !finished.contains(&(i, defence.clone(), nn.to_string(), eps.to_bits()))
                     })
                     .collect();
                 for chunk in pending.chunks(p.batch) {

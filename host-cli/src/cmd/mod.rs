@@ -27,18 +27,23 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Scratch for the fastest host path of `purify` with `cfg` (all noise samples
-/// batched) that also serves `classify`.
+/// Length of the scratch for the fastest host path of `purify` with `cfg` (all
+/// noise samples batched) that also serves `classify`.
+pub fn fast_scratch_len(
+    model: &pursamere_core::Model<'_>,
+    cfg: &pursamere_core::PurifierConfig,
+) -> usize {
+    model
+        .purify_scratch_len_batched(cfg, cfg.noise_samples as usize)
+        .max(model.classify_scratch_len())
+}
+
+/// Scratch of [`fast_scratch_len`].
 pub fn fast_scratch(
     model: &pursamere_core::Model<'_>,
     cfg: &pursamere_core::PurifierConfig,
 ) -> Vec<f32> {
-    vec![
-        0.0;
-        model
-            .purify_scratch_len_batched(cfg, cfg.noise_samples as usize)
-            .max(model.classify_scratch_len())
-    ]
+    vec![0.0; fast_scratch_len(model, cfg)]
 }
 
 /// Runs `f` over `0..n` split into one contiguous range per CPU thread and
