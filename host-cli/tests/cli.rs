@@ -521,15 +521,20 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
     .unwrap();
     let out = tmp.path().join("out");
     let data = fixtures().join("mnist-sample");
-    let o = run(&[
-        "eval",
-        "--protocol",
-        s(&proto),
-        "--data",
-        s(&data),
-        "--out",
-        s(&out),
-    ]);
+    let eval = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--protocol",
+            s(&proto),
+            "--data",
+            s(&data),
+            "--out",
+            s(out),
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let o = eval(&out, &[]);
     assert!(o.status.success(), "{}", text(&o));
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
@@ -568,15 +573,7 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
     assert_eq!((info.width, info.height), (520, 420));
 
     // Running again resumes: nothing is recomputed or duplicated.
-    let o = run(&[
-        "eval",
-        "--protocol",
-        s(&proto),
-        "--data",
-        s(&data),
-        "--out",
-        s(&out),
-    ]);
+    let o = eval(&out, &[]);
     assert!(
         o.status.success() && text(&o).contains("resuming: 12 records"),
         "{}",
@@ -591,34 +588,14 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
     );
 
     std::fs::write(&proto, "images = 3\nsteps = 2\nsquare_queries = 20\nlinf_eps = [0.3]\nattacks = [\"magic\"]\ndefences = [\"none\"]\n").unwrap();
-    let o = run(&[
-        "eval",
-        "--protocol",
-        s(&proto),
-        "--data",
-        s(&data),
-        "--out",
-        s(&out),
-    ]);
+    let o = eval(&out, &[]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("unknown attack `magic`"), "{}", text(&o));
     // The surrogate attack applies to sign-step purifiers only.
     std::fs::write(&proto, "images = 2\nsteps = 2\nsquare_queries = 20\nlinf_eps = [0.3]\nattacks = [\"full\", \"surrogate\"]\ndefences = [\"ere\"]\n").unwrap();
     for (step, applies) in [("sign", true), ("gradient", false)] {
         let out = tmp.path().join(format!("out-{step}"));
-        let o = run(&[
-            "eval",
-            "--protocol",
-            s(&proto),
-            "--data",
-            s(&data),
-            "--out",
-            s(&out),
-            "--step",
-            step,
-            "--eta",
-            "0.05",
-        ]);
+        let o = eval(&out, &["--step", step, "--eta", "0.05"]);
         assert!(o.status.success(), "{}", text(&o));
         let report: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
@@ -636,27 +613,11 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
         ("split = \"validation\"", "train-images"),
     ] {
         std::fs::write(&proto, format!("images = 3\nsteps = 2\nsquare_queries = 20\nlinf_eps = [0.3]\nattacks = [\"full\"]\ndefences = [\"ere\"]\n{bad}\n")).unwrap();
-        let o = run(&[
-            "eval",
-            "--protocol",
-            s(&proto),
-            "--data",
-            s(&data),
-            "--out",
-            s(&out),
-        ]);
+        let o = eval(&out, &[]);
         assert_eq!(o.status.code(), Some(1), "{bad}");
         assert!(text(&o).contains(msg), "{bad}: {}", text(&o));
     }
     std::fs::write(&proto, "images = 3\nbogus = 1\n").unwrap();
-    let o = run(&[
-        "eval",
-        "--protocol",
-        s(&proto),
-        "--data",
-        s(&data),
-        "--out",
-        s(&out),
-    ]);
+    let o = eval(&out, &[]);
     assert!(text(&o).contains("not a valid protocol"), "{}", text(&o));
 }
