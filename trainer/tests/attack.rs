@@ -31,6 +31,23 @@ fn trained() -> (FloatNet, Vec<f32>, Vec<usize>) {
     (net, x, y)
 }
 
+/// A small purifier (K 3, M 2) and an untrained 36-24-36 denoiser.
+fn small_purifier() -> (pursamere_core::PurifierConfig, FloatNet) {
+    use pursamere_core::{Norm, PurifierConfig, StepRule};
+    let cfg = PurifierConfig {
+        sigma: 0.5,
+        noise_samples: 2,
+        iters: 3,
+        eta: 0.1,
+        rho: 0.0,
+        radius: 0.3,
+        norm: Norm::Linf,
+        step: StepRule::Gradient,
+        seed: 0,
+    };
+    (cfg, FloatNet::mlp(&[36, 24, 36], false, 1.0, 9))
+}
+
 #[test]
 fn oracle_gradients_match_finite_differences() {
     let (net, x, y) = trained();
@@ -107,21 +124,9 @@ fn pgd_stays_in_the_ball_and_breaks_the_undefended_classifier() {
 
 #[test]
 fn bpda_attacks_the_purified_classifier() {
-    use pursamere_core::{Norm, PurifierConfig, StepRule};
     use pursamere_trainer::attack::{PurifiedOracle, PurifierGradient};
     let (net, x, y) = trained();
-    let cfg = PurifierConfig {
-        sigma: 0.5,
-        noise_samples: 2,
-        iters: 3,
-        eta: 0.1,
-        rho: 0.0,
-        radius: 0.3,
-        norm: Norm::Linf,
-        step: StepRule::Gradient,
-        seed: 0,
-    };
-    let den = FloatNet::mlp(&[36, 24, 36], false, 1.0, 9);
+    let (cfg, den) = small_purifier();
     let o = PurifiedOracle::new(&den, &net, 36, cfg, PurifierGradient::Bpda);
     // The BPDA gradient is the classifier's gradient at the purified point.
     let reference = pursamere_trainer::reference::Reference::<f32, dfdx::prelude::Cpu>::new(
@@ -195,21 +200,9 @@ fn square_attack_fools_the_undefended_classifier_without_gradients() {
 
 #[test]
 fn full_gradient_attack_is_at_least_as_strong_as_bpda_here() {
-    use pursamere_core::{Norm, PurifierConfig, StepRule};
     use pursamere_trainer::attack::{PurifiedOracle, PurifierGradient};
     let (net, x, y) = trained();
-    let cfg = PurifierConfig {
-        sigma: 0.5,
-        noise_samples: 2,
-        iters: 3,
-        eta: 0.1,
-        rho: 0.0,
-        radius: 0.3,
-        norm: Norm::Linf,
-        step: StepRule::Gradient,
-        seed: 0,
-    };
-    let den = FloatNet::mlp(&[36, 24, 36], false, 1.0, 9);
+    let (cfg, den) = small_purifier();
     let full = PurifiedOracle::new(&den, &net, 36, cfg, PurifierGradient::Full);
     let bpda = PurifiedOracle::new(&den, &net, 36, cfg, PurifierGradient::Bpda);
     let (xs, ys) = (&x[..36 * 30], &y[..30]);
