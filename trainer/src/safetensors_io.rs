@@ -9,9 +9,9 @@
 //!   `dense,relu,dense`; `{net}.residual` = `true`/`false`; `purifier` (JSON object
 //!   with the fields of `PurifierConfig`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
 
 use crate::model::{FloatLayer, FloatModel, FloatNet};
 
@@ -44,7 +44,61 @@ fn net_layers(net: &FloatNet) -> String {
         .join(",")
 }
 
-/// Serialises a float model.
+/// Rewrites a safetensors header with every key sorted (metadata entries and
+/// tensors), so the same model always gives the same bytes: the `safetensors` crate
+/// writes its metadata map in hash order.
+fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>, SafetensorsError> {
+    let bad = |why: String| SafetensorsError::Container(format!("serialised header: {why}"));
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        .ok_or_else(|| bad("too short".into()))?;
+    let end = usize::try_from(n)
+        .ok()
+        .and_then(|n| n.checked_add(8))
+        .filter(|&e| e <= bytes.len())
+        .ok_or_else(|| bad(format!("length {n}")))?;
+    let mut header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..end]).map_err(|e| bad(e.to_string()))?;
+    if let Some(meta) = header.get_mut("__metadata__") {
+        let sorted: BTreeMap<String, String> =
+            serde_json::from_value(meta.take()).map_err(|e| bad(e.to_string()))?;
+        *meta = serde_json::to_value(sorted).map_err(|e| bad(e.to_string()))?;
+    }
+    let mut text = serde_json::to_vec(&header).map_err(|e| bad(e.to_string()))?;
+    // Keep the data 8-byte aligned, as the crate does.
+    text.resize(text.len().div_ceil(8) * 8, b' ');
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - end);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[end..]);
+    Ok(out)
+}
+
+/// Says in words why `bytes` is not a readable safetensors file.
+fn container_error(bytes: &[u8], e: SafeTensorError) -> SafetensorsError {
+    let why = match e {
+        _ if bytes.starts_with(b"PSMR") => {
+            "this is a .psm model file, not a .safetensors file".to_owned()
+        }
+        _ if bytes.is_empty() => "the file is empty, not a .safetensors file".to_owned(),
+        SafeTensorError::HeaderTooSmall
+        | SafeTensorError::HeaderTooLarge
+        | SafeTensorError::InvalidHeaderLength
+        | SafeTensorError::InvalidHeader
+        | SafeTensorError::InvalidHeaderStart
+        | SafeTensorError::InvalidHeaderDeserialization => {
+            format!("not a .safetensors file (its header is unreadable: {e:?})")
+        }
+        SafeTensorError::MetadataIncompleteBuffer => {
+            "the file is truncated (it ends before the tensor data the header lists)".to_owned()
+        }
+        other => format!("not a valid .safetensors file ({other:?})"),
+    };
+    SafetensorsError::Container(why)
+}
+
+/// Serialises a float model; the same model always gives the same bytes.
 pub fn to_safetensors(model: &FloatModel) -> Result<Vec<u8>, SafetensorsError> {
     let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut meta = HashMap::new();
@@ -90,16 +144,15 @@ pub fn to_safetensors(model: &FloatModel) -> Result<Vec<u8>, SafetensorsError> {
             .map_err(|e| SafetensorsError::Content(format!("{name}: {e:?}")))?;
         views.push((name.clone(), view));
     }
-    safetensors::serialize(views, &Some(meta))
-        .map_err(|e| SafetensorsError::Container(format!("{e:?}")))
+    let bytes = safetensors::serialize(views, &Some(meta))
+        .map_err(|e| SafetensorsError::Container(format!("{e:?}")))?;
+    canonical_header(bytes)
 }
 
 /// Reads a float model written by [`to_safetensors`].
 pub fn from_safetensors(bytes: &[u8]) -> Result<FloatModel, SafetensorsError> {
-    let (_, header) = SafeTensors::read_metadata(bytes)
-        .map_err(|e| SafetensorsError::Container(format!("{e:?}")))?;
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| SafetensorsError::Container(format!("{e:?}")))?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| container_error(bytes, e))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| container_error(bytes, e))?;
     let meta = header.metadata().clone().unwrap_or_default();
     let get = |k: &str| {
         meta.get(k)

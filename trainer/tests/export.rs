@@ -153,3 +153,40 @@ fn safetensors_round_trips_the_float_model() {
     let text = String::from_utf8_lossy(&bytes).to_string();
     assert!(text.contains("pursamere-float-v1"));
 }
+
+#[test]
+fn safetensors_export_is_byte_reproducible() {
+    use pursamere_trainer::safetensors_io::to_safetensors;
+    let fm = model();
+    let first = to_safetensors(&fm).unwrap();
+    // The metadata map is hashed with a new random state each time: without a
+    // canonical order, a handful of exports differ.
+    for _ in 0..8 {
+        assert_eq!(to_safetensors(&fm).unwrap(), first);
+    }
+    // Keys appear sorted in the header.
+    let n = u64::from_le_bytes(first[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&first[8..8 + n]).unwrap();
+    let pos = |k: &str| header.find(&format!("\"{k}\"")).unwrap();
+    assert!(pos("class_names") < pos("dataset") && pos("dataset") < pos("format"));
+    assert_eq!((8 + n) % 8, 0, "data stays 8-byte aligned");
+}
+
+#[test]
+fn safetensors_reader_says_what_the_file_is() {
+    use pursamere_trainer::safetensors_io::from_safetensors;
+    let psm = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/mnist.psm"
+    ))
+    .unwrap();
+    let e = from_safetensors(&psm).unwrap_err().to_string();
+    assert!(e.contains(".psm model file"), "{e}");
+    assert!(!e.contains("HeaderTooLarge"), "{e}");
+    let e = from_safetensors(b"hello world, this is text")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a .safetensors file"), "{e}");
+    let e = from_safetensors(&[]).unwrap_err().to_string();
+    assert!(e.contains("empty"), "{e}");
+}
