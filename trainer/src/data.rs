@@ -42,6 +42,18 @@ pub enum DataError {
         /// "images" or "labels".
         what: &'static str,
     },
+    /// The file is shorter than an IDX header: empty or cut off.
+    #[error("{path}: {}; an IDX {what} file starts with a {needed}-byte header", if *.found == 0 { "the file is empty".to_owned() } else { format!("the file is truncated ({found} bytes)") })]
+    Truncated {
+        /// File.
+        path: PathBuf,
+        /// Bytes present.
+        found: u64,
+        /// Header bytes needed.
+        needed: u64,
+        /// "images" or "labels".
+        what: &'static str,
+    },
     /// A dimension is zero or the image size is implausible.
     #[error("{path}: bad dimensions {dims:?}")]
     BadDims {
@@ -289,6 +301,14 @@ fn parse_idx<'b>(
 ) -> Result<(Vec<u32>, &'b [u8]), DataError> {
     let ndims = (magic & 0xff) as usize;
     let header_len = 4 + 4 * ndims;
+    if bytes.len() < 4 {
+        return Err(DataError::Truncated {
+            path: path.to_owned(),
+            found: bytes.len() as u64,
+            needed: header_len as u64,
+            what,
+        });
+    }
     let found_magic = bytes
         .get(..4)
         .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
@@ -304,10 +324,11 @@ fn parse_idx<'b>(
         }
     }
     let Some(header) = bytes.get(4..header_len) else {
-        return Err(DataError::Length {
+        return Err(DataError::Truncated {
             path: path.to_owned(),
-            expected: header_len as u64,
             found: bytes.len() as u64,
+            needed: header_len as u64,
+            what,
         });
     };
     let dims: Vec<u32> = header

@@ -5,8 +5,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use pursamere_trainer::data::{
-    load_idx_pair, load_mnist_dir, read_idx_images, DataError, Split, IDX_IMAGES_MAGIC,
-    IDX_LABELS_MAGIC,
+    load_idx_pair, load_mnist_dir, read_idx_images, read_idx_labels, DataError, Split,
+    IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC,
 };
 
 fn idx(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
@@ -102,17 +102,29 @@ fn bad_files_say_what_is_wrong() {
 
     // Truncated header.
     let head = write(d, "head", &IDX_IMAGES_MAGIC.to_be_bytes()[..]);
-    assert!(matches!(
-        read_idx_images(&head).unwrap_err(),
-        DataError::Length { .. }
-    ));
+    let e = read_idx_images(&head).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DataError::Truncated {
+                found: 4,
+                needed: 16,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(msg(e).contains("truncated (4 bytes)"));
 
-    // Empty file.
+    // Empty file: said so, not "magic 0x00000000".
     let empty = write(d, "empty", &[]);
-    assert!(matches!(
-        read_idx_images(&empty).unwrap_err(),
-        DataError::BadMagic { found: 0, .. }
-    ));
+    let e = read_idx_images(&empty).unwrap_err();
+    assert!(matches!(e, DataError::Truncated { found: 0, .. }), "{e}");
+    let m = msg(e);
+    assert!(m.contains("empty") && !m.contains("magic"), "{m}");
+    let two = write(d, "two-bytes", &[0, 0]);
+    let e = read_idx_labels(&two).unwrap_err();
+    assert!(msg(e).contains("truncated (2 bytes)"));
 
     // Zero-sized images.
     let zero = write(d, "zero", &idx(IDX_IMAGES_MAGIC, &[3, 0, 3], &[]));
