@@ -21,7 +21,7 @@ use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
-use crate::model::{Batch, DeviceNet, FloatNet};
+use crate::model::{Batch, DeviceNet, FloatLayer, FloatNet};
 
 /// The device the trainer uses: the CPU, or CUDA with the `cuda` feature.
 pub type Dev = AutoDevice;
@@ -348,6 +348,7 @@ pub fn train(
             )));
         }
     }
+    check_network(&ck.net, train_set.image_len())?;
     let dev = Dev::seed_from_u64(cfg.seed);
     let mut net = DeviceNet::<f32, Dev>::from_float(&ck.net, &dev);
     let mut mom = Moments {
@@ -430,6 +431,47 @@ pub fn train(
     ck.adam_m = mom.m.to_float();
     ck.adam_v = mom.v.to_float();
     Ok(ck)
+}
+
+/// Checks that every dense layer has a non-zero size, that consecutive layers fit
+/// and that the first takes `input_len` values (dfdx would panic instead).
+fn check_network(net: &FloatNet, input_len: usize) -> Result<(), TrainError> {
+    let mut len = input_len;
+    for (i, l) in net.layers.iter().enumerate() {
+        if let FloatLayer::Dense {
+            inputs,
+            outputs,
+            weights,
+            bias,
+        } = l
+        {
+            if *inputs == 0 || *outputs == 0 {
+                return Err(TrainError::Config(format!(
+                    "layer {i} is {inputs} -> {outputs} wide; every layer needs at least one input and one output"
+                )));
+            }
+            if *inputs != len {
+                return Err(TrainError::Config(format!(
+                    "layer {i} takes {inputs} values but receives {len} (the images have {input_len} pixels)"
+                )));
+            }
+            if weights.len() != inputs * outputs || bias.len() != *outputs {
+                return Err(TrainError::Config(format!(
+                    "layer {i} holds {} weights and {} biases, expected {} and {outputs}",
+                    weights.len(),
+                    bias.len(),
+                    inputs * outputs
+                )));
+            }
+            len = *outputs;
+        }
+    }
+    if net.residual && len != input_len {
+        return Err(TrainError::Config(format!(
+            "a residual network must return {input_len} values, this one returns {len}"
+        )));
+    }
+    Ok(())
 }
 
 fn progress_bar(

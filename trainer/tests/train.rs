@@ -107,6 +107,24 @@ fn bad_settings_and_files_are_errors() {
     let e = train(ck, &data, &data, &RunOptions::default()).unwrap_err();
     assert!(matches!(e, TrainError::Config(_)) && e.to_string().contains("noise levels"));
 
+    // Zero-width and mismatched networks are errors, not panics inside dfdx.
+    for (dims, word) in [
+        (&[36, 0, 36][..], "at least one"),
+        (&[36, 8, 0][..], "at least one"),
+        (&[25, 8, 36][..], "36 pixels"),
+    ] {
+        let ck = fresh_checkpoint(
+            Objective::Denoiser { sigmas: vec![0.5] },
+            config(),
+            FloatNet::mlp(dims, false, 1.0, 1),
+        );
+        let e = train(ck, &data, &data, &RunOptions::default()).unwrap_err();
+        assert!(
+            matches!(e, TrainError::Config(_)) && e.to_string().contains(word),
+            "{dims:?}: {e}"
+        );
+    }
+
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.ckpt");
     std::fs::write(&junk, b"not a checkpoint").unwrap();
