@@ -201,6 +201,95 @@ pub enum FormatError {
         /// Bytes available.
         available: usize,
     },
+    /// A convolution or upsampling layer declares a different number of input
+    /// channels than the previous feature map has.
+    ChannelMismatch {
+        /// Network.
+        network: NetworkKind,
+        /// Layer index.
+        layer: usize,
+        /// Channels the previous layer produces.
+        expected: usize,
+        /// Channels this layer takes.
+        found: usize,
+    },
+    /// A convolution or upsampling layer declares a different input height or width
+    /// than the previous feature map has.
+    SpatialMismatch {
+        /// Network.
+        network: NetworkKind,
+        /// Layer index.
+        layer: usize,
+        /// `[height, width]` the previous layer produces.
+        expected: [usize; 2],
+        /// `[height, width]` this layer takes.
+        found: [usize; 2],
+    },
+    /// A convolution kernel side outside `1 ..= MAX_KERNEL`.
+    KernelSize {
+        /// Network.
+        network: NetworkKind,
+        /// Layer index.
+        layer: usize,
+        /// The kernel side.
+        kernel: u16,
+    },
+    /// A convolution stride other than 1 or 2.
+    Stride {
+        /// Network.
+        network: NetworkKind,
+        /// Layer index.
+        layer: usize,
+        /// The stride.
+        stride: u16,
+    },
+    /// Zero padding larger than half the kernel (`2·padding > kernel`).
+    Padding {
+        /// Network.
+        network: NetworkKind,
+        /// Layer index.
+        layer: usize,
+        /// The padding.
+        padding: u16,
+        /// The kernel side.
+        kernel: u16,
+    },
+    /// The kernel does not fit in the padded input, so the output would be empty.
+    KernelExceedsInput {
+        /// Network.
+        network: NetworkKind,
+        /// Layer index.
+        layer: usize,
+        /// The kernel side.
+        kernel: u16,
+        /// The padding.
+        padding: u16,
+        /// `[height, width]` of the input.
+        input: [usize; 2],
+    },
+    /// The denoiser ends with a feature map whose `[channels, height, width]` is not
+    /// the input image shape (same length, different shape).
+    OutputShape {
+        /// Network.
+        network: NetworkKind,
+        /// The input shape `[channels, height, width]`.
+        expected: [usize; 3],
+        /// The shape of the last feature map.
+        found: [usize; 3],
+    },
+    /// A layer kind that needs a newer format version than the file declares.
+    LayerVersion {
+        /// Network.
+        network: NetworkKind,
+        /// Layer index.
+        layer: usize,
+        /// Layer kind (`conv2d`, ...).
+        kind: &'static str,
+        /// Oldest version that stores this kind.
+        needed: u16,
+        /// Version in the file prefix.
+        declared: u16,
+    },
 }
 
 impl fmt::Display for FormatError {
@@ -219,7 +308,8 @@ impl fmt::Display for FormatError {
             ),
             UnsupportedVersion(v) => write!(
                 f,
-                "model format version {v} is not supported (this build reads version {})",
+                "model format version {v} is not supported (this build reads versions {} to {}); re-export the model with a matching `pursamere export`",
+                crate::format::MIN_FORMAT_VERSION,
                 crate::format::FORMAT_VERSION
             ),
             UnknownFlags(v) => write!(f, "unknown flag bits {v:#06x} in the model file prefix"),
@@ -271,6 +361,42 @@ impl fmt::Display for FormatError {
             BufferTooSmall { needed, available } => write!(
                 f,
                 "output buffer holds {available} bytes but the model file needs {needed}"
+            ),
+            ChannelMismatch { network, layer, expected, found } => write!(
+                f,
+                "{network} layer {layer} takes {found} input channels but the previous layer produces {expected}"
+            ),
+            SpatialMismatch { network, layer, expected, found } => write!(
+                f,
+                "{network} layer {layer} takes {}x{} (height x width) feature maps but the previous layer produces {}x{}",
+                found[0], found[1], expected[0], expected[1]
+            ),
+            KernelSize { network, layer, kernel } => write!(
+                f,
+                "{network} layer {layer}: kernel size {kernel} is not between 1 and {}",
+                crate::conv::MAX_KERNEL
+            ),
+            Stride { network, layer, stride } => write!(
+                f,
+                "{network} layer {layer}: stride {stride} is not supported (1 or 2)"
+            ),
+            Padding { network, layer, padding, kernel } => write!(
+                f,
+                "{network} layer {layer}: padding {padding} is more than half the kernel size {kernel}"
+            ),
+            KernelExceedsInput { network, layer, kernel, padding, input } => write!(
+                f,
+                "{network} layer {layer}: a {kernel}x{kernel} kernel does not fit in the {}x{} input padded by {padding}",
+                input[0], input[1]
+            ),
+            OutputShape { network, expected, found } => write!(
+                f,
+                "the {network} produces {}x{}x{} (CxHxW) feature maps but the input images are {}x{}x{}",
+                found[0], found[1], found[2], expected[0], expected[1], expected[2]
+            ),
+            LayerVersion { network, layer, kind, needed, declared } => write!(
+                f,
+                "{network} layer {layer} is a {kind} layer, which needs format version {needed}, but the file declares version {declared}"
             ),
         }
     }

@@ -1,9 +1,10 @@
-//! The `.psm` model file, version 1: one definition shared by reader and writer.
+//! The `.psm` model file, versions 1 and 2: one definition shared by reader and
+//! writer.
 //!
 //! ```text
 //! offset  size  field
 //! 0       4     magic "PSMR"
-//! 4       2     format version, u16 little-endian (= 1)
+//! 4       2     format version, u16 little-endian (1 or 2)
 //! 6       2     flags, u16 little-endian (= 0; no flags are defined)
 //! 8       4     payload length P, u32 little-endian
 //! 12      P     postcard encoding of `ModelSpec`
@@ -14,6 +15,14 @@
 //! borrows them from the file without copying: int8 weights as bytes, f32 scales and
 //! biases as little-endian IEEE-754 bytes. Field order inside the payload is the
 //! declaration order of the structs below.
+//!
+//! Version 2 only adds layer variants (`Conv2d`, `Upsample2x`) at the end of the
+//! layer enum; the encoding of everything else is unchanged. The writer stamps the
+//! oldest version that can hold the model: a dense-only model is still written as
+//! version 1, byte for byte as before, and a model with a version-2 layer as
+//! version 2, so an older reader rejects it with a version message rather than a
+//! decoding error. The reader accepts both and rejects a version-1 file that holds a
+//! version-2 layer.
 
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
@@ -24,8 +33,11 @@ use crate::purify::PurifierConfig;
 
 /// File magic.
 pub const MAGIC: [u8; 4] = *b"PSMR";
-/// The format version this build reads and writes.
-pub const FORMAT_VERSION: u16 = 1;
+/// The newest format version this build reads and writes.
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest format version this build reads (and writes, for models that need
+/// nothing newer).
+pub const MIN_FORMAT_VERSION: u16 = 1;
 /// Bytes before the payload.
 pub const PREFIX_LEN: usize = 12;
 /// Bytes of the trailing CRC.
@@ -113,20 +125,134 @@ pub(crate) struct NetInfo {
     pub macs: u64,
 }
 
-fn validate_network(
-    spec: &NetworkSpec<'_>,
-    kind: NetworkKind,
-    input_len: usize,
-) -> Result<NetInfo, FormatError> {
-    if spec.layers.is_empty() {
-        return Err(FormatError::EmptyNetwork(kind));
+/// The shape of the values flowing between two layers: a feature map
+/// (`channels × height × width`, channel-major) or a flat vector. A dense layer
+/// reads either as a flat vector in memory order (the flatten boundary is a shape
+/// rule, not a copy); a conv or upsampling layer reads a flat vector as the map it
+/// declares when the lengths agree, and a map only when channels, height and width
+/// all agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Flat(usize),
+    Map { c: usize, h: usize, w: usize },
+}
+
+impl Shape {
+    fn len(self) -> usize {
+        match self {
+            Shape::Flat(n) => n,
+            Shape::Map { c, h, w } => c * h * w,
+        }
     }
-    let mut len = input_len;
-    let mut max_width = input_len;
-    let mut acts_len = input_len;
-    let mut macs = 0u64;
-    for (layer, l) in spec.layers.iter().enumerate() {
-        if let Layer::Dense(d) = l {
+}
+
+/// A size as the `u32` an error reports (saturating).
+fn dim32(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+/// Checks the declared input map of a conv or upsampling layer against the shape
+/// that reaches it.
+fn check_map_input(
+    kind: NetworkKind,
+    layer: usize,
+    prev: Shape,
+    (c, h, w): (u16, u16, u16),
+) -> Result<(), FormatError> {
+    for dim in [c, h, w] {
+        if dim == 0 {
+            return Err(FormatError::LayerDimension {
+                network: kind,
+                layer,
+                dim: 0,
+            });
+        }
+    }
+    let (c, h, w) = (usize::from(c), usize::from(h), usize::from(w));
+    let in_len = c as u64 * h as u64 * w as u64;
+    if in_len > u64::from(MAX_DIM) {
+        return Err(FormatError::LayerDimension {
+            network: kind,
+            layer,
+            dim: dim32(in_len),
+        });
+    }
+    match prev {
+        Shape::Flat(n) if n != c * h * w => Err(FormatError::LayerShape {
+            network: kind,
+            layer,
+            expected: n,
+            found: c * h * w,
+        }),
+        Shape::Map { c: pc, .. } if pc != c => Err(FormatError::ChannelMismatch {
+            network: kind,
+            layer,
+            expected: pc,
+            found: c,
+        }),
+        Shape::Map { h: ph, w: pw, .. } if (ph, pw) != (h, w) => {
+            Err(FormatError::SpatialMismatch {
+                network: kind,
+                layer,
+                expected: [ph, pw],
+                found: [h, w],
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Tensor byte lengths, scales and biases of a layer with `rows` output rows
+/// (dense) or channels (conv).
+fn check_tensors(
+    kind: NetworkKind,
+    layer: usize,
+    tensors: [(TensorKind, usize, u64); 3],
+    rows: usize,
+    scale: impl Fn(usize) -> f32,
+    bias: impl Fn(usize) -> f32,
+) -> Result<(), FormatError> {
+    for (tensor, found, expected) in tensors {
+        if found as u64 != expected {
+            return Err(FormatError::TensorLength {
+                network: kind,
+                layer,
+                tensor,
+                expected: usize::try_from(expected).unwrap_or(usize::MAX),
+                found,
+            });
+        }
+    }
+    for row in 0..rows {
+        let s = scale(row);
+        if !(s.is_finite() && s > 0.0) {
+            return Err(FormatError::BadScale {
+                network: kind,
+                layer,
+                row,
+            });
+        }
+        if !bias(row).is_finite() {
+            return Err(FormatError::BadBias {
+                network: kind,
+                layer,
+                row,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Validates one layer given the shape that reaches it; returns the shape it
+/// produces.
+fn validate_layer(
+    l: &Layer<'_>,
+    kind: NetworkKind,
+    layer: usize,
+    prev: Shape,
+) -> Result<Shape, FormatError> {
+    match l {
+        Layer::Dense(d) => {
             for dim in [d.inputs, d.outputs] {
                 if dim == 0 || dim > MAX_DIM {
                     return Err(FormatError::LayerDimension {
@@ -136,87 +262,219 @@ fn validate_network(
                     });
                 }
             }
-            if d.inputs as usize != len {
+            if d.inputs as usize != prev.len() {
                 return Err(FormatError::LayerShape {
                     network: kind,
                     layer,
-                    expected: len,
+                    expected: prev.len(),
                     found: d.inputs as usize,
                 });
             }
             let rows = d.outputs as usize;
-            // Checked: on 32-bit targets the product of two large dimensions overflows.
-            let Some(weight_len) = rows.checked_mul(d.inputs as usize) else {
+            // u64: on 32-bit targets the product of two large dimensions overflows usize.
+            let weight_len = u64::from(d.outputs) * u64::from(d.inputs);
+            check_tensors(
+                kind,
+                layer,
+                [
+                    (TensorKind::Weights, d.weights.len(), weight_len),
+                    (TensorKind::Scales, d.scales.len(), rows as u64 * 4),
+                    (TensorKind::Bias, d.bias.len(), rows as u64 * 4),
+                ],
+                rows,
+                |r| d.scale(r),
+                |r| d.bias(r),
+            )?;
+            Ok(Shape::Flat(rows))
+        }
+        Layer::Relu => Ok(prev),
+        Layer::Conv2d(c) => {
+            check_map_input(kind, layer, prev, (c.in_channels, c.height, c.width))?;
+            if c.out_channels == 0 {
                 return Err(FormatError::LayerDimension {
                     network: kind,
                     layer,
-                    dim: d.outputs,
+                    dim: 0,
                 });
-            };
-            let checks = [
-                (TensorKind::Weights, d.weights.len(), weight_len),
-                (TensorKind::Scales, d.scales.len(), rows * 4),
-                (TensorKind::Bias, d.bias.len(), rows * 4),
-            ];
-            for (tensor, found, expected) in checks {
-                if found != expected {
-                    return Err(FormatError::TensorLength {
-                        network: kind,
-                        layer,
-                        tensor,
-                        expected,
-                        found,
-                    });
-                }
             }
-            for row in 0..rows {
-                let s = d.scale(row);
-                if !(s.is_finite() && s > 0.0) {
-                    return Err(FormatError::BadScale {
-                        network: kind,
-                        layer,
-                        row,
-                    });
-                }
-                if !d.bias(row).is_finite() {
-                    return Err(FormatError::BadBias {
-                        network: kind,
-                        layer,
-                        row,
-                    });
-                }
+            if c.kernel == 0 || c.kernel > crate::conv::MAX_KERNEL {
+                return Err(FormatError::KernelSize {
+                    network: kind,
+                    layer,
+                    kernel: c.kernel,
+                });
             }
+            if !matches!(c.stride, 1 | 2) {
+                return Err(FormatError::Stride {
+                    network: kind,
+                    layer,
+                    stride: c.stride,
+                });
+            }
+            if 2 * u32::from(c.padding) > u32::from(c.kernel) {
+                return Err(FormatError::Padding {
+                    network: kind,
+                    layer,
+                    padding: c.padding,
+                    kernel: c.kernel,
+                });
+            }
+            let (oh, ow) = (c.out_height(), c.out_width());
+            if oh == 0 || ow == 0 {
+                return Err(FormatError::KernelExceedsInput {
+                    network: kind,
+                    layer,
+                    kernel: c.kernel,
+                    padding: c.padding,
+                    input: [usize::from(c.height), usize::from(c.width)],
+                });
+            }
+            let rows = usize::from(c.out_channels);
+            let out_len = rows as u64 * oh as u64 * ow as u64;
+            if out_len > u64::from(MAX_DIM) {
+                return Err(FormatError::LayerDimension {
+                    network: kind,
+                    layer,
+                    dim: dim32(out_len),
+                });
+            }
+            check_tensors(
+                kind,
+                layer,
+                [
+                    (TensorKind::Weights, c.weights.len(), c.weight_len()),
+                    (TensorKind::Scales, c.scales.len(), rows as u64 * 4),
+                    (TensorKind::Bias, c.bias.len(), rows as u64 * 4),
+                ],
+                rows,
+                |r| c.scale(r),
+                |r| c.bias(r),
+            )?;
+            Ok(Shape::Map {
+                c: rows,
+                h: oh,
+                w: ow,
+            })
         }
+        Layer::Upsample2x(u) => {
+            check_map_input(kind, layer, prev, (u.channels, u.height, u.width))?;
+            let out_len = 4 * u.input_len() as u64;
+            if out_len > u64::from(MAX_DIM) {
+                return Err(FormatError::LayerDimension {
+                    network: kind,
+                    layer,
+                    dim: dim32(out_len),
+                });
+            }
+            Ok(Shape::Map {
+                c: usize::from(u.channels),
+                h: 2 * usize::from(u.height),
+                w: 2 * usize::from(u.width),
+            })
+        }
+    }
+}
+
+fn validate_network(
+    spec: &NetworkSpec<'_>,
+    kind: NetworkKind,
+    input: Shape,
+) -> Result<(NetInfo, Shape), FormatError> {
+    if spec.layers.is_empty() {
+        return Err(FormatError::EmptyNetwork(kind));
+    }
+    let input_len = input.len();
+    let mut shape = input;
+    let mut max_width = input_len;
+    let mut acts_len = input_len;
+    let mut macs = 0u64;
+    for (layer, l) in spec.layers.iter().enumerate() {
+        shape = validate_layer(l, kind, layer, shape)?;
+        let len = shape.len();
         macs += l.macs();
-        len = l.output_len(len);
         max_width = max_width.max(len);
         acts_len += len;
     }
-    Ok(NetInfo {
-        input_len,
-        output_len: len,
-        max_width,
-        acts_len,
-        macs,
-    })
+    Ok((
+        NetInfo {
+            input_len,
+            output_len: shape.len(),
+            max_width,
+            acts_len,
+            macs,
+        },
+        shape,
+    ))
+}
+
+/// The oldest format version that can store `spec` (what the writer stamps).
+pub fn required_version(spec: &ModelSpec<'_>) -> u16 {
+    spec.denoiser
+        .layers
+        .iter()
+        .chain(&spec.classifier.layers)
+        .map(Layer::min_format_version)
+        .fold(MIN_FORMAT_VERSION, u16::max)
+}
+
+/// Rejects a layer kind newer than the version the file declares.
+pub(crate) fn check_version(spec: &ModelSpec<'_>, declared: u16) -> Result<(), FormatError> {
+    for (network, net) in [
+        (NetworkKind::Denoiser, &spec.denoiser),
+        (NetworkKind::Classifier, &spec.classifier),
+    ] {
+        for (layer, l) in net.layers.iter().enumerate() {
+            let needed = l.min_format_version();
+            if needed > declared {
+                return Err(FormatError::LayerVersion {
+                    network,
+                    layer,
+                    kind: l.kind_name(),
+                    needed,
+                    declared,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks every invariant of a model; returns the derived sizes of both networks.
 pub(crate) fn validate(spec: &ModelSpec<'_>) -> Result<(NetInfo, NetInfo), FormatError> {
     let s = spec.meta.input_shape;
-    let d = s.len();
-    if d == 0 || d > MAX_DIM as usize {
+    // u64: three u16 factors overflow a 32-bit usize.
+    let d64 = u64::from(s.channels) * u64::from(s.height) * u64::from(s.width);
+    if d64 == 0 || d64 > u64::from(MAX_DIM) {
         return Err(FormatError::InputShape {
             channels: s.channels,
             height: s.height,
             width: s.width,
         });
     }
+    let d = s.len();
     let classes = spec.meta.class_names.len();
     if classes == 0 {
         return Err(FormatError::NoClasses);
     }
-    let den = validate_network(&spec.denoiser, NetworkKind::Denoiser, d)?;
+    let input = Shape::Map {
+        c: usize::from(s.channels),
+        h: usize::from(s.height),
+        w: usize::from(s.width),
+    };
+    let (den, den_shape) = validate_network(&spec.denoiser, NetworkKind::Denoiser, input)?;
+    if let Shape::Map { c, h, w } = den_shape {
+        if den_shape != input {
+            return Err(FormatError::OutputShape {
+                network: NetworkKind::Denoiser,
+                expected: [
+                    usize::from(s.channels),
+                    usize::from(s.height),
+                    usize::from(s.width),
+                ],
+                found: [c, h, w],
+            });
+        }
+    }
     if den.output_len != d {
         return Err(FormatError::OutputLength {
             network: NetworkKind::Denoiser,
@@ -224,7 +482,7 @@ pub(crate) fn validate(spec: &ModelSpec<'_>) -> Result<(NetInfo, NetInfo), Forma
             found: den.output_len,
         });
     }
-    let cls = validate_network(&spec.classifier, NetworkKind::Classifier, d)?;
+    let (cls, _) = validate_network(&spec.classifier, NetworkKind::Classifier, input)?;
     if cls.output_len != classes {
         return Err(FormatError::OutputLength {
             network: NetworkKind::Classifier,
@@ -236,8 +494,9 @@ pub(crate) fn validate(spec: &ModelSpec<'_>) -> Result<(NetInfo, NetInfo), Forma
     Ok((den, cls))
 }
 
-/// Splits and checks the framing; returns the payload bytes.
-pub(crate) fn unframe(bytes: &[u8]) -> Result<&[u8], FormatError> {
+/// Splits and checks the framing; returns the declared version and the payload
+/// bytes.
+pub(crate) fn unframe(bytes: &[u8]) -> Result<(u16, &[u8]), FormatError> {
     let too_short = FormatError::TooShort { len: bytes.len() };
     let (prefix, rest) = bytes.split_first_chunk::<PREFIX_LEN>().ok_or(too_short)?;
     let (body, crc) = rest.split_last_chunk::<CRC_LEN>().ok_or(too_short)?;
@@ -246,7 +505,7 @@ pub(crate) fn unframe(bytes: &[u8]) -> Result<&[u8], FormatError> {
         return Err(FormatError::BadMagic([m0, m1, m2, m3]));
     }
     let version = u16::from_le_bytes([v0, v1]);
-    if version != FORMAT_VERSION {
+    if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(FormatError::UnsupportedVersion(version));
     }
     let flags = u16::from_le_bytes([f0, f1]);
@@ -268,7 +527,7 @@ pub(crate) fn unframe(bytes: &[u8]) -> Result<&[u8], FormatError> {
     if stored != computed {
         return Err(FormatError::CrcMismatch { stored, computed });
     }
-    Ok(body)
+    Ok((version, body))
 }
 
 /// Decodes a payload (no validation beyond what postcard checks).
@@ -292,7 +551,9 @@ pub fn encoded_len(spec: &ModelSpec<'_>) -> Result<usize, FormatError> {
 }
 
 /// Validates `spec` and writes it as a `.psm` file into `out`; returns the number of
-/// bytes written (the file is `&out[..n]`). Use [`encoded_len`] to size `out`.
+/// bytes written (the file is `&out[..n]`). Use [`encoded_len`] to size `out`. The
+/// prefix carries [`required_version`]`(spec)`: 1 for dense/ReLU models, 2 when a
+/// convolution or upsampling layer is present.
 pub fn write_model(spec: &ModelSpec<'_>, out: &mut [u8]) -> Result<usize, FormatError> {
     validate(spec)?;
     let needed = encoded_len(spec)?;
@@ -309,7 +570,7 @@ pub fn write_model(spec: &ModelSpec<'_>, out: &mut [u8]) -> Result<usize, Format
         .split_last_chunk_mut::<CRC_LEN>()
         .ok_or(FormatError::BufferTooSmall { needed, available })?;
     prefix[..4].copy_from_slice(&MAGIC);
-    prefix[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    prefix[4..6].copy_from_slice(&required_version(spec).to_le_bytes());
     prefix[6..8].copy_from_slice(&0u16.to_le_bytes());
     prefix[8..12].copy_from_slice(&declared.to_le_bytes());
     postcard::to_slice(spec, body)

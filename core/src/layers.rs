@@ -4,11 +4,16 @@
 //! to its *input* (never its weights: the core does not train). A network stores the
 //! input of every layer in an activation buffer during the forward pass so the VJP
 //! can read it; the buffer layout is computed from [`Layer::output_len`] alone, so a
-//! new layer kind (a 3×3 convolution, say) is one new enum variant plus its two
-//! kernels, and the public API does not change.
+//! new layer kind is one new enum variant plus its two kernels, and the public API
+//! does not change. Convolutions and upsampling live in `conv` (see `docs/CONV.md`).
+//!
+//! Variant order is the file encoding (postcard writes the variant index): `Dense`
+//! = 0 and `Relu` = 1 since format version 1, `Conv2d` = 2 and `Upsample2x` = 3
+//! since version 2. New variants go at the end.
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::conv::{Conv2d, Upsample2x};
 use crate::kernels::{axpy, axpy4, dot, dot4, f32_at, widen_row};
 
 /// One layer of a network.
@@ -17,8 +22,13 @@ use crate::kernels::{axpy, axpy4, dot, dot4, f32_at, widen_row};
 pub enum Layer<'a> {
     /// Fully connected: `y[o] = scale[o] · Σ_i w[o][i] x[i] + bias[o]`.
     Dense(#[serde(borrow)] Dense<'a>),
-    /// `y = max(x, 0)` elementwise; its length is that of the previous layer.
+    /// `y = max(x, 0)` elementwise; its length (and shape) is that of the previous
+    /// layer.
     Relu,
+    /// 2-D convolution over a channel-major feature map (format version 2).
+    Conv2d(#[serde(borrow)] Conv2d<'a>),
+    /// Nearest-neighbour upsampling by two (format version 2).
+    Upsample2x(Upsample2x),
 }
 
 /// A dense layer with int8 weights, one f32 scale per output row and an f32 bias,
@@ -264,6 +274,8 @@ impl Layer<'_> {
         match self {
             Layer::Dense(d) => d.outputs as usize,
             Layer::Relu => input_len,
+            Layer::Conv2d(c) => c.output_len(),
+            Layer::Upsample2x(u) => u.output_len(),
         }
     }
 
@@ -271,7 +283,8 @@ impl Layer<'_> {
     pub fn macs(&self) -> u64 {
         match self {
             Layer::Dense(d) => u64::from(d.inputs) * u64::from(d.outputs),
-            Layer::Relu => 0,
+            Layer::Relu | Layer::Upsample2x(_) => 0,
+            Layer::Conv2d(c) => c.macs(),
         }
     }
 
@@ -281,7 +294,8 @@ impl Layer<'_> {
             Layer::Dense(d) => {
                 u64::from(d.inputs) * u64::from(d.outputs) + 2 * u64::from(d.outputs)
             }
-            Layer::Relu => 0,
+            Layer::Relu | Layer::Upsample2x(_) => 0,
+            Layer::Conv2d(c) => c.weight_len() + 2 * u64::from(c.out_channels),
         }
     }
 
@@ -296,6 +310,8 @@ impl Layer<'_> {
                     *yo = if xi > 0.0 { xi } else { 0.0 };
                 }
             }
+            Layer::Conv2d(c) => c.forward(x, y),
+            Layer::Upsample2x(u) => u.forward(x, y),
         }
     }
 
@@ -311,6 +327,17 @@ impl Layer<'_> {
             Layer::Dense(d) => d.forward_batch(xs, ys, batch, rowbuf),
             // Elementwise: the batch is one long vector.
             Layer::Relu => self.forward(xs, ys),
+            // Every weight is already reused for every output pixel: one sample at a
+            // time (bit-identical by construction).
+            Layer::Conv2d(_) | Layer::Upsample2x(_) => {
+                let (n, m) = (self.input_len_hint(), self.output_len(0));
+                if n == 0 || m == 0 {
+                    return;
+                }
+                for (x, y) in xs.chunks_exact(n).zip(ys.chunks_exact_mut(m)).take(batch) {
+                    self.forward(x, y);
+                }
+            }
         }
     }
 
@@ -326,6 +353,15 @@ impl Layer<'_> {
         match self {
             Layer::Dense(d) => d.vjp_batch(gys, gxs, batch, rowbuf),
             Layer::Relu => self.vjp(xs, gys, gxs),
+            Layer::Conv2d(_) | Layer::Upsample2x(_) => {
+                let (n, m) = (self.input_len_hint(), self.output_len(0));
+                if n == 0 || m == 0 {
+                    return;
+                }
+                for (gy, gx) in gys.chunks_exact(m).zip(gxs.chunks_exact_mut(n)).take(batch) {
+                    self.vjp(&[], gy, gx);
+                }
+            }
         }
     }
 
@@ -339,6 +375,37 @@ impl Layer<'_> {
                     *g = if xi > 0.0 { gyi } else { 0.0 };
                 }
             }
+            Layer::Conv2d(c) => c.vjp(gy, gx),
+            Layer::Upsample2x(u) => u.vjp(gy, gx),
+        }
+    }
+
+    /// Input length the layer declares (0 for ReLU, which takes any length).
+    fn input_len_hint(&self) -> usize {
+        match self {
+            Layer::Dense(d) => d.inputs as usize,
+            Layer::Relu => 0,
+            Layer::Conv2d(c) => c.input_len(),
+            Layer::Upsample2x(u) => u.input_len(),
+        }
+    }
+
+    /// The oldest format version that can store this layer kind.
+    pub fn min_format_version(&self) -> u16 {
+        match self {
+            Layer::Dense(_) | Layer::Relu => 1,
+            Layer::Conv2d(_) | Layer::Upsample2x(_) => 2,
+        }
+    }
+
+    /// Short lowercase name of the layer kind (`dense`, `relu`, `conv2d`,
+    /// `upsample2x`), for messages and listings.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Layer::Dense(_) => "dense",
+            Layer::Relu => "relu",
+            Layer::Conv2d(_) => "conv2d",
+            Layer::Upsample2x(_) => "upsample2x",
         }
     }
 }

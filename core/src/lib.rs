@@ -30,6 +30,7 @@
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod conv;
 mod ere;
 mod error;
 mod format;
@@ -53,10 +54,12 @@ pub fn digest_f32(values: &[f32]) -> u32 {
     d.finalize()
 }
 
+pub use conv::MAX_KERNEL;
 pub use format::{
-    encode_f32_le, encoded_len, write_model, InputShape, Metadata, ModelSpec, NetworkSpec, CRC_LEN,
-    FORMAT_VERSION, MAGIC, MAX_CLASSES, MAX_DIM, MAX_LAYERS, PREFIX_LEN,
+    encode_f32_le, encoded_len, required_version, write_model, InputShape, Metadata, ModelSpec,
+    NetworkSpec, CRC_LEN, FORMAT_VERSION, MAGIC, MAX_CLASSES, MAX_DIM, MAX_LAYERS,
+    MIN_FORMAT_VERSION, PREFIX_LEN,
 };
-pub use layers::{Dense, Layer};
+pub use layers::{Conv2d, Dense, Layer, Upsample2x};
 pub use model::Model;
 pub use purify::{Norm, PurifierConfig, StepRule, MAX_ITERS, MAX_NOISE_SAMPLES};

@@ -16,8 +16,10 @@ pub struct Model<'a> {
 impl<'a> Model<'a> {
     /// Parses and validates a `.psm` file without copying its tensors.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, FormatError> {
-        let payload = format::unframe(bytes)?;
-        Self::from_spec(format::decode(payload)?)
+        let (version, payload) = format::unframe(bytes)?;
+        let spec = format::decode(payload)?;
+        format::check_version(&spec, version)?;
+        Self::from_spec(spec)
     }
 
     /// Validates an in-memory specification (what the writer accepts).

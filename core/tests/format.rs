@@ -2,14 +2,34 @@
 
 mod common;
 
-use common::{fix_crc, frame_raw, frame_unchecked, layer_forward_f64, OwnedModel, Rng};
+use common::{
+    fix_crc, frame_raw, frame_unchecked, layer_forward_f64, Op, OwnedAnyModel, OwnedModel,
+    OwnedSeq, Rng,
+};
 use pursamere_core::{
-    encoded_len, write_model, ConfigError, Dense, FormatError, Layer, Model, NetworkKind,
-    TensorKind, PREFIX_LEN,
+    encoded_len, required_version, write_model, ConfigError, Conv2d, Dense, FormatError, Layer,
+    Model, NetworkKind, TensorKind, PREFIX_LEN,
 };
 
 fn small() -> OwnedModel {
     OwnedModel::random(31, (4, 4), &[12], true, &[8], 5)
+}
+
+/// A small model with every version-2 layer kind: the denoiser downsamples with a
+/// stride-2 conv and upsamples back; the classifier flattens into a dense layer.
+fn conv_small() -> OwnedAnyModel {
+    OwnedAnyModel::build(
+        32,
+        (1, 6, 6),
+        &[Op::Conv(2, 3, 2, 1), Op::Relu, Op::Up, Op::Conv(1, 3, 1, 1)],
+        true,
+        &[Op::Conv(2, 3, 2, 1), Op::Relu, Op::Dense(3)],
+    )
+}
+
+/// Files of both versions, for the damage tests.
+fn both_files() -> [Vec<u8>; 2] {
+    [small().bytes(), conv_small().bytes()]
 }
 
 /// After a successful parse, exercising the model must not panic either.
@@ -101,21 +121,31 @@ fn writer_rejects_small_buffers() {
 
 #[test]
 fn every_truncation_is_an_error() {
-    let bytes = small().bytes();
+    for bytes in both_files() {
+        every_truncation_of(&bytes);
+    }
+}
+
+fn every_truncation_of(bytes: &[u8]) {
     for len in 0..bytes.len() {
         let e = Model::parse(&bytes[..len]).unwrap_err();
         assert!(!e.to_string().is_empty());
     }
     // The same bytes with one extra byte are rejected too.
-    let mut longer = bytes.clone();
+    let mut longer = bytes.to_vec();
     longer.push(0);
     assert!(Model::parse(&longer).is_err());
 }
 
 #[test]
 fn every_single_bit_flip_is_an_error() {
-    let bytes = small().bytes();
-    let mut copy = bytes.clone();
+    for bytes in both_files() {
+        every_single_bit_flip_of(&bytes);
+    }
+}
+
+fn every_single_bit_flip_of(bytes: &[u8]) {
+    let mut copy = bytes.to_vec();
     for byte in 0..bytes.len() {
         for bit in 0..8 {
             copy[byte] ^= 1 << bit;
@@ -131,11 +161,17 @@ fn every_single_bit_flip_is_an_error() {
 #[test]
 fn bit_flips_with_a_repaired_crc_never_panic() {
     // Gets past the CRC, so the payload decoder and the validator see the damage.
-    let bytes = small().bytes();
+    for bytes in both_files() {
+        bit_flips_with_a_repaired_crc_of(&bytes);
+    }
+}
+
+fn bit_flips_with_a_repaired_crc_of(bytes: &[u8]) {
     let mut accepted = 0;
-    for byte in PREFIX_LEN..bytes.len() - 4 {
+    // Every payload byte, and the version field.
+    for byte in (4..6).chain(PREFIX_LEN..bytes.len() - 4) {
         for bit in 0..8 {
-            let mut copy = bytes.clone();
+            let mut copy = bytes.to_vec();
             copy[byte] ^= 1 << bit;
             fix_crc(&mut copy);
             let parsed = Model::parse(&copy);
@@ -154,9 +190,10 @@ fn random_bytes_are_errors() {
     for k in 0..10_000 {
         let len = rng.below(600);
         let mut v: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
-        // Half of them get a valid prefix and CRC so that the decoder is reached.
-        if k % 2 == 1 {
-            v = frame_raw(&v, 1, 0);
+        // Most of them get a valid prefix (version 1 or 2) and CRC so that the
+        // decoder is reached.
+        if k % 3 != 0 {
+            v = frame_raw(&v, (k % 3) as u16, 0);
         }
         let parsed = Model::parse(&v);
         if let Ok(model) = parsed {
@@ -179,10 +216,11 @@ fn framing_errors_are_distinct() {
         FormatError::BadMagic(*b"XSMR")
     );
     let payload = &bytes[PREFIX_LEN..bytes.len() - 4];
-    assert_eq!(
-        Model::parse(&frame_raw(payload, 2, 0)).unwrap_err(),
-        FormatError::UnsupportedVersion(2)
-    );
+    for v in [0, 3, 0x0101, u16::MAX] {
+        let e = Model::parse(&frame_raw(payload, v, 0)).unwrap_err();
+        assert_eq!(e, FormatError::UnsupportedVersion(v));
+        assert!(e.to_string().contains("re-export"), "{e}");
+    }
     assert_eq!(
         Model::parse(&frame_raw(payload, 1, 4)).unwrap_err(),
         FormatError::UnknownFlags(4)
@@ -357,4 +395,383 @@ fn validation_errors_are_distinct_and_named() {
     let mut s = owned.spec();
     s.purifier.noise_samples = 0;
     check(s, FormatError::Config(ConfigError::NoiseSamples(0)));
+}
+
+// ---------------------------------------------------------------------------
+// Version 2: convolutions and upsampling.
+
+#[test]
+fn conv_model_round_trips_and_is_stamped_version_2() {
+    let owned = conv_small();
+    let bytes = owned.bytes();
+    assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 2);
+    assert_eq!(required_version(&owned.spec()), 2);
+    let model = Model::parse(&bytes).unwrap();
+    assert_eq!(*model.spec(), owned.spec());
+    let Layer::Conv2d(c) = model.spec().denoiser.layers[0] else {
+        panic!()
+    };
+    assert!(bytes.as_ptr_range().contains(&c.weights.as_ptr()));
+    let mut again = vec![0u8; bytes.len()];
+    assert_eq!(write_model(model.spec(), &mut again).unwrap(), bytes.len());
+    assert_eq!(again, bytes);
+    // Sizes: activations are the input plus every layer output.
+    assert_eq!(model.denoise_scratch_len(), 36 + 18 + 18 + 72 + 36);
+    assert_eq!(model.classify_scratch_len(), 36 + 18 + 18 + 3);
+    assert_eq!(model.denoiser_macs(), 2 * 9 * 9 + 2 * 9 * 36);
+    exercise(&model);
+}
+
+#[test]
+fn dense_models_are_still_written_as_version_1_and_read_as_either() {
+    let bytes = small().bytes();
+    assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 1);
+    let payload = &bytes[PREFIX_LEN..bytes.len() - 4];
+    let v2_file = frame_raw(payload, 2, 0);
+    let v2 = Model::parse(&v2_file).unwrap();
+    assert_eq!(v2.spec(), Model::parse(&bytes).unwrap().spec());
+}
+
+#[test]
+fn version_1_files_cannot_hold_conv_layers() {
+    let owned = conv_small();
+    let bytes = owned.bytes();
+    let payload = &bytes[PREFIX_LEN..bytes.len() - 4];
+    let e = Model::parse(&frame_raw(payload, 1, 0)).unwrap_err();
+    assert_eq!(
+        e,
+        FormatError::LayerVersion {
+            network: NetworkKind::Denoiser,
+            layer: 0,
+            kind: "conv2d",
+            needed: 2,
+            declared: 1,
+        }
+    );
+    assert!(e.to_string().contains("conv2d"), "{e}");
+    // Only the classifier uses a version-2 layer: the error names it.
+    let mut s = owned.spec();
+    s.denoiser = small_dense_denoiser_spec();
+    let file = frame_raw(&postcard::to_allocvec(&s).unwrap(), 1, 0);
+    assert!(matches!(
+        Model::parse(&file).unwrap_err(),
+        FormatError::LayerVersion {
+            network: NetworkKind::Classifier,
+            layer: 0,
+            ..
+        }
+    ));
+}
+
+/// A 36 → 36 dense denoiser (leaks its storage: test only).
+fn small_dense_denoiser_spec() -> pursamere_core::NetworkSpec<'static> {
+    let seq = Box::leak(Box::new(OwnedSeq::build(
+        &mut Rng(3),
+        (1, 6, 6),
+        &[Op::Dense(36)],
+        true,
+        0.5,
+    )));
+    seq.spec()
+}
+
+fn with_layer<'a>(
+    spec: &mut pursamere_core::ModelSpec<'a>,
+    network: NetworkKind,
+    index: usize,
+    f: impl FnOnce(&mut Layer<'a>),
+) {
+    let net = match network {
+        NetworkKind::Denoiser => &mut spec.denoiser,
+        NetworkKind::Classifier => &mut spec.classifier,
+    };
+    f(&mut net.layers[index]);
+}
+
+fn with_conv<'a>(
+    spec: &mut pursamere_core::ModelSpec<'a>,
+    index: usize,
+    f: impl FnOnce(&mut Conv2d<'a>),
+) {
+    with_layer(spec, NetworkKind::Denoiser, index, |l| {
+        let Layer::Conv2d(c) = l else { panic!() };
+        f(c);
+    });
+}
+
+#[test]
+fn conv_validation_errors_are_distinct_and_named() {
+    let owned = conv_small();
+    let check = |spec: pursamere_core::ModelSpec<'_>, want: FormatError, needle: &str| {
+        let mut buf = vec![0u8; 1 << 16];
+        assert_eq!(write_model(&spec, &mut buf).unwrap_err(), want);
+        let got = Model::parse(&frame_unchecked(&spec)).unwrap_err();
+        assert_eq!(got, want);
+        let msg = got.to_string();
+        assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
+    };
+    let den = NetworkKind::Denoiser;
+
+    // Denoiser layers: 0 conv 1→2 (6×6, k3 s2 p1 → 3×3), 1 relu, 2 up 2×3×3,
+    // 3 conv 2→1 (6×6, k3 s1 p1).
+    let mut s = owned.spec();
+    with_conv(&mut s, 3, |c| c.in_channels = 3);
+    check(
+        s,
+        FormatError::ChannelMismatch {
+            network: den,
+            layer: 3,
+            expected: 2,
+            found: 3,
+        },
+        "takes 3 input channels but the previous layer produces 2",
+    );
+
+    let mut s = owned.spec();
+    with_layer(&mut s, den, 2, |l| {
+        let Layer::Upsample2x(u) = l else { panic!() };
+        u.height = 4;
+    });
+    check(
+        s,
+        FormatError::SpatialMismatch {
+            network: den,
+            layer: 2,
+            expected: [3, 3],
+            found: [4, 3],
+        },
+        "takes 4x3",
+    );
+
+    let mut s = owned.spec();
+    with_conv(&mut s, 0, |c| c.width = 5);
+    check(
+        s,
+        FormatError::SpatialMismatch {
+            network: den,
+            layer: 0,
+            expected: [6, 6],
+            found: [6, 5],
+        },
+        "denoiser layer 0",
+    );
+
+    for k in [0, 8, 100] {
+        let mut s = owned.spec();
+        with_conv(&mut s, 0, |c| c.kernel = k);
+        check(
+            s,
+            FormatError::KernelSize {
+                network: den,
+                layer: 0,
+                kernel: k,
+            },
+            "kernel size",
+        );
+    }
+
+    for st in [0, 3, 4] {
+        let mut s = owned.spec();
+        with_conv(&mut s, 0, |c| c.stride = st);
+        check(
+            s,
+            FormatError::Stride {
+                network: den,
+                layer: 0,
+                stride: st,
+            },
+            "stride",
+        );
+    }
+
+    let mut s = owned.spec();
+    with_conv(&mut s, 3, |c| c.padding = 2);
+    check(
+        s,
+        FormatError::Padding {
+            network: den,
+            layer: 3,
+            padding: 2,
+            kernel: 3,
+        },
+        "padding 2",
+    );
+
+    let mut s = owned.spec();
+    with_conv(&mut s, 0, |c| {
+        c.kernel = 7;
+        c.padding = 0;
+    });
+    check(
+        s,
+        FormatError::KernelExceedsInput {
+            network: den,
+            layer: 0,
+            kernel: 7,
+            padding: 0,
+            input: [6, 6],
+        },
+        "does not fit",
+    );
+
+    for (field, f) in [
+        (
+            "in",
+            (|c: &mut Conv2d<'_>| c.in_channels = 0) as fn(&mut Conv2d<'_>),
+        ),
+        ("out", |c: &mut Conv2d<'_>| c.out_channels = 0),
+        ("height", |c: &mut Conv2d<'_>| c.height = 0),
+    ] {
+        let mut s = owned.spec();
+        with_conv(&mut s, 0, f);
+        let mut buf = vec![0u8; 1 << 16];
+        assert_eq!(
+            write_model(&s, &mut buf).unwrap_err(),
+            FormatError::LayerDimension {
+                network: den,
+                layer: 0,
+                dim: 0
+            },
+            "{field}"
+        );
+    }
+
+    let mut s = owned.spec();
+    with_conv(&mut s, 0, |c| {
+        c.in_channels = u16::MAX;
+        c.height = u16::MAX;
+    });
+    let mut buf = vec![0u8; 1 << 16];
+    assert!(matches!(
+        write_model(&s, &mut buf).unwrap_err(),
+        FormatError::LayerDimension { layer: 0, .. }
+    ));
+
+    let mut s = owned.spec();
+    with_conv(&mut s, 0, |c| c.weights = &c.weights[1..]);
+    check(
+        s,
+        FormatError::TensorLength {
+            network: den,
+            layer: 0,
+            tensor: TensorKind::Weights,
+            expected: 18,
+            found: 17,
+        },
+        "weights tensor",
+    );
+    let mut s = owned.spec();
+    with_conv(&mut s, 0, |c| c.scales = &c.scales[4..]);
+    check(
+        s,
+        FormatError::TensorLength {
+            network: den,
+            layer: 0,
+            tensor: TensorKind::Scales,
+            expected: 8,
+            found: 4,
+        },
+        "scales tensor",
+    );
+
+    let Layer::Conv2d(c0) = owned.spec().denoiser.layers[0] else {
+        panic!()
+    };
+    let mut scales = c0.scales.to_vec();
+    scales[4..8].copy_from_slice(&0.0f32.to_le_bytes());
+    let mut s = owned.spec();
+    with_conv(&mut s, 0, |c| c.scales = &scales);
+    check(
+        s,
+        FormatError::BadScale {
+            network: den,
+            layer: 0,
+            row: 1,
+        },
+        "scale of row 1",
+    );
+    let mut bias = c0.bias.to_vec();
+    bias[0..4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    let mut s = owned.spec();
+    with_conv(&mut s, 0, |c| c.bias = &bias);
+    check(
+        s,
+        FormatError::BadBias {
+            network: den,
+            layer: 0,
+            row: 0,
+        },
+        "bias of row 0",
+    );
+}
+
+#[test]
+fn feature_map_shape_rules() {
+    let mut rng = Rng(77);
+    let build = |rng: &mut Rng, ops: &[Op]| OwnedSeq::build(rng, (1, 6, 6), ops, true, 0.5);
+    let base = conv_small();
+
+    // A denoiser ending in a 4×3×3 map has the input's length (36) but not its shape.
+    let den = build(&mut rng, &[Op::Conv(4, 3, 2, 1)]);
+    let mut s = base.spec();
+    s.denoiser = den.spec();
+    let mut buf = vec![0u8; 1 << 16];
+    let e = write_model(&s, &mut buf).unwrap_err();
+    assert_eq!(
+        e,
+        FormatError::OutputShape {
+            network: NetworkKind::Denoiser,
+            expected: [1, 6, 6],
+            found: [4, 3, 3],
+        }
+    );
+    assert!(e.to_string().contains("4x3x3"), "{e}");
+
+    // Unflatten is a shape rule too: a conv after a dense layer of the same length.
+    let den = build(&mut rng, &[Op::Dense(36), Op::Relu]);
+    let conv = common::OwnedConv::random(&mut rng, (1, 6, 6), 1, 3, 1, 1, 0.5);
+    let unflatten = || {
+        let mut spec = den.spec();
+        spec.layers.push(conv.layer()).unwrap();
+        spec
+    };
+    let mut s = base.spec();
+    s.denoiser = unflatten();
+    let file = frame_unchecked(&s);
+    let model = Model::parse(&file).unwrap();
+    exercise(&model);
+
+    // ... but the lengths must agree.
+    let mut s = base.spec();
+    s.denoiser = unflatten();
+    let Layer::Dense(d) = &mut s.denoiser.layers[0] else {
+        panic!()
+    };
+    d.outputs = 35;
+    d.weights = &d.weights[..35 * 36];
+    d.scales = &d.scales[..35 * 4];
+    d.bias = &d.bias[..35 * 4];
+    let mut buf = vec![0u8; 1 << 16];
+    assert_eq!(
+        write_model(&s, &mut buf).unwrap_err(),
+        FormatError::LayerShape {
+            network: NetworkKind::Denoiser,
+            layer: 2,
+            expected: 35,
+            found: 36,
+        }
+    );
+
+    // Flatten: a dense layer reads a map of any shape with the right length.
+    let owned = OwnedAnyModel::build(
+        5,
+        (2, 5, 3),
+        &[Op::Conv(3, 3, 1, 1), Op::Relu, Op::Conv(2, 1, 1, 0)],
+        false,
+        &[Op::Conv(3, 3, 2, 0), Op::Relu, Op::Dense(4)],
+    );
+    let bytes = owned.bytes();
+    let model = Model::parse(&bytes).unwrap();
+    assert_eq!(model.input_len(), 30);
+    exercise(&model);
 }

@@ -4,9 +4,9 @@
 #![allow(dead_code)]
 
 use pursamere_core::{
-    encode_f32_le, encoded_len, quantize::quantize_per_channel, write_model, Dense, InputShape,
-    Layer, Metadata, ModelSpec, NetworkSpec, Norm, PurifierConfig, StepRule, CRC_LEN, MAGIC,
-    PREFIX_LEN,
+    encode_f32_le, encoded_len, quantize::quantize_per_channel, write_model, Conv2d, Dense,
+    InputShape, Layer, Metadata, ModelSpec, NetworkSpec, Norm, PurifierConfig, StepRule,
+    Upsample2x, CRC_LEN, MAGIC, PREFIX_LEN,
 };
 
 /// SplitMix64: tiny, fixed-seed, good enough for test data.
@@ -193,6 +193,259 @@ impl OwnedModel {
     }
 }
 
+/// Owned storage of one quantised convolution.
+pub struct OwnedConv {
+    pub cin: u16,
+    pub cout: u16,
+    pub height: u16,
+    pub width: u16,
+    pub kernel: u16,
+    pub stride: u16,
+    pub padding: u16,
+    pub weights: Vec<u8>,
+    pub scales: Vec<u8>,
+    pub bias: Vec<u8>,
+}
+
+impl OwnedConv {
+    /// Random float weights (He-like scale over the receptive field) quantised with
+    /// the core's rule (one row per output channel).
+    #[allow(clippy::too_many_arguments)]
+    pub fn random(
+        rng: &mut Rng,
+        (cin, height, width): (usize, usize, usize),
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        gain: f32,
+    ) -> Self {
+        let fan_in = cin * kernel * kernel;
+        let a = gain * (3.0 / fan_in as f32).sqrt();
+        let w = rng.vec(cout * fan_in, a);
+        let b = rng.vec(cout, 0.1);
+        let mut q = vec![0i8; w.len()];
+        let mut sc = vec![0f32; cout];
+        assert!(quantize_per_channel(&w, fan_in, &mut q, &mut sc));
+        let mut scales = vec![0u8; 4 * cout];
+        let mut bias = vec![0u8; 4 * cout];
+        encode_f32_le(&sc, &mut scales).unwrap();
+        encode_f32_le(&b, &mut bias).unwrap();
+        OwnedConv {
+            cin: cin as u16,
+            cout: cout as u16,
+            height: height as u16,
+            width: width as u16,
+            kernel: kernel as u16,
+            stride: stride as u16,
+            padding: padding as u16,
+            weights: q.iter().map(|&v| v as u8).collect(),
+            scales,
+            bias,
+        }
+    }
+
+    pub fn conv(&self) -> Conv2d<'_> {
+        Conv2d {
+            in_channels: self.cin,
+            out_channels: self.cout,
+            height: self.height,
+            width: self.width,
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+            weights: &self.weights,
+            scales: &self.scales,
+            bias: &self.bias,
+        }
+    }
+
+    pub fn layer(&self) -> Layer<'_> {
+        Layer::Conv2d(self.conv())
+    }
+
+    /// `(channels, height, width)` of the output.
+    pub fn out_shape(&self) -> (usize, usize, usize) {
+        let c = self.conv();
+        (self.cout as usize, c.out_height(), c.out_width())
+    }
+}
+
+/// One layer of a general test network.
+pub enum OwnedLayer {
+    Dense(OwnedDense),
+    Conv(OwnedConv),
+    Relu,
+    Up(Upsample2x),
+}
+
+/// What [`OwnedSeq::build`] puts in a network.
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    /// Convolution: output channels, kernel, stride, padding.
+    Conv(usize, usize, usize, usize),
+    Relu,
+    Up,
+    /// Dense layer with this many outputs (flattens whatever reaches it).
+    Dense(usize),
+}
+
+/// A network of any layer kinds.
+pub struct OwnedSeq {
+    pub residual: bool,
+    pub layers: Vec<OwnedLayer>,
+}
+
+impl OwnedSeq {
+    /// Builds `ops` on a `(c, h, w)` input, with shapes chained automatically.
+    pub fn build(
+        rng: &mut Rng,
+        input: (usize, usize, usize),
+        ops: &[Op],
+        residual: bool,
+        gain: f32,
+    ) -> Self {
+        let mut shape = Some(input);
+        let mut len = input.0 * input.1 * input.2;
+        let mut layers = Vec::new();
+        for &op in ops {
+            let layer = match op {
+                Op::Conv(cout, k, s, p) => {
+                    let c = OwnedConv::random(rng, shape.unwrap(), cout, k, s, p, gain);
+                    let out = c.out_shape();
+                    shape = Some(out);
+                    len = out.0 * out.1 * out.2;
+                    OwnedLayer::Conv(c)
+                }
+                Op::Relu => OwnedLayer::Relu,
+                Op::Up => {
+                    let (c, h, w) = shape.unwrap();
+                    shape = Some((c, 2 * h, 2 * w));
+                    len *= 4;
+                    OwnedLayer::Up(Upsample2x {
+                        channels: c as u16,
+                        height: h as u16,
+                        width: w as u16,
+                    })
+                }
+                Op::Dense(out) => {
+                    let d = OwnedDense::random(rng, len, out, gain);
+                    shape = None;
+                    len = out;
+                    OwnedLayer::Dense(d)
+                }
+            };
+            layers.push(layer);
+        }
+        OwnedSeq { residual, layers }
+    }
+
+    pub fn spec(&self) -> NetworkSpec<'_> {
+        let mut layers = heapless::Vec::new();
+        for l in &self.layers {
+            let layer = match l {
+                OwnedLayer::Dense(d) => d.layer(),
+                OwnedLayer::Conv(c) => c.layer(),
+                OwnedLayer::Relu => Layer::Relu,
+                OwnedLayer::Up(u) => Layer::Upsample2x(*u),
+            };
+            layers.push(layer).unwrap();
+        }
+        NetworkSpec {
+            residual: self.residual,
+            layers,
+        }
+    }
+}
+
+/// A model with networks of any layer kinds.
+pub struct OwnedAnyModel {
+    pub shape: InputShape,
+    pub den: OwnedSeq,
+    pub cls: OwnedSeq,
+    pub classes: usize,
+    pub cfg: PurifierConfig,
+}
+
+impl OwnedAnyModel {
+    pub fn build(
+        seed: u64,
+        (c, h, w): (usize, usize, usize),
+        den_ops: &[Op],
+        residual: bool,
+        cls_ops: &[Op],
+    ) -> Self {
+        let mut rng = Rng(seed);
+        let gain = if residual { 0.5 } else { 1.0 };
+        let den = OwnedSeq::build(&mut rng, (c, h, w), den_ops, residual, gain);
+        let cls = OwnedSeq::build(&mut rng, (c, h, w), cls_ops, false, 1.0);
+        let classes = match cls_ops.last() {
+            Some(Op::Dense(n)) => *n,
+            _ => panic!("the classifier must end with a dense layer"),
+        };
+        OwnedAnyModel {
+            shape: InputShape {
+                channels: c as u16,
+                height: h as u16,
+                width: w as u16,
+            },
+            den,
+            cls,
+            classes,
+            cfg: default_config(),
+        }
+    }
+
+    /// The small conv denoiser (downsample + upsample, residual) and conv
+    /// classifier on 1×8×8 inputs that several tests share.
+    pub fn small_conv(seed: u64) -> Self {
+        Self::build(
+            seed,
+            (1, 8, 8),
+            &[
+                Op::Conv(4, 3, 1, 1),
+                Op::Relu,
+                Op::Conv(6, 3, 2, 1),
+                Op::Relu,
+                Op::Up,
+                Op::Conv(1, 3, 1, 1),
+            ],
+            true,
+            &[
+                Op::Conv(4, 3, 1, 1),
+                Op::Relu,
+                Op::Conv(6, 3, 2, 1),
+                Op::Relu,
+                Op::Conv(8, 1, 1, 0),
+                Op::Relu,
+                Op::Dense(10),
+            ],
+        )
+    }
+
+    pub fn spec(&self) -> ModelSpec<'_> {
+        ModelSpec {
+            meta: Metadata {
+                dataset: "synthetic",
+                input_shape: self.shape,
+                class_names: heapless::Vec::from_slice(&CLASS_NAMES[..self.classes.min(10)])
+                    .unwrap(),
+            },
+            denoiser: self.den.spec(),
+            classifier: self.cls.spec(),
+            purifier: self.cfg,
+        }
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        let spec = self.spec();
+        let mut out = vec![0u8; encoded_len(&spec).unwrap()];
+        let n = write_model(&spec, &mut out).unwrap();
+        assert_eq!(n, out.len());
+        out
+    }
+}
+
 /// Frames a payload without validating it (to build invalid files on purpose).
 pub fn frame_raw(payload: &[u8], version: u16, flags: u16) -> Vec<u8> {
     let mut out = Vec::with_capacity(PREFIX_LEN + payload.len() + CRC_LEN);
@@ -206,9 +459,14 @@ pub fn frame_raw(payload: &[u8], version: u16, flags: u16) -> Vec<u8> {
     out
 }
 
-/// Serialises a spec without validation and frames it.
+/// Serialises a spec without validation and frames it (with the version the
+/// writer would stamp).
 pub fn frame_unchecked(spec: &ModelSpec<'_>) -> Vec<u8> {
-    frame_raw(&postcard::to_allocvec(spec).unwrap(), 1, 0)
+    frame_raw(
+        &postcard::to_allocvec(spec).unwrap(),
+        pursamere_core::required_version(spec),
+        0,
+    )
 }
 
 /// Recomputes the CRC of a file in place.
@@ -264,8 +522,96 @@ pub fn layer_forward_f64(l: &Layer<'_>, x: &[f64]) -> Vec<f64> {
                 .collect()
         }
         Layer::Relu => x.iter().map(|&v| v.max(0.0)).collect(),
+        Layer::Conv2d(c) => conv_forward_f64(c, x),
+        Layer::Upsample2x(u) => {
+            let (ch, h, w) = (u.channels as usize, u.height as usize, u.width as usize);
+            let mut y = vec![0.0; 4 * ch * h * w];
+            for c in 0..ch {
+                for i in 0..2 * h {
+                    for j in 0..2 * w {
+                        y[(c * 2 * h + i) * 2 * w + j] = x[(c * h + i / 2) * w + j / 2];
+                    }
+                }
+            }
+            y
+        }
         _ => unreachable!(),
     }
+}
+
+/// Input position `o·s + k − p` when it lies in `0..n`.
+fn conv_pos(o: usize, k: usize, s: usize, p: usize, n: usize) -> Option<usize> {
+    let v = (o * s + k) as isize - p as isize;
+    (v >= 0 && (v as usize) < n).then_some(v as usize)
+}
+
+/// Naive convolution: `y[o][oy][ox] = Σ w·scale·x + bias` in f64.
+pub fn conv_forward_f64(c: &Conv2d<'_>, x: &[f64]) -> Vec<f64> {
+    let (cin, cout) = (c.in_channels as usize, c.out_channels as usize);
+    let (h, w) = (c.height as usize, c.width as usize);
+    let (k, s, p) = (c.kernel as usize, c.stride as usize, c.padding as usize);
+    let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+    assert_eq!((oh, ow), (c.out_height(), c.out_width()));
+    let mut y = vec![0.0; cout * oh * ow];
+    for o in 0..cout {
+        let sc = f64::from(c.scale(o));
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut acc = 0.0;
+                for ci in 0..cin {
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            if let (Some(iy), Some(ix)) =
+                                (conv_pos(oy, ky, s, p, h), conv_pos(ox, kx, s, p, w))
+                            {
+                                acc += f64::from(c.weight(o, ci, ky, kx))
+                                    * sc
+                                    * x[(ci * h + iy) * w + ix];
+                            }
+                        }
+                    }
+                }
+                y[(o * oh + oy) * ow + ox] = acc + f64::from(c.bias(o));
+            }
+        }
+    }
+    y
+}
+
+/// Naive conv VJP written as a gather over the outputs each input feeds.
+pub fn conv_vjp_f64(c: &Conv2d<'_>, gy: &[f64]) -> Vec<f64> {
+    let (cin, cout) = (c.in_channels as usize, c.out_channels as usize);
+    let (h, w) = (c.height as usize, c.width as usize);
+    let (k, s, p) = (c.kernel as usize, c.stride as usize, c.padding as usize);
+    let (oh, ow) = (c.out_height(), c.out_width());
+    let mut gx = vec![0.0; cin * h * w];
+    for ci in 0..cin {
+        for iy in 0..h {
+            for ix in 0..w {
+                let mut acc = 0.0;
+                for o in 0..cout {
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            // iy = oy·s + ky − p  ⇔  oy = (iy + p − ky) / s.
+                            let (ny, nx) = (iy + p, ix + p);
+                            if ny < ky || nx < kx || (ny - ky) % s != 0 || (nx - kx) % s != 0 {
+                                continue;
+                            }
+                            let (oy, ox) = ((ny - ky) / s, (nx - kx) / s);
+                            if oy >= oh || ox >= ow {
+                                continue;
+                            }
+                            acc += f64::from(c.weight(o, ci, ky, kx))
+                                * f64::from(c.scale(o))
+                                * gy[(o * oh + oy) * ow + ox];
+                        }
+                    }
+                }
+                gx[(ci * h + iy) * w + ix] = acc;
+            }
+        }
+    }
+    gx
 }
 
 pub fn layer_vjp_f64(l: &Layer<'_>, x: &[f64], gy: &[f64]) -> Vec<f64> {
@@ -281,6 +627,19 @@ pub fn layer_vjp_f64(l: &Layer<'_>, x: &[f64], gy: &[f64]) -> Vec<f64> {
             .zip(gy)
             .map(|(&xi, &g)| if xi > 0.0 { g } else { 0.0 })
             .collect(),
+        Layer::Conv2d(c) => conv_vjp_f64(c, gy),
+        Layer::Upsample2x(u) => {
+            let (ch, h, w) = (u.channels as usize, u.height as usize, u.width as usize);
+            let mut gx = vec![0.0; ch * h * w];
+            for c in 0..ch {
+                for i in 0..2 * h {
+                    for j in 0..2 * w {
+                        gx[(c * h + i / 2) * w + j / 2] += gy[(c * 2 * h + i) * 2 * w + j];
+                    }
+                }
+            }
+            gx
+        }
         _ => unreachable!(),
     }
 }

@@ -1,0 +1,360 @@
+//! Convolution and nearest-neighbour upsampling, with a summation order fixed by
+//! design (see `docs/CONV.md` for the whole story).
+//!
+//! Layout: every feature map is channel-major, row-major (`[c][y][x]`, CHW), the
+//! layout of the model's input images; int8 conv weights are `[out][in][ky][kx]`
+//! (PyTorch's `Conv2d.weight` layout).
+//!
+//! * **Forward** `y[o][oy][ox] = scale[o] · acc + bias[o]` with
+//!   `acc = Σ_{ci, ky, kx} w[o][ci][ky][kx] · x[ci][oy·s + ky − p][ox·s + kx − p]`:
+//!   one f32 accumulator per output element, starting at `+0`, terms added in
+//!   increasing `(ci, ky, kx)` (lexicographic) order, each term one f32 product of
+//!   the widened weight and the input value. Zero padding: a term whose input
+//!   position is outside the map is `w · 0 = ±0`; adding `±0` to an accumulator that
+//!   started at `+0` never changes its bits (round-to-nearest gives `+0 + −0 = +0`,
+//!   and an exact cancellation gives `+0`), so the kernel skips those terms and the
+//!   result is the same as if it had added them. Then `acc · scale[o]`, then
+//!   `+ bias[o]` (two roundings, no FMA), as in the dense layer.
+//! * **VJP** `gx[ci][iy][ix] = Σ w[o][ci][ky][kx] · c[o][oy][ox]` with
+//!   `c = scale[o] · gy[o][oy][ox]` (one f32 product, the dense layer's coefficient)
+//!   over every `(o, ky, kx)` with `iy = oy·s + ky − p`, `ix = ox·s + kx − p`: one
+//!   accumulator per input element starting at `+0`, terms in increasing
+//!   `(o, ky, kx)` order. Only terms whose output position `(oy, ox)` exists are
+//!   summed (padding has no gradient); terms with a zero coefficient are added like
+//!   any other (unlike the dense VJP, nothing is skipped: a per-pixel test would cost
+//!   more than it saves, and adding `±0` does not change the bits anyway).
+//! * **Upsample ×2** forward copies `x[c][i][j]` to the four outputs
+//!   `y[c][2i + a][2j + b]`; the VJP is
+//!   `gx[c][i][j] = ((gy[2i][2j] + gy[2i][2j+1]) + gy[2i+1][2j]) + gy[2i+1][2j+1]`.
+//!
+//! Vectorisation: the order above is per output (forward) or per input (VJP)
+//! element; the elements of one row are independent chains. The kernels therefore
+//! loop `o, ci, ky, kx, row` outermost and run the innermost loop along a row of
+//! outputs (forward) or inputs (VJP): with stride 1 it reads and writes contiguous
+//! slices, which the compiler turns into SIMD without reordering any element's sum.
+
+use serde::{Deserialize, Serialize};
+
+use crate::kernels::f32_at;
+
+/// Largest accepted convolution kernel side.
+pub const MAX_KERNEL: u16 = 7;
+
+/// A 2-D convolution with int8 weights, one f32 scale per output channel and an
+/// f32 bias, all borrowed from the model file bytes. Square kernel, equal stride and
+/// zero padding on both axes; input and output channel-major (CHW).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Conv2d<'a> {
+    /// Input channels.
+    pub in_channels: u16,
+    /// Output channels.
+    pub out_channels: u16,
+    /// Input height (rows).
+    pub height: u16,
+    /// Input width (columns).
+    pub width: u16,
+    /// Kernel side `k` (the kernel is `k × k`; `1 ..= MAX_KERNEL`).
+    pub kernel: u16,
+    /// Stride `s` on both axes (1 or 2).
+    pub stride: u16,
+    /// Zero padding `p` on every side (`2p ≤ k`).
+    pub padding: u16,
+    /// `out × in × k × k` two's-complement int8 weights, `[out][in][ky][kx]`.
+    pub weights: &'a [u8],
+    /// `out` little-endian f32 scales (dequantised weight = `w · scale`).
+    pub scales: &'a [u8],
+    /// `out` little-endian f32 biases.
+    pub bias: &'a [u8],
+}
+
+/// Nearest-neighbour upsampling by two on both axes: `channels × height × width`
+/// in, `channels × 2·height × 2·width` out, channel-major.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upsample2x {
+    /// Channels.
+    pub channels: u16,
+    /// Input height.
+    pub height: u16,
+    /// Input width.
+    pub width: u16,
+}
+
+/// Output size along one axis: `⌊(n + 2p − k) / s⌋ + 1`, or 0 when the kernel is
+/// larger than the padded input or the stride is 0 (rejected by validation).
+pub(crate) fn conv_out(n: usize, k: usize, s: usize, p: usize) -> usize {
+    let padded = n + 2 * p;
+    if s == 0 || k == 0 || padded < k {
+        0
+    } else {
+        (padded - k) / s + 1
+    }
+}
+
+/// Output positions `o` in `lo..hi` whose input position `o·s + off − p` lies in
+/// `0..n` (`out` outputs in all).
+#[inline]
+fn valid_range(n: usize, out: usize, off: usize, s: usize, p: usize) -> (usize, usize) {
+    let s = s.max(1);
+    let lo = if off >= p { 0 } else { (p - off).div_ceil(s) };
+    let hi = if n + p > off {
+        ((n + p - off - 1) / s + 1).min(out)
+    } else {
+        0
+    };
+    (lo, hi.max(lo))
+}
+
+/// The shape parameters of a conv layer as `usize`.
+#[derive(Clone, Copy)]
+struct Geometry {
+    cin: usize,
+    cout: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Conv2d<'_> {
+    fn geometry(&self) -> Geometry {
+        let (h, w) = (usize::from(self.height), usize::from(self.width));
+        let (k, s, p) = (
+            usize::from(self.kernel),
+            usize::from(self.stride),
+            usize::from(self.padding),
+        );
+        Geometry {
+            cin: usize::from(self.in_channels),
+            cout: usize::from(self.out_channels),
+            h,
+            w,
+            k,
+            s,
+            p,
+            oh: conv_out(h, k, s, p),
+            ow: conv_out(w, k, s, p),
+        }
+    }
+
+    /// Output height.
+    pub fn out_height(&self) -> usize {
+        self.geometry().oh
+    }
+
+    /// Output width.
+    pub fn out_width(&self) -> usize {
+        self.geometry().ow
+    }
+
+    /// Input length `in_channels × height × width`.
+    pub fn input_len(&self) -> usize {
+        let g = self.geometry();
+        g.cin * g.h * g.w
+    }
+
+    /// Output length `out_channels × out_height × out_width`.
+    pub fn output_len(&self) -> usize {
+        let g = self.geometry();
+        g.cout * g.oh * g.ow
+    }
+
+    /// Stored weights `out × in × k × k`.
+    pub fn weight_len(&self) -> u64 {
+        let k = u64::from(self.kernel);
+        u64::from(self.out_channels) * u64::from(self.in_channels) * k * k
+    }
+
+    /// Nominal multiply–accumulates of one forward pass (padded positions included).
+    pub fn macs(&self) -> u64 {
+        let g = self.geometry();
+        self.weight_len() * (g.oh as u64) * (g.ow as u64)
+    }
+
+    /// The quantised weight `w[o][ci][ky][kx]` (0 when out of range).
+    pub fn weight(&self, o: usize, ci: usize, ky: usize, kx: usize) -> i8 {
+        let g = self.geometry();
+        if ci >= g.cin || ky >= g.k || kx >= g.k {
+            return 0;
+        }
+        let idx = ((o * g.cin + ci) * g.k + ky) * g.k + kx;
+        self.weights.get(idx).map_or(0, |&b| b as i8)
+    }
+
+    /// The scale of output channel `o` (0.0 when out of range).
+    pub fn scale(&self, o: usize) -> f32 {
+        f32_at(self.scales, o)
+    }
+
+    /// The bias of output channel `o` (0.0 when out of range).
+    pub fn bias(&self, o: usize) -> f32 {
+        f32_at(self.bias, o)
+    }
+
+    /// Forward pass (validated shapes assumed; a mismatch computes what fits and
+    /// never panics).
+    pub(crate) fn forward(&self, x: &[f32], y: &mut [f32]) {
+        let g = self.geometry();
+        let (in_plane, out_plane, kk) = (g.h * g.w, g.oh * g.ow, g.k * g.k);
+        if in_plane == 0 || out_plane == 0 || kk == 0 {
+            return;
+        }
+        let wlen = g.cin * kk;
+        for (o, (yplane, wo)) in y
+            .chunks_exact_mut(out_plane)
+            .zip(self.weights.chunks_exact(wlen))
+            .enumerate()
+            .take(g.cout)
+        {
+            yplane.fill(0.0);
+            for (xplane, wc) in x.chunks_exact(in_plane).zip(wo.chunks_exact(kk)) {
+                for (ky, wrow) in wc.chunks_exact(g.k).enumerate() {
+                    let (oy0, oy1) = valid_range(g.h, g.oh, ky, g.s, g.p);
+                    for (kx, &wb) in wrow.iter().enumerate() {
+                        let wv = f32::from(wb as i8);
+                        let (ox0, ox1) = valid_range(g.w, g.ow, kx, g.s, g.p);
+                        if ox0 >= ox1 {
+                            continue;
+                        }
+                        // First input column read: ox0·s + kx − p ≥ 0 by construction.
+                        let ix0 = (ox0 * g.s + kx).saturating_sub(g.p);
+                        for oy in oy0..oy1 {
+                            let iy = (oy * g.s + ky).saturating_sub(g.p);
+                            let (Some(xrow), Some(yrow)) = (
+                                xplane.get(iy * g.w + ix0..(iy + 1) * g.w),
+                                yplane.get_mut(oy * g.ow + ox0..oy * g.ow + ox1),
+                            ) else {
+                                continue;
+                            };
+                            row_madd(yrow, xrow, wv, g.s);
+                        }
+                    }
+                }
+            }
+            let (sc, b) = (self.scale(o), self.bias(o));
+            for v in yplane.iter_mut() {
+                *v = *v * sc + b;
+            }
+        }
+    }
+
+    /// `gx = ∂L/∂x` from `gy = ∂L/∂y` in the documented order.
+    pub(crate) fn vjp(&self, gy: &[f32], gx: &mut [f32]) {
+        gx.fill(0.0);
+        let g = self.geometry();
+        let (in_plane, out_plane, kk) = (g.h * g.w, g.oh * g.ow, g.k * g.k);
+        if in_plane == 0 || out_plane == 0 || kk == 0 {
+            return;
+        }
+        let wlen = g.cin * kk;
+        for (o, (gyplane, wo)) in gy
+            .chunks_exact(out_plane)
+            .zip(self.weights.chunks_exact(wlen))
+            .enumerate()
+            .take(g.cout)
+        {
+            let sc = self.scale(o);
+            for (gxplane, wc) in gx.chunks_exact_mut(in_plane).zip(wo.chunks_exact(kk)) {
+                for (ky, wrow) in wc.chunks_exact(g.k).enumerate() {
+                    let (oy0, oy1) = valid_range(g.h, g.oh, ky, g.s, g.p);
+                    for (kx, &wb) in wrow.iter().enumerate() {
+                        let wv = f32::from(wb as i8);
+                        let (ox0, ox1) = valid_range(g.w, g.ow, kx, g.s, g.p);
+                        if ox0 >= ox1 {
+                            continue;
+                        }
+                        let ix0 = (ox0 * g.s + kx).saturating_sub(g.p);
+                        for oy in oy0..oy1 {
+                            let iy = (oy * g.s + ky).saturating_sub(g.p);
+                            let (Some(gxrow), Some(gyrow)) = (
+                                gxplane.get_mut(iy * g.w + ix0..(iy + 1) * g.w),
+                                gyplane.get(oy * g.ow + ox0..oy * g.ow + ox1),
+                            ) else {
+                                continue;
+                            };
+                            row_scatter(gxrow, gyrow, wv, sc, g.s);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `y[j] += w · x[j·s]` for every `j` of `y`.
+#[inline(always)]
+fn row_madd(y: &mut [f32], x: &[f32], wv: f32, s: usize) {
+    if s == 1 {
+        for (yv, &xv) in y.iter_mut().zip(x) {
+            *yv += wv * xv;
+        }
+    } else {
+        for (yv, &xv) in y.iter_mut().zip(x.iter().step_by(s.max(1))) {
+            *yv += wv * xv;
+        }
+    }
+}
+
+/// `gx[j·s] += w · (sc · gy[j])` for every `j` of `gy`.
+#[inline(always)]
+fn row_scatter(gx: &mut [f32], gy: &[f32], wv: f32, sc: f32, s: usize) {
+    if s == 1 {
+        for (g, &c) in gx.iter_mut().zip(gy) {
+            *g += wv * (sc * c);
+        }
+    } else {
+        for (g, &c) in gx.iter_mut().step_by(s.max(1)).zip(gy) {
+            *g += wv * (sc * c);
+        }
+    }
+}
+
+impl Upsample2x {
+    /// Input length `channels × height × width`.
+    pub fn input_len(&self) -> usize {
+        usize::from(self.channels) * usize::from(self.height) * usize::from(self.width)
+    }
+
+    /// Output length (four times the input length).
+    pub fn output_len(&self) -> usize {
+        4 * self.input_len()
+    }
+
+    pub(crate) fn forward(&self, x: &[f32], y: &mut [f32]) {
+        let w = usize::from(self.width);
+        if w == 0 {
+            return;
+        }
+        let rows = usize::from(self.channels) * usize::from(self.height);
+        for (xrow, ypair) in x.chunks_exact(w).zip(y.chunks_exact_mut(4 * w)).take(rows) {
+            let (y0, y1) = ypair.split_at_mut(2 * w);
+            let (pairs, _) = y0.as_chunks_mut::<2>();
+            for (pair, &v) in pairs.iter_mut().zip(xrow) {
+                *pair = [v, v];
+            }
+            y1.copy_from_slice(y0);
+        }
+    }
+
+    pub(crate) fn vjp(&self, gy: &[f32], gx: &mut [f32]) {
+        let w = usize::from(self.width);
+        if w == 0 {
+            return;
+        }
+        let rows = usize::from(self.channels) * usize::from(self.height);
+        for (gxrow, gypair) in gx
+            .chunks_exact_mut(w)
+            .zip(gy.chunks_exact(4 * w))
+            .take(rows)
+        {
+            let (g0, g1) = gypair.split_at(2 * w);
+            let (top, _) = g0.as_chunks::<2>();
+            let (bottom, _) = g1.as_chunks::<2>();
+            for ((g, &[a, b]), &[c, d]) in gxrow.iter_mut().zip(top).zip(bottom) {
+                *g = ((a + b) + c) + d;
+            }
+        }
+    }
+}
