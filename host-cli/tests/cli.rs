@@ -450,7 +450,7 @@ fn firmware_check_compares_a_board_log_with_the_host() {
             g["purified_crc32"].as_str().unwrap()
         );
     }
-    log += "done ok\n";
+    log += "done ok 4 images\n";
     let tmp = tempfile::tempdir().unwrap();
     let good = tmp.path().join("board.log");
     std::fs::write(&good, &log).unwrap();
@@ -468,6 +468,68 @@ fn firmware_check_compares_a_board_log_with_the_host() {
         "{}",
         text(&o)
     );
+
+    // Incomplete logs fail even though every line present is bit-identical.
+    let image_lines: Vec<&str> = log.lines().filter(|l| l.starts_with("image")).collect();
+    let cut = tmp.path().join("cut.log");
+    for (body, why) in [
+        // Cut off: no closing line.
+        (
+            format!("scratch_bytes 38592\n{}\n", image_lines[..3].join("\n")),
+            "closing line",
+        ),
+        // An older firmware's closing line without the count.
+        (
+            format!("{}\ndone ok\n", image_lines.join("\n")),
+            "not `done ok <n> images`",
+        ),
+        // A missing image.
+        (
+            format!(
+                "{}\n{}\ndone ok 4 images\n",
+                image_lines[..2].join("\n"),
+                image_lines[3]
+            ),
+            "images missing: 2",
+        ),
+        // The count does not match.
+        (
+            format!("{}\ndone ok 16 images\n", image_lines.join("\n")),
+            "ran 16 images but the log has 4",
+        ),
+        // The firmware stopped on an error.
+        (
+            format!("{}\ndone error\n", image_lines[..2].join("\n")),
+            "reported an error",
+        ),
+        // A repeated image.
+        (
+            format!(
+                "{}\n{}\ndone ok 4 images\n",
+                image_lines[..3].join("\n"),
+                image_lines[0]
+            ),
+            "more than once: 0",
+        ),
+    ] {
+        std::fs::write(&cut, &body).unwrap();
+        let o = run(&["firmware-check", "--log", s(&cut)]);
+        assert_eq!(o.status.code(), Some(1), "{why}: {}", text(&o));
+        assert!(
+            text(&o).contains(why) && !text(&o).contains("PASS"),
+            "{why}: {}",
+            text(&o)
+        );
+    }
+    // --model names the model the firmware embeds.
+    let o = run(&[
+        "firmware-check",
+        "--log",
+        s(&good),
+        "--model",
+        s(&fixtures().join("mnist.psm")),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
 
     let junk = tmp.path().join("junk.log");
     std::fs::write(&junk, "image 0 label seven\n").unwrap();

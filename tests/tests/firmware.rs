@@ -93,7 +93,8 @@ fn firmware_under_qemu_is_bit_identical_with_host_and_within_budget() {
     }
     let dir = root().join("tests/firmware");
     let log = run_firmware(&dir);
-    assert!(log.contains("done ok"), "{log}");
+    // The closing line announces the image count (firmware-check fails a log without it).
+    assert!(log.contains("done ok 16 images"), "{log}");
 
     // Host side: the same 16 images through the core.
     let bytes = std::fs::read(root().join("fixtures/mnist.psm")).unwrap();

@@ -35,11 +35,46 @@ pub struct LogLine {
     pub crc32: u32,
 }
 
-/// Parses the `image` lines of a firmware log (other lines are ignored).
-pub fn parse_log(text: &str) -> Result<Vec<LogLine>> {
+/// How a firmware log ends.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closing {
+    /// `done ok <n> images`: the firmware ran `n` images.
+    Ok(usize),
+    /// `done error`: the firmware stopped on an error.
+    Error,
+    /// No closing line: the log is cut off (or from an old firmware).
+    Missing,
+}
+
+/// A parsed firmware log.
+#[derive(Debug)]
+pub struct Log {
+    /// The `image` lines.
+    pub lines: Vec<LogLine>,
+    /// The closing line.
+    pub closing: Closing,
+}
+
+/// Parses a firmware log: its `image` lines and its closing `done` line (other
+/// lines are ignored).
+pub fn parse_log(text: &str) -> Result<Log> {
     let mut out = Vec::new();
+    let mut closing = Closing::Missing;
     for (n, line) in text.lines().enumerate() {
         let f: Vec<&str> = line.split_whitespace().collect();
+        if f.first() == Some(&"done") {
+            closing = match f[1..] {
+                ["ok", count, "images"] => Closing::Ok(count.parse().map_err(|_| {
+                    anyhow::anyhow!("line {}: `{line}` is not `done ok <n> images`", n + 1)
+                })?),
+                ["error", ..] => Closing::Error,
+                _ => bail!(
+                    "line {}: `{line}` is not `done ok <n> images` or `done error`",
+                    n + 1
+                ),
+            };
+            continue;
+        }
         if f.first() != Some(&"image")
             || f.get(3) == Some(&"purify")
             || f.get(3) == Some(&"classify")
@@ -62,13 +97,83 @@ pub fn parse_log(text: &str) -> Result<Vec<LogLine>> {
             crc32: u32::from_str_radix(f[7], 16).map_err(|_| bad())?,
         });
     }
-    Ok(out)
+    Ok(Log {
+        lines: out,
+        closing,
+    })
+}
+
+/// Why a log is incomplete: images missing or repeated, closing line absent or
+/// announcing another count, or the firmware's own error. Empty when complete.
+pub fn incompleteness(log: &Log) -> Vec<String> {
+    let mut why = Vec::new();
+    let n = match log.closing {
+        Closing::Ok(n) => n,
+        Closing::Error => {
+            why.push("the firmware reported an error (`done error`)".to_owned());
+            log.lines.len()
+        }
+        Closing::Missing => {
+            why.push(
+                "the log lacks the firmware's closing line `done ok <n> images`: it is cut off, or the firmware stopped early"
+                    .to_owned(),
+            );
+            log.lines.len()
+        }
+    };
+    let mut count = vec![0usize; n];
+    let mut extra = Vec::new();
+    for l in &log.lines {
+        match count.get_mut(l.index) {
+            Some(c) => *c += 1,
+            None => extra.push(l.index),
+        }
+    }
+    let missing: Vec<String> = (0..n)
+        .filter(|&i| count[i] == 0)
+        .map(|i| i.to_string())
+        .collect();
+    let twice: Vec<String> = (0..n)
+        .filter(|&i| count[i] > 1)
+        .map(|i| i.to_string())
+        .collect();
+    if matches!(log.closing, Closing::Ok(_)) && log.lines.len() != n {
+        why.push(format!(
+            "the firmware ran {n} images but the log has {} image lines",
+            log.lines.len()
+        ));
+    }
+    if log.lines.is_empty() {
+        why.push("the log has no image lines".to_owned());
+    }
+    if !missing.is_empty() {
+        why.push(format!("images missing: {}", missing.join(", ")));
+    }
+    if !twice.is_empty() {
+        why.push(format!(
+            "images reported more than once: {}",
+            twice.join(", ")
+        ));
+    }
+    if !extra.is_empty() && matches!(log.closing, Closing::Ok(_)) {
+        extra.sort_unstable();
+        why.push(format!(
+            "image indices beyond the {n} the firmware ran: {}",
+            extra
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    why
 }
 
 pub fn run(a: FirmwareCheckArgs) -> Result<i32> {
     let text = String::from_utf8_lossy(&read_file(&a.log)?).into_owned();
-    let lines = parse_log(&text).with_context(|| format!("reading {}", a.log.display()))?;
-    if lines.is_empty() {
+    let log = parse_log(&text).with_context(|| format!("reading {}", a.log.display()))?;
+    let lines = &log.lines;
+    if lines.is_empty() && log.closing == Closing::Missing {
         bail!(
             "{} has no `image` lines; is it a firmware log?",
             a.log.display()
@@ -82,11 +187,16 @@ pub fn run(a: FirmwareCheckArgs) -> Result<i32> {
     let mut logits = vec![0.0; model.num_classes()];
     let mut out = vec![0.0; model.input_len()];
     let mut mismatches = 0;
-    println!(
+    outln!(
         "{:>5} {:>5} {:>12} {:>12} {:>10} {:>10}  result",
-        "image", "label", "board crc32", "host crc32", "board", "host"
-    );
-    for l in &lines {
+        "image",
+        "label",
+        "board crc32",
+        "host crc32",
+        "board",
+        "host"
+    )?;
+    for l in lines {
         let Some(x) = sample.image_f32(l.index) else {
             bail!(
                 "image index {} is outside the {} sample images",
@@ -101,7 +211,7 @@ pub fn run(a: FirmwareCheckArgs) -> Result<i32> {
             && host_label == l.purified
             && usize::from(sample.labels[l.index]) == l.label;
         mismatches += usize::from(!ok);
-        println!(
+        outln!(
             "{:>5} {:>5} {:>12} {:>12} {:>10} {:>10}  {}",
             l.index,
             l.label,
@@ -110,16 +220,21 @@ pub fn run(a: FirmwareCheckArgs) -> Result<i32> {
             l.purified,
             host_label,
             if ok { "same" } else { "DIFFERENT" }
-        );
+        )?;
     }
-    if mismatches == 0 {
-        println!("PASS: {} images bit-identical with the host", lines.len());
-        Ok(0)
-    } else {
-        println!(
+    let incomplete = incompleteness(&log);
+    if mismatches == 0 && incomplete.is_empty() {
+        outln!("PASS: {} images bit-identical with the host", lines.len())?;
+        return Ok(0);
+    }
+    if mismatches > 0 {
+        outln!(
             "FAIL: {mismatches} of {} images differ from the host",
             lines.len()
-        );
-        Ok(1)
+        )?;
     }
+    for why in &incomplete {
+        outln!("FAIL: incomplete log: {why}")?;
+    }
+    Ok(1)
 }

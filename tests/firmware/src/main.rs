@@ -3,9 +3,11 @@
 //!
 //! `image <i> label <true> purified <label> crc32 <digest of the purified f32 bytes>`
 //!
-//! then footprint lines, and exits through semihosting (0 = every image ran).
-//! `pursamere verify --firmware-log` / the cross-check test compare the lines with
-//! the host build of the core.
+//! then footprint lines and the closing line `done ok <n> images` (`done error` if
+//! something failed), and exits through semihosting (0 = every image ran).
+//! `pursamere firmware-check --log` and the cross-check test compare the lines with
+//! the host build of the core; a log without the closing line, or with fewer image
+//! lines than it announces, is incomplete and fails the check.
 #![no_std]
 #![no_main]
 
@@ -96,11 +98,18 @@ fn main() -> ! {
         p.SYST.enable_interrupt();
         p.SYST.enable_counter();
     }
-    let ok = run();
+    let images = run();
     let used = stack_high_water(bottom, top);
     hprintln!("stack_bytes {}", used);
-    hprintln!("done {}", if ok { "ok" } else { "error" });
-    debug::exit(if ok {
+    match images {
+        Some(n) => {
+            hprintln!("done ok {} images", n);
+        }
+        None => {
+            hprintln!("done error");
+        }
+    }
+    debug::exit(if images.is_some() {
         debug::EXIT_SUCCESS
     } else {
         debug::EXIT_FAILURE
@@ -110,13 +119,15 @@ fn main() -> ! {
     }
 }
 
+/// Purifies and classifies every image; the number of images, or `None` after an
+/// error (already printed).
 #[inline(never)]
-fn run() -> bool {
+fn run() -> Option<usize> {
     let model = match Model::parse(MODEL) {
         Ok(m) => m,
         Err(e) => {
             hprintln!("model error: {}", e);
-            return false;
+            return None;
         }
     };
     let mut cfg = model.purifier_config();
@@ -142,7 +153,7 @@ fn run() -> bool {
             need,
             SCRATCH
         );
-        return false;
+        return None;
     }
     hprintln!("scratch_bytes {}", 4 * model.purify_scratch_len(&cfg));
     let mut scratch = [0.0f32; SCRATCH];
@@ -156,13 +167,13 @@ fn run() -> bool {
         }
         if let Err(e) = model.purify(&x, &cfg, &mut out, &mut scratch) {
             hprintln!("image {} purify error: {}", i, e);
-            return false;
+            return None;
         }
         let l = match model.classify(&out, &mut logits, &mut scratch) {
             Ok(l) => l,
             Err(e) => {
                 hprintln!("image {} classify error: {}", i, e);
-                return false;
+                return None;
             }
         };
         hprintln!(
@@ -173,9 +184,10 @@ fn run() -> bool {
             digest_f32(&out)
         );
     }
-    let per_image = (ticks() - start) / (IMAGES.len() / D) as u64;
+    let images = IMAGES.len() / D;
+    let per_image = (ticks() - start) / images.max(1) as u64;
     hprintln!("systick_ticks_per_image {}", per_image);
-    true
+    Some(images)
 }
 
 #[panic_handler]
