@@ -2,9 +2,56 @@
 //!
 //! Exit codes: 0 success, 1 failure (including a failed check), 2 usage error.
 
+/// `println!` that returns the write error instead of panicking on a closed pipe
+/// or a full disk: `outln!(...)?` in every command that reports on stdout.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::StdoutError)
+    }};
+}
+
 mod cmd;
 
 use clap::{Parser, Subcommand};
+
+/// Writing a report to standard output failed (closed pipe, full disk, …).
+#[derive(Debug)]
+pub struct StdoutError(pub std::io::Error);
+
+impl std::fmt::Display for StdoutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot write to standard output: {}", self.0)
+    }
+}
+
+impl std::error::Error for StdoutError {}
+
+/// The message of an error and its causes, `a: b: c`, leaving out a cause whose
+/// text the message already holds (errors that print their source themselves).
+fn error_message(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if msg.is_empty() {
+            msg = text;
+        } else if !text.is_empty() && !msg.contains(&text) {
+            msg = format!("{msg}: {text}");
+        }
+    }
+    msg
+}
+
+/// Whether `e` is a write to a standard output whose reader has gone away
+/// (`pursamere inspect | head -1`): not an error, just a reason to stop.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<StdoutError>()
+            .map(|s| &s.0)
+            .or_else(|| c.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
 
 #[derive(Parser)]
 #[command(
@@ -109,10 +156,17 @@ fn main() {
         Command::Eval(a) => cmd::eval::run(a),
         Command::FirmwareCheck(a) => cmd::firmware::run(a),
     };
+    // Flush here so that a failed final write is reported, not lost at exit.
+    let result = result.and_then(|code| {
+        use std::io::Write as _;
+        std::io::stdout().flush().map_err(StdoutError)?;
+        Ok(code)
+    });
     match result {
         Ok(code) => std::process::exit(code),
+        Err(e) if is_broken_pipe(&e) => std::process::exit(0),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_message(&e));
             std::process::exit(1);
         }
     }
@@ -120,7 +174,30 @@ fn main() {
 
 #[cfg(test)]
 mod tests {
+    use anyhow::Context;
     use clap::CommandFactory;
+
+    #[test]
+    fn error_message_leaves_out_repeated_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        #[derive(Debug)]
+        struct Wrap(std::io::Error);
+        impl std::fmt::Display for Wrap {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "x.idx: cannot read: {}", self.0)
+            }
+        }
+        impl std::error::Error for Wrap {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Err::<(), _>(Wrap(io)).context("loading").unwrap_err();
+        assert_eq!(
+            super::error_message(&e),
+            "loading: x.idx: cannot read: gone"
+        );
+    }
 
     #[test]
     fn command_line_definition_is_consistent() {

@@ -683,3 +683,407 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
     let o = eval(&out, &[]);
     assert!(text(&o).contains("not a valid protocol"), "{}", text(&o));
 }
+
+/// Runs `args` with standard output a pipe whose reading end is already closed.
+fn run_into_closed_pipe(args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = bin()
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let status = child.wait().unwrap();
+    Output {
+        status,
+        stdout: Vec::new(),
+        stderr: err.into_bytes(),
+    }
+}
+
+#[test]
+fn closed_or_full_stdout_is_not_a_panic() {
+    let psm = fixtures().join("mnist.psm");
+    let idx = fixtures().join("mnist-sample/t10k-images-idx3-ubyte.gz");
+    let tmp = tempfile::tempdir().unwrap();
+    let golden: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("golden.json")).unwrap()).unwrap();
+    let g = &golden["images"][0];
+    let log = tmp.path().join("board.log");
+    std::fs::write(
+        &log,
+        format!(
+            "image 0 label {} purified {} crc32 {}\ndone ok 1 images\n",
+            g["label"],
+            g["purified_prediction"],
+            g["purified_crc32"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["inspect", s(&psm)],
+        vec!["inspect", s(&psm), "--json"],
+        vec!["classify", "--idx", s(&idx), "--range", "0..2"],
+        vec![
+            "purify",
+            "--idx",
+            s(&idx),
+            "--range",
+            "0",
+            "--iters",
+            "1",
+            "--out",
+            s(&out),
+        ],
+        vec!["firmware-check", "--log", s(&log)],
+    ];
+    for args in &cases {
+        // A reader that went away (`pursamere inspect | head -1`): a quiet stop.
+        let o = run_into_closed_pipe(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o));
+        assert!(o.stderr.is_empty(), "{args:?}: {}", text(&o));
+        // A full disk: an error message, exit code 1, no panic.
+        if Path::new("/dev/full").exists() {
+            let full = std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap();
+            let o = bin().args(args).stdout(full).output().unwrap();
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+            let t = text(&o);
+            assert!(
+                t.contains("cannot write to standard output") && !t.contains("panicked"),
+                "{args:?}: {t}"
+            );
+        }
+    }
+}
+
+#[test]
+fn verify_rejects_bad_numbers_and_foreign_files_before_work() {
+    let psm = fixtures().join("mnist.psm");
+    let data = fixtures().join("mnist-sample");
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["verify", "--model", s(&psm), "--data", s(&data)];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    for (extra, want) in [
+        (
+            &["--eps", "nan"][..],
+            "--eps must be finite and >= 0, got NaN",
+        ),
+        (&["--eps=-1"][..], "--eps must be finite and >= 0, got -1"),
+        (&["--eps", "inf"][..], "--eps must be finite"),
+        (&["--count", "0"][..], "--count must be at least 1"),
+        (
+            &["--float", s(&psm), "--count", "1"][..],
+            "this is a .psm model file, not a .safetensors file",
+        ),
+    ] {
+        let o = verify(extra);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{extra:?}: {t}");
+        assert!(t.contains(want), "{extra:?}: {t}");
+        assert!(
+            !t.contains("panicked") && !t.contains("HeaderTooLarge") && !t.contains("outside"),
+            "{extra:?}: {t}"
+        );
+    }
+}
+
+#[test]
+fn error_messages_name_each_cause_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // A missing IDX file: the OS error once, not `…: X: X`.
+    let o = run(&["classify", "--idx", s(&d.join("missing.gz"))]);
+    assert_eq!(o.status.code(), Some(1));
+    let t = text(&o);
+    assert_eq!(t.matches("os error 2").count(), 1, "{t}");
+    assert!(t.contains("missing.gz"), "{t}");
+    // An empty IDX file is called empty, not "magic 0x00000000".
+    let empty = d.join("empty-idx");
+    std::fs::write(&empty, b"").unwrap();
+    let o = run(&["classify", "--idx", s(&empty)]);
+    assert_eq!(o.status.code(), Some(1));
+    let t = text(&o);
+    assert!(t.contains("empty") && !t.contains("magic"), "{t}");
+    // A corrupt gzip stream: its cause once.
+    let gz = fixtures().join("mnist-sample/t10k-images-idx3-ubyte.gz");
+    let bytes = std::fs::read(gz).unwrap();
+    let cut = d.join("cut.gz");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let o = run(&["classify", "--idx", s(&cut)]);
+    assert_eq!(o.status.code(), Some(1));
+    let t = text(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let line = stderr.lines().next().unwrap_or("");
+    let parts: Vec<&str> = line.split(": ").collect();
+    for (i, p) in parts.iter().enumerate().skip(1) {
+        assert_ne!(Some(p), parts.get(i - 1), "{t}");
+    }
+}
+
+#[test]
+fn demo_checks_its_output_path_before_the_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("nodir/x.png");
+    let start = std::time::Instant::now();
+    let o = run(&["demo", "--out", s(&target)]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("nodir") && t.contains("does not exist"), "{t}");
+    // Nothing of the demo's work was done or printed.
+    assert!(!t.contains("PurSAMERE demo"), "{t}");
+    assert!(start.elapsed().as_secs() < 20);
+    let o = run(&["demo", "--eps", "nan"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("--eps"));
+}
+
+#[test]
+fn purify_refuses_inputs_whose_outputs_would_collide() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let sample = pursamere_trainer::data::load_mnist_dir(
+        &fixtures().join("mnist-sample"),
+        pursamere_trainer::data::Split::Test,
+    )
+    .unwrap();
+    for (dir, i) in [("a", 0), ("b", 1)] {
+        std::fs::create_dir(d.join(dir)).unwrap();
+        write_png(
+            &d.join(dir).join("x.png"),
+            28,
+            28,
+            png::ColorType::Grayscale,
+            sample.image(i).unwrap(),
+        );
+    }
+    let out = d.join("out");
+    let (a, b) = (d.join("a/x.png"), d.join("b/x.png"));
+    let o = run(&["purify", s(&a), s(&b), "--out", s(&out), "--iters", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("a/x.png") && t.contains("b/x.png") && t.contains("x.purified"),
+        "{t}"
+    );
+    assert!(!out.exists(), "nothing written");
+    // Distinct names are fine.
+    std::fs::rename(&b, d.join("b/y.png")).unwrap();
+    let o = run(&[
+        "purify",
+        s(&a),
+        s(&d.join("b/y.png")),
+        "--out",
+        s(&out),
+        "--iters",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out.join("x.purified.png").exists() && out.join("y.purified.png").exists());
+}
+
+#[test]
+fn train_validates_sizes_before_reading_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("r");
+    for (flags, want) in [
+        (&["--den-hidden", "0"][..], "--den-hidden 0"),
+        (&["--cls-hidden", "8,0"][..], "--cls-hidden 8,0"),
+        (
+            &["--den-epochs", "0"][..],
+            "--den-epochs must be at least 1",
+        ),
+        (
+            &["--cls-epochs", "0"][..],
+            "--cls-epochs must be at least 1",
+        ),
+        (
+            &["--batch-size", "0"][..],
+            "--batch-size must be at least 1",
+        ),
+        (&["--lr", "nan"][..], "--lr"),
+    ] {
+        let mut args = vec!["train", "--data", "no-such-data", "--out", s(&out)];
+        args.extend_from_slice(flags);
+        let o = run(&args);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{flags:?}: {t}");
+        assert!(
+            t.contains(want) && !t.contains("panicked"),
+            "{flags:?}: {t}"
+        );
+        assert!(!out.exists(), "{flags:?}: nothing created");
+    }
+    // Only the networks being trained are checked.
+    let o = run(&[
+        "train",
+        "--data",
+        "no-such-data",
+        "--out",
+        s(&out),
+        "--what",
+        "classifier",
+        "--den-epochs",
+        "0",
+    ]);
+    assert!(text(&o).contains("no-such-data"), "{}", text(&o));
+}
+
+#[test]
+fn train_never_overwrites_or_misresumes_a_run_and_export_writes_both_files_or_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    data_dir(&data);
+    let run_dir = tmp.path().join("run");
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--data",
+            s(&data),
+            "--out",
+            s(&run_dir),
+            "--den-epochs",
+            "1",
+            "--cls-epochs",
+            "1",
+            "--den-hidden",
+            "8",
+            "--cls-hidden",
+            "8",
+            "--validation",
+            "50",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    // --resume with nothing to resume.
+    let o = train(&["--resume"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("holds no checkpoint"), "{}", text(&o));
+
+    let o = train(&[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("Ctrl-C") && text(&o).contains("--resume"),
+        "{}",
+        text(&o)
+    );
+    let ckpt = run_dir.join("denoiser.ckpt");
+    let before = std::fs::read(&ckpt).unwrap();
+
+    // Starting again in the same directory is refused, naming the way out.
+    let o = train(&["--seed", "5"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains(s(&run_dir)) && t.contains("--resume") && t.contains("--force"),
+        "{t}"
+    );
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap(),
+        before,
+        "checkpoint untouched"
+    );
+
+    // Resuming with another architecture or setting names the flag and both values.
+    for (extra, want) in [
+        (
+            &["--den-hidden", "12"][..],
+            "--den-hidden 12 (the checkpoint has 8)",
+        ),
+        (
+            &["--cls-hidden", "8,8"][..],
+            "--cls-hidden 8,8 (the checkpoint has 8)",
+        ),
+        (
+            &["--lr", "0.01"][..],
+            "--lr 0.01 (the checkpoint has 0.001)",
+        ),
+        (
+            &["--sigmas", "0.25,0.5"][..],
+            "--sigmas 0.25,0.5 (the checkpoint has 0.5)",
+        ),
+        (&["--residual"][..], "--residual"),
+        (
+            &["--den-epochs", "3"][..],
+            "--den-epochs 3 (the checkpoint has 1)",
+        ),
+    ] {
+        let mut args = vec!["--resume"];
+        args.extend_from_slice(extra);
+        let o = train(&args);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{extra:?}: {t}");
+        assert!(t.contains(want), "{extra:?}: {t}");
+        assert!(
+            !t.contains("TrainConfig") && !t.contains("Objective") && !t.contains('{'),
+            "{extra:?}: {t}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap(),
+        before,
+        "checkpoint untouched"
+    );
+
+    // The same flags resume (nothing left to do); --force starts afresh.
+    let o = train(&["--resume"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("resuming after epoch 1 of 1"),
+        "{}",
+        text(&o)
+    );
+    let o = train(&["--force", "--seed", "5"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_ne!(std::fs::read(&ckpt).unwrap(), before, "--force retrained");
+
+    // export: a bad --safetensors path leaves no .psm (and no temporary) behind.
+    let psm = run_dir.join("m.psm");
+    let bad = tmp.path().join("no-dir/m.safetensors");
+    let o = run(&[
+        "export",
+        "--run",
+        s(&run_dir),
+        "--out",
+        s(&psm),
+        "--safetensors",
+        s(&bad),
+        "--side",
+        "8",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("no-dir"), "{}", text(&o));
+    let left: Vec<_> = std::fs::read_dir(&run_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".ckpt"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // Export is byte-reproducible, both files.
+    let st = run_dir.join("m.safetensors");
+    let export = || {
+        let o = run(&[
+            "export",
+            "--run",
+            s(&run_dir),
+            "--out",
+            s(&psm),
+            "--side",
+            "8",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        (std::fs::read(&psm).unwrap(), std::fs::read(&st).unwrap())
+    };
+    assert_eq!(export(), export());
+}

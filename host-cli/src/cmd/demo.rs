@@ -42,13 +42,45 @@ pub struct DemoArgs {
     pub steps: usize,
 }
 
+/// Checks the `--eps` budget of a transfer attack (finite and ≥ 0).
+pub fn check_eps(eps: f32) -> Result<()> {
+    if !(eps.is_finite() && eps >= 0.0) {
+        anyhow::bail!("--eps must be finite and >= 0, got {eps}");
+    }
+    Ok(())
+}
+
+/// Checks, before any work, that `path` can be written: its directory exists and
+/// accepts files (tried with the temporary name the final write uses).
+pub fn check_writable(path: &std::path::Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "cannot write {}: the directory {} does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
+    if path.is_dir() {
+        anyhow::bail!("cannot write {}: it is a directory", path.display());
+    }
+    let mut probe = path.as_os_str().to_owned();
+    probe.push(".tmp");
+    let probe = PathBuf::from(probe);
+    std::fs::File::create(&probe).with_context(|| format!("cannot write {}", path.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 pub fn run(a: DemoArgs) -> Result<i32> {
     if a.count == 0 || a.count > 256 {
         anyhow::bail!("--count must be between 1 and 256, got {}", a.count);
     }
-    if !(a.eps.is_finite() && a.eps >= 0.0) {
-        anyhow::bail!("--eps must be finite and >= 0, got {}", a.eps);
-    }
+    check_eps(a.eps)?;
+    check_writable(&a.out)?;
     let model = Model::parse(SHIPPED_PSM).context("the shipped model is corrupt")?;
     let float = from_safetensors(SHIPPED_SAFETENSORS)?;
     let sample = dataset_from_idx_bytes("fixtures/mnist-sample", SAMPLE_IMAGES, SAMPLE_LABELS, 10)?;
@@ -59,10 +91,10 @@ pub fn run(a: DemoArgs) -> Result<i32> {
         .collect();
     let y: Vec<usize> = sample.labels[..n].iter().map(|&l| usize::from(l)).collect();
     let cfg = model.purifier_config();
-    println!(
+    outln!(
         "PurSAMERE demo: shipped MNIST model, {n} test images, purifier K = {} M = {} sigma = {} eta = {} rho = {} delta = {}",
         cfg.iters, cfg.noise_samples, cfg.sigma, cfg.eta, cfg.rho, cfg.radius
-    );
+    )?;
 
     let t = Instant::now();
     let oracle = ClassifierOracle::new(&float.classifier, d);
@@ -77,33 +109,33 @@ pub fn run(a: DemoArgs) -> Result<i32> {
     let purify_secs = t.elapsed().as_secs_f64();
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
 
-    println!();
-    println!("{:<44} {:>10} {:>12}", "", "clean", "adversarial");
-    println!(
+    outln!()?;
+    outln!("{:<44} {:>10} {:>12}", "", "clean", "adversarial")?;
+    outln!(
         "{:<44} {:>9.1} % {:>11.1} %",
         "classifier alone (int8 core)",
         100.0 * clean,
         100.0 * adv_plain
-    );
-    println!(
+    )?;
+    outln!(
         "{:<44} {:>9.1} % {:>11.1} %",
         "purified, then classified (int8 core)",
         100.0 * accuracy(&clean_lab, &y),
         100.0 * accuracy(&adv_lab, &y)
-    );
-    println!();
-    println!(
+    )?;
+    outln!()?;
+    outln!(
         "adversarial = PGD L-inf eps {} ({} steps) against the UNDEFENDED float classifier, transferred;",
         a.eps, a.steps
-    );
-    println!("it is not a white-box attack on the purifier, so it does not measure robustness.");
-    println!(
+    )?;
+    outln!("it is not a white-box attack on the purifier, so it does not measure robustness.")?;
+    outln!(
         "time: attack {:.2} s; purify + classify {:.1} ms per image ({} threads, {:.1} ms per image per thread)",
         attack_secs,
         1e3 * purify_secs / (2 * n) as f64,
         threads,
         1e3 * purify_secs * threads as f64 / (2 * n) as f64
-    );
+    )?;
     let _ = clean_px;
 
     // Grid: up to 8 rows of original | adversarial | purified, 3x magnified.
@@ -126,9 +158,9 @@ pub fn run(a: DemoArgs) -> Result<i32> {
         }
     }
     write_file(&a.out, &encode_png_gray(width, height, &img)?)?;
-    println!(
+    outln!(
         "wrote {} (columns: original | adversarial | purified)",
         a.out.display()
-    );
+    )?;
     Ok(0)
 }

@@ -10,8 +10,6 @@ use pursamere_trainer::model::FloatModel;
 use pursamere_trainer::safetensors_io::to_safetensors;
 use pursamere_trainer::train::load_checkpoint;
 
-use super::write_file;
-
 /// The default purifier configuration written into new models: the setting the
 /// fixtures sweep chose on a validation split of the MNIST TRAIN set (see
 /// fixtures/README.md); `pursamere fixtures` re-chooses it for the shipped model.
@@ -109,6 +107,40 @@ pub struct ExportArgs {
     pub purifier: PurifierArgs,
 }
 
+/// Writes both files or neither: each goes to a temporary name first, and only
+/// when both are written are they renamed into place.
+fn write_pair(files: [(&PathBuf, &[u8]); 2]) -> Result<()> {
+    if files[0].0 == files[1].0 {
+        anyhow::bail!(
+            "--out and --safetensors are the same file {}",
+            files[0].0.display()
+        );
+    }
+    let tmp = |p: &PathBuf| {
+        let mut t = p.as_os_str().to_owned();
+        t.push(".tmp");
+        PathBuf::from(t)
+    };
+    let cleanup = || {
+        for (p, _) in &files {
+            let _ = std::fs::remove_file(tmp(p));
+        }
+    };
+    for (p, bytes) in &files {
+        if let Err(e) = std::fs::write(tmp(p), bytes) {
+            cleanup();
+            return Err(e).with_context(|| format!("cannot write {}", p.display()));
+        }
+    }
+    for (p, _) in &files {
+        if let Err(e) = std::fs::rename(tmp(p), p) {
+            cleanup();
+            return Err(e).with_context(|| format!("cannot write {}", p.display()));
+        }
+    }
+    Ok(())
+}
+
 pub fn run(a: ExportArgs) -> Result<i32> {
     let den = load_checkpoint(&a.run.join("denoiser.ckpt"))?;
     let cls = load_checkpoint(&a.run.join("classifier.ckpt"))?;
@@ -130,32 +162,35 @@ pub fn run(a: ExportArgs) -> Result<i32> {
     };
     let q = QuantizedModel::from_float(&fm)?;
     let psm = q.to_psm()?;
-    write_file(&a.out, &psm)?;
     let st_path = a
         .safetensors
         .clone()
         .unwrap_or_else(|| a.out.with_extension("safetensors"));
-    write_file(&st_path, &to_safetensors(&fm)?)?;
-    println!("layer quantisation error (int8 per output row):");
-    println!(
+    write_pair([(&a.out, &psm), (&st_path, &to_safetensors(&fm)?)])?;
+    outln!("layer quantisation error (int8 per output row):")?;
+    outln!(
         "{:<11} {:>5} {:>12} {:>12} {:>12}",
-        "network", "layer", "max |err|", "rms err", "rms/rms(w)"
-    );
+        "network",
+        "layer",
+        "max |err|",
+        "rms err",
+        "rms/rms(w)"
+    )?;
     for r in q.report() {
-        println!(
+        outln!(
             "{:<11} {:>5} {:>12.3e} {:>12.3e} {:>11.3} %",
             r.network.to_string(),
             r.layer,
             r.max_abs,
             r.rms,
             100.0 * r.relative_rms
-        );
+        )?;
     }
-    println!(
+    outln!(
         "wrote {} ({} bytes) and {}",
         a.out.display(),
         psm.len(),
         st_path.display()
-    );
+    )?;
     Ok(0)
 }

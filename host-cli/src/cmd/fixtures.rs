@@ -191,13 +191,13 @@ pub fn run(a: FixturesArgs) -> Result<i32> {
         &a.out.join("sweep.json"),
         serde_json::to_string_pretty(&sweep)?.as_bytes(),
     )?;
-    println!(
+    outln!(
         "wrote {}/mnist.psm ({} bytes), mnist.safetensors, mnist-sample/ ({} images), golden.json, sweep.json in {:.0} s",
         a.out.display(),
         psm.len(),
         sample.len(),
         start.elapsed().as_secs_f64()
-    );
+    )?;
     Ok(0)
 }
 

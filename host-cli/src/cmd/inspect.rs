@@ -63,10 +63,10 @@ pub fn run(a: InspectArgs) -> Result<i32> {
         "macs_per_classification": model.classifier_macs(),
     });
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(0);
     }
-    println!(
+    outln!(
         "{}: {} bytes, data set {:?}, input {}x{}x{}, {} classes",
         a.model.display(),
         bytes.len(),
@@ -75,14 +75,20 @@ pub fn run(a: InspectArgs) -> Result<i32> {
         spec.meta.input_shape.height,
         spec.meta.input_shape.width,
         spec.meta.class_names.len()
-    );
-    println!(
+    )?;
+    outln!(
         "{:<11} {:>3} {:<11} {:>7} {:>7} {:>9} {:>9}",
-        "network", "#", "layer", "in", "out", "params", "MACs"
-    );
+        "network",
+        "#",
+        "layer",
+        "in",
+        "out",
+        "params",
+        "MACs"
+    )?;
     for l in &layers {
         let num = |k: &str| l[k].as_u64().unwrap_or(0);
-        println!(
+        outln!(
             "{:<11} {:>3} {:<11} {:>7} {:>7} {:>9} {:>9}",
             l["network"].as_str().unwrap_or(""),
             num("index"),
@@ -91,11 +97,11 @@ pub fn run(a: InspectArgs) -> Result<i32> {
             num("outputs"),
             num("params"),
             num("macs")
-        );
+        )?;
     }
-    println!("parameters: {params}");
-    println!("denoiser residual skip: {}", spec.denoiser.residual);
-    println!(
+    outln!("parameters: {params}")?;
+    outln!("denoiser residual skip: {}", spec.denoiser.residual)?;
+    outln!(
         "purifier: sigma {} M {} K {} eta {} rho {} delta {} norm {:?} step {:?} seed {}",
         cfg.sigma,
         cfg.noise_samples,
@@ -106,12 +112,12 @@ pub fn run(a: InspectArgs) -> Result<i32> {
         cfg.norm,
         cfg.step,
         cfg.seed
-    );
-    println!("scratch RAM: {scratch_min} bytes minimum (microcontroller), {scratch_fast} bytes for the fastest host path");
-    println!(
+    )?;
+    outln!("scratch RAM: {scratch_min} bytes minimum (microcontroller), {scratch_fast} bytes for the fastest host path")?;
+    outln!(
         "cost: {} MACs per purification, {} per classification",
         model.purify_macs(&cfg),
         model.classifier_macs()
-    );
+    )?;
     Ok(0)
 }

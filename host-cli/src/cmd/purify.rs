@@ -52,11 +52,41 @@ fn softmax_max(logits: &[f32]) -> f32 {
     1.0 / z
 }
 
+/// Refuses inputs whose output files would overwrite each other: the same file
+/// name (stem) from different folders, e.g. `a/x.png` and `b/x.png`.
+fn check_distinct_names(png: &[PathBuf]) -> Result<()> {
+    let mut seen: std::collections::HashMap<std::ffi::OsString, &PathBuf> =
+        std::collections::HashMap::new();
+    for p in png {
+        let Some(stem) = p.file_stem() else { continue };
+        if let Some(first) = seen.get(stem) {
+            let same = match (first.canonicalize(), p.canonicalize()) {
+                (Ok(x), Ok(y)) => x == y,
+                _ => *first == p,
+            };
+            if same {
+                anyhow::bail!("{} is given twice", p.display());
+            }
+            anyhow::bail!(
+                "{} and {} would both be written as {}.purified.*; rename one or purify them in separate runs",
+                first.display(),
+                p.display(),
+                stem.to_string_lossy()
+            );
+        }
+        seen.insert(stem.to_owned(), p);
+    }
+    Ok(())
+}
+
 pub fn run_purify(a: PurifyArgs) -> Result<i32> {
     let bytes = model_bytes(&a.input.model)?;
     let model = parse_model(&bytes, &a.input.model)?;
     let cfg = a.purifier.apply(model.purifier_config())?;
     let inputs = load_inputs(&a.input, &model)?;
+    if !a.no_png || a.raw {
+        check_distinct_names(&a.input.png)?;
+    }
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     let shape = model.spec().meta.input_shape;
@@ -98,17 +128,21 @@ pub fn run_purify(a: PurifyArgs) -> Result<i32> {
             "max_abs_change": max_change, "crc32": format!("{:08x}", digest_f32(&out)), "files": files}));
     }
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({"purifier": cfg, "images": report}))?
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "{:<24} {:>6} {:>6} {:>11} {:>9}  files",
-            "input", "before", "after", "max |diff|", "crc32"
-        );
+            "input",
+            "before",
+            "after",
+            "max |diff|",
+            "crc32"
+        )?;
         for r in &report {
-            println!(
+            outln!(
                 "{:<24} {:>6} {:>6} {:>11.4} {:>9}  {}",
                 r["input"].as_str().unwrap_or(""),
                 r["label_before"].as_u64().unwrap_or(0),
@@ -123,7 +157,7 @@ pub fn run_purify(a: PurifyArgs) -> Result<i32> {
                         .collect::<Vec<_>>()
                         .join(" "))
                     .unwrap_or_default()
-            );
+            )?;
         }
     }
     Ok(0)
@@ -151,23 +185,26 @@ pub fn run_classify(a: ClassifyArgs) -> Result<i32> {
             "confidence": softmax_max(&logits), "logits": logits.clone()}));
     }
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({"purified": a.purify, "images": report}))?
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "{:<24} {:>5} {:<12} {:>10}",
-            "input", "label", "class", "confidence"
-        );
+            "input",
+            "label",
+            "class",
+            "confidence"
+        )?;
         for r in &report {
-            println!(
+            outln!(
                 "{:<24} {:>5} {:<12} {:>9.1} %",
                 r["input"].as_str().unwrap_or(""),
                 r["label"].as_u64().unwrap_or(0),
                 r["class"].as_str().unwrap_or(""),
                 100.0 * r["confidence"].as_f64().unwrap_or(0.0)
-            );
+            )?;
         }
     }
     Ok(0)

@@ -1,13 +1,13 @@
 //! `pursamere train`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use pursamere_trainer::data::{load_mnist_dir, Split};
-use pursamere_trainer::model::FloatNet;
+use pursamere_trainer::model::{FloatLayer, FloatNet};
 use pursamere_trainer::train::{
-    fresh_checkpoint, load_checkpoint, train, Objective, RunOptions, TrainConfig,
+    fresh_checkpoint, load_checkpoint, train, Checkpoint, Objective, RunOptions, TrainConfig,
 };
 
 /// Which networks to train.
@@ -39,16 +39,16 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 20)]
     pub cls_epochs: usize,
     /// Hidden widths of the denoiser, comma-separated.
-    #[arg(long, default_value = "256,256", value_delimiter = ',')]
+    #[arg(long, default_value = "256,256", value_delimiter = ',', action = clap::ArgAction::Set)]
     pub den_hidden: Vec<usize>,
     /// Hidden widths of the classifier, comma-separated.
-    #[arg(long, default_value = "256,256", value_delimiter = ',')]
+    #[arg(long, default_value = "256,256", value_delimiter = ',', action = clap::ArgAction::Set)]
     pub cls_hidden: Vec<usize>,
     /// Give the denoiser a global residual skip D(y) = y + net(y).
     #[arg(long)]
     pub residual: bool,
     /// Noise levels σ of the ERE loss, comma-separated; one is drawn per example.
-    #[arg(long, default_value = "0.5", value_delimiter = ',')]
+    #[arg(long, default_value = "0.5", value_delimiter = ',', action = clap::ArgAction::Set)]
     pub sigmas: Vec<f32>,
     /// Examples per step.
     #[arg(long, default_value_t = 128)]
@@ -62,9 +62,13 @@ pub struct TrainArgs {
     /// Training examples held out for validation (from the TRAIN set).
     #[arg(long, default_value_t = 5000)]
     pub validation: usize,
-    /// Continue from the checkpoints in --out instead of starting afresh.
+    /// Continue from the checkpoints in --out instead of starting afresh (the flags
+    /// must be those the run was started with).
     #[arg(long)]
     pub resume: bool,
+    /// Start afresh even though --out holds checkpoints, overwriting them.
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -74,9 +78,15 @@ pub struct TrainArgs {
     pub config: Option<PathBuf>,
 }
 
-pub fn run(a: TrainArgs) -> Result<i32> {
+/// Joins numbers with commas, as the list flags take them.
+fn list<T: std::fmt::Display>(v: &[T]) -> String {
+    v.iter().map(T::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Checks every flag before any data is read or anything is written.
+fn check_flags(a: &TrainArgs) -> Result<()> {
     if a.sigmas.is_empty() || a.sigmas.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-        bail!("--sigmas must be finite and > 0, got {:?}", a.sigmas);
+        bail!("--sigmas must be finite and > 0, got {}", list(&a.sigmas));
     }
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
@@ -84,10 +94,198 @@ pub fn run(a: TrainArgs) -> Result<i32> {
     if !(a.lr.is_finite() && a.lr > 0.0) {
         bail!("--lr must be finite and > 0, got {}", a.lr);
     }
+    let nets = [
+        (
+            a.what != What::Classifier,
+            "den",
+            a.den_epochs,
+            &a.den_hidden,
+        ),
+        (a.what != What::Denoiser, "cls", a.cls_epochs, &a.cls_hidden),
+    ];
+    for (used, prefix, epochs, hidden) in nets {
+        if !used {
+            continue;
+        }
+        if epochs == 0 {
+            bail!("--{prefix}-epochs must be at least 1");
+        }
+        if hidden.contains(&0) {
+            bail!(
+                "--{prefix}-hidden {}: every hidden width must be at least 1",
+                list(hidden)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The hidden widths, residual skip, input and output length of a network.
+fn shape_of(net: &FloatNet) -> (Vec<usize>, usize, usize) {
+    let dense: Vec<(usize, usize)> = net
+        .layers
+        .iter()
+        .filter_map(|l| match l {
+            FloatLayer::Dense {
+                inputs, outputs, ..
+            } => Some((*inputs, *outputs)),
+            FloatLayer::Relu => None,
+        })
+        .collect();
+    let hidden = dense
+        .iter()
+        .take(dense.len().saturating_sub(1))
+        .map(|d| d.1)
+        .collect();
+    let input = dense.first().map_or(0, |d| d.0);
+    let output = dense.last().map_or(0, |d| d.1);
+    (hidden, input, output)
+}
+
+/// What a run is asked to do, to compare with a checkpoint on `--resume`.
+struct Wanted<'a> {
+    prefix: &'static str,
+    objective: &'a Objective,
+    config: &'a TrainConfig,
+    net: &'a FloatNet,
+}
+
+/// Every flag whose value differs from the checkpoint's, as `--flag X (checkpoint: Y)`.
+fn differences(w: &Wanted<'_>, ck: &Checkpoint) -> Vec<String> {
+    let mut out = Vec::new();
+    fn differ(out: &mut Vec<String>, flag: String, now: String, then: String) {
+        if now != then {
+            out.push(format!("{flag} {now} (the checkpoint has {then})"));
+        }
+    }
+    let p = w.prefix;
+    let (hidden, input, output) = shape_of(w.net);
+    let (ck_hidden, ck_input, ck_output) = shape_of(&ck.net);
+    differ(
+        &mut out,
+        format!("--{p}-hidden"),
+        list(&hidden),
+        list(&ck_hidden),
+    );
+    if w.net.residual != ck.net.residual {
+        out.push(if ck.net.residual {
+            "no --residual (the checkpoint's denoiser has the residual skip)".to_owned()
+        } else {
+            "--residual (the checkpoint's denoiser has no residual skip)".to_owned()
+        });
+    }
+    if input != ck_input {
+        out.push(format!(
+            "--data with {input}-pixel images (the checkpoint's network takes {ck_input} pixels)"
+        ));
+    }
+    if output != ck_output && p == "cls" {
+        out.push(format!(
+            "{output} classes (the checkpoint's classifier has {ck_output})"
+        ));
+    }
+    match (w.objective, &ck.objective) {
+        (Objective::Denoiser { sigmas }, Objective::Denoiser { sigmas: then }) => {
+            differ(&mut out, "--sigmas".into(), list(sigmas), list(then));
+        }
+        // The class count is the output width, compared above.
+        (Objective::Classifier { .. }, Objective::Classifier { .. }) => {}
+        _ => out.push("a different network (the checkpoint trains the other one)".into()),
+    }
+    let (c, k) = (w.config, &ck.config);
+    differ(
+        &mut out,
+        format!("--{p}-epochs"),
+        c.epochs.to_string(),
+        k.epochs.to_string(),
+    );
+    differ(
+        &mut out,
+        "--batch-size".into(),
+        c.batch_size.to_string(),
+        k.batch_size.to_string(),
+    );
+    differ(&mut out, "--lr".into(), c.lr.to_string(), k.lr.to_string());
+    differ(
+        &mut out,
+        "--seed".into(),
+        c.seed.to_string(),
+        k.seed.to_string(),
+    );
+    let fixed = |t: &TrainConfig| {
+        (
+            t.lr_final_fraction.to_bits(),
+            t.beta1.to_bits(),
+            t.beta2.to_bits(),
+            t.eps.to_bits(),
+        )
+    };
+    if fixed(c) != fixed(k) {
+        out.push(format!(
+            "optimiser constants (final lr fraction, Adam beta1, beta2, eps) {} {} {} {} (the checkpoint has {} {} {} {}; written by another version?)",
+            c.lr_final_fraction, c.beta1, c.beta2, c.eps, k.lr_final_fraction, k.beta1, k.beta2, k.eps
+        ));
+    }
+    out
+}
+
+/// Refuses to overwrite checkpoints without `--force`, and to `--resume` without one.
+fn check_out_dir(a: &TrainArgs, names: &[&str]) -> Result<()> {
+    let existing: Vec<String> = names
+        .iter()
+        .map(|n| format!("{n}.ckpt"))
+        .filter(|f| a.out.join(f).exists())
+        .collect();
+    let dir = a.out.display();
+    if a.resume && existing.is_empty() {
+        bail!(
+            "--resume: {dir} holds no checkpoint to continue ({}); drop --resume to start a new run",
+            names
+                .iter()
+                .map(|n| format!("{n}.ckpt"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if !a.resume && !a.force && !existing.is_empty() {
+        bail!(
+            "{dir} already holds a training run ({}); add --resume to continue it with the same flags, --force to start afresh and overwrite it, or choose another --out",
+            existing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Files exported from an earlier run, which `--force` leaves beside the new checkpoints.
+fn exported_files(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x == "psm" || x == "safetensors")
+        })
+        .map(|p| p.display().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn run(a: TrainArgs) -> Result<i32> {
+    check_flags(&a)?;
+    let mut names = Vec::new();
+    if a.what != What::Classifier {
+        names.push("denoiser");
+    }
+    if a.what != What::Denoiser {
+        names.push("classifier");
+    }
+    check_out_dir(&a, &names)?;
     let full = load_mnist_dir(&a.data, Split::Train)?;
     let (tr, val) = full.split_validation(a.validation, a.seed)?;
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
     let d = full.image_len();
     eprintln!(
         "data: {} training and {} validation images of {}x{} from {}",
@@ -105,6 +303,7 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         let gain = if a.residual { 0.5 } else { 1.0 };
         jobs.push((
             "denoiser",
+            "den",
             Objective::Denoiser {
                 sigmas: a.sigmas.clone(),
             },
@@ -118,12 +317,15 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         dims.push(10);
         jobs.push((
             "classifier",
+            "cls",
             Objective::Classifier { classes: 10 },
             FloatNet::mlp(&dims, false, 1.0, a.seed.wrapping_add(1)),
             a.cls_epochs,
         ));
     }
-    for (name, objective, net, epochs) in jobs {
+    // Every checkpoint is checked against the flags before any training starts.
+    let mut runs = Vec::new();
+    for (name, prefix, objective, net, epochs) in jobs {
         let path = a.out.join(format!("{name}.ckpt"));
         let config = TrainConfig {
             epochs,
@@ -134,19 +336,52 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         };
         let ck = if a.resume && path.exists() {
             let ck = load_checkpoint(&path)?;
-            if ck.objective != objective || ck.config != config {
+            let wanted = Wanted {
+                prefix,
+                objective: &objective,
+                config: &config,
+                net: &net,
+            };
+            let diff = differences(&wanted, &ck);
+            if !diff.is_empty() {
                 bail!(
-                    "{} was written with other settings ({:?}, {:?}); resume with the same flags",
+                    "cannot resume {}: it was started with other settings: {}; resume with the flags the run was started with, or start a new run in another --out",
                     path.display(),
-                    ck.objective,
-                    ck.config
+                    diff.join("; ")
                 );
             }
-            eprintln!("{name}: resuming after epoch {}", ck.epochs_done);
+            eprintln!(
+                "{name}: resuming after epoch {} of {}",
+                ck.epochs_done, ck.config.epochs
+            );
             ck
         } else {
+            if a.resume {
+                eprintln!(
+                    "{name}: no checkpoint in {}, starting afresh",
+                    a.out.display()
+                );
+            }
             fresh_checkpoint(objective, config, net)
         };
+        runs.push((name, path, epochs, ck));
+    }
+    if a.force {
+        let old = exported_files(&a.out);
+        if !old.is_empty() {
+            eprintln!(
+                "note: --force: {} exported from the earlier run stay in place; export again after training",
+                old.join(", ")
+            );
+        }
+    }
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    eprintln!(
+        "checkpoints are written to {} after every epoch; if training stops (Ctrl-C), run the same command with --resume to continue",
+        a.out.display()
+    );
+    for (name, path, epochs, ck) in runs {
         eprintln!("{name}: {} parameters, {} epochs", ck.net.params(), epochs);
         let opts = RunOptions {
             checkpoint: Some(path.clone()),

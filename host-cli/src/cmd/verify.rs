@@ -183,6 +183,10 @@ impl Ctx<'_> {
 }
 
 pub fn run(a: VerifyArgs) -> Result<i32> {
+    super::demo::check_eps(a.eps)?;
+    if a.count == 0 {
+        bail!("--count must be at least 1");
+    }
     let bytes = read_file(&a.model)?;
     let model = Model::parse(&bytes)
         .with_context(|| format!("{} is not a valid model", a.model.display()))?;
@@ -202,10 +206,7 @@ pub fn run(a: VerifyArgs) -> Result<i32> {
             model.input_len()
         );
     }
-    let end = a
-        .start
-        .checked_add(a.count)
-        .filter(|&e| e <= test.len() && a.count > 0);
+    let end = a.start.checked_add(a.count).filter(|&e| e <= test.len());
     let Some(end) = end else {
         bail!(
             "--start {} --count {} is outside the {} test images",
@@ -287,14 +288,17 @@ pub fn run(a: VerifyArgs) -> Result<i32> {
         passed,
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
         let r = &report;
-        println!("images: {} (test split, from index {})", r.images, a.start);
-        println!(
+        outln!("images: {} (test split, from index {})", r.images, a.start)?;
+        outln!(
             "denoiser ERE at sigma {} (M = {}): {:.3} per image, {:.5} per pixel",
-            cfg.sigma, cfg.noise_samples, r.denoiser_ere_per_image, r.denoiser_ere_per_pixel
-        );
+            cfg.sigma,
+            cfg.noise_samples,
+            r.denoiser_ere_per_image,
+            r.denoiser_ere_per_pixel
+        )?;
         for (title, s) in [
             ("clean", &r.clean),
             (
@@ -302,50 +306,50 @@ pub fn run(a: VerifyArgs) -> Result<i32> {
                 &r.adversarial,
             ),
         ] {
-            println!("{title}:");
-            println!(
+            outln!("{title}:")?;
+            outln!(
                 "  accuracy without purification: float {:.2} %, core {:.2} %",
                 100.0 * s.accuracy_without_purification_float,
                 100.0 * s.accuracy_without_purification_core
-            );
-            println!(
+            )?;
+            outln!(
                 "  accuracy after purification:   core {:.2} %, float reference {:.2} %",
                 100.0 * s.purified_accuracy_core,
                 100.0 * s.purified_accuracy_float_reference
-            );
+            )?;
             for (name, p) in [
                 ("dequantised reference", &s.core_vs_dequantised_reference),
                 ("float reference", &s.core_vs_float_reference),
             ] {
-                println!(
+                outln!(
                     "  core vs {name}: labels agree {:.2} %, pixels max |diff| {:.2e}, mean {:.2e}",
                     100.0 * p.label_agreement,
                     p.max_abs_pixel_diff,
                     p.mean_abs_pixel_diff
-                );
+                )?;
             }
         }
-        println!(
+        outln!(
             "time per purified image: core {:.1} ms (all threads), reference {:.1} ms",
             1e3 * r.core_seconds_per_image,
             1e3 * r.reference_seconds_per_image
-        );
-        println!(
+        )?;
+        outln!(
             "all {} inputs: core vs dequantised reference {:.2} % (need {:.1} %), core vs float reference {:.2} % (need {:.1} %)",
             2 * n,
             100.0 * r.agreement_dequantised_all,
             100.0 * MIN_AGREEMENT_DEQUANTISED,
             100.0 * r.agreement_float_all,
             100.0 * MIN_AGREEMENT_FLOAT
-        );
-        println!(
+        )?;
+        outln!(
             "{}",
             if passed {
                 "PASS"
             } else {
                 "FAIL: agreement below threshold"
             }
-        );
+        )?;
     }
     Ok(if passed { 0 } else { 1 })
 }
