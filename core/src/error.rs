@@ -20,14 +20,15 @@ impl fmt::Display for NetworkKind {
     }
 }
 
-/// Which tensor of a dense layer an error refers to.
+/// Which tensor of a dense or convolution layer an error refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TensorKind {
-    /// int8 weights, row-major `[outputs][inputs]`.
+    /// int8 weights, row-major `[outputs][inputs]` (dense) or `[out][in][ky][kx]`
+    /// (convolution).
     Weights,
-    /// One little-endian f32 scale per output row.
+    /// One little-endian f32 scale per output row (dense) or channel (convolution).
     Scales,
-    /// One little-endian f32 bias per output row.
+    /// One little-endian f32 bias per output row or channel.
     Bias,
 }
 
@@ -129,7 +130,9 @@ pub enum FormatError {
     },
     /// A network has no layers.
     EmptyNetwork(NetworkKind),
-    /// A layer dimension is zero or above `MAX_DIM`.
+    /// A layer dimension (dense inputs/outputs, conv or upsampling channels,
+    /// height or width) is zero, or a layer's input or output length is above
+    /// `MAX_DIM`.
     LayerDimension {
         /// Network.
         network: NetworkKind,
@@ -168,7 +171,7 @@ pub enum FormatError {
         network: NetworkKind,
         /// Layer index.
         layer: usize,
-        /// Output row.
+        /// Output row (dense) or output channel (convolution).
         row: usize,
     },
     /// A bias is NaN or infinite.
@@ -177,7 +180,7 @@ pub enum FormatError {
         network: NetworkKind,
         /// Layer index.
         layer: usize,
-        /// Output row.
+        /// Output row (dense) or output channel (convolution).
         row: usize,
     },
     /// A network's output length is wrong (denoiser: the input length;
@@ -347,10 +350,10 @@ impl fmt::Display for FormatError {
             ),
             BadScale { network, layer, row } => write!(
                 f,
-                "{network} layer {layer}: scale of row {row} is not a finite positive number"
+                "{network} layer {layer}: scale of row (output channel) {row} is not a finite positive number"
             ),
             BadBias { network, layer, row } => {
-                write!(f, "{network} layer {layer}: bias of row {row} is not finite")
+                write!(f, "{network} layer {layer}: bias of row (output channel) {row} is not finite")
             }
             OutputLength { network, expected, found } => write!(
                 f,

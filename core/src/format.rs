@@ -120,6 +120,9 @@ pub(crate) struct NetInfo {
     pub output_len: usize,
     /// Widest layer input or output.
     pub max_width: usize,
+    /// Largest dense-layer input (0 without dense layers): sizes the row buffer of
+    /// the batched dense kernels.
+    pub max_dense_inputs: usize,
     /// Sum of all layer inputs plus the final output.
     pub acts_len: usize,
     pub macs: u64,
@@ -386,9 +389,13 @@ fn validate_network(
     let input_len = input.len();
     let mut shape = input;
     let mut max_width = input_len;
+    let mut max_dense_inputs = 0;
     let mut acts_len = input_len;
     let mut macs = 0u64;
     for (layer, l) in spec.layers.iter().enumerate() {
+        if let Layer::Dense(d) = l {
+            max_dense_inputs = max_dense_inputs.max(d.inputs as usize);
+        }
         shape = validate_layer(l, kind, layer, shape)?;
         let len = shape.len();
         macs += l.macs();
@@ -400,6 +407,7 @@ fn validate_network(
             input_len,
             output_len: shape.len(),
             max_width,
+            max_dense_inputs,
             acts_len,
             macs,
         },

@@ -22,7 +22,8 @@
 //! ```
 //!
 //! Where each concept lives: the file format in `format`, layers and their kernels
-//! in `layers`/`kernels`, the noise generator in [`noise`], `F` and `∇F` in `ere`,
+//! in `layers`/`kernels` (dense) and `conv` (convolution and upsampling, see
+//! `docs/CONV.md`), the noise generator in [`noise`], `F` and `∇F` in `ere`,
 //! the SAM loop in `purify`, sizes and classification in `model`,
 //! quantisation rules in [`quantize`].
 #![no_std]

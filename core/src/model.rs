@@ -63,7 +63,7 @@ impl<'a> Model<'a> {
         let d = self.den.input_len;
         let w = self.den.max_width;
         let rowbuf = if b >= 2 {
-            crate::layers::row_buffer_len(w)
+            crate::layers::row_buffer_len(self.den.max_dense_inputs)
         } else {
             0
         };

@@ -9,14 +9,17 @@
 
 mod common;
 
-use common::{ere_f64, OwnedModel, Rng};
+use common::{ere_f64, Op, OwnedAnyModel, OwnedModel, Rng};
 use pursamere_core::Model;
 
 fn check_model(owned: &OwnedModel, seed: u64) -> f64 {
-    let bytes = owned.bytes();
-    let model = Model::parse(&bytes).unwrap();
+    check_file(&owned.bytes(), seed)
+}
+
+fn check_file(bytes: &[u8], seed: u64) -> f64 {
+    let model = Model::parse(bytes).unwrap();
     let cfg = model.purifier_config();
-    let spec = owned.spec();
+    let spec = model.spec();
     let d = model.input_len();
     let mut rng = Rng(seed);
     let mut worst = 0.0f64;
@@ -28,7 +31,7 @@ fn check_model(owned: &OwnedModel, seed: u64) -> f64 {
             .ere_value_and_grad(&x, &cfg, &mut grad, &mut scratch)
             .unwrap();
         let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
-        let ref_value = ere_f64(&spec, &cfg, &x64);
+        let ref_value = ere_f64(spec, &cfg, &x64);
         assert!(
             (f64::from(value) - ref_value).abs() <= 1e-5 * ref_value.abs().max(1e-3),
             "F: core {value}, reference {ref_value}"
@@ -38,7 +41,7 @@ fn check_model(owned: &OwnedModel, seed: u64) -> f64 {
         let fd = |dir: &[f64]| {
             let plus: Vec<f64> = x64.iter().zip(dir).map(|(a, b)| a + h * b).collect();
             let minus: Vec<f64> = x64.iter().zip(dir).map(|(a, b)| a - h * b).collect();
-            (ere_f64(&spec, &cfg, &plus) - ere_f64(&spec, &cfg, &minus)) / (2.0 * h)
+            (ere_f64(spec, &cfg, &plus) - ere_f64(spec, &cfg, &minus)) / (2.0 * h)
         };
         let gnorm = grad
             .iter()
@@ -90,6 +93,53 @@ fn ere_gradient_matches_central_differences_plain() {
     owned.cfg.sigma = 0.5;
     let worst = check_model(&owned, 2);
     println!("non-residual denoiser: worst relative gradient error {worst:e}");
+}
+
+#[test]
+fn ere_gradient_matches_central_differences_conv_denoiser() {
+    // Residual conv denoiser that downsamples (stride 2) and upsamples back.
+    let owned = OwnedAnyModel::build(
+        14,
+        (1, 6, 6),
+        &[
+            Op::Conv(3, 3, 1, 1),
+            Op::Relu,
+            Op::Conv(4, 3, 2, 1),
+            Op::Relu,
+            Op::Up,
+            Op::Conv(1, 3, 1, 1),
+        ],
+        true,
+        &[Op::Conv(2, 3, 2, 1), Op::Relu, Op::Dense(3)],
+    );
+    let worst = check_file(&owned.bytes(), 3);
+    println!("residual conv denoiser: worst relative gradient error {worst:e}");
+}
+
+#[test]
+fn ere_gradient_matches_central_differences_conv_denoiser_two_channels() {
+    // Non-residual, two input channels, odd sizes, a 1×1 and a 5×5 kernel, a
+    // stride-2 layer on an odd size followed by a dense bottleneck back to the
+    // image (flatten), in a plain (non-residual) denoiser.
+    let mut owned = OwnedAnyModel::build(
+        15,
+        (2, 5, 3),
+        &[
+            Op::Conv(3, 5, 1, 2),
+            Op::Relu,
+            Op::Conv(2, 1, 1, 0),
+            Op::Relu,
+            Op::Conv(4, 3, 2, 1),
+            Op::Relu,
+            Op::Dense(30),
+        ],
+        false,
+        &[Op::Conv(2, 3, 1, 0), Op::Relu, Op::Dense(4)],
+    );
+    owned.cfg.noise_samples = 3;
+    owned.cfg.sigma = 0.5;
+    let worst = check_file(&owned.bytes(), 4);
+    println!("plain two-channel conv denoiser: worst relative gradient error {worst:e}");
 }
 
 #[test]

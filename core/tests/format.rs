@@ -688,7 +688,7 @@ fn conv_validation_errors_are_distinct_and_named() {
             layer: 0,
             row: 1,
         },
-        "scale of row 1",
+        "scale of row (output channel) 1",
     );
     let mut bias = c0.bias.to_vec();
     bias[0..4].copy_from_slice(&f32::INFINITY.to_le_bytes());
@@ -701,7 +701,7 @@ fn conv_validation_errors_are_distinct_and_named() {
             layer: 0,
             row: 0,
         },
-        "bias of row 0",
+        "bias of row (output channel) 0",
     );
 }
 
