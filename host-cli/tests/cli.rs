@@ -388,6 +388,16 @@ fn purify_rejects_bad_images_models_and_settings() {
     let o = run(&["classify", "--idx", s(&idx), "--range", "250..300"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("outside the 256 images"), "{}", text(&o));
+    // The largest index is out of range, not an overflow panic.
+    let o = run(&[
+        "classify",
+        "--idx",
+        s(&idx),
+        "--range",
+        &usize::MAX.to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("outside the 256 images"), "{}", text(&o));
     let o = run(&["classify", "--idx", s(&idx), "--range", "x"]);
     assert!(text(&o).contains("--range"), "{}", text(&o));
 
@@ -563,6 +573,26 @@ fn train_reads_a_toml_run_file_and_flags_override_it() {
     assert!(o.status.success(), "{}", text(&o));
     let ck = pursamere_trainer::train::load_checkpoint(&run_dir.join("classifier.ckpt")).unwrap();
     assert_eq!(ck.config.lr, 0.002);
+    // A list flag on the command line replaces the file's list (not appended to it).
+    let o = run(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--cls-hidden",
+        "10",
+        "--force",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ck = pursamere_trainer::train::load_checkpoint(&run_dir.join("classifier.ckpt")).unwrap();
+    assert_eq!(ck.net.layers.len(), 3, "one hidden layer");
+    assert!(
+        matches!(
+            ck.net.layers[0],
+            pursamere_trainer::model::FloatLayer::Dense { outputs: 10, .. }
+        ),
+        "{:?}",
+        ck.net.layers[0]
+    );
     assert_eq!(ck.config.epochs, 1);
     assert!(!run_dir.join("denoiser.ckpt").exists());
 

@@ -66,7 +66,7 @@ fn parse_range(s: &str) -> Result<(usize, usize)> {
         Ok((a, b))
     } else {
         let i: usize = s.trim().parse().map_err(|_| bad())?;
-        Ok((i, i + 1))
+        Ok((i, i.saturating_add(1)))
     }
 }
 
