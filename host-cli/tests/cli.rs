@@ -1048,6 +1048,10 @@ fn train_never_overwrites_or_misresumes_a_run_and_export_writes_both_files_or_no
             &["--den-epochs", "3"][..],
             "--den-epochs 3 (the checkpoint has 1)",
         ),
+        (
+            &["--validation", "60"][..],
+            "--validation 60 (the run has 50)",
+        ),
     ] {
         let mut args = vec!["--resume"];
         args.extend_from_slice(extra);
@@ -1097,7 +1101,7 @@ fn train_never_overwrites_or_misresumes_a_run_and_export_writes_both_files_or_no
     let left: Vec<_> = std::fs::read_dir(&run_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.ends_with(".ckpt"))
+        .filter(|n| !n.ends_with(".ckpt") && n != "train-data.json")
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
     // Export is byte-reproducible, both files.

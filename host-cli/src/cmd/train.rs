@@ -78,6 +78,19 @@ pub struct TrainArgs {
     pub config: Option<PathBuf>,
 }
 
+/// Side file in the run directory recording the data split, which the
+/// checkpoints do not hold, so that `--resume` can check it.
+const RUN_DATA_FILE: &str = "train-data.json";
+
+/// The data split of a run.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RunData {
+    /// `--validation`.
+    validation: usize,
+    /// Images in the data set's TRAIN file (before the validation split).
+    train_file_images: usize,
+}
+
 /// Joins numbers with commas, as the list flags take them.
 fn list<T: std::fmt::Display>(v: &[T]) -> String {
     v.iter().map(T::to_string).collect::<Vec<_>>().join(",")
@@ -323,6 +336,40 @@ pub fn run(a: TrainArgs) -> Result<i32> {
             a.cls_epochs,
         ));
     }
+    // The data split is not in the checkpoints: a side file records it.
+    let split = RunData {
+        validation: a.validation,
+        train_file_images: full.len(),
+    };
+    let split_path = a.out.join(RUN_DATA_FILE);
+    if a.resume {
+        if let Ok(text) = std::fs::read_to_string(&split_path) {
+            let then: RunData = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid", split_path.display()))?;
+            let mut diff = Vec::new();
+            if then.validation != split.validation {
+                diff.push(format!(
+                    "--validation {} (the run has {})",
+                    split.validation, then.validation
+                ));
+            }
+            if then.train_file_images != split.train_file_images {
+                diff.push(format!(
+                    "--data {} with {} training images (the run was started on {})",
+                    a.data.display(),
+                    split.train_file_images,
+                    then.train_file_images
+                ));
+            }
+            if !diff.is_empty() {
+                bail!(
+                    "cannot resume the run in {}: it was started with other settings: {}; resume with the flags the run was started with, or start a new run in another --out",
+                    a.out.display(),
+                    diff.join("; ")
+                );
+            }
+        }
+    }
     // Every checkpoint is checked against the flags before any training starts.
     let mut runs = Vec::new();
     for (name, prefix, objective, net, epochs) in jobs {
@@ -377,6 +424,12 @@ pub fn run(a: TrainArgs) -> Result<i32> {
     }
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
+    if !a.resume || !split_path.exists() {
+        super::write_file(
+            &split_path,
+            serde_json::to_string_pretty(&split)?.as_bytes(),
+        )?;
+    }
     eprintln!(
         "checkpoints are written to {} after every epoch; if training stops (Ctrl-C), run the same command with --resume to continue",
         a.out.display()
@@ -397,13 +450,20 @@ pub fn run(a: TrainArgs) -> Result<i32> {
                 .map(|h| f64::from(h.images_per_second))
                 .sum::<f64>()
                 / done.history.len().max(1) as f64;
+            let validation = if val.is_empty() {
+                "no validation set (--validation 0)".to_owned()
+            } else {
+                format!(
+                    "validation loss {:.4}{}",
+                    last.val_loss,
+                    last.val_accuracy
+                        .map(|v| format!(", accuracy {:.2} %", 100.0 * v))
+                        .unwrap_or_default()
+                )
+            };
             eprintln!(
-                "{name}: done in {:.1} s ({ips:.0} training images/s); validation loss {:.4}{}; checkpoint {}",
+                "{name}: done in {:.1} s ({ips:.0} training images/s); {validation}; checkpoint {}",
                 start.elapsed().as_secs_f64(),
-                last.val_loss,
-                last.val_accuracy
-                    .map(|v| format!(", accuracy {:.2} %", 100.0 * v))
-                    .unwrap_or_default(),
                 path.display()
             );
         }
