@@ -1,11 +1,14 @@
 //! # pursamere-trainer
 //!
-//! Host-side tooling for PurSAMERE. Today: the data loaders ([`data`]). Training,
-//! export, the float reference purifier and the attacks are being added.
+//! Host-side tooling for PurSAMERE: data loaders ([`data`]), training ([`train`]),
+//! quantised export ([`export`]), the batched float reference purifier
+//! ([`reference`], [`unrolled`]), attacks ([`attack`]) and the white-box robustness
+//! evaluation ([`eval`]).
 #![deny(missing_docs)]
 
 pub mod attack;
 pub mod data;
+pub mod eval;
 pub mod export;
 pub mod model;
 pub mod reference;

@@ -1,13 +1,14 @@
-//! The accuracy-against-ε plot of `pursamere eval` (PNG, one panel per norm).
+//! The accuracy-against-ε plot of the evaluation (PNG, one panel per norm).
 //!
 //! Text is drawn with DejaVu Sans embedded in the binary, so the plot looks the same
 //! on a machine without any system fonts.
 
 use std::path::Path;
 
-use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
+
+use super::EvalError;
 
 /// One curve: worst-case robust accuracy of a defence at each ε of one norm.
 pub struct Curve {
@@ -33,12 +34,13 @@ fn register_font() {
 }
 
 /// Draws `panels` (title, curves) side by side into a PNG at `path`.
-pub fn accuracy_vs_eps(path: &Path, panels: &[(String, Vec<Curve>)]) -> Result<()> {
+pub fn accuracy_vs_eps(path: &Path, panels: &[(String, Vec<Curve>)]) -> Result<(), EvalError> {
     register_font();
     let n = panels.len().max(1) as u32;
     let (w, h) = (520 * n, 420);
     let mut rgb = vec![0u8; (w * h * 3) as usize];
-    let err = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
+    let err =
+        |e: &dyn std::fmt::Display| EvalError::Plot(format!("cannot draw {}: {e}", path.display()));
     {
         let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
@@ -103,5 +105,8 @@ pub fn accuracy_vs_eps(path: &Path, panels: &[(String, Vec<Curve>)]) -> Result<(
         let mut wr = enc.write_header().map_err(|e| err(&e))?;
         wr.write_image_data(&rgb).map_err(|e| err(&e))?;
     }
-    super::write_file(path, &png_bytes)
+    crate::train::write_atomic(path, &png_bytes).map_err(|source| EvalError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }

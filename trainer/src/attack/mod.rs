@@ -1,0 +1,77 @@
+//! Adversarial attacks, batched on the host: one attack per file.
+//!
+//! - [`pgd`]: projected gradient descent (fixed or cosine step).
+//! - [`apgd`]: APGD (Croce & Hein 2020): step-size adaptation with checkpoints and
+//!   momentum, with the cross-entropy or the (targeted) DLR loss.
+//! - [`square`]: the query-only Square attack (Andriushchenko et al. 2020), L∞ and L2.
+//!
+//! Gradient attacks are written against a [`GradientOracle`] (logits and their
+//! vector–Jacobian product): the undefended classifier, BPDA or the exact unrolled
+//! gradient through the purifier. Losses ([`AttackLoss`]) are computed on the logits
+//! in [`loss`], so each works through every oracle.
+
+pub mod apgd;
+pub mod loss;
+pub mod oracle;
+pub mod pgd;
+pub mod square;
+
+use serde::{Deserialize, Serialize};
+
+pub use apgd::{apgd, ApgdConfig};
+pub use loss::AttackLoss;
+pub use oracle::{
+    argmax, ClassifierOracle, GradientOracle, OracleOutput, PurifiedOracle, PurifierGradient,
+};
+pub use pgd::{pgd, PgdConfig, StepSchedule};
+pub use square::{square, SquareConfig, SquareResult};
+
+/// Threat model norm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttackNorm {
+    /// `||δ||_∞ ≤ ε`, signed-gradient steps.
+    Linf,
+    /// `||δ||_2 ≤ ε`, normalised-gradient steps.
+    L2,
+}
+
+impl AttackNorm {
+    /// `linf` or `l2`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttackNorm::Linf => "linf",
+            AttackNorm::L2 => "l2",
+        }
+    }
+}
+
+/// Rows `idx` of a row-major batch with rows of length `d`.
+pub fn gather_rows(x: &[f32], d: usize, idx: &[usize]) -> Vec<f32> {
+    idx.iter()
+        .flat_map(|&k| x.get(k * d..(k + 1) * d).unwrap_or(&[]).iter().copied())
+        .collect()
+}
+
+/// Projects `x` onto the ε-ball around `x0` (in `norm`) and then onto `[0, 1]`.
+pub(crate) fn project(norm: AttackNorm, eps: f32, x0: &[f32], x: &mut [f32]) {
+    if norm == AttackNorm::L2 {
+        let n = x
+            .iter()
+            .zip(x0)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f32>()
+            .sqrt();
+        if n > eps {
+            let s = eps / n;
+            for (a, &b) in x.iter_mut().zip(x0) {
+                *a = b + (*a - b) * s;
+            }
+        }
+    }
+    for (a, &b) in x.iter_mut().zip(x0) {
+        if norm == AttackNorm::Linf {
+            *a = a.clamp(b - eps, b + eps);
+        }
+        *a = a.clamp(0.0, 1.0);
+    }
+}

@@ -1,0 +1,220 @@
+//! Gradient oracles: what the attacks differentiate.
+//!
+//! An oracle maps a batch of inputs to logits and gives the vector–Jacobian product
+//! of those logits with the input. Losses live in [`super::loss`], so every loss
+//! works through every oracle: the undefended classifier ([`ClassifierOracle`]),
+//! BPDA and the exact unrolled gradient through the purifier ([`PurifiedOracle`]).
+
+use dfdx::prelude::*;
+
+use super::loss::{loss_and_logit_grad, AttackLoss};
+use crate::model::{Batch, DeviceNet, FloatNet};
+
+/// What an oracle returns for a batch under one loss.
+pub struct OracleOutput {
+    /// Loss per example.
+    pub loss: Vec<f32>,
+    /// Gradient of each example's loss with respect to its input, `[batch, d]`.
+    pub grad: Vec<f32>,
+    /// Predicted label per example.
+    pub pred: Vec<usize>,
+    /// Logits, `[batch, classes]`.
+    pub logits: Vec<f32>,
+}
+
+/// Anything the gradient attacks can attack.
+pub trait GradientOracle {
+    /// Input length of one example.
+    fn input_len(&self) -> usize;
+
+    /// Logits of a batch (row-major `[batch, d]` in, `[batch, classes]` out).
+    fn logits(&self, x: &[f32]) -> Vec<f32>;
+
+    /// Logits of a batch and the input gradient of `Σ_b ⟨w_b, z_b⟩`, where the
+    /// weights `w = weights(z)` are computed from the logits `z` themselves (the
+    /// gradient of a loss with respect to the logits).
+    fn logits_vjp(
+        &self,
+        x: &[f32],
+        weights: &mut dyn FnMut(&[f32]) -> Vec<f32>,
+    ) -> (Vec<f32>, Vec<f32>);
+
+    /// Loss, input gradient and prediction for a batch (untargeted losses).
+    fn evaluate(&self, x: &[f32], labels: &[usize], loss: AttackLoss) -> OracleOutput {
+        self.evaluate_targeted(x, labels, &[], loss)
+    }
+
+    /// [`GradientOracle::evaluate`] with a target class per example (used by
+    /// targeted losses; may be empty otherwise).
+    fn evaluate_targeted(
+        &self,
+        x: &[f32],
+        labels: &[usize],
+        targets: &[usize],
+        loss: AttackLoss,
+    ) -> OracleOutput {
+        let mut values = Vec::with_capacity(labels.len());
+        let (logits, grad) = self.logits_vjp(x, &mut |z: &[f32]| {
+            let c = z.len() / labels.len().max(1);
+            let mut w = Vec::with_capacity(z.len());
+            values.clear();
+            for (row, (zr, &y)) in z.chunks(c.max(1)).zip(labels).enumerate() {
+                let t = targets.get(row).copied().unwrap_or(usize::MAX);
+                let (v, g) = loss_and_logit_grad(loss, zr, y, t);
+                values.push(v);
+                w.extend(g);
+            }
+            w
+        });
+        let c = logits.len() / labels.len().max(1);
+        OracleOutput {
+            loss: values,
+            grad,
+            pred: logits.chunks(c.max(1)).map(argmax).collect(),
+            logits,
+        }
+    }
+}
+
+/// Index of the largest value (first on ties).
+pub fn argmax(v: &[f32]) -> usize {
+    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b })
+}
+
+/// The undefended classifier in dfdx (float weights).
+pub struct ClassifierOracle {
+    dev: Cpu,
+    net: DeviceNet<f32, Cpu>,
+    pub(crate) d: usize,
+}
+
+impl ClassifierOracle {
+    /// An oracle for `classifier` with input length `d`.
+    pub fn new(classifier: &FloatNet, d: usize) -> Self {
+        let dev = Cpu::default();
+        let net = DeviceNet::from_float(classifier, &dev);
+        ClassifierOracle { dev, net, d }
+    }
+
+    /// Predicted labels of a batch.
+    pub fn predict(&self, x: &[f32]) -> Vec<usize> {
+        let logits = self.logits(x);
+        let b = x.len() / self.d.max(1);
+        let c = logits.len() / b.max(1);
+        logits.chunks(c.max(1)).map(argmax).collect()
+    }
+}
+
+impl GradientOracle for ClassifierOracle {
+    fn input_len(&self) -> usize {
+        self.d
+    }
+
+    fn logits(&self, x: &[f32]) -> Vec<f32> {
+        let b = x.len() / self.d.max(1);
+        self.net
+            .forward(self.dev.tensor_from_vec(x.to_vec(), (b, self.d)))
+            .as_vec()
+    }
+
+    fn logits_vjp(
+        &self,
+        x: &[f32],
+        weights: &mut dyn FnMut(&[f32]) -> Vec<f32>,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (b, d) = (x.len() / self.d.max(1), self.d);
+        let x0: Batch<f32, Cpu> = self.dev.tensor_from_vec(x.to_vec(), (b, d));
+        let logits = self.net.forward(x0.leaky_trace());
+        let z = logits.retaped::<NoneTape>().as_vec();
+        let c = z.len() / b.max(1);
+        let mut w = weights(&z);
+        w.resize(b * c, 0.0);
+        let w: Batch<f32, Cpu> = self.dev.tensor_from_vec(w, (b, c));
+        let grads = (logits * w).sum::<Rank0, _>().backward();
+        (z, grads.get(&x0).as_vec())
+    }
+}
+
+/// How a gradient is taken through the purifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurifierGradient {
+    /// BPDA (backward pass differentiable approximation): the purifier is the
+    /// identity in the backward pass, i.e. the classifier's input gradient at the
+    /// purified point. Catches defences whose exact gradient is masked.
+    Bpda,
+    /// The exact gradient propagated back through every unrolled purification step
+    /// and the projection ([`crate::reference::Reference::purify_vjp`]).
+    Full,
+}
+
+/// The defended pipeline as a gradient oracle: purification with the float host
+/// reference, then the classifier.
+pub struct PurifiedOracle {
+    reference: crate::reference::Reference<f32, Cpu>,
+    classifier: ClassifierOracle,
+    mode: PurifierGradient,
+}
+
+impl PurifiedOracle {
+    /// `denoiser` purification with `cfg`, then `classifier`, differentiated by `mode`.
+    pub fn new(
+        denoiser: &FloatNet,
+        classifier: &FloatNet,
+        d: usize,
+        cfg: pursamere_core::PurifierConfig,
+        mode: PurifierGradient,
+    ) -> Self {
+        let dev = Cpu::default();
+        PurifiedOracle {
+            reference: crate::reference::Reference::new(&dev, denoiser, d, cfg),
+            classifier: ClassifierOracle::new(classifier, d),
+            mode,
+        }
+    }
+}
+
+impl GradientOracle for PurifiedOracle {
+    fn input_len(&self) -> usize {
+        self.classifier.d
+    }
+
+    fn logits(&self, x: &[f32]) -> Vec<f32> {
+        self.classifier.logits(&self.reference.purify(x))
+    }
+
+    fn logits_vjp(
+        &self,
+        x: &[f32],
+        weights: &mut dyn FnMut(&[f32]) -> Vec<f32>,
+    ) -> (Vec<f32>, Vec<f32>) {
+        match self.mode {
+            PurifierGradient::Bpda => self
+                .classifier
+                .logits_vjp(&self.reference.purify(x), weights),
+            PurifierGradient::Full => {
+                let t = self.reference.purify_trajectory(x);
+                let (z, g) = self.classifier.logits_vjp(t.output(), weights);
+                (z, self.reference.purify_vjp(&t, &g))
+            }
+        }
+    }
+}
+
+/// The oracle's output for rows `rows` of the batch `x` (row length `d`).
+pub(crate) fn evaluate_rows<O: GradientOracle + ?Sized>(
+    oracle: &O,
+    x: &[f32],
+    labels: &[usize],
+    targets: &[usize],
+    rows: &[usize],
+    loss: AttackLoss,
+) -> OracleOutput {
+    let d = oracle.input_len().max(1);
+    let xa = super::gather_rows(x, d, rows);
+    let la: Vec<usize> = rows.iter().map(|&k| labels[k]).collect();
+    let ta: Vec<usize> = rows
+        .iter()
+        .map(|&k| targets.get(k).copied().unwrap_or(usize::MAX))
+        .collect();
+    oracle.evaluate_targeted(&xa, &la, &ta, loss)
+}

@@ -1,0 +1,98 @@
+//! The deployed system: the int8 core's predictions, on every thread.
+//!
+//! Every verdict of the evaluation comes from here, never from the float reference
+//! the gradient attacks differentiate.
+
+use pursamere_core::{Error as CoreError, Model, PurifierConfig};
+
+/// Length of the scratch for the fastest host path of `purify` with `cfg` (all
+/// noise samples batched) that also serves `classify`, `denoise`.
+pub fn fast_scratch_len(model: &Model<'_>, cfg: &PurifierConfig) -> usize {
+    model
+        .purify_scratch_len_batched(cfg, cfg.noise_samples as usize)
+        .max(model.classify_scratch_len())
+        .max(model.denoise_scratch_len())
+}
+
+/// Runs `f` over `0..n` split into one contiguous range per CPU thread and
+/// concatenates the results in order. A panicking worker is re-raised.
+pub fn parallel_ranges<T: Send, E: Send>(
+    n: usize,
+    f: impl Fn(std::ops::Range<usize>) -> Result<Vec<T>, E> + Sync,
+) -> Result<Vec<T>, E> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .clamp(1, n.max(1));
+    let per = n.div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let f = &f;
+                s.spawn(move || f(t * per..((t + 1) * per).min(n)))
+            })
+            .collect();
+        let mut out = Vec::with_capacity(n);
+        for h in handles {
+            match h.join() {
+                Ok(r) => out.extend(r?),
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Purifies and classifies every image of `x` (row-major) with the core on all
+/// threads: `(purified pixels, labels)`; `on_image` is called once per image.
+pub fn purify_classify(
+    model: &Model<'_>,
+    cfg: &PurifierConfig,
+    x: &[f32],
+    on_image: &(dyn Fn() + Sync),
+) -> Result<(Vec<f32>, Vec<usize>), CoreError> {
+    let d = model.input_len();
+    let n = x.len() / d.max(1);
+    let rows = parallel_ranges(n, |range| {
+        let mut scratch = vec![0.0; fast_scratch_len(model, cfg)];
+        let mut logits = vec![0.0; model.num_classes()];
+        let mut out = Vec::with_capacity(range.len());
+        for i in range {
+            let img = x.get(i * d..(i + 1) * d).unwrap_or(&[]);
+            let mut p = vec![0.0; d];
+            model.purify(img, cfg, &mut p, &mut scratch)?;
+            let l = model.classify(&p, &mut logits, &mut scratch)?;
+            out.push((p, l));
+            on_image();
+        }
+        Ok::<_, CoreError>(out)
+    })?;
+    let mut px = Vec::with_capacity(x.len());
+    let mut labels = Vec::with_capacity(n);
+    for (p, l) in rows {
+        px.extend(p);
+        labels.push(l);
+    }
+    Ok((px, labels))
+}
+
+/// Classifies every image with the core (no purification).
+pub fn classify(model: &Model<'_>, x: &[f32]) -> Result<Vec<usize>, CoreError> {
+    let d = model.input_len();
+    let mut scratch = vec![0.0; model.classify_scratch_len()];
+    let mut logits = vec![0.0; model.num_classes()];
+    x.chunks(d.max(1))
+        .map(|img| model.classify(img, &mut logits, &mut scratch))
+        .collect()
+}
+
+/// Denoises once with the core, then classifies.
+pub fn denoise_classify(model: &Model<'_>, x: &[f32]) -> Result<Vec<usize>, CoreError> {
+    let d = model.input_len();
+    let mut out = vec![0.0; x.len()];
+    let mut scratch = vec![0.0; model.denoise_scratch_len()];
+    for (xi, oi) in x.chunks(d.max(1)).zip(out.chunks_mut(d.max(1))) {
+        model.denoise(xi, oi, &mut scratch)?;
+    }
+    // The denoiser may leave [0, 1]; the classifier takes any finite input.
+    classify(model, &out)
+}

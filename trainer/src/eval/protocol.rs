@@ -1,0 +1,284 @@
+//! The evaluation protocol: what is attacked, how hard, on which images.
+//!
+//! Every key is documented in docs/EVALUATION.md ("Protocol keys"). Optional keys
+//! have defaults; `preset = "standard"` fills in the AutoAttack-style suite.
+
+use serde::{Deserialize, Serialize};
+
+use super::EvalError;
+
+/// Every attack the engine knows, in the order a cascade runs them (cheap,
+/// strong attacks first; Square last, on the survivors of every gradient attack).
+pub const ATTACKS: [&str; 9] = [
+    "transfer",
+    "apgd-ce",
+    "apgd-t",
+    "apgd-dlr",
+    "full",
+    "apgd-bpda",
+    "bpda",
+    "surrogate",
+    "square",
+];
+
+/// Every defence the engine knows.
+pub const DEFENCES: [&str; 4] = ["none", "denoise", "ere", "pursamere"];
+
+/// The protocol file (TOML).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Protocol {
+    /// A named suite that fills in `attacks` (and `losses`) when they are not
+    /// given: "standard" = transfer, APGD-CE and APGD-T (DLR, `apgd_targets`
+    /// targets) through the exact unrolled gradient, APGD-CE through BPDA, the
+    /// surrogate attack where it applies, and Square.
+    #[serde(default)]
+    pub preset: Option<String>,
+    /// Test images evaluated (from `start`); `--images` on the command line wins.
+    #[serde(default)]
+    pub images: Option<usize>,
+    /// First image; `--start` on the command line wins.
+    #[serde(default)]
+    pub start: usize,
+    /// PGD and APGD steps per restart.
+    #[serde(default = "hundred")]
+    pub steps: usize,
+    /// PGD and APGD restarts.
+    #[serde(default = "one")]
+    pub restarts: usize,
+    /// Square attack queries per image (only read when "square" runs).
+    #[serde(default)]
+    pub square_queries: Option<usize>,
+    /// Square attack: initial fraction of the image a square covers.
+    #[serde(default = "p_init")]
+    pub square_p_init: f32,
+    /// L∞ budgets.
+    #[serde(default)]
+    pub linf_eps: Vec<f32>,
+    /// L2 budgets.
+    #[serde(default)]
+    pub l2_eps: Vec<f32>,
+    /// Attacks (see [`ATTACKS`]); run as a cascade in the order of [`ATTACKS`]:
+    /// each attack only sees the examples every earlier one failed to break.
+    #[serde(default)]
+    pub attacks: Vec<String>,
+    /// Defences: any of "none", "denoise", "ere" (ρ = 0), "pursamere" (ρ = `rho`).
+    pub defences: Vec<String>,
+    /// PGD losses ("transfer", "full", "bpda"): "ce", "margin", "dlr".
+    #[serde(default = "ce")]
+    pub losses: Vec<String>,
+    /// ρ of the "pursamere" defence (the model's own ρ when it is > 0).
+    #[serde(default = "rho")]
+    pub rho: f32,
+    /// APGD-T: number of target classes (the runner-up first).
+    #[serde(default = "nine")]
+    pub apgd_targets: usize,
+    /// Re-attack the survivors of each norm's largest ε with every gradient attack,
+    /// `restart_check_restarts` new random starts each; a row whose worst case
+    /// drops by more than 1 point is flagged "not converged". On by default.
+    #[serde(default = "yes")]
+    pub restart_check: bool,
+    /// Random restarts of the restart check.
+    #[serde(default = "two")]
+    pub restart_check_restarts: usize,
+    /// Also re-attack the survivors with twice the steps (step-doubling check).
+    #[serde(default)]
+    pub convergence_check: bool,
+    /// PGD step-size schedule: "constant" or "cosine".
+    #[serde(default = "constant")]
+    pub step_schedule: String,
+    /// Peak PGD step as a multiple of ε; default 2.5 / steps (constant) or
+    /// 5 / steps (cosine: the same total path length).
+    #[serde(default)]
+    pub step_size: Option<f32>,
+    /// Images: "test" (the TEST set) or "validation" (the TRAIN hold-out of
+    /// `pursamere train`: 5,000 images, seed 0), for tuning purifier settings.
+    #[serde(default = "test_split")]
+    pub split: String,
+    /// Images attacked together (one batch through the float reference).
+    #[serde(default = "batch")]
+    pub batch: usize,
+    /// η of the gradient-step purifier the "surrogate" attack differentiates.
+    #[serde(default = "surrogate_eta")]
+    pub surrogate_eta: f32,
+}
+
+fn hundred() -> usize {
+    100
+}
+fn one() -> usize {
+    1
+}
+fn two() -> usize {
+    2
+}
+fn nine() -> usize {
+    9
+}
+fn yes() -> bool {
+    true
+}
+fn p_init() -> f32 {
+    0.8
+}
+fn ce() -> Vec<String> {
+    vec!["ce".into()]
+}
+fn rho() -> f32 {
+    0.05
+}
+fn constant() -> String {
+    "constant".into()
+}
+fn test_split() -> String {
+    "test".into()
+}
+fn batch() -> usize {
+    32
+}
+fn surrogate_eta() -> f32 {
+    0.5
+}
+
+/// Square queries when the protocol does not say (AutoAttack's standard value).
+pub const DEFAULT_SQUARE_QUERIES: usize = 5000;
+
+impl Protocol {
+    /// Parses a TOML protocol.
+    pub fn from_toml(text: &str) -> Result<Self, EvalError> {
+        toml::from_str(text).map_err(|e| EvalError::Protocol(e.to_string()))
+    }
+
+    /// The protocol with its preset expanded, command-line overrides applied and
+    /// every value checked; attacks sorted into cascade order.
+    pub fn resolved(
+        mut self,
+        images: Option<usize>,
+        start: Option<usize>,
+    ) -> Result<Self, EvalError> {
+        let bad = |m: String| Err(EvalError::Protocol(m));
+        match self.preset.as_deref() {
+            None => {}
+            Some("standard") => {
+                if self.attacks.is_empty() {
+                    self.attacks = [
+                        "transfer",
+                        "apgd-ce",
+                        "apgd-t",
+                        "apgd-bpda",
+                        "surrogate",
+                        "square",
+                    ]
+                    .map(String::from)
+                    .to_vec();
+                }
+            }
+            Some(o) => return bad(format!("unknown preset `{o}` (standard)")),
+        }
+        if let Some(n) = images {
+            self.images = Some(n);
+        }
+        if let Some(s) = start {
+            self.start = s;
+        }
+        match self.images {
+            None => {
+                return bad("no image count: set `images` in the protocol or pass --images".into())
+            }
+            Some(0) => return bad("`images` must be at least 1".into()),
+            Some(_) => {}
+        }
+        if self.attacks.is_empty() {
+            return bad(
+                "`attacks` is empty: name at least one attack (or set preset = \"standard\")"
+                    .into(),
+            );
+        }
+        if self.defences.is_empty() {
+            return bad(
+                "`defences` is empty: name at least one of none, denoise, ere, pursamere".into(),
+            );
+        }
+        for at in &self.attacks {
+            if !ATTACKS.contains(&at.as_str()) {
+                return bad(format!("unknown attack `{at}` ({})", ATTACKS.join(", ")));
+            }
+        }
+        for d in &self.defences {
+            if !DEFENCES.contains(&d.as_str()) {
+                return bad(format!("unknown defence `{d}` ({})", DEFENCES.join(", ")));
+            }
+        }
+        for list in [&self.attacks, &self.defences] {
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(dup) = list.iter().find(|a| !seen.insert(a.as_str())) {
+                return bad(format!("`{dup}` is listed twice"));
+            }
+        }
+        for l in &self.losses {
+            if !["ce", "margin", "dlr"].contains(&l.as_str()) {
+                return bad(format!("unknown loss `{l}` (ce, margin, dlr)"));
+            }
+        }
+        if self.losses.is_empty() {
+            return bad("`losses` is empty".into());
+        }
+        if !["constant", "cosine"].contains(&self.step_schedule.as_str()) {
+            return bad(format!(
+                "unknown step_schedule `{}` (constant, cosine)",
+                self.step_schedule
+            ));
+        }
+        if !["test", "validation"].contains(&self.split.as_str()) {
+            return bad(format!("unknown split `{}` (test, validation)", self.split));
+        }
+        if self.steps == 0 || self.restarts == 0 || self.batch == 0 {
+            return bad("`steps`, `restarts` and `batch` must be at least 1".into());
+        }
+        if self.linf_eps.is_empty() && self.l2_eps.is_empty() {
+            return bad("no budget: give `linf_eps` and/or `l2_eps`".into());
+        }
+        if let Some(e) = self
+            .linf_eps
+            .iter()
+            .chain(&self.l2_eps)
+            .find(|e| !e.is_finite() || **e < 0.0)
+        {
+            return bad(format!("budget {e} is not a finite ε ≥ 0"));
+        }
+        if self.attacks.iter().any(|a| a == "square") {
+            let q = self.square_queries.unwrap_or(DEFAULT_SQUARE_QUERIES);
+            if q == 0 {
+                return bad("`square_queries` must be at least 1".into());
+            }
+            self.square_queries = Some(q);
+            if !(self.square_p_init > 0.0 && self.square_p_init <= 1.0) {
+                return bad(format!(
+                    "`square_p_init` {} is not in (0, 1]",
+                    self.square_p_init
+                ));
+            }
+        } else {
+            self.square_queries = None;
+        }
+        if self.attacks.iter().any(|a| a == "apgd-t") && self.apgd_targets == 0 {
+            return bad("`apgd_targets` must be at least 1".into());
+        }
+        if !(self.rho.is_finite() && self.rho >= 0.0) {
+            return bad(format!("`rho` {} is not a finite value ≥ 0", self.rho));
+        }
+        if let Some(s) = self.step_size {
+            if !(s.is_finite() && s > 0.0) {
+                return bad(format!("`step_size` {s} is not a finite value > 0"));
+            }
+        }
+        self.attacks
+            .sort_by_key(|a| ATTACKS.iter().position(|b| b == a).unwrap_or(usize::MAX));
+        Ok(self)
+    }
+
+    /// The images evaluated (after [`Protocol::resolved`]).
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.start..self.start + self.images.unwrap_or(0)
+    }
+}

@@ -1,0 +1,321 @@
+//! The results directory: per-example records bound to the settings that made them.
+//!
+//! `settings.json` holds the full settings (model hash, purifier settings of every
+//! defence, protocol, data); every record in `results.jsonl` and `checks.jsonl`
+//! carries the fingerprint (SHA-256) of those settings. A run whose settings differ
+//! from the directory's is refused, naming every differing field, so a report can
+//! never mix configurations or show another configuration's numbers.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::EvalError;
+
+/// Files the evaluation owns in its output directory (removed by `fresh`).
+pub const OWNED_FILES: [&str; 7] = [
+    "settings.json",
+    "results.jsonl",
+    "checks.jsonl",
+    "report.md",
+    "report.json",
+    "report.png",
+    "settings.json.tmp",
+];
+
+/// SHA-256 of `bytes`, lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The fingerprint of a settings object: SHA-256 of its canonical JSON (keys sorted).
+pub fn fingerprint(settings: &Value) -> String {
+    sha256_hex(settings.to_string().as_bytes())
+}
+
+/// One evaluated (example, defence, threat).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    /// Fingerprint of the settings that produced the record.
+    pub fingerprint: String,
+    /// Image index in the split.
+    pub index: usize,
+    /// Defence name.
+    pub defence: String,
+    /// `linf` or `l2`.
+    pub norm: String,
+    /// Budget.
+    pub eps: f32,
+    /// The deployed system classifies the clean image correctly.
+    pub clean_correct: bool,
+    /// Attack name → still correct after it (only attacks that ran: in the cascade
+    /// an attack does not run on an example an earlier attack broke).
+    pub correct: BTreeMap<String, bool>,
+    /// Norm of the margin loss's exact gradient through the purifier at the clean
+    /// input (masking indicator).
+    pub grad_norm: Option<f32>,
+    /// Attack name → seconds spent per image of its batch.
+    pub seconds: BTreeMap<String, f64>,
+}
+
+impl Record {
+    /// Correct on the clean input and after every attack.
+    pub fn robust(&self) -> bool {
+        self.clean_correct && self.correct.values().all(|&c| c)
+    }
+}
+
+/// One re-attack of a survivor (restart check or step doubling).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckRecord {
+    /// Fingerprint of the settings that produced the record.
+    pub fingerprint: String,
+    /// `restarts` or `double-steps`.
+    pub check: String,
+    /// Image index.
+    pub index: usize,
+    /// Defence name.
+    pub defence: String,
+    /// `linf` or `l2`.
+    pub norm: String,
+    /// Budget.
+    pub eps: f32,
+    /// The re-attack broke the example.
+    pub broken: bool,
+}
+
+/// An open results directory.
+pub struct ResultsDir {
+    dir: PathBuf,
+    fingerprint: String,
+    /// Records of this fingerprint already in the directory.
+    pub records: Vec<Record>,
+    /// Check records of this fingerprint already in the directory.
+    pub checks: Vec<CheckRecord>,
+    sink: std::fs::File,
+    check_sink: std::fs::File,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
+    move |source| EvalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Paths of the fields where `a` and `b` differ, with both values.
+pub fn diff(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                diff(
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    &p,
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push(format!("{path}: {a} in the directory, {b} now")),
+        _ => {}
+    }
+}
+
+fn read_jsonl<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+) -> Result<Vec<(usize, Result<T, String>)>, EvalError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let mut out = Vec::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, l) in lines.iter().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<T>(l) {
+            Ok(r) => out.push((i + 1, Ok(r))),
+            // A killed run may leave a half-written last line: drop it.
+            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {}
+            Err(e) => out.push((i + 1, Err(e.to_string()))),
+        }
+    }
+    Ok(out)
+}
+
+impl ResultsDir {
+    /// Opens (creating it if needed) `dir` for `settings`; with `fresh`, removes the
+    /// files an earlier evaluation left there first. Refuses a directory whose
+    /// records were made with other settings.
+    pub fn open(dir: &Path, settings: &Value, fresh: bool) -> Result<Self, EvalError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        if fresh {
+            for f in OWNED_FILES {
+                let p = dir.join(f);
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err(&p)(e)),
+                }
+            }
+        }
+        let fp = fingerprint(settings);
+        let settings_path = dir.join("settings.json");
+        let results = dir.join("results.jsonl");
+        let checks = dir.join("checks.jsonl");
+        let stored: Option<Value> = match std::fs::read_to_string(&settings_path) {
+            Ok(t) => Some(serde_json::from_str(&t).map_err(|e| EvalError::Stale {
+                dir: dir.to_path_buf(),
+                differences: vec![format!("settings.json is not valid JSON ({e})")],
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err(&settings_path)(e)),
+        };
+        let has_records = [&results, &checks]
+            .iter()
+            .any(|p| std::fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false));
+        match &stored {
+            Some(old) if fingerprint(old) != fp => {
+                let mut differences = Vec::new();
+                diff(old, settings, "", &mut differences);
+                return Err(EvalError::Stale {
+                    dir: dir.to_path_buf(),
+                    differences,
+                });
+            }
+            None if has_records => {
+                return Err(EvalError::Stale {
+                    dir: dir.to_path_buf(),
+                    differences: vec![
+                        "the directory holds results without settings.json (written by an older \
+                         version, or by hand): their settings are unknown"
+                            .into(),
+                    ],
+                })
+            }
+            _ => {}
+        }
+        if stored.is_none() {
+            let text = serde_json::to_string_pretty(settings).unwrap_or_default();
+            crate::train::write_atomic(&settings_path, text.as_bytes())
+                .map_err(io_err(&settings_path))?;
+        }
+        let mut records = Vec::new();
+        for (line, r) in read_jsonl::<Record>(&results)? {
+            match r {
+                Ok(r) if r.fingerprint == fp => records.push(r),
+                Ok(r) => {
+                    return Err(EvalError::Stale {
+                        dir: dir.to_path_buf(),
+                        differences: vec![format!(
+                        "results.jsonl line {line} has fingerprint {} but settings.json has {fp}",
+                        r.fingerprint
+                    )],
+                    })
+                }
+                Err(e) => {
+                    return Err(EvalError::Stale {
+                        dir: dir.to_path_buf(),
+                        differences: vec![format!(
+                            "results.jsonl line {line} is not a record ({e})"
+                        )],
+                    })
+                }
+            }
+        }
+        let mut check_records = Vec::new();
+        for (line, r) in read_jsonl::<CheckRecord>(&checks)? {
+            match r {
+                Ok(r) if r.fingerprint == fp => check_records.push(r),
+                _ => {
+                    return Err(EvalError::Stale {
+                        dir: dir.to_path_buf(),
+                        differences: vec![format!(
+                            "checks.jsonl line {line} is not a check record of these settings"
+                        )],
+                    })
+                }
+            }
+        }
+        let open = |p: &Path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(io_err(p))
+        };
+        let mut sink = open(&results)?;
+        let mut check_sink = open(&checks)?;
+        // Terminate a half-written last line so appended records start cleanly.
+        for (p, f) in [(&results, &mut sink), (&checks, &mut check_sink)] {
+            if let Ok(t) = std::fs::read(p) {
+                if !t.is_empty() && !t.ends_with(b"\n") {
+                    f.write_all(b"\n").map_err(io_err(p))?;
+                }
+            }
+        }
+        Ok(ResultsDir {
+            dir: dir.to_path_buf(),
+            fingerprint: fp,
+            records,
+            checks: check_records,
+            sink,
+            check_sink,
+        })
+    }
+
+    /// The settings' fingerprint.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Keys `(index, defence, norm, ε bits)` of the records already present.
+    pub fn finished(&self) -> HashSet<(usize, String, String, u32)> {
+        self.records
+            .iter()
+            .map(|r| (r.index, r.defence.clone(), r.norm.clone(), r.eps.to_bits()))
+            .collect()
+    }
+
+    /// Appends records (flushed at once: a killed run keeps them).
+    pub fn append(&mut self, recs: Vec<Record>) -> Result<(), EvalError> {
+        let path = self.dir.join("results.jsonl");
+        for r in recs {
+            let line = serde_json::to_string(&r).map_err(|e| EvalError::Protocol(e.to_string()))?;
+            writeln!(self.sink, "{line}").map_err(io_err(&path))?;
+            self.records.push(r);
+        }
+        self.sink.flush().map_err(io_err(&path))
+    }
+
+    /// Appends check records.
+    pub fn append_checks(&mut self, recs: Vec<CheckRecord>) -> Result<(), EvalError> {
+        let path = self.dir.join("checks.jsonl");
+        for r in recs {
+            let line = serde_json::to_string(&r).map_err(|e| EvalError::Protocol(e.to_string()))?;
+            writeln!(self.check_sink, "{line}").map_err(io_err(&path))?;
+            self.checks.push(r);
+        }
+        self.check_sink.flush().map_err(io_err(&path))
+    }
+}
