@@ -207,7 +207,7 @@ impl Conv2d<'_> {
     /// Forward pass (validated shapes assumed; a mismatch computes what fits and
     /// never panics).
     ///
-    /// Register blocking: a block of [`OBLK`] output channels × [`CHUNK`] adjacent
+    /// Register blocking: a block of `OBLK` output channels × `CHUNK` adjacent
     /// output columns of one row is accumulated in registers over every
     /// `(ci, ky, kx)` in order, then stored. Each input window is loaded once for
     /// the whole channel block. Window lanes outside the input are 0 (adding
@@ -242,9 +242,8 @@ impl Conv2d<'_> {
                             for kx in 0..g.k {
                                 let win = window(xrow, ox0 * g.s + kx, g.p, g.s);
                                 let at = ci * kk + ky * g.k + kx;
-                                let wv: [f32; OBLK] = core::array::from_fn(|b| {
-                                    wb[b].get(at).map_or(0.0, |&v| f32::from(v as i8))
-                                });
+                                let wv: [f32; OBLK] =
+                                    wb.map(|wo| wo.get(at).map_or(0.0, |&v| f32::from(v as i8)));
                                 for (a, &wi) in acc.iter_mut().zip(&wv) {
                                     for (al, &xl) in a.iter_mut().zip(&win) {
                                         *al += wi * xl;

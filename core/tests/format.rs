@@ -775,3 +775,19 @@ fn feature_map_shape_rules() {
     assert_eq!(model.input_len(), 30);
     exercise(&model);
 }
+
+#[test]
+fn shipped_version_1_model_is_rewritten_byte_for_byte() {
+    // The shipped fixture was written before version 2 existed: it must parse and
+    // this build's writer must reproduce it exactly (still version 1).
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/mnist.psm");
+    let Ok(bytes) = std::fs::read(&path) else {
+        eprintln!("{} not found; skipped", path.display());
+        return;
+    };
+    assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 1);
+    let model = Model::parse(&bytes).unwrap();
+    let mut again = vec![0u8; bytes.len()];
+    assert_eq!(write_model(model.spec(), &mut again).unwrap(), bytes.len());
+    assert!(again == bytes, "re-written fixture differs");
+}
