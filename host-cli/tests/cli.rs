@@ -608,7 +608,7 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
     let proto = tmp.path().join("p.toml");
     std::fs::write(
         &proto,
-        "images = 3\nbatch = 2\nsteps = 2\nsquare_queries = 20\nlinf_eps = [0.3, 0.1]\nattacks = [\"transfer\", \"bpda\", \"full\", \"square\"]\ndefences = [\"none\", \"ere\"]\nconvergence_check = true\nstep_schedule = \"cosine\"\nlosses = [\"ce\", \"margin\"]\n",
+        "images = 3\nbatch = 2\nsteps = 2\nsquare_queries = 20\nlinf_eps = [0.3, 0.1]\nattacks = [\"square\", \"transfer\", \"bpda\", \"full\", \"apgd-ce\"]\ndefences = [\"none\", \"ere\"]\nconvergence_check = true\nstep_schedule = \"cosine\"\nlosses = [\"ce\", \"margin\"]\n",
     )
     .unwrap();
     let out = tmp.path().join("out");
@@ -634,11 +634,19 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
     assert_eq!(rows.len(), 4);
     assert_eq!(rows[0]["defence"], "none");
     assert_eq!(rows[0]["n"], 3);
-    // The step-doubling check ran for the purifier at the largest ε.
-    let conv = report["convergence"].as_array().unwrap();
-    assert_eq!(conv.len(), 1);
-    assert_eq!(conv[0]["defence"], "ere");
-    assert!(conv[0]["worst_double_steps"].as_f64().unwrap() <= conv[0]["worst"].as_f64().unwrap());
+    // The report names the model, the settings and the commit.
+    let model_hash = report["model_sha256"].as_str().unwrap();
+    assert_eq!(model_hash.len(), 64);
+    assert_eq!(report["fingerprint"].as_str().unwrap().len(), 64);
+    assert!(!report["commit"].as_str().unwrap().is_empty());
+    // Attacks run in cascade order whatever order the protocol lists them in.
+    let attacks: Vec<&str> = report["protocol"]["attacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(attacks, ["transfer", "apgd-ce", "full", "bpda", "square"]);
     let lines = std::fs::read_to_string(out.join("results.jsonl"))
         .unwrap()
         .lines()
@@ -646,14 +654,25 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
     assert_eq!(lines, 12);
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(
-        md.contains("worst case") && md.contains("Seconds per image"),
+        md.contains("worst case")
+            && md.contains("Seconds per image")
+            && md.contains(model_hash)
+            && md.contains("Convergence checks"),
         "{md}"
     );
     // Rows come in increasing ε whatever order the protocol lists them in.
     assert_eq!(rows[0]["eps"].as_f64().unwrap() as f32, 0.1);
-    // Robust accuracy never exceeds clean accuracy.
+    // Robust accuracy never exceeds clean accuracy, and the cascade never rises.
     for r in rows {
-        assert!(r["worst_case"].as_f64().unwrap() <= r["clean"].as_f64().unwrap());
+        let clean = r["clean"].as_f64().unwrap();
+        assert!(r["worst_case"].as_f64().unwrap() <= clean);
+        let mut prev = clean;
+        for a in &attacks {
+            if let Some(v) = r["after_attack"][a].as_f64() {
+                assert!(v <= prev + 1e-12, "{r}");
+                prev = v;
+            }
+        }
     }
     // The plot is a real PNG: one 520x420 panel (L-inf budgets only).
     let png_bytes = std::fs::read(out.join("report.png")).unwrap();
@@ -678,33 +697,116 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
             .count(),
         12
     );
+    // More images on the command line extend the same run.
+    let o = eval(&out, &["--images", "4"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        std::fs::read_to_string(out.join("results.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        16
+    );
 
-    std::fs::write(&proto, "images = 3\nsteps = 2\nsquare_queries = 20\nlinf_eps = [0.3]\nattacks = [\"magic\"]\ndefences = [\"none\"]\n").unwrap();
+    // Other settings into the same directory: refused, naming what differs, and
+    // nothing is written; --fresh starts over.
+    let before = std::fs::read(out.join("results.jsonl")).unwrap();
+    for (extra, field) in [
+        (&["--iters", "2"][..], "defences.ere.iters"),
+        (&["--radius", "0.05"][..], "defences.ere.radius"),
+        (&["--model", s(&fixtures().join("mnist.psm"))][..], ""),
+    ] {
+        let o = eval(&out, extra);
+        if field.is_empty() {
+            // The same model given explicitly is the same settings.
+            assert!(o.status.success(), "{}", text(&o));
+            continue;
+        }
+        assert_eq!(o.status.code(), Some(1), "{extra:?}: {}", text(&o));
+        assert!(
+            text(&o).contains(field) && text(&o).contains("--fresh"),
+            "{extra:?}: {}",
+            text(&o)
+        );
+    }
+    assert_eq!(std::fs::read(out.join("results.jsonl")).unwrap(), before);
+    let o = eval(&out, &["--iters", "2", "--fresh", "--images", "2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("resuming"), "{}", text(&o));
+    assert_eq!(
+        std::fs::read_to_string(out.join("results.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        8
+    );
+    // A protocol change is refused too (here: the steps).
+    let text_proto = std::fs::read_to_string(&proto).unwrap();
+    std::fs::write(&proto, text_proto.replace("steps = 2", "steps = 3")).unwrap();
+    let o = eval(&out, &["--iters", "2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("protocol.steps"), "{}", text(&o));
+    // Results of an older version (no settings.json) are refused, not mixed in.
+    let old = tmp.path().join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("results.jsonl"), "{\"index\":0}\n").unwrap();
+    let o = eval(&old, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("without settings.json"), "{}", text(&o));
+
+    std::fs::write(
+        &proto,
+        "images = 3\nsteps = 2\nlinf_eps = [0.3]\nattacks = [\"magic\"]\ndefences = [\"none\"]\n",
+    )
+    .unwrap();
     let o = eval(&out, &[]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("unknown attack `magic`"), "{}", text(&o));
     // The surrogate attack applies to sign-step purifiers only.
-    std::fs::write(&proto, "images = 2\nsteps = 2\nsquare_queries = 20\nlinf_eps = [0.3]\nattacks = [\"full\", \"surrogate\"]\ndefences = [\"ere\"]\n").unwrap();
+    std::fs::write(&proto, "images = 2\nsteps = 2\nlinf_eps = [0.3]\nattacks = [\"full\", \"surrogate\"]\ndefences = [\"ere\"]\nrestart_check = false\n").unwrap();
     for (step, applies) in [("sign", true), ("gradient", false)] {
         let out = tmp.path().join(format!("out-{step}"));
         let o = eval(&out, &["--step", step, "--eta", "0.05"]);
         assert!(o.status.success(), "{}", text(&o));
         let report: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
-        let per = &report["rows"][0]["per_attack"];
+        let per = &report["rows"][0]["after_attack"];
         assert!(per["full"].is_number(), "{report}");
-        assert_eq!(per["surrogate"].is_number(), applies, "{step}: {report}");
+        // Only when the full attack left something for it to attack.
+        if per["full"].as_f64().unwrap() > 0.0 {
+            assert_eq!(per["surrogate"].is_number(), applies, "{step}: {report}");
+        }
     }
+    let base = "steps = 2\nlinf_eps = [0.3]\nattacks = [\"full\"]\ndefences = [\"ere\"]\n";
     for (bad, msg) in [
         (
-            "step_schedule = \"wobbly\"",
+            "images = 3\nstep_schedule = \"wobbly\"",
             "unknown step_schedule `wobbly`",
         ),
-        ("split = \"train\"", "unknown split `train`"),
-        ("batch = 0", "batch > 0"),
-        ("split = \"validation\"", "train-images"),
+        ("images = 3\nsplit = \"train\"", "unknown split `train`"),
+        ("images = 3\nbatch = 0", "at least 1"),
+        ("images = 3\nsplit = \"validation\"", "train-images"),
+        ("", "--images"),
+        ("images = 3\npreset = \"gold\"", "unknown preset `gold`"),
     ] {
-        std::fs::write(&proto, format!("images = 3\nsteps = 2\nsquare_queries = 20\nlinf_eps = [0.3]\nattacks = [\"full\"]\ndefences = [\"ere\"]\n{bad}\n")).unwrap();
+        std::fs::write(&proto, format!("{base}{bad}\n")).unwrap();
+        let o = eval(&out, &[]);
+        assert_eq!(o.status.code(), Some(1), "{bad}");
+        assert!(text(&o).contains(msg), "{bad}: {}", text(&o));
+    }
+    for (bad, msg) in [
+        ("attacks = []", "`attacks` is empty"),
+        ("defences = []", "`defences` is empty"),
+        ("attacks = [\"full\", \"full\"]", "listed twice"),
+    ] {
+        let p = format!(
+            "images = 3\nsteps = 2\nlinf_eps = [0.3]\nattacks = [\"full\"]\ndefences = [\"ere\"]\n"
+        )
+        .lines()
+        .filter(|l| !l.starts_with(bad.split(' ').next().unwrap()))
+        .collect::<Vec<_>>()
+        .join("\n");
+        std::fs::write(&proto, format!("{p}\n{bad}\n")).unwrap();
         let o = eval(&out, &[]);
         assert_eq!(o.status.code(), Some(1), "{bad}");
         assert!(text(&o).contains(msg), "{bad}: {}", text(&o));

@@ -145,13 +145,13 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         eprintln!("{}: {n} rows updated", path.display());
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report.json)?);
+        outln!("{}", serde_json::to_string_pretty(&report.json)?)?;
     } else {
-        println!("{}", report.markdown);
-        println!(
+        outln!("{}", report.markdown)?;
+        outln!(
             "wrote {}/report.md, report.json, report.png, results.jsonl",
             a.out.display()
-        );
+        )?;
     }
     Ok(0)
 }
