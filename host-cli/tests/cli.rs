@@ -799,13 +799,12 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
         ("defences = []", "`defences` is empty"),
         ("attacks = [\"full\", \"full\"]", "listed twice"),
     ] {
-        let p = format!(
+        let p =
             "images = 3\nsteps = 2\nlinf_eps = [0.3]\nattacks = [\"full\"]\ndefences = [\"ere\"]\n"
-        )
-        .lines()
-        .filter(|l| !l.starts_with(bad.split(' ').next().unwrap()))
-        .collect::<Vec<_>>()
-        .join("\n");
+                .lines()
+                .filter(|l| !l.starts_with(bad.split(' ').next().unwrap()))
+                .collect::<Vec<_>>()
+                .join("\n");
         std::fs::write(&proto, format!("{p}\n{bad}\n")).unwrap();
         let o = eval(&out, &[]);
         assert_eq!(o.status.code(), Some(1), "{bad}");

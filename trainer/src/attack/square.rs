@@ -220,9 +220,8 @@ pub fn square(
         .collect();
     // Margins of the initial points.
     let batch: Vec<f32> = ex.iter().flat_map(|e| build(&e.x0, &e.delta)).collect();
-    if b > 0 {
-        let z = query(&batch);
-        let nc = z.len() / b;
+    let z = if b > 0 { query(&batch) } else { Vec::new() };
+    if let Some(nc) = z.len().checked_div(b) {
         for (k, e) in ex.iter_mut().enumerate() {
             e.margin = margin(z.get(k * nc..(k + 1) * nc).unwrap_or(&[]), labels[k]);
             e.queries = 1;
@@ -271,7 +270,7 @@ pub fn square(
                 }
                 AttackNorm::L2 => {
                     let mut s = ((p * n_features / c as f32).sqrt().round() as usize).max(3);
-                    if s % 2 == 0 {
+                    if s.is_multiple_of(2) {
                         s += 1;
                     }
                     let s = s.min(h.min(w));

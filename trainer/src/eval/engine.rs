@@ -241,6 +241,7 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    #[allow(clippy::too_many_arguments)]
     fn pgd_cfg(
         &self,
         norm: AttackNorm,

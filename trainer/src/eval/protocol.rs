@@ -159,20 +159,19 @@ impl Protocol {
         let bad = |m: String| Err(EvalError::Protocol(m));
         match self.preset.as_deref() {
             None => {}
-            Some("standard") => {
-                if self.attacks.is_empty() {
-                    self.attacks = [
-                        "transfer",
-                        "apgd-ce",
-                        "apgd-t",
-                        "apgd-bpda",
-                        "surrogate",
-                        "square",
-                    ]
-                    .map(String::from)
-                    .to_vec();
-                }
+            Some("standard") if self.attacks.is_empty() => {
+                self.attacks = [
+                    "transfer",
+                    "apgd-ce",
+                    "apgd-t",
+                    "apgd-bpda",
+                    "surrogate",
+                    "square",
+                ]
+                .map(String::from)
+                .to_vec();
             }
+            Some("standard") => {}
             Some(o) => return bad(format!("unknown preset `{o}` (standard)")),
         }
         if let Some(n) = images {

@@ -134,9 +134,10 @@ pub fn diff(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
     }
 }
 
-fn read_jsonl<T: for<'de> Deserialize<'de>>(
-    path: &Path,
-) -> Result<Vec<(usize, Result<T, String>)>, EvalError> {
+/// Parsed lines of a JSONL file: (line number, record or parse error).
+type Lines<T> = Vec<(usize, Result<T, String>)>;
+
+fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Lines<T>, EvalError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
