@@ -7,6 +7,10 @@
 //! - `full_step`: purification recorded for the backward pass + the exact gradient
 //!   through every unrolled step (`PurifierGradient::Full`).
 //!
+//! - `purify_vjp_fast` / `purify_vjp_autodiff`: the trajectory and the exact
+//!   gradient back through it, on the fast path (first layer once per example, masks
+//!   kept) and on the straightforward autodiff path, side by side.
+//!
 //! The ratio full_step / purify is the "small multiple of one purification" the
 //! evaluation promises. See BENCHMARKS.md.
 
@@ -46,6 +50,26 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("full_step", |b| {
         b.iter(|| full.evaluate(&x, &y, AttackLoss::CrossEntropy))
+    });
+    // The exact gradient through the purifier alone (the part of `full_step` that is
+    // not the classifier), on the fast path and on the straightforward autodiff path
+    // (masks recomputed, every noisy row through the first layer): same result.
+    let slow =
+        Reference::<f32, Cpu>::new(&Cpu::default(), &fm.denoiser, d, cfg).without_fast_path();
+    let v: Vec<f32> = (0..BATCH * d)
+        .map(|i| ((i * 31) % 7) as f32 - 3.0)
+        .collect();
+    group.bench_function("purify_vjp_fast", |b| {
+        b.iter(|| {
+            let t = reference.purify_trajectory(&x);
+            reference.purify_vjp(&t, &v)
+        })
+    });
+    group.bench_function("purify_vjp_autodiff", |b| {
+        b.iter(|| {
+            let t = slow.purify_trajectory(&x);
+            slow.purify_vjp(&t, &v)
+        })
     });
     group.finish();
 }

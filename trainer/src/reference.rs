@@ -23,6 +23,10 @@ pub struct Reference<E: Dtype, D: Device<E>> {
     pub(crate) d: usize,
     /// `[M, d]`: σ ε_m.
     pub(crate) noise: Tensor<(usize, usize), E, D>,
+    /// `[M, h₁]`: `σ ε_m W₁ᵀ` when the denoiser starts with a dense layer (the
+    /// first layer of a noisy row is then `x W₁ᵀ + b₁` plus this, computed once per
+    /// example instead of once per row).
+    pub(crate) noise_w1: Option<Tensor<(usize, usize), E, D>>,
 }
 
 fn cast<E: Float>(v: f32) -> E {
@@ -40,13 +44,34 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
                 *v *= cfg.sigma;
             }
         }
+        let net = DeviceNet::from_float(denoiser, dev);
+        let noise: Tensor<(usize, usize), E, D> =
+            dev.tensor_from_vec(noise.into_iter().map(cast).collect(), (m, d));
+        let noise_w1 = match net.layers.first() {
+            Some(Some(first)) if first.w.shape().1 == d => Some(
+                noise
+                    .clone()
+                    .matmul(first.w.clone().permute::<_, Axes2<1, 0>>()),
+            ),
+            _ => None,
+        };
         Reference {
             dev: dev.clone(),
-            net: DeviceNet::from_float(denoiser, dev),
+            net,
             cfg,
             d,
-            noise: dev.tensor_from_vec(noise.into_iter().map(cast).collect(), (m, d)),
+            noise,
+            noise_w1,
         }
+    }
+
+    /// The same reference on the straightforward path: `∇F` by dfdx's autodiff on
+    /// every noisy row and the masks recomputed in the backward pass, instead of the
+    /// first layer once per example and masks kept from the forward pass. Same
+    /// mathematics, slower: for tests and the side-by-side benchmark.
+    pub fn without_fast_path(mut self) -> Self {
+        self.noise_w1 = None;
+        self
     }
 
     /// The configuration.

@@ -24,7 +24,7 @@ use crate::model::Batch;
 use crate::reference::Reference;
 
 /// Everything the backward pass needs from a purification of a batch.
-pub struct Trajectory<E> {
+pub struct Trajectory<E: Dtype, D: Device<E>> {
     /// The input batch.
     pub x0: Vec<E>,
     /// Iterates `x_0 … x_K` (`x_0 = x0`).
@@ -37,9 +37,15 @@ pub struct Trajectory<E> {
     pub perturbed: Vec<Vec<bool>>,
     /// Per step: the pre-projection point `z_k = x_k − η h_k`.
     pub z: Vec<Vec<E>>,
+    /// Per step: the denoiser's ReLU masks at the noisy rows of `x̃_k`, kept from the
+    /// forward pass so the backward pass need not recompute them (`None` where the
+    /// fast path does not apply).
+    lin_tilde: Vec<Option<Linearisation<E, D>>>,
+    /// Per step: the same at `x_k` (SAM only).
+    lin_x: Vec<Option<Linearisation<E, D>>>,
 }
 
-impl<E> Trajectory<E> {
+impl<E: Dtype, D: Device<E>> Trajectory<E, D> {
     /// The purified batch `x_K`.
     pub fn output(&self) -> &[E] {
         self.xs.last().map_or(&[], |v| v.as_slice())
@@ -142,6 +148,143 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
         }
     }
 
+    /// The first dense layer `(W₁, b₁)` when the denoiser starts with one: the fast
+    /// path computes it once per example and adds the precomputed `σ ε_m W₁ᵀ`,
+    /// instead of once per noisy row.
+    fn first_dense(&self) -> Option<&crate::model::DeviceDense<E, D>> {
+        match (self.net.layers.first(), &self.noise_w1) {
+            (Some(Some(d)), Some(_)) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// `Σ_m J_mᵀ w_m` per example, `w` being `[B·M, d]` rows; the masks are those of
+    /// `lin`, the first layer summed over `m` before its transpose (fast path).
+    fn vjp_summed(&self, lin: &Linearisation<E, D>, w0: Batch<E, D>, b: usize) -> Batch<E, D> {
+        let m = self.cfg.noise_samples as usize;
+        let d = self.d;
+        let mut w = w0.clone();
+        for (l, mask) in self.net.layers.iter().zip(&lin.masks).skip(1).rev() {
+            w = match (l, mask) {
+                (Some(dense), _) => w.matmul(dense.w.clone()),
+                (None, Some(mk)) => w * mk.clone(),
+                (None, None) => w,
+            };
+        }
+        let h1 = w.shape().1;
+        let summed = w.reshape_like(&(b, m, h1)).sum::<(usize, usize), Axis<1>>();
+        let mut out = match self.first_dense() {
+            Some(dense) => summed.matmul(dense.w.clone()),
+            None => summed,
+        };
+        if self.net.residual {
+            out = out + w0.reshape_like(&(b, m, d)).sum::<(usize, usize), Axis<1>>();
+        }
+        out
+    }
+
+    /// `∇F(x)` per example (row-major) and the masks at the noisy rows, by the
+    /// fast path: hand-written forward and backward of the ReLU network, first layer
+    /// once per example. `None` when the denoiser does not start with a dense layer.
+    fn ere_grad_fast(&self, x: &[E]) -> Option<(Vec<E>, Linearisation<E, D>)> {
+        let first = self.first_dense()?;
+        let n1 = self.noise_w1.clone()?;
+        let d = self.d;
+        let b = x.len() / d.max(1);
+        let m = self.cfg.noise_samples as usize;
+        let xt: Batch<E, D> = self.dev.tensor_from_vec(x.to_vec(), (b, d));
+        let h1 = first.w.shape().0;
+        let a1 = xt
+            .clone()
+            .matmul(first.w.clone().permute::<_, Axes2<1, 0>>())
+            + first.b.clone().broadcast_like::<_, Axis<0>>(&(b, h1));
+        let mut a: Batch<E, D> = (a1.broadcast_like::<_, Axis<1>>(&(b, m, h1))
+            + n1.broadcast_like::<_, Axis<0>>(&(b, m, h1)))
+        .reshape_like(&(b * m, h1));
+        let mut masks = vec![None];
+        for l in self.net.layers.iter().skip(1) {
+            match l {
+                Some(dense) => {
+                    let (rows, out) = (a.shape().0, dense.w.shape().0);
+                    a = a.matmul(dense.w.clone().permute::<_, Axes2<1, 0>>())
+                        + dense.b.clone().broadcast_like::<_, Axis<0>>(&(rows, out));
+                    masks.push(None);
+                }
+                None => {
+                    let shape = *a.shape();
+                    let mask: Vec<E> = a
+                        .as_vec()
+                        .into_iter()
+                        .map(|v| if v > E::zero() { E::one() } else { E::zero() })
+                        .collect();
+                    let mask: Batch<E, D> = self.dev.tensor_from_vec(mask, shape);
+                    a = a * mask.clone();
+                    masks.push(Some(mask));
+                }
+            }
+        }
+        let lin = Linearisation { masks };
+        // r_m = D(x + σε_m) − x (the residual skip adds the noisy row itself).
+        let target = xt.clone().broadcast_like::<_, Axis<1>>(&(b, m, d));
+        let out = if self.net.residual {
+            let (y, _) = self.noisy_rows(x);
+            a + y
+        } else {
+            a
+        };
+        let r = out.reshape_like(&(b, m, d)) - target;
+        let r_rows = r.clone().reshape_like(&(b * m, d));
+        // ∇F = (2/M) Σ_m (J_mᵀ r_m − r_m)
+        let g = self.vjp_summed(&lin, r_rows, b) - r.sum::<(usize, usize), Axis<1>>();
+        Some(((g * cast::<E>(2.0 / m as f64)).as_vec(), lin))
+    }
+
+    /// `∇²F(x) u` per example from saved masks (fast path).
+    fn ere_hvp_with(&self, lin: &Linearisation<E, D>, u: &[E]) -> Vec<E> {
+        let d = self.d;
+        let b = u.len() / d.max(1);
+        let m = self.cfg.noise_samples as usize;
+        let ut: Batch<E, D> = self.dev.tensor_from_vec(u.to_vec(), (b, d));
+        let urows = ut
+            .clone()
+            .broadcast_like::<_, Axis<1>>(&(b, m, d))
+            .reshape_like(&(b * m, d));
+        // J u: the first layer once per example, then the masked rows.
+        let mut t = match self.first_dense() {
+            Some(dense) => {
+                let h1 = dense.w.shape().0;
+                ut.matmul(dense.w.clone().permute::<_, Axes2<1, 0>>())
+                    .broadcast_like::<_, Axis<1>>(&(b, m, h1))
+                    .reshape_like(&(b * m, h1))
+            }
+            None => urows.clone(),
+        };
+        for (l, mask) in self.net.layers.iter().zip(&lin.masks).skip(1) {
+            t = match (l, mask) {
+                (Some(dense), _) => t.matmul(dense.w.clone().permute::<_, Axes2<1, 0>>()),
+                (None, Some(mk)) => t * mk.clone(),
+                (None, None) => t,
+            };
+        }
+        let ju = if self.net.residual {
+            t + urows.clone()
+        } else {
+            t
+        };
+        let a = ju - urows; // (J − I) u, per row
+        let at = self.vjp_summed(&lin, a.clone(), b)
+            - a.reshape_like(&(b, m, d)).sum::<(usize, usize), Axis<1>>();
+        (at * cast::<E>(2.0 / m as f64)).as_vec()
+    }
+
+    /// `∇F(x)` and, on the fast path, the masks for the backward pass.
+    fn grad_for_trajectory(&self, x: &[E]) -> (Vec<E>, Option<Linearisation<E, D>>) {
+        match self.ere_grad_fast(x) {
+            Some((g, lin)) => (g, Some(lin)),
+            None => (self.ere_value_and_grad(x).1, None),
+        }
+    }
+
     /// `∇²F(x) u` for every example of the batch `x` (row-major `[batch, d]`).
     pub fn ere_hvp(&self, x: &[E], u: &[E]) -> Vec<E> {
         let d = self.d;
@@ -160,7 +303,7 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
     }
 
     /// Purifies a batch and records the trajectory (same result as [`Reference::purify`]).
-    pub fn purify_trajectory(&self, x0: &[E]) -> Trajectory<E> {
+    pub fn purify_trajectory(&self, x0: &[E]) -> Trajectory<E, D> {
         let d = self.d.max(1);
         let cfg = &self.cfg;
         let (rho, eta, delta) = (
@@ -176,11 +319,13 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
             g: vec![],
             perturbed: vec![],
             z: vec![],
+            lin_tilde: vec![],
+            lin_x: vec![],
         };
         let mut x = x0.to_vec();
         for _ in 0..cfg.iters {
-            let (h, xt, g, pert) = if cfg.rho > 0.0 {
-                let (_, g) = self.ere_value_and_grad(&x);
+            let (h, xt, g, pert, lin_t, lin_x) = if cfg.rho > 0.0 {
+                let (g, lin_x) = self.grad_for_trajectory(&x);
                 let mut xt = x.clone();
                 let mut pert = Vec::new();
                 for ((tr, xi), gi) in xt.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
@@ -194,15 +339,23 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
                     }
                     pert.push(p);
                 }
-                let h = if pert.iter().any(|&p| p) {
-                    self.ere_value_and_grad(&xt).1
+                let (h, lin_t) = if pert.iter().any(|&p| p) {
+                    self.grad_for_trajectory(&xt)
                 } else {
-                    g.clone()
+                    // x̃ = x: the same masks serve both.
+                    (g.clone(), None)
                 };
-                (h, xt, g, pert)
+                (h, xt, g, pert, lin_t, lin_x)
             } else {
-                let (_, h) = self.ere_value_and_grad(&x);
-                (h, x.clone(), Vec::new(), vec![false; x.len() / d])
+                let (h, lin) = self.grad_for_trajectory(&x);
+                (
+                    h,
+                    x.clone(),
+                    Vec::new(),
+                    vec![false; x.len() / d],
+                    lin,
+                    None,
+                )
             };
             let mut z = vec![zero; x.len()];
             for (((xi, &hi), &oi), zi) in x.iter_mut().zip(&h).zip(x0).zip(z.iter_mut()) {
@@ -233,6 +386,8 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
             t.g.push(g);
             t.perturbed.push(pert);
             t.z.push(z);
+            t.lin_tilde.push(lin_t);
+            t.lin_x.push(lin_x);
             t.xs.push(x.clone());
         }
         t
@@ -240,7 +395,7 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
 
     /// `vᵀ ∂x_K/∂x0`: the gradient with respect to the input of any loss whose
     /// gradient with respect to the purified output is `v`.
-    pub fn purify_vjp(&self, t: &Trajectory<E>, v_out: &[E]) -> Vec<E> {
+    pub fn purify_vjp(&self, t: &Trajectory<E, D>, v_out: &[E]) -> Vec<E> {
         let d = self.d.max(1);
         let cfg = &self.cfg;
         let (rho, eta, delta) = (
@@ -271,7 +426,15 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
             v = match cfg.step {
                 StepRule::Sign => u,
                 StepRule::Gradient => {
-                    let mut w = self.ere_hvp(&t.x_tilde[k], &u);
+                    // Masks at x̃_k: saved ones (at x_k when no row was perturbed).
+                    let saved_t = t.lin_tilde.get(k).and_then(Option::as_ref);
+                    let saved_x = t.lin_x.get(k).and_then(Option::as_ref);
+                    let hvp_at = |saved: Option<&Linearisation<E, D>>, x: &[E], u: &[E]| match saved
+                    {
+                        Some(lin) => self.ere_hvp_with(lin, u),
+                        None => self.ere_hvp(x, u),
+                    };
+                    let mut w = hvp_at(saved_t.or(saved_x), &t.x_tilde[k], &u);
                     if cfg.rho > 0.0 && t.perturbed[k].iter().any(|&p| p) {
                         let mut q = vec![zero; w.len()];
                         for (row, ((qr, wr), gr)) in q
@@ -289,7 +452,7 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
                                 *qi = wi / n - gi * gw / (n * n * n);
                             }
                         }
-                        let extra = self.ere_hvp(&t.xs[k], &q);
+                        let extra = hvp_at(saved_x, &t.xs[k], &q);
                         for (wi, ei) in w.iter_mut().zip(extra) {
                             *wi += rho * ei;
                         }
