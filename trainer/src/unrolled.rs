@@ -272,7 +272,7 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
             t
         };
         let a = ju - urows; // (J − I) u, per row
-        let at = self.vjp_summed(&lin, a.clone(), b)
+        let at = self.vjp_summed(lin, a.clone(), b)
             - a.reshape_like(&(b, m, d)).sum::<(usize, usize), Axis<1>>();
         (at * cast::<E>(2.0 / m as f64)).as_vec()
     }
