@@ -25,6 +25,15 @@ pub fn wilson(k: usize, n: usize) -> (f64, f64) {
     ((c - h).max(0.0), (c + h).min(1.0))
 }
 
+/// An f32 as the JSON number it reads as (0.3, not 0.30000001192092896).
+pub(crate) fn f32_json(v: f32) -> Value {
+    v.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
 /// What identifies a report.
 pub struct Header {
     /// SHA-256 of the model file.
@@ -229,7 +238,7 @@ pub fn write(
                     ));
                 }
             }
-            rows.push(json!({"defence": defence, "norm": nn, "eps": eps, "n": n,
+            rows.push(json!({"defence": defence, "norm": nn, "eps": f32_json(eps), "n": n,
                 "clean": clean as f64 / n as f64, "after_attack": per,
                 "worst_case_before_checks": main as f64 / n as f64,
                 "checks_broken": row_checks,

@@ -48,7 +48,7 @@ pub fn upsert(
             "classifier": classifier,
             "defence": r["defence"],
             "norm": r["norm"],
-            "eps": r["eps"],
+            "eps": r["eps"].as_f64().map_or(Value::Null, |e| super::report::f32_json(e as f32)),
             "n": r["n"],
             "clean": r["clean"],
             "worst_case": r["worst_case"],
