@@ -798,6 +798,10 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
         ("attacks = []", "`attacks` is empty"),
         ("defences = []", "`defences` is empty"),
         ("attacks = [\"full\", \"full\"]", "listed twice"),
+        (
+            "attacks = [\"square\"]\nsquare_target = \"gpu\"",
+            "unknown square_target `gpu`",
+        ),
     ] {
         let p =
             "images = 3\nsteps = 2\nlinf_eps = [0.3]\nattacks = [\"full\"]\ndefences = [\"ere\"]\n"

@@ -96,3 +96,47 @@ pub fn denoise_classify(model: &Model<'_>, x: &[f32]) -> Result<Vec<usize>, Core
     // The denoiser may leave [0, 1]; the classifier takes any finite input.
     classify(model, &out)
 }
+
+/// Logits of the deployed system for every image of `x` (row-major), on all
+/// threads: purified with `purifier` when given, else denoised once when `denoise`,
+/// else classified as they are. What the Square attack queries.
+pub fn logits(
+    model: &Model<'_>,
+    purifier: Option<&PurifierConfig>,
+    denoise: bool,
+    x: &[f32],
+) -> Result<Vec<f32>, CoreError> {
+    let d = model.input_len();
+    let n = x.len() / d.max(1);
+    let c = model.num_classes();
+    let rows = parallel_ranges(n, |range| {
+        let len = match purifier {
+            Some(cfg) => fast_scratch_len(model, cfg),
+            None => model
+                .denoise_scratch_len()
+                .max(model.classify_scratch_len()),
+        };
+        let mut scratch = vec![0.0; len];
+        let mut buf = vec![0.0; d];
+        let mut out = Vec::with_capacity(range.len() * c);
+        for i in range {
+            let img = x.get(i * d..(i + 1) * d).unwrap_or(&[]);
+            let input: &[f32] = match purifier {
+                Some(cfg) => {
+                    model.purify(img, cfg, &mut buf, &mut scratch)?;
+                    &buf
+                }
+                None if denoise => {
+                    model.denoise(img, &mut buf, &mut scratch)?;
+                    &buf
+                }
+                None => img,
+            };
+            let mut z = vec![0.0; c];
+            model.classify(input, &mut z, &mut scratch)?;
+            out.push(z);
+        }
+        Ok::<_, CoreError>(out)
+    })?;
+    Ok(rows.into_iter().flatten().collect())
+}

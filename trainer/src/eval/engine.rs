@@ -21,7 +21,7 @@ use crate::model::{DeviceNet, FloatModel, FloatNet};
 
 /// Version of the engine's attack definitions: part of the settings, so results of
 /// an engine that attacks differently are never mixed with this one's.
-pub const ENGINE_VERSION: u32 = 2;
+pub const ENGINE_VERSION: u32 = 3;
 
 /// BPDA for one-shot denoising: the classifier's gradient at `D(x)`.
 struct DenoiseBpda {
@@ -79,6 +79,15 @@ enum Judge<'m> {
 }
 
 impl Judge<'_> {
+    /// The deployed system's logits (what Square queries).
+    fn logits(&self, x: &[f32]) -> Result<Vec<f32>, EvalError> {
+        Ok(match self {
+            Judge::Purify(m, c) => deployed::logits(m, Some(c), false, x)?,
+            Judge::Denoise(m) => deployed::logits(m, None, true, x)?,
+            Judge::Classify(m) => deployed::logits(m, None, false, x)?,
+        })
+    }
+
     fn predict(&self, x: &[f32]) -> Result<Vec<usize>, EvalError> {
         Ok(match self {
             Judge::Purify(m, c) => deployed::purify_classify(m, c, x, &|| {})?.1,
@@ -386,14 +395,23 @@ fn attack(
                     height: h,
                     width: w,
                 };
-                // Queries go to the float reference of the whole defended system
-                // (batched, fast); the verdict is the core's, as for every attack.
-                let r = square(
-                    |b| def.full.logits(b),
-                    &gather_rows(x, d, &alive),
-                    &labels(&alive),
-                    &cfg,
-                );
+                // Queries go to the deployed system itself (the int8 core, batched
+                // over threads) or, with `square_target = "reference"`, to the float
+                // reference of the whole defended system; the verdict is the core's.
+                let failed = std::cell::RefCell::new(None);
+                let query = |b: &[f32]| -> Vec<f32> {
+                    if ctx.p.square_target == "reference" {
+                        return def.full.logits(b);
+                    }
+                    def.judge.logits(b).unwrap_or_else(|e| {
+                        failed.borrow_mut().get_or_insert(e);
+                        vec![f32::NAN; b.len() / d.max(1) * ctx.classes]
+                    })
+                };
+                let r = square(query, &gather_rows(x, d, &alive), &labels(&alive), &cfg);
+                if let Some(e) = failed.into_inner() {
+                    return Err(e);
+                }
                 alive = survivors(&def.judge, &r.adv, &alive, y)?;
             }
         }

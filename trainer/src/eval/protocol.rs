@@ -49,6 +49,11 @@ pub struct Protocol {
     /// Square attack queries per image (only read when "square" runs).
     #[serde(default)]
     pub square_queries: Option<usize>,
+    /// What Square queries: "core" (the deployed int8 system) or "reference" (the
+    /// float pipeline the gradient attacks use; faster). The verdict is always the
+    /// core's.
+    #[serde(default = "core_target")]
+    pub square_target: String,
     /// Square attack: initial fraction of the image a square covers.
     #[serde(default = "p_init")]
     pub square_p_init: f32,
@@ -117,6 +122,9 @@ fn nine() -> usize {
 }
 fn yes() -> bool {
     true
+}
+fn core_target() -> String {
+    "core".into()
 }
 fn p_init() -> f32 {
     0.8
@@ -251,6 +259,12 @@ impl Protocol {
                 return bad("`square_queries` must be at least 1".into());
             }
             self.square_queries = Some(q);
+            if !["core", "reference"].contains(&self.square_target.as_str()) {
+                return bad(format!(
+                    "unknown square_target `{}` (core, reference)",
+                    self.square_target
+                ));
+            }
             if !(self.square_p_init > 0.0 && self.square_p_init <= 1.0) {
                 return bad(format!(
                     "`square_p_init` {} is not in (0, 1]",
