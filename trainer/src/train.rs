@@ -1,6 +1,8 @@
 //! Training loops: the score model with the expected-reconstruction-error loss
-//! `E ||D(x + σε) − x||²`, and the classifier with cross-entropy; Adam with a
-//! cosine learning-rate schedule; atomic per-epoch checkpoints and exact resume.
+//! `E ||D(x + σε) − x||²`, the classifier with cross-entropy, and the classifier
+//! adversarially trained (PGD-AT, Madry et al. 2018, or TRADES, Zhang et al. 2019,
+//! with the project's one PGD, [`crate::attack::pgd`]); Adam with a cosine
+//! learning-rate schedule; atomic per-epoch checkpoints and exact resume.
 //!
 //! Determinism: every random choice of epoch `e` (shuffle, σ per example, noise)
 //! comes from a ChaCha8 stream seeded by `(seed, e)`, and the optimiser state is in
@@ -20,6 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 
+use crate::attack::GradientOracle;
 use crate::data::Dataset;
 use crate::model::{Batch, DeviceNet, FloatLayer, FloatNet};
 
@@ -39,6 +42,110 @@ pub enum Objective {
         /// Number of classes.
         classes: usize,
     },
+    /// Classifier trained on adversarial examples of its current weights.
+    RobustClassifier {
+        /// Number of classes.
+        classes: usize,
+        /// How the adversarial examples are made and used.
+        adversarial: AdversarialTraining,
+    },
+}
+
+impl Objective {
+    /// Number of classes of a classifier objective.
+    pub fn classes(&self) -> Option<usize> {
+        match self {
+            Objective::Denoiser { .. } => None,
+            Objective::Classifier { classes } | Objective::RobustClassifier { classes, .. } => {
+                Some(*classes)
+            }
+        }
+    }
+}
+
+/// How adversarial examples enter the loss.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum AdversarialMethod {
+    /// PGD adversarial training (Madry et al. 2018): cross-entropy at the PGD point.
+    Pgd,
+    /// TRADES (Zhang et al. 2019): cross-entropy at the clean point plus
+    /// `β · KL(p(x) ‖ p(x'))`, `x'` maximising that KL by PGD.
+    Trades {
+        /// Weight β of the robustness term.
+        beta: f32,
+    },
+}
+
+/// Adversarial-training settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdversarialTraining {
+    /// PGD-AT or TRADES.
+    pub method: AdversarialMethod,
+    /// Threat norm.
+    pub norm: crate::attack::AttackNorm,
+    /// Radius ε (reached after the warm-up).
+    pub eps: f32,
+    /// PGD steps per training batch.
+    pub steps: usize,
+    /// PGD step as a multiple of the current ε.
+    pub step_size: f32,
+    /// Start PGD at a random point of the ball.
+    pub random_start: bool,
+    /// Epochs over which ε rises linearly from 0 to `eps` (0: full ε from the start).
+    pub warmup_epochs: usize,
+}
+
+impl AdversarialTraining {
+    /// ε at global step `step` of `steps_per_epoch` per epoch.
+    pub fn eps_at(&self, step: usize, steps_per_epoch: usize) -> f32 {
+        let warm = self.warmup_epochs * steps_per_epoch;
+        if warm == 0 {
+            self.eps
+        } else {
+            self.eps * ((step + 1) as f32 / warm as f32).min(1.0)
+        }
+    }
+
+    /// The PGD configuration at radius `eps` with seed `seed`.
+    pub fn pgd_config(&self, eps: f32, seed: u64) -> crate::attack::PgdConfig {
+        crate::attack::PgdConfig {
+            norm: self.norm,
+            eps,
+            steps: self.steps,
+            step_size: self.step_size * eps,
+            schedule: crate::attack::StepSchedule::Constant,
+            loss: match self.method {
+                AdversarialMethod::Pgd => crate::attack::AttackLoss::CrossEntropy,
+                AdversarialMethod::Trades { .. } => crate::attack::AttackLoss::Kl,
+            },
+            random_start: self.random_start,
+            restarts: 1,
+            seed,
+            early_stop: false,
+        }
+    }
+
+    fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        if !(self.eps.is_finite() && self.eps >= 0.0) {
+            return bad(format!("adversarial ε {} must be finite and ≥ 0", self.eps));
+        }
+        if self.steps == 0 {
+            return bad("adversarial PGD needs at least 1 step".into());
+        }
+        if !(self.step_size.is_finite() && self.step_size > 0.0) {
+            return bad(format!(
+                "adversarial step size {} must be finite and > 0",
+                self.step_size
+            ));
+        }
+        if let AdversarialMethod::Trades { beta } = self.method {
+            if !(beta.is_finite() && beta >= 0.0) {
+                return bad(format!("TRADES β {beta} must be finite and ≥ 0"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Optimisation settings.
@@ -246,6 +353,7 @@ fn one_hot(data: &Dataset, idx: &[usize], classes: usize) -> Vec<f32> {
 }
 
 /// Loss of one batch (with the tape on the input so parameter gradients exist).
+/// `adv` is the current ε and PGD seed of adversarial training.
 fn batch_loss(
     dev: &Dev,
     net: &DeviceNet<f32, Dev>,
@@ -253,6 +361,7 @@ fn batch_loss(
     data: &Dataset,
     idx: &[usize],
     rng: &mut ChaCha8Rng,
+    adv: (f32, u64),
 ) -> Tensor<Rank0, f32, Dev, OwnedTape<f32, Dev>> {
     let b = idx.len();
     let d = data.image_len();
@@ -277,6 +386,59 @@ fn batch_loss(
                 dev.tensor_from_vec(one_hot(data, idx, *classes), (b, *classes));
             let x: Batch<f32, Dev> = dev.tensor_from_vec(x, (b, d));
             cross_entropy_with_logits_loss(net.forward(x.leaky_traced()), t)
+        }
+        Objective::RobustClassifier {
+            classes,
+            adversarial,
+        } => {
+            let labels: Vec<usize> = idx
+                .iter()
+                .map(|&i| usize::from(data.labels.get(i).copied().unwrap_or(0)))
+                .collect();
+            let t: Batch<f32, Dev> =
+                dev.tensor_from_vec(one_hot(data, idx, *classes), (b, *classes));
+            let oracle = crate::attack::NetOracle { dev, net, d };
+            let (eps, seed) = adv;
+            let cfg = adversarial.pgd_config(eps, seed);
+            match adversarial.method {
+                AdversarialMethod::Pgd => {
+                    let xa = if eps > 0.0 {
+                        crate::attack::pgd(&oracle, &x, &labels, &cfg)
+                    } else {
+                        x
+                    };
+                    let xa: Batch<f32, Dev> = dev.tensor_from_vec(xa, (b, d));
+                    cross_entropy_with_logits_loss(net.forward(xa.leaky_traced()), t)
+                }
+                AdversarialMethod::Trades { beta } => {
+                    // The clean prediction is the reference of the KL attack.
+                    let soft: Vec<f32> = oracle
+                        .logits(&x)
+                        .chunks(*classes)
+                        .flat_map(|z| {
+                            let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                            let e: Vec<f32> = z.iter().map(|&v| (v - m).exp()).collect();
+                            let s: f32 = e.iter().sum();
+                            e.into_iter().map(move |v| v / s)
+                        })
+                        .collect();
+                    let xa = if eps > 0.0 {
+                        crate::attack::pgd_soft(&oracle, &x, &labels, &soft, &cfg)
+                    } else {
+                        x.clone()
+                    };
+                    let xc: Batch<f32, Dev> = dev.tensor_from_vec(x, (b, d));
+                    let xa: Batch<f32, Dev> = dev.tensor_from_vec(xa, (b, d));
+                    let lc = net.forward(xc.leaky_traced());
+                    let la = net.forward(xa.leaky_traced());
+                    // KL(p_c ‖ p_a) with gradients through both, as in TRADES.
+                    let pc = lc.with_empty_tape().softmax::<Axis<1>>();
+                    let log_pc = lc.with_empty_tape().log_softmax::<Axis<1>>();
+                    let log_pa = la.log_softmax::<Axis<1>>();
+                    let kl = (pc * (log_pc - log_pa)).sum::<Rank0, _>() / b as f32;
+                    cross_entropy_with_logits_loss(lc, t) + kl * beta
+                }
+            }
         }
     }
 }
@@ -309,7 +471,7 @@ pub fn evaluate(
                 let x: Batch<f32, Dev> = dev.tensor_from_vec(x, (b, d));
                 loss += f64::from((out - x).square().sum::<Rank0, _>().array());
             }
-            Objective::Classifier { classes } => {
+            Objective::Classifier { classes } | Objective::RobustClassifier { classes, .. } => {
                 let logits = net.forward(dev.tensor_from_vec(x, (b, d)));
                 let lv = logits.as_vec();
                 for (row, &i) in lv.chunks(*classes).zip(idx) {
@@ -322,9 +484,48 @@ pub fn evaluate(
             }
         }
     }
-    let acc =
-        matches!(objective, Objective::Classifier { .. }).then(|| correct as f32 / n.max(1) as f32);
+    let acc = objective
+        .classes()
+        .map(|_| correct as f32 / n.max(1) as f32);
     ((loss / n.max(1) as f64) as f32, acc)
+}
+
+/// Accuracy of `net` under the training PGD at full ε on the first `count` images
+/// of `data` (fixed seed): what adversarial training is raising.
+pub fn pgd_accuracy(
+    dev: &Dev,
+    net: &DeviceNet<f32, Dev>,
+    adversarial: &AdversarialTraining,
+    data: &Dataset,
+    count: usize,
+    seed: u64,
+) -> f32 {
+    let n = count.min(data.len());
+    let idx: Vec<usize> = (0..n).collect();
+    let x = batch_pixels(data, &idx);
+    let y: Vec<usize> = idx
+        .iter()
+        .map(|&i| usize::from(data.labels.get(i).copied().unwrap_or(0)))
+        .collect();
+    let oracle = crate::attack::NetOracle {
+        dev,
+        net,
+        d: data.image_len(),
+    };
+    let cfg = crate::attack::PgdConfig {
+        loss: crate::attack::AttackLoss::CrossEntropy,
+        random_start: true,
+        ..adversarial.pgd_config(adversarial.eps, seed)
+    };
+    let adv = crate::attack::pgd(&oracle, &x, &y, &cfg);
+    let z = oracle.logits(&adv);
+    let c = z.len() / n.max(1);
+    let correct = z
+        .chunks(c.max(1))
+        .zip(&y)
+        .filter(|(zr, &l)| crate::attack::argmax(zr) == l)
+        .count();
+    correct as f32 / n.max(1) as f32
 }
 
 /// Runs (or continues) training from `ck` on `train_set`, validating on `val_set`
@@ -340,6 +541,9 @@ pub fn train(
         return Err(TrainError::Config(
             "batch size and training set must be non-empty".into(),
         ));
+    }
+    if let Objective::RobustClassifier { adversarial, .. } = &ck.objective {
+        adversarial.validate()?;
     }
     if let Objective::Denoiser { sigmas } = &ck.objective {
         if sigmas.is_empty() || sigmas.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
@@ -377,7 +581,14 @@ pub fn train(
                     + (1.0 - cfg.lr_final_fraction)
                         * 0.5
                         * (1.0 + (std::f32::consts::PI * progress).cos()));
-            let loss = batch_loss(&dev, &net, &ck.objective, train_set, idx, &mut rng);
+            let adv = match &ck.objective {
+                Objective::RobustClassifier { adversarial, .. } => (
+                    adversarial.eps_at(global, steps_per_epoch),
+                    epoch_seed(cfg.seed, epoch, 3) ^ (step as u64).wrapping_mul(0x9E37_79B9),
+                ),
+                _ => (0.0, 0),
+            };
+            let loss = batch_loss(&dev, &net, &ck.objective, train_set, idx, &mut rng, adv);
             let lv = loss.array();
             loss_sum += f64::from(lv);
             let grads = loss.backward();
@@ -405,8 +616,19 @@ pub fn train(
             images_per_second: (n as f64 / secs) as f32,
         };
         if opts.progress {
+            // Adversarial accuracy on (part of) the validation set, printed only: the
+            // checkpoint format stays as it is.
+            let adv = match &ck.objective {
+                Objective::RobustClassifier { adversarial, .. } => format!(
+                    "  val PGD acc {:.2} % (ε {}, first {} images)",
+                    100.0 * pgd_accuracy(&dev, &net, adversarial, val_set, 512, cfg.seed),
+                    adversarial.eps,
+                    val_set.len().min(512)
+                ),
+                _ => String::new(),
+            };
             eprintln!(
-                "epoch {:>3}/{}  train loss {:.4}  val loss {:.4}{}  {:.0} img/s",
+                "epoch {:>3}/{}  train loss {:.4}  val loss {:.4}{}{adv}  {:.0} img/s",
                 epoch + 1,
                 cfg.epochs,
                 stats.train_loss,

@@ -20,6 +20,10 @@ pub enum AttackLoss {
     /// Targeted DLR: `−(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2 + 1e-12)` for the target
     /// class `t` given per example.
     DlrTargeted,
+    /// `KL(p ‖ softmax(z))` to a reference distribution `p` given per example (the
+    /// inner maximisation of TRADES, `p` the clean prediction). Without a reference
+    /// it is the cross-entropy.
+    Kl,
 }
 
 impl AttackLoss {
@@ -35,6 +39,7 @@ impl AttackLoss {
             AttackLoss::Margin => "margin",
             AttackLoss::Dlr => "dlr",
             AttackLoss::DlrTargeted => "dlr-t",
+            AttackLoss::Kl => "kl",
         }
     }
 }
@@ -70,7 +75,7 @@ pub fn loss_and_logit_grad(loss: AttackLoss, z: &[f32], y: usize, t: usize) -> (
         return (0.0, g);
     }
     match loss {
-        AttackLoss::CrossEntropy => {
+        AttackLoss::CrossEntropy | AttackLoss::Kl => {
             let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let e: Vec<f32> = z.iter().map(|&v| (v - m).exp()).collect();
             let s: f32 = e.iter().sum();
@@ -119,4 +124,22 @@ pub fn loss_and_logit_grad(loss: AttackLoss, z: &[f32], y: usize, t: usize) -> (
             (-n / q, g)
         }
     }
+}
+
+/// `KL(p ‖ softmax(z))` and its gradient `softmax(z) − p` with respect to `z`
+/// (`p` a probability vector as long as `z`).
+pub fn kl_and_logit_grad(z: &[f32], p: &[f32]) -> (f32, Vec<f32>) {
+    let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = z.iter().map(|&v| (v - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    let lse = m + s.ln();
+    let mut kl = 0.0f32;
+    let mut g = Vec::with_capacity(z.len());
+    for ((&zi, &pi), &ei) in z.iter().zip(p).zip(&e) {
+        if pi > 0.0 {
+            kl += pi * (pi.ln() - (zi - lse));
+        }
+        g.push(ei / s - pi);
+    }
+    (kl, g)
 }

@@ -21,9 +21,10 @@ use serde::{Deserialize, Serialize};
 pub use apgd::{apgd, ApgdConfig};
 pub use loss::AttackLoss;
 pub use oracle::{
-    argmax, ClassifierOracle, GradientOracle, OracleOutput, PurifiedOracle, PurifierGradient,
+    argmax, ClassifierOracle, GradientOracle, NetOracle, OracleOutput, PurifiedOracle,
+    PurifierGradient,
 };
-pub use pgd::{pgd, PgdConfig, StepSchedule};
+pub use pgd::{pgd, pgd_soft, PgdConfig, StepSchedule};
 pub use square::{square, SquareConfig, SquareResult};
 
 /// Threat model norm.

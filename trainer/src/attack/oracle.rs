@@ -7,7 +7,7 @@
 
 use dfdx::prelude::*;
 
-use super::loss::{loss_and_logit_grad, AttackLoss};
+use super::loss::{kl_and_logit_grad, loss_and_logit_grad, AttackLoss};
 use crate::model::{Batch, DeviceNet, FloatNet};
 
 /// What an oracle returns for a batch under one loss.
@@ -53,6 +53,20 @@ pub trait GradientOracle {
         targets: &[usize],
         loss: AttackLoss,
     ) -> OracleOutput {
+        self.evaluate_soft(x, labels, targets, &[], loss)
+    }
+
+    /// [`GradientOracle::evaluate_targeted`] with a probability vector per example
+    /// (row-major `[batch, classes]`), the reference distribution of
+    /// [`AttackLoss::Kl`] (may be empty otherwise).
+    fn evaluate_soft(
+        &self,
+        x: &[f32],
+        labels: &[usize],
+        targets: &[usize],
+        soft: &[f32],
+        loss: AttackLoss,
+    ) -> OracleOutput {
         let mut values = Vec::with_capacity(labels.len());
         let (logits, grad) = self.logits_vjp(x, &mut |z: &[f32]| {
             let c = z.len() / labels.len().max(1);
@@ -60,7 +74,10 @@ pub trait GradientOracle {
             values.clear();
             for (row, (zr, &y)) in z.chunks(c.max(1)).zip(labels).enumerate() {
                 let t = targets.get(row).copied().unwrap_or(usize::MAX);
-                let (v, g) = loss_and_logit_grad(loss, zr, y, t);
+                let (v, g) = match soft.get(row * c..(row + 1) * c) {
+                    Some(p) if loss == AttackLoss::Kl => kl_and_logit_grad(zr, p),
+                    _ => loss_and_logit_grad(loss, zr, y, t),
+                };
                 values.push(v);
                 w.extend(g);
             }
@@ -105,16 +122,40 @@ impl ClassifierOracle {
     }
 }
 
+/// Logits of `net` for a batch.
+fn net_logits<D: Device<f32>>(dev: &D, net: &DeviceNet<f32, D>, d: usize, x: &[f32]) -> Vec<f32> {
+    let b = x.len() / d.max(1);
+    net.forward(dev.tensor_from_vec(x.to_vec(), (b, d)))
+        .as_vec()
+}
+
+/// Logits of `net` and the input gradient of `Σ ⟨weights(z), z⟩`.
+fn net_logits_vjp<D: Device<f32>>(
+    dev: &D,
+    net: &DeviceNet<f32, D>,
+    d: usize,
+    x: &[f32],
+    weights: &mut dyn FnMut(&[f32]) -> Vec<f32>,
+) -> (Vec<f32>, Vec<f32>) {
+    let b = x.len() / d.max(1);
+    let x0: Batch<f32, D> = dev.tensor_from_vec(x.to_vec(), (b, d));
+    let logits = net.forward(x0.leaky_trace());
+    let z = logits.retaped::<NoneTape>().as_vec();
+    let c = z.len() / b.max(1);
+    let mut w = weights(&z);
+    w.resize(b * c, 0.0);
+    let w: Batch<f32, D> = dev.tensor_from_vec(w, (b, c));
+    let grads = (logits * w).sum::<Rank0, _>().backward();
+    (z, grads.get(&x0).as_vec())
+}
+
 impl GradientOracle for ClassifierOracle {
     fn input_len(&self) -> usize {
         self.d
     }
 
     fn logits(&self, x: &[f32]) -> Vec<f32> {
-        let b = x.len() / self.d.max(1);
-        self.net
-            .forward(self.dev.tensor_from_vec(x.to_vec(), (b, self.d)))
-            .as_vec()
+        net_logits(&self.dev, &self.net, self.d, x)
     }
 
     fn logits_vjp(
@@ -122,16 +163,36 @@ impl GradientOracle for ClassifierOracle {
         x: &[f32],
         weights: &mut dyn FnMut(&[f32]) -> Vec<f32>,
     ) -> (Vec<f32>, Vec<f32>) {
-        let (b, d) = (x.len() / self.d.max(1), self.d);
-        let x0: Batch<f32, Cpu> = self.dev.tensor_from_vec(x.to_vec(), (b, d));
-        let logits = self.net.forward(x0.leaky_trace());
-        let z = logits.retaped::<NoneTape>().as_vec();
-        let c = z.len() / b.max(1);
-        let mut w = weights(&z);
-        w.resize(b * c, 0.0);
-        let w: Batch<f32, Cpu> = self.dev.tensor_from_vec(w, (b, c));
-        let grads = (logits * w).sum::<Rank0, _>().backward();
-        (z, grads.get(&x0).as_vec())
+        net_logits_vjp(&self.dev, &self.net, self.d, x, weights)
+    }
+}
+
+/// A network being trained, on any dfdx device, as an oracle (borrowed: the
+/// adversarial examples of a training step attack the current weights).
+pub struct NetOracle<'a, D: Device<f32>> {
+    /// The device.
+    pub dev: &'a D,
+    /// The network.
+    pub net: &'a DeviceNet<f32, D>,
+    /// Input length.
+    pub d: usize,
+}
+
+impl<D: Device<f32>> GradientOracle for NetOracle<'_, D> {
+    fn input_len(&self) -> usize {
+        self.d
+    }
+
+    fn logits(&self, x: &[f32]) -> Vec<f32> {
+        net_logits(self.dev, self.net, self.d, x)
+    }
+
+    fn logits_vjp(
+        &self,
+        x: &[f32],
+        weights: &mut dyn FnMut(&[f32]) -> Vec<f32>,
+    ) -> (Vec<f32>, Vec<f32>) {
+        net_logits_vjp(self.dev, self.net, self.d, x, weights)
     }
 }
 
@@ -209,6 +270,19 @@ pub(crate) fn evaluate_rows<O: GradientOracle + ?Sized>(
     rows: &[usize],
     loss: AttackLoss,
 ) -> OracleOutput {
+    evaluate_rows_soft(oracle, x, labels, targets, &[], rows, loss)
+}
+
+/// [`evaluate_rows`] with the soft targets of [`AttackLoss::Kl`] (`[batch, classes]`).
+pub(crate) fn evaluate_rows_soft<O: GradientOracle + ?Sized>(
+    oracle: &O,
+    x: &[f32],
+    labels: &[usize],
+    targets: &[usize],
+    soft: &[f32],
+    rows: &[usize],
+    loss: AttackLoss,
+) -> OracleOutput {
     let d = oracle.input_len().max(1);
     let xa = super::gather_rows(x, d, rows);
     let la: Vec<usize> = rows.iter().map(|&k| labels[k]).collect();
@@ -216,5 +290,13 @@ pub(crate) fn evaluate_rows<O: GradientOracle + ?Sized>(
         .iter()
         .map(|&k| targets.get(k).copied().unwrap_or(usize::MAX))
         .collect();
-    oracle.evaluate_targeted(&xa, &la, &ta, loss)
+    let c = soft.len() / labels.len().max(1);
+    let sa: Vec<f32> = if c > 0 {
+        rows.iter()
+            .flat_map(|&k| soft.get(k * c..(k + 1) * c).unwrap_or(&[]).iter().copied())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    oracle.evaluate_soft(&xa, &la, &ta, &sa, loss)
 }

@@ -4,7 +4,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::oracle::{evaluate_rows, GradientOracle};
+use super::oracle::{evaluate_rows_soft, GradientOracle};
 use super::{project, AttackLoss, AttackNorm};
 
 /// How the PGD step size changes over the steps of one run.
@@ -90,6 +90,18 @@ pub fn pgd<O: GradientOracle + ?Sized>(
     labels: &[usize],
     cfg: &PgdConfig,
 ) -> Vec<f32> {
+    pgd_soft(oracle, x, labels, &[], cfg)
+}
+
+/// [`pgd`] with a reference distribution per example (`[batch, classes]`) for
+/// [`AttackLoss::Kl`], the inner maximisation of TRADES.
+pub fn pgd_soft<O: GradientOracle + ?Sized>(
+    oracle: &O,
+    x: &[f32],
+    labels: &[usize],
+    soft: &[f32],
+    cfg: &PgdConfig,
+) -> Vec<f32> {
     let d = oracle.input_len().max(1);
     let b = labels.len();
     let mut best = x.to_vec();
@@ -112,7 +124,7 @@ pub fn pgd<O: GradientOracle + ?Sized>(
             if active.is_empty() {
                 break;
             }
-            let out = evaluate_rows(oracle, &adv, labels, &[], &active, cfg.loss);
+            let out = evaluate_rows_soft(oracle, &adv, labels, &[], soft, &active, cfg.loss);
             let alpha = cfg.schedule.step_size(cfg.step_size, step, cfg.steps);
             let mut still = Vec::with_capacity(active.len());
             for (j, &k) in active.iter().enumerate() {
@@ -147,7 +159,7 @@ pub fn pgd<O: GradientOracle + ?Sized>(
         if active.is_empty() {
             continue;
         }
-        let out = evaluate_rows(oracle, &adv, labels, &[], &active, cfg.loss);
+        let out = evaluate_rows_soft(oracle, &adv, labels, &[], soft, &active, cfg.loss);
         for (j, &k) in active.iter().enumerate() {
             let now_fooled = out.pred[j] != labels[k];
             if !fooled[k] && (now_fooled || out.loss[j] > best_loss[k]) {
