@@ -34,7 +34,6 @@ fn config(epochs: usize) -> TrainConfig {
 
 #[test]
 fn adversarial_training_raises_pgd_accuracy() {
-    use dfdx::prelude::*;
     let data = common::synthetic(800, 6, 3, 5);
     let (tr, val) = data.split_validation(200, 0).unwrap();
     let net = || FloatNet::mlp(&[36, 32, 3], false, 1.0, 7);
