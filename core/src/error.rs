@@ -293,6 +293,11 @@ pub enum FormatError {
         /// Version in the file prefix.
         declared: u16,
     },
+    /// The purifier uses the L2 ball, which a version-1 file cannot declare.
+    NormVersion {
+        /// Version in the file prefix.
+        declared: u16,
+    },
 }
 
 impl fmt::Display for FormatError {
@@ -400,6 +405,10 @@ impl fmt::Display for FormatError {
             LayerVersion { network, layer, kind, needed, declared } => write!(
                 f,
                 "{network} layer {layer} is a {kind} layer, which needs format version {needed}, but the file declares version {declared}"
+            ),
+            NormVersion { declared } => write!(
+                f,
+                "the purifier uses the L2 ball, which needs format version 2, but the file declares version {declared}"
             ),
         }
     }

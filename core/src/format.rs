@@ -423,10 +423,17 @@ pub fn required_version(spec: &ModelSpec<'_>) -> u16 {
         .chain(&spec.classifier.layers)
         .map(Layer::min_format_version)
         .fold(MIN_FORMAT_VERSION, u16::max)
+        .max(match spec.purifier.norm {
+            crate::purify::Norm::L2 => 2,
+            _ => MIN_FORMAT_VERSION,
+        })
 }
 
 /// Rejects a layer kind newer than the version the file declares.
 pub(crate) fn check_version(spec: &ModelSpec<'_>, declared: u16) -> Result<(), FormatError> {
+    if spec.purifier.norm == crate::purify::Norm::L2 && declared < 2 {
+        return Err(FormatError::NormVersion { declared });
+    }
     for (network, net) in [
         (NetworkKind::Denoiser, &spec.denoiser),
         (NetworkKind::Classifier, &spec.classifier),

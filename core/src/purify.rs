@@ -1,5 +1,5 @@
 //! Deterministic purification: K sharpness-aware steps on the ERE, projected onto
-//! the L∞ ball of radius δ around the input intersected with `[0, 1]^d`.
+//! the L∞ or L2 ball of radius δ around the input, and onto `[0, 1]^d`.
 //!
 //! Each step, in this order (all f32):
 //! 1. if ρ > 0: `g = ∇F(x)`, `n = sqrt(Σ g²)` (fixed lane order, `libm::sqrtf`);
@@ -9,9 +9,15 @@
 //! 2. `h = ∇F(x̃)`.
 //! 3. gradient rule: `x[i] ← x[i] − η · h[i]`; sign rule: `x[i] ← x[i] − η · sign(h[i])`
 //!    with `sign(0) = 0`.
-//! 4. projection: `lo = max(x0[i] − δ, 0)`, `hi = min(x0[i] + δ, 1)`;
+//! 4. projection, L∞: `lo = max(x0[i] − δ, 0)`, `hi = min(x0[i] + δ, 1)`;
 //!    `x[i] ← lo` if `x[i]` is NaN or `x[i] < lo`, else `hi` if
 //!    `x[i] > hi`, else unchanged.
+//!    L2: `r[i] = x[i] − x0[i]` (0 where `x[i]` is NaN), `n = sqrt(Σ r²)` (fixed
+//!    lane order, `libm::sqrtf`); if `n > δ`, `r[i] ← r[i] · (δ / n)`; then
+//!    `x[i] ← x0[i] + r[i]` clipped to `[0, 1]`. (Radial scaling then clipping: a
+//!    deterministic map into the ball ∩ box, not the Euclidean projection onto
+//!    their intersection, which has no closed form; clipping towards `x0 ∈ [0, 1]`
+//!    never leaves the ball.)
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +37,8 @@ pub const MAX_NOISE_SAMPLES: u32 = 1_024;
 pub enum Norm {
     /// `||x − x0||_∞ ≤ δ`.
     Linf,
+    /// `||x − x0||_2 ≤ δ` (format version 2).
+    L2,
 }
 
 /// How a step uses the gradient.
@@ -152,11 +160,16 @@ impl Model<'_> {
     }
 }
 
-/// Steps 3 and 4 of the module documentation.
-fn step_and_project(cfg: &PurifierConfig, x0: &[f32], x: &mut [f32], h: &[f32]) {
+/// Steps 3 and 4 of the module documentation; `h` is overwritten (it is the L2
+/// projection's workspace).
+fn step_and_project(cfg: &PurifierConfig, x0: &[f32], x: &mut [f32], h: &mut [f32]) {
+    if cfg.norm == Norm::L2 {
+        step_and_project_l2(cfg, x0, x, h);
+        return;
+    }
     let eta = cfg.eta;
     let delta = cfg.radius;
-    for ((xi, &hi), &x0i) in x.iter_mut().zip(h).zip(x0) {
+    for ((xi, &hi), &x0i) in x.iter_mut().zip(h.iter()).zip(x0) {
         let moved = match cfg.step {
             StepRule::Gradient => *xi - eta * hi,
             StepRule::Sign => {
@@ -193,5 +206,35 @@ fn step_and_project(cfg: &PurifierConfig, x0: &[f32], x: &mut [f32], h: &[f32]) 
         } else {
             moved
         };
+    }
+}
+
+/// The step of step 3, `x − η h` or `x − η sign(h)`.
+fn step_value(step: StepRule, eta: f32, x: f32, h: f32) -> f32 {
+    match step {
+        StepRule::Gradient => x - eta * h,
+        StepRule::Sign => {
+            let s = if h > 0.0 {
+                1.0
+            } else if h < 0.0 {
+                -1.0
+            } else {
+                0.0
+            };
+            x - eta * s
+        }
+    }
+}
+
+/// Steps 3 and 4 with the L2 ball: `h` becomes `r = x − x0` after the step.
+fn step_and_project_l2(cfg: &PurifierConfig, x0: &[f32], x: &mut [f32], h: &mut [f32]) {
+    for ((hi, &xi), &x0i) in h.iter_mut().zip(x.iter()).zip(x0) {
+        let moved = step_value(cfg.step, cfg.eta, xi, *hi);
+        *hi = if moved.is_nan() { 0.0 } else { moved - x0i };
+    }
+    let n = libm::sqrtf(sum_sq(h));
+    let scale = if n > cfg.radius { cfg.radius / n } else { 1.0 };
+    for ((xi, &ri), &x0i) in x.iter_mut().zip(h.iter()).zip(x0) {
+        *xi = (x0i + ri * scale).clamp(0.0, 1.0);
     }
 }

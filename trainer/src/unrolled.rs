@@ -18,7 +18,7 @@
 
 use dfdx::prelude::*;
 use num_traits::Float;
-use pursamere_core::StepRule;
+use pursamere_core::{Norm, StepRule};
 
 use crate::model::Batch;
 use crate::reference::Reference;
@@ -69,6 +69,39 @@ fn ball_bounds<E: Float>(x0: E, delta: E) -> (E, bool, E, bool) {
         if hi_from_x0 { x0 + delta } else { one },
         hi_from_x0,
     )
+}
+
+/// `r = z − x0` of the L2 projection (0 where the step gave NaN, as in the core).
+fn l2_r<E: Float>(z: E, x0: E) -> E {
+    if z.is_nan() {
+        E::zero()
+    } else {
+        z - x0
+    }
+}
+
+/// The radial factor of the L2 projection of one row, `min(1, δ / ||r||)`, and
+/// `||r||`.
+fn l2_scale<E: Float>(z: &[E], x0: &[E], delta: E) -> (E, E) {
+    let n = z
+        .iter()
+        .zip(x0)
+        .fold(E::zero(), |a, (&zi, &oi)| {
+            let r = l2_r(zi, oi);
+            a + r * r
+        })
+        .sqrt();
+    (if n > delta { delta / n } else { E::one() }, n)
+}
+
+fn clip01<E: Float>(v: E) -> E {
+    if v < E::zero() {
+        E::zero()
+    } else if v > E::one() {
+        E::one()
+    } else {
+        v
+    }
 }
 
 fn cast<E: Float>(v: f64) -> E {
@@ -373,6 +406,9 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
                 };
                 let moved = *xi - eta * step;
                 *zi = moved;
+                if cfg.norm == Norm::L2 {
+                    continue; // projected per row below
+                }
                 let (lo, _, hb, _) = ball_bounds(oi, delta);
                 *xi = if moved.is_nan() || moved < lo {
                     lo
@@ -381,6 +417,14 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
                 } else {
                     moved
                 };
+            }
+            if cfg.norm == Norm::L2 {
+                for ((xr, zr), or) in x.chunks_mut(d).zip(z.chunks(d)).zip(x0.chunks(d)) {
+                    let (scale, _) = l2_scale(zr, or, delta);
+                    for ((xi, &zi), &oi) in xr.iter_mut().zip(zr).zip(or) {
+                        *xi = clip01(oi + l2_r(zi, oi) * scale);
+                    }
+                }
             }
             t.x_tilde.push(xt);
             t.g.push(g);
@@ -408,7 +452,51 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
         let mut g_x0 = vec![zero; v.len()];
         for k in (0..t.z.len()).rev() {
             let mut u = vec![zero; v.len()];
+            if cfg.norm == Norm::L2 {
+                // p = clip(x0 + s·r), r = z − x0, s = min(1, δ/||r||): with m the
+                // unclipped mask and v' = m ⊙ v, ∂/∂z = s (v' − r (r·v') / ||r||²)
+                // when scaled (else v'), and ∂/∂x0 = v' − ∂/∂z.
+                for (((ur, vr), zr), (or, gr)) in u
+                    .chunks_mut(d)
+                    .zip(v.chunks(d))
+                    .zip(t.z[k].chunks(d))
+                    .zip(t.x0.chunks(d).zip(g_x0.chunks_mut(d)))
+                {
+                    let (s, n) = l2_scale(zr, or, delta);
+                    let scaled = n > delta;
+                    let vm: Vec<E> = vr
+                        .iter()
+                        .zip(zr.iter().zip(or))
+                        .map(|(&vi, (&zi, &oi))| {
+                            let p = oi + l2_r(zi, oi) * s;
+                            if p < zero || p > E::one() {
+                                zero
+                            } else {
+                                vi
+                            }
+                        })
+                        .collect();
+                    let rv = zr
+                        .iter()
+                        .zip(or)
+                        .zip(&vm)
+                        .fold(zero, |a, ((&zi, &oi), &vi)| a + l2_r(zi, oi) * vi);
+                    for (i, ui) in ur.iter_mut().enumerate() {
+                        let uz = if scaled {
+                            s * (vm[i] - l2_r(zr[i], or[i]) * rv / (n * n))
+                        } else {
+                            vm[i]
+                        };
+                        // A NaN step does not depend on z (r = 0 there).
+                        *ui = if zr[i].is_nan() { zero } else { uz };
+                        gr[i] += vm[i] - *ui;
+                    }
+                }
+            }
             for i in 0..v.len() {
+                if cfg.norm == Norm::L2 {
+                    break;
+                }
                 let (z, o) = (t.z[k][i], t.x0[i]);
                 let (lo, lo_from_x0, hb, hi_from_x0) = ball_bounds(o, delta);
                 if z.is_nan() || z < lo {
