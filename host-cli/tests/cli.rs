@@ -1226,3 +1226,65 @@ fn train_never_overwrites_or_misresumes_a_run_and_export_writes_both_files_or_no
     };
     assert_eq!(export(), export());
 }
+
+#[test]
+fn train_adversarially_resumes_only_with_the_same_attack() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    data_dir(&data);
+    let out = tmp.path().join("run");
+    let base = [
+        "train",
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--what",
+        "classifier",
+        "--cls-hidden",
+        "16",
+        "--cls-epochs",
+        "2",
+        "--validation",
+        "100",
+        "--quiet",
+        "--adversarial",
+        "trades",
+        "--adv-eps",
+        "0.2",
+        "--adv-steps",
+        "3",
+    ];
+    let o = run(&base);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out.join("classifier.ckpt").exists());
+    // Resuming with another attack setting names the flag and both values.
+    let mut other = base.to_vec();
+    other.extend_from_slice(&["--resume", "--adv-eps", "0.3"]);
+    let o = run(&other);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("--adv-eps 0.3 (the checkpoint has 0.2)"),
+        "{}",
+        text(&o)
+    );
+    // Resuming without --adversarial is refused too.
+    let mut plain = base[..14].to_vec();
+    plain.push("--resume");
+    let o = run(&plain);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("adversarially trained"), "{}", text(&o));
+    // Bad settings are refused before any work.
+    for (flag, value) in [
+        ("--adv-eps", "nan"),
+        ("--adv-steps", "0"),
+        ("--trades-beta", "nan"),
+    ] {
+        let mut bad = base.to_vec();
+        bad.extend_from_slice(&["--force", flag, value]);
+        let o = run(&bad);
+        assert_eq!(o.status.code(), Some(1), "{flag}");
+        assert!(text(&o).contains(flag), "{flag}: {}", text(&o));
+    }
+}

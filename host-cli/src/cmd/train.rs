@@ -4,11 +4,33 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use pursamere_trainer::attack::AttackNorm;
 use pursamere_trainer::data::{load_mnist_dir, Split};
 use pursamere_trainer::model::{FloatLayer, FloatNet};
 use pursamere_trainer::train::{
-    fresh_checkpoint, load_checkpoint, train, Checkpoint, Objective, RunOptions, TrainConfig,
+    fresh_checkpoint, load_checkpoint, train, AdversarialMethod, AdversarialTraining, Checkpoint,
+    Objective, RunOptions, TrainConfig,
 };
+
+/// How the classifier is trained.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Adversarial {
+    /// Standard training (clean images).
+    None,
+    /// PGD adversarial training (Madry et al.): cross-entropy at the PGD point.
+    Pgd,
+    /// TRADES (Zhang et al.): clean cross-entropy + β · KL(clean ‖ adversarial).
+    Trades,
+}
+
+/// Threat norm of adversarial training.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum NormArg {
+    /// L∞ ball.
+    Linf,
+    /// L2 ball.
+    L2,
+}
 
 /// Which networks to train.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -69,6 +91,30 @@ pub struct TrainArgs {
     /// Start afresh even though --out holds checkpoints, overwriting them.
     #[arg(long, conflicts_with = "resume")]
     pub force: bool,
+    /// Train the classifier adversarially (with the project's PGD).
+    #[arg(long, value_enum, default_value_t = Adversarial::None)]
+    pub adversarial: Adversarial,
+    /// Threat norm of adversarial training.
+    #[arg(long, value_enum, default_value_t = NormArg::Linf)]
+    pub adv_norm: NormArg,
+    /// Radius ε of adversarial training.
+    #[arg(long, default_value_t = 0.3)]
+    pub adv_eps: f32,
+    /// PGD steps per training batch.
+    #[arg(long, default_value_t = 10)]
+    pub adv_steps: usize,
+    /// PGD step as a multiple of ε.
+    #[arg(long, default_value_t = 0.25)]
+    pub adv_step_size: f32,
+    /// Start PGD at the clean image instead of a random point of the ball.
+    #[arg(long)]
+    pub adv_no_random_start: bool,
+    /// Epochs over which ε rises linearly from 0 (0: the full ε from the start).
+    #[arg(long, default_value_t = 0)]
+    pub adv_warmup_epochs: usize,
+    /// TRADES β (weight of the robustness term).
+    #[arg(long, default_value_t = 6.0)]
+    pub trades_beta: f32,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -106,6 +152,29 @@ fn check_flags(a: &TrainArgs) -> Result<()> {
     }
     if !(a.lr.is_finite() && a.lr > 0.0) {
         bail!("--lr must be finite and > 0, got {}", a.lr);
+    }
+    if a.adversarial != Adversarial::None {
+        if !(a.adv_eps.is_finite() && a.adv_eps >= 0.0) {
+            bail!("--adv-eps must be finite and ≥ 0, got {}", a.adv_eps);
+        }
+        if a.adv_steps == 0 {
+            bail!("--adv-steps must be at least 1");
+        }
+        if !(a.adv_step_size.is_finite() && a.adv_step_size > 0.0) {
+            bail!(
+                "--adv-step-size must be finite and > 0, got {}",
+                a.adv_step_size
+            );
+        }
+        if !(a.trades_beta.is_finite() && a.trades_beta >= 0.0) {
+            bail!(
+                "--trades-beta must be finite and ≥ 0, got {}",
+                a.trades_beta
+            );
+        }
+        if a.what == What::Denoiser {
+            bail!("--adversarial trains the classifier: use --what classifier or both");
+        }
     }
     let nets = [
         (
@@ -203,6 +272,57 @@ fn differences(w: &Wanted<'_>, ck: &Checkpoint) -> Vec<String> {
         }
         // The class count is the output width, compared above.
         (Objective::Classifier { .. }, Objective::Classifier { .. }) => {}
+        (
+            Objective::RobustClassifier { adversarial: n, .. },
+            Objective::RobustClassifier { adversarial: t, .. },
+        ) => {
+            let describe = |x: &AdversarialTraining| match x.method {
+                AdversarialMethod::Pgd => "pgd".to_string(),
+                AdversarialMethod::Trades { beta } => format!("trades --trades-beta {beta}"),
+            };
+            differ(&mut out, "--adversarial".into(), describe(n), describe(t));
+            differ(
+                &mut out,
+                "--adv-norm".into(),
+                format!("{:?}", n.norm).to_lowercase(),
+                format!("{:?}", t.norm).to_lowercase(),
+            );
+            differ(
+                &mut out,
+                "--adv-eps".into(),
+                n.eps.to_string(),
+                t.eps.to_string(),
+            );
+            differ(
+                &mut out,
+                "--adv-steps".into(),
+                n.steps.to_string(),
+                t.steps.to_string(),
+            );
+            differ(
+                &mut out,
+                "--adv-step-size".into(),
+                n.step_size.to_string(),
+                t.step_size.to_string(),
+            );
+            differ(
+                &mut out,
+                "--adv-no-random-start".into(),
+                (!n.random_start).to_string(),
+                (!t.random_start).to_string(),
+            );
+            differ(
+                &mut out,
+                "--adv-warmup-epochs".into(),
+                n.warmup_epochs.to_string(),
+                t.warmup_epochs.to_string(),
+            );
+        }
+        (Objective::RobustClassifier { .. }, Objective::Classifier { .. }) => {
+            out.push("--adversarial (the checkpoint's classifier was trained without it)".into())
+        }
+        (Objective::Classifier { .. }, Objective::RobustClassifier { .. }) => out
+            .push("no --adversarial (the checkpoint's classifier is adversarially trained)".into()),
         _ => out.push("a different network (the checkpoint trains the other one)".into()),
     }
     let (c, k) = (w.config, &ck.config);
@@ -328,10 +448,34 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         let mut dims = vec![d];
         dims.extend(&a.cls_hidden);
         dims.push(10);
+        let objective = match a.adversarial {
+            Adversarial::None => Objective::Classifier { classes: 10 },
+            m => Objective::RobustClassifier {
+                classes: 10,
+                adversarial: AdversarialTraining {
+                    method: if m == Adversarial::Trades {
+                        AdversarialMethod::Trades {
+                            beta: a.trades_beta,
+                        }
+                    } else {
+                        AdversarialMethod::Pgd
+                    },
+                    norm: match a.adv_norm {
+                        NormArg::Linf => AttackNorm::Linf,
+                        NormArg::L2 => AttackNorm::L2,
+                    },
+                    eps: a.adv_eps,
+                    steps: a.adv_steps,
+                    step_size: a.adv_step_size,
+                    random_start: !a.adv_no_random_start,
+                    warmup_epochs: a.adv_warmup_epochs,
+                },
+            },
+        };
         jobs.push((
             "classifier",
             "cls",
-            Objective::Classifier { classes: 10 },
+            objective,
             FloatNet::mlp(&dims, false, 1.0, a.seed.wrapping_add(1)),
             a.cls_epochs,
         ));
