@@ -1288,3 +1288,57 @@ fn train_adversarially_resumes_only_with_the_same_attack() {
         assert!(text(&o).contains(flag), "{flag}: {}", text(&o));
     }
 }
+
+/// Width and height of a PNG file.
+fn png_size(path: &Path) -> (u32, u32) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+    let be = |o: usize| u32::from_be_bytes(bytes[o..o + 4].try_into().unwrap());
+    (be(16), be(20))
+}
+
+#[test]
+fn demo_picture_is_annotated_and_labels_are_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let png = tmp.path().join("demo.png");
+    let o = run(&["demo", "--count", "20", "--steps", "5", "--out", s(&png)]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Three columns of a 4 x 4 block of 84-pixel images, with headers and labels.
+    assert_eq!(png_size(&png), (1336, 608));
+    let t = text(&o);
+    assert!(t.contains("the first 16 images"), "{t}");
+    assert!(t.contains("true") && t.contains("purified adv"), "{t}");
+    // One row per image shown: index and true label (the sample starts 7 2 1 0).
+    let rows: Vec<&str> = t
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 4 && f[0].parse::<usize>().is_ok_and(|i| i < 16)
+        })
+        .collect();
+    assert_eq!(rows.len(), 16, "{t}");
+    assert!(rows[0].split_whitespace().nth(1) == Some("7"), "{t}");
+    assert!(rows[3].split_whitespace().nth(1) == Some("0"), "{t}");
+    // Fewer images: fewer rows in the picture.
+    let o = run(&["demo", "--count", "4", "--steps", "2", "--out", s(&png)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(png_size(&png), (1336, 608 - 3 * 118));
+    // --json: per-image labels and accuracies, nothing else on stdout.
+    let o = run(&[
+        "demo",
+        "--count",
+        "8",
+        "--steps",
+        "2",
+        "--json",
+        "--out",
+        s(&png),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["images"], 8);
+    let per = v["per_image"].as_array().unwrap();
+    assert_eq!(per.len(), 8);
+    assert_eq!(per[0]["true"], "7");
+    assert!(v["accuracy"]["purified_adversarial"].as_f64().is_some());
+}

@@ -1,7 +1,8 @@
 //! `pursamere demo`: the shipped model on the shipped sample, no data and no flags
 //! needed. Crafts adversarial examples against the *undefended* float classifier
 //! (a transfer attack), purifies with the core, and reports accuracies and speed;
-//! writes a PNG grid of original | adversarial | purified images.
+//! writes an annotated PNG: clean | adversarial | purified images with their true
+//! and predicted labels, wrong predictions in red.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -10,8 +11,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use pursamere_core::Model;
 use pursamere_trainer::attack::{pgd, ClassifierOracle, PgdConfig};
-use pursamere_trainer::data::{dataset_from_idx_bytes, encode_png_gray};
+use pursamere_trainer::data::dataset_from_idx_bytes;
 use pursamere_trainer::safetensors_io::from_safetensors;
+use serde_json::json;
 
 use super::{accuracy, core_classify, core_purify_classify, write_file};
 
@@ -28,7 +30,8 @@ pub const SAMPLE_LABELS: &[u8] =
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Where to write the image grid (original | adversarial | purified).
+    /// Where to write the annotated picture (PNG): clean | adversarial | adversarial
+    /// purified, 16 images each, with true and predicted labels.
     #[arg(long, default_value = "pursamere-demo.png")]
     pub out: PathBuf,
     /// Number of sample images to use (1..=256).
@@ -40,6 +43,9 @@ pub struct DemoArgs {
     /// PGD steps of the transfer attack.
     #[arg(long, default_value_t = 40)]
     pub steps: usize,
+    /// Machine-readable output (accuracies, settings, per-image labels).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Checks the `--eps` budget of a transfer attack (finite and ≥ 0).
@@ -91,31 +97,111 @@ pub fn run(a: DemoArgs) -> Result<i32> {
         .collect();
     let y: Vec<usize> = sample.labels[..n].iter().map(|&l| usize::from(l)).collect();
     let cfg = model.purifier_config();
-    outln!(
-        "PurSAMERE demo: shipped MNIST model, {n} test images, purifier K = {} M = {} sigma = {} eta = {} rho = {} delta = {}",
-        cfg.iters, cfg.noise_samples, cfg.sigma, cfg.eta, cfg.rho, cfg.radius
-    )?;
+    if !a.json {
+        outln!(
+            "PurSAMERE demo: shipped MNIST model, {n} test images, purifier K = {} M = {} sigma = {} eta = {} rho = {} delta = {}",
+            cfg.iters, cfg.noise_samples, cfg.sigma, cfg.eta, cfg.rho, cfg.radius
+        )?;
+    }
 
     let t = Instant::now();
     let oracle = ClassifierOracle::new(&float.classifier, d);
     let adv = pgd(&oracle, &x, &y, &PgdConfig::linf(a.eps, a.steps));
     let attack_secs = t.elapsed().as_secs_f64();
 
-    let clean = accuracy(&core_classify(&model, &x)?, &y);
-    let adv_plain = accuracy(&core_classify(&model, &adv)?, &y);
+    let clean_plain = core_classify(&model, &x)?;
+    let adv_plain = core_classify(&model, &adv)?;
     let t = Instant::now();
-    let (clean_px, clean_lab) = core_purify_classify(&model, &cfg, &x)?;
+    let (_, clean_lab) = core_purify_classify(&model, &cfg, &x)?;
     let (adv_px, adv_lab) = core_purify_classify(&model, &cfg, &adv)?;
     let purify_secs = t.elapsed().as_secs_f64();
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let ms_per_image = 1e3 * purify_secs / (2 * n) as f64;
+
+    let names: Vec<String> = model
+        .spec()
+        .meta
+        .class_names
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let name = |l: usize| names.get(l).cloned().unwrap_or_else(|| l.to_string());
+    let shown = n.min(GRID_IMAGES);
+    let pct = |p: &[usize]| format!("{:.1} % of {n} correct", 100.0 * accuracy(p, &y));
+    let subtitles = [
+        format!("classifier alone: {}", pct(&clean_plain)),
+        format!("classifier alone: {}", pct(&adv_plain)),
+        format!("purified, then classified: {}", pct(&adv_lab)),
+    ];
+    let columns = [
+        GridColumn {
+            title: "clean",
+            subtitle: &subtitles[0],
+            pixels: &x,
+            predicted: &clean_plain,
+        },
+        GridColumn {
+            title: "adversarial (transfer)",
+            subtitle: &subtitles[1],
+            pixels: &adv,
+            predicted: &adv_plain,
+        },
+        GridColumn {
+            title: "adversarial, purified",
+            subtitle: &subtitles[2],
+            pixels: &adv_px,
+            predicted: &adv_lab,
+        },
+    ];
+    let title = format!(
+        "PurSAMERE demo, shipped MNIST model: transfer PGD L\u{221e} \u{3b5} = {} ({} steps) against the undefended classifier",
+        a.eps, a.steps
+    );
+    let png = draw_grid(&title, &columns, &y[..shown], &names)?;
+    write_file(&a.out, &png)?;
+
+    if a.json {
+        let images: Vec<_> = (0..n)
+            .map(|i| {
+                json!({
+                    "index": i,
+                    "true": name(y[i]),
+                    "clean": name(clean_plain[i]),
+                    "clean_purified": name(clean_lab[i]),
+                    "adversarial": name(adv_plain[i]),
+                    "adversarial_purified": name(adv_lab[i]),
+                    "in_picture": i < shown,
+                })
+            })
+            .collect();
+        let report = json!({
+            "model": "shipped MNIST model",
+            "images": n,
+            "purifier": cfg,
+            "attack": {"kind": "transfer PGD L-inf against the undefended float classifier", "eps": a.eps, "steps": a.steps},
+            "accuracy": {
+                "classifier_clean": accuracy(&clean_plain, &y),
+                "classifier_adversarial": accuracy(&adv_plain, &y),
+                "purified_clean": accuracy(&clean_lab, &y),
+                "purified_adversarial": accuracy(&adv_lab, &y),
+            },
+            "attack_seconds": attack_secs,
+            "purify_classify_ms_per_image": ms_per_image,
+            "threads": threads,
+            "picture": a.out.display().to_string(),
+            "per_image": images,
+        });
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(0);
+    }
 
     outln!()?;
     outln!("{:<44} {:>10} {:>12}", "", "clean", "adversarial")?;
     outln!(
         "{:<44} {:>9.1} % {:>11.1} %",
         "classifier alone (int8 core)",
-        100.0 * clean,
-        100.0 * adv_plain
+        100.0 * accuracy(&clean_plain, &y),
+        100.0 * accuracy(&adv_plain, &y)
     )?;
     outln!(
         "{:<44} {:>9.1} % {:>11.1} %",
@@ -132,35 +218,210 @@ pub fn run(a: DemoArgs) -> Result<i32> {
     outln!(
         "time: attack {:.2} s; purify + classify {:.1} ms per image ({} threads, {:.1} ms per image per thread)",
         attack_secs,
-        1e3 * purify_secs / (2 * n) as f64,
+        ms_per_image,
         threads,
-        1e3 * purify_secs * threads as f64 / (2 * n) as f64
+        ms_per_image * threads as f64
     )?;
-    let _ = clean_px;
+    outln!()?;
+    outln!("the first {shown} images, as in the picture (predicted labels; * = wrong):")?;
+    outln!(
+        "{:>5} {:>5} {:>7} {:>13} {:>13}",
+        "image",
+        "true",
+        "clean",
+        "adversarial",
+        "purified adv"
+    )?;
+    let mark = |p: usize, t: usize| if p == t { " " } else { "*" };
+    for i in 0..shown {
+        outln!(
+            "{:>5} {:>5} {:>6}{} {:>12}{} {:>12}{}",
+            i,
+            name(y[i]),
+            name(clean_plain[i]),
+            mark(clean_plain[i], y[i]),
+            name(adv_plain[i]),
+            mark(adv_plain[i], y[i]),
+            name(adv_lab[i]),
+            mark(adv_lab[i], y[i])
+        )?;
+    }
+    outln!(
+        "wrote {} (columns: clean | adversarial | adversarial purified; under each image: true -> predicted, red = wrong)",
+        a.out.display()
+    )?;
+    Ok(0)
+}
 
-    // Grid: up to 8 rows of original | adversarial | purified, 3x magnified.
-    let rows = n.min(8);
-    let (side, scale, gap) = (28usize, 3usize, 4usize);
-    let cell = side * scale;
-    let width = 3 * cell + 4 * gap;
-    let height = rows * cell + (rows + 1) * gap;
-    let mut img = vec![128u8; width * height];
-    for r in 0..rows {
-        for (c, src) in [&x, &adv, &adv_px].iter().enumerate() {
-            let im = &src[r * d..(r + 1) * d];
-            for py in 0..cell {
-                for px in 0..cell {
-                    let v = im[(py / scale) * side + px / scale];
-                    let (gx, gy) = (gap + c * (cell + gap) + px, gap + r * (cell + gap) + py);
-                    img[gy * width + gx] = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+/// Images per column of the demo picture (a 4 × 4 block).
+pub const GRID_IMAGES: usize = 16;
+/// Images per row of a column's block.
+const GRID_PER_ROW: usize = 4;
+/// Magnification of each 28 × 28 image.
+const GRID_SCALE: usize = 3;
+
+/// One column of the demo picture.
+struct GridColumn<'a> {
+    title: &'a str,
+    subtitle: &'a str,
+    /// Images, row-major, one after another (at least as many as labels shown).
+    pixels: &'a [f32],
+    /// Predicted label of each image.
+    predicted: &'a [usize],
+}
+
+struct GridGeometry {
+    side: usize,
+    cell: usize,
+    pitch_x: usize,
+    pitch_y: usize,
+    block_w: usize,
+    top: usize,
+    width: usize,
+    height: usize,
+}
+
+const MARGIN: usize = 16;
+const COLUMN_GAP: usize = 28;
+const TITLE_H: usize = 56;
+const HEADER_H: usize = 48;
+const LABEL_H: usize = 22;
+
+impl GridGeometry {
+    fn new(side: usize, shown: usize) -> Self {
+        let cell = side * GRID_SCALE;
+        let pitch_x = cell + 20;
+        let pitch_y = cell + LABEL_H + 12;
+        let block_w = GRID_PER_ROW * pitch_x;
+        let rows = shown.div_ceil(GRID_PER_ROW).max(1);
+        let top = MARGIN + TITLE_H + HEADER_H;
+        GridGeometry {
+            side,
+            cell,
+            pitch_x,
+            pitch_y,
+            block_w,
+            top,
+            width: 2 * MARGIN + 3 * block_w + 2 * COLUMN_GAP,
+            height: top + rows * pitch_y + MARGIN,
+        }
+    }
+
+    /// Top-left corner of image `i` of column `c`.
+    fn origin(&self, c: usize, i: usize) -> (usize, usize) {
+        (
+            MARGIN + c * (self.block_w + COLUMN_GAP) + (i % GRID_PER_ROW) * self.pitch_x + 10,
+            self.top + (i / GRID_PER_ROW) * self.pitch_y,
+        )
+    }
+}
+
+/// Draws the annotated demo picture: a title, a header over each column, and under
+/// every image its true and predicted label, red (with a red frame) when wrong.
+fn draw_grid(
+    title: &str,
+    columns: &[GridColumn<'_>; 3],
+    truth: &[usize],
+    names: &[String],
+) -> Result<Vec<u8>> {
+    use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+    let _ = plotters::style::register_font(
+        "sans-serif",
+        plotters::style::FontStyle::Normal,
+        dejavu::sans::regular(),
+    );
+    let g = GridGeometry::new(28, truth.len());
+    let (w, h) = (g.width, g.height);
+    let mut rgb = vec![255u8; w * h * 3];
+    let red = RGBColor(200, 0, 0);
+    let grey = RGBColor(150, 150, 150);
+    let name = |l: usize| names.get(l).cloned().unwrap_or_else(|| l.to_string());
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot draw the demo picture: {e}");
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (w as u32, h as u32)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let left = Pos::new(HPos::Left, VPos::Top);
+        let centre = Pos::new(HPos::Center, VPos::Top);
+        let font = |size: i32| ("sans-serif", size).into_font();
+        root.draw(&Text::new(
+            title.to_owned(),
+            (MARGIN as i32, MARGIN as i32),
+            font(18).color(&BLACK).pos(left),
+        ))
+        .map_err(|e| err(&e))?;
+        root.draw(&Text::new(
+            "under each image: true label \u{2192} predicted label; red = wrong prediction",
+            (MARGIN as i32, MARGIN as i32 + 26),
+            font(15).color(&RGBColor(60, 60, 60)).pos(left),
+        ))
+        .map_err(|e| err(&e))?;
+        for (c, col) in columns.iter().enumerate() {
+            let cx = (MARGIN + c * (g.block_w + COLUMN_GAP) + g.block_w / 2) as i32;
+            let y0 = (MARGIN + TITLE_H) as i32;
+            root.draw(&Text::new(
+                col.title.to_owned(),
+                (cx, y0),
+                font(20).color(&BLACK).pos(centre),
+            ))
+            .map_err(|e| err(&e))?;
+            root.draw(&Text::new(
+                col.subtitle.to_owned(),
+                (cx, y0 + 24),
+                font(15).color(&RGBColor(60, 60, 60)).pos(centre),
+            ))
+            .map_err(|e| err(&e))?;
+            for (i, &t) in truth.iter().enumerate() {
+                let (x0, y0) = g.origin(c, i);
+                let p = col.predicted[i];
+                let wrong = p != t;
+                let (x0, y0, cell) = (x0 as i32, y0 as i32, g.cell as i32);
+                let frame = if wrong { 3 } else { 1 };
+                let colour = if wrong { red } else { grey };
+                root.draw(&Rectangle::new(
+                    [
+                        (x0 - frame, y0 - frame),
+                        (x0 + cell + frame - 1, y0 + cell + frame - 1),
+                    ],
+                    colour.filled(),
+                ))
+                .map_err(|e| err(&e))?;
+                root.draw(&Text::new(
+                    format!("{} \u{2192} {}", name(t), name(p)),
+                    (x0 + cell / 2, y0 + cell + 5),
+                    font(16)
+                        .color(if wrong { &red } else { &BLACK })
+                        .pos(centre),
+                ))
+                .map_err(|e| err(&e))?;
+            }
+        }
+        root.present().map_err(|e| err(&e))?;
+    }
+    // The images themselves, inside their frames, magnified without smoothing.
+    let d = g.side * g.side;
+    for (c, col) in columns.iter().enumerate() {
+        for i in 0..truth.len() {
+            let im = &col.pixels[i * d..(i + 1) * d];
+            let (x0, y0) = g.origin(c, i);
+            for py in 0..g.cell {
+                for px in 0..g.cell {
+                    let v = im[(py / GRID_SCALE) * g.side + px / GRID_SCALE];
+                    let v = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+                    let o = ((y0 + py) * w + x0 + px) * 3;
+                    rgb[o..o + 3].copy_from_slice(&[v, v, v]);
                 }
             }
         }
     }
-    write_file(&a.out, &encode_png_gray(width, height, &img)?)?;
-    outln!(
-        "wrote {} (columns: original | adversarial | purified)",
-        a.out.display()
-    )?;
-    Ok(0)
+    let mut png_bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut png_bytes, w as u32, h as u32);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut wr = enc.write_header()?;
+        wr.write_image_data(&rgb)?;
+    }
+    Ok(png_bytes)
 }
