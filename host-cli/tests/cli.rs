@@ -228,7 +228,7 @@ fn bad_input_is_reported_clearly() {
     assert!(text(&o).contains("--sigmas"), "{}", text(&o));
 
     // Usage error.
-    let o = run(&["inspect"]);
+    let o = run(&["inspect", "--bogus"]);
     assert_eq!(o.status.code(), Some(2));
     let o = run(&["frobnicate"]);
     assert_eq!(o.status.code(), Some(2));
@@ -1341,4 +1341,322 @@ fn demo_picture_is_annotated_and_labels_are_listed() {
     assert_eq!(per.len(), 8);
     assert_eq!(per[0]["true"], "7");
     assert!(v["accuracy"]["purified_adversarial"].as_f64().is_some());
+}
+
+#[test]
+fn inspect_takes_model_flag_or_positional_and_defaults_to_the_shipped_model() {
+    let psm = fixtures().join("mnist.psm");
+    let json_of = |args: &[&str]| -> serde_json::Value {
+        let o = run(args);
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let by_flag = json_of(&["inspect", "--model", s(&psm), "--json"]);
+    let by_pos = json_of(&["inspect", s(&psm), "--json"]);
+    let shipped = json_of(&["inspect", "--json"]);
+    assert_eq!(by_flag["file"], s(&psm));
+    assert_eq!(by_flag["layers"], by_pos["layers"]);
+    assert_eq!(by_flag["purifier"], shipped["purifier"]);
+    assert_eq!(by_flag["bytes"], shipped["bytes"]);
+    assert_eq!(shipped["file"], "shipped MNIST model");
+    let o = run(&["inspect"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("classes: 0, 1, 2"), "{}", text(&o));
+    // Both at once is a usage error.
+    let o = run(&["inspect", "--model", s(&psm), s(&psm)]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn verify_defaults_to_the_shipped_model() {
+    let o = run(&[
+        "verify",
+        "--data",
+        s(&fixtures().join("mnist-sample")),
+        "--count",
+        "8",
+        "--steps",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["images"], 8);
+    assert_eq!(v["passed"], true);
+}
+
+#[test]
+fn classify_shows_true_labels_and_refuses_purifier_flags_it_would_ignore() {
+    let idx = fixtures().join("mnist-sample/t10k-images-idx3-ubyte.gz");
+    let labels = fixtures().join("mnist-sample/t10k-labels-idx1-ubyte.gz");
+    // The label file beside the images is found; the sample starts 7 2 1 0 4 1 4 9.
+    let o = run(&["classify", "--idx", s(&idx), "--start", "4", "--count", "3"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("true") && t.contains("predicted"), "{t}");
+    assert!(t.contains("accuracy: 3 of 3 correct"), "{t}");
+    let o = run(&[
+        "classify",
+        "--idx",
+        s(&idx),
+        "--labels",
+        s(&labels),
+        "--range",
+        "0..4",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let trues: Vec<u64> = (0..4)
+        .map(|i| v["images"][i]["true_label"].as_u64().unwrap())
+        .collect();
+    assert_eq!(trues, [7, 2, 1, 0]);
+    assert_eq!(v["images"][0]["true_class"], "7");
+    assert!(v["accuracy"].as_f64().is_some());
+    // --start/--count and --range select the same images.
+    let o2 = run(&[
+        "classify",
+        "--idx",
+        s(&idx),
+        "--start",
+        "0",
+        "--count",
+        "4",
+        "--json",
+    ]);
+    let v2: serde_json::Value = serde_json::from_slice(&o2.stdout).unwrap();
+    assert_eq!(v["images"], v2["images"]);
+    // A label file that is not one, or does not match the images, is refused.
+    let o = run(&["classify", "--idx", s(&idx), "--labels", s(&idx)]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let tmp = tempfile::tempdir().unwrap();
+    let short = tmp.path().join("short-labels-idx1-ubyte.gz");
+    write_idx_gz(&short, 0x801, &[3], &[1, 2, 3]);
+    let o = run(&["classify", "--idx", s(&idx), "--labels", s(&short)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("3 labels"), "{}", text(&o));
+    // Purifier flags without --purify would be ignored: refused, naming the flag.
+    let o = run(&["classify", "--idx", s(&idx), "--iters", "2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("--iters") && text(&o).contains("--purify"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&[
+        "classify",
+        "--idx",
+        s(&idx),
+        "--count",
+        "2",
+        "--purify",
+        "--iters",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["purifier"]["iters"], 2);
+    // Selection errors name the flags.
+    let o = run(&["classify", "--idx", s(&idx), "--count", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("--count"), "{}", text(&o));
+    let o = run(&[
+        "classify",
+        "--idx",
+        s(&idx),
+        "--start",
+        "250",
+        "--count",
+        "10",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("--start 250 --count 10"), "{}", text(&o));
+    let o = run(&[
+        "classify",
+        "--idx",
+        s(&idx),
+        "--range",
+        "0..2",
+        "--start",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn purifier_help_shows_the_shipped_models_values() {
+    let o = run(&["inspect", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let p = &v["purifier"];
+    for cmd in ["purify", "classify", "verify", "export", "eval"] {
+        let o = run(&[cmd, "--help"]);
+        let help = text(&o).replace('\n', " ");
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for (flag, key) in [
+            ("--sigma", "sigma"),
+            ("--noise-samples", "noise_samples"),
+            ("--iters", "iters"),
+            ("--eta", "eta"),
+            ("--rho", "rho"),
+            ("--radius", "radius"),
+            ("--noise-seed", "seed"),
+        ] {
+            let at = help
+                .find(&format!("{flag} <"))
+                .unwrap_or_else(|| panic!("{cmd} --help lacks {flag}: {help}"));
+            let line = &help[at..];
+            let value = p[key].as_f64().unwrap();
+            let tag = "shipped model and new exports: ";
+            let at = line
+                .find(tag)
+                .filter(|&i| i < 300)
+                .unwrap_or_else(|| panic!("{cmd} --help: {flag} shows no default: {line}"));
+            let shown: f64 = line[at + tag.len()..]
+                .split([')', ','])
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((shown - value).abs() < 1e-6, "{cmd} --help: {flag}: {line}");
+        }
+    }
+}
+
+#[test]
+fn firmware_check_reports_json() {
+    let golden: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("golden.json")).unwrap()).unwrap();
+    let mut log = String::new();
+    for i in 0..3 {
+        let g = &golden["images"][i];
+        log += &format!(
+            "image {i} label {} purified {} crc32 {}\n",
+            g["label"],
+            g["purified_prediction"],
+            g["purified_crc32"].as_str().unwrap()
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("board.log");
+    std::fs::write(&good, format!("{log}done ok 3 images\n")).unwrap();
+    let o = run(&["firmware-check", "--log", s(&good), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["passed"], true);
+    assert_eq!(v["images"].as_array().unwrap().len(), 3);
+    assert_eq!(v["images"][1]["same"], true);
+    // A cut-off log: JSON still, with the reason, and exit 1.
+    let cut = tmp.path().join("cut.log");
+    std::fs::write(&cut, &log).unwrap();
+    let o = run(&["firmware-check", "--log", s(&cut), "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["passed"], false);
+    assert!(!v["incomplete"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn train_reports_json_and_fashion_models_name_their_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for (prefix, n, seed) in [("train", 200u32, 1), ("t10k", 40, 2)] {
+        let ds = synthetic_bands(n as usize, 8, 10, seed);
+        write_idx_gz(
+            &data.join(format!("{prefix}-images-idx3-ubyte.gz")),
+            0x803,
+            &[n, 8, 8],
+            &ds.pixels,
+        );
+        write_idx_gz(
+            &data.join(format!("{prefix}-labels-idx1-ubyte.gz")),
+            0x801,
+            &[n],
+            &ds.labels,
+        );
+    }
+    let run_dir = tmp.path().join("run");
+    let o = run(&[
+        "train",
+        "--data",
+        s(&data),
+        "--out",
+        s(&run_dir),
+        "--den-epochs",
+        "1",
+        "--cls-epochs",
+        "2",
+        "--den-hidden",
+        "8",
+        "--cls-hidden",
+        "8",
+        "--validation",
+        "40",
+        "--batch-size",
+        "32",
+        "--quiet",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let nets = v["networks"].as_array().unwrap();
+    assert_eq!(nets.len(), 2);
+    assert_eq!(nets[0]["network"], "denoiser");
+    assert_eq!(nets[1]["network"], "classifier");
+    assert_eq!(nets[1]["epochs"], 2);
+    assert!(nets[1]["validation_accuracy"].as_f64().is_some());
+    assert!(nets[0]["validation_loss"].as_f64().is_some());
+
+    let psm = tmp.path().join("fashion.psm");
+    let o = run(&[
+        "export",
+        "--run",
+        s(&run_dir),
+        "--out",
+        s(&psm),
+        "--side",
+        "8",
+        "--dataset",
+        "fashion-mnist",
+        "--iters",
+        "1",
+        "--noise-samples",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&["inspect", "--model", s(&psm), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["classes"][0], "T-shirt/top");
+    assert_eq!(v["classes"][9], "Ankle boot");
+    let idx = data.join("t10k-images-idx3-ubyte.gz");
+    let o = run(&[
+        "classify",
+        "--model",
+        s(&psm),
+        "--idx",
+        s(&idx),
+        "--count",
+        "5",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names = [
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ];
+    for img in v["images"].as_array().unwrap() {
+        let t = img["true_label"].as_u64().unwrap() as usize;
+        assert_eq!(img["true_class"], names[t]);
+        assert!(names.contains(&img["class"].as_str().unwrap()));
+    }
 }

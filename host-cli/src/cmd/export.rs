@@ -34,36 +34,63 @@ pub enum StepArg {
     Sign,
 }
 
-/// Purifier overrides; unset flags keep the model's (or the default) value.
+/// Purifier overrides; unset flags keep the model's (or the default) value. The
+/// defaults named in the help text are [`DEFAULT_PURIFIER`], which the shipped model
+/// uses (a test checks that they agree).
 #[derive(Args, Debug, Clone, Default)]
 pub struct PurifierArgs {
-    /// Noise level σ of the ERE (> 0).
+    /// Noise level σ of the ERE (> 0). Default: the model's own setting (shipped model
+    /// and new exports: 0.5).
     #[arg(long)]
     pub sigma: Option<f32>,
-    /// Number M of fixed noise vectors (1..=1024).
+    /// Number M of fixed noise vectors (1..=1024). Default: the model's own setting
+    /// (shipped model and new exports: 4).
     #[arg(long)]
     pub noise_samples: Option<u32>,
-    /// Number K of SAM steps (0..=10000).
+    /// Number K of SAM steps (0..=10000). Default: the model's own setting (shipped
+    /// model and new exports: 10).
     #[arg(long)]
     pub iters: Option<u32>,
-    /// Step size η (> 0).
+    /// Step size η (> 0). Default: the model's own setting (shipped model and new
+    /// exports: 0.5).
     #[arg(long)]
     pub eta: Option<f32>,
-    /// SAM radius ρ (≥ 0; 0 = plain projected descent).
+    /// SAM radius ρ (≥ 0; 0 = plain projected descent). Default: the model's own
+    /// setting (shipped model and new exports: 0).
     #[arg(long)]
     pub rho: Option<f32>,
-    /// Purification radius δ, L∞ (≥ 0).
+    /// Purification radius δ (≥ 0), in the model's norm. Default: the model's own
+    /// setting (shipped model and new exports: 0.3, L∞).
     #[arg(long)]
     pub radius: Option<f32>,
-    /// Step rule.
+    /// Step rule. Default: the model's own setting (shipped model and new exports:
+    /// gradient).
     #[arg(long, value_enum)]
     pub step: Option<StepArg>,
-    /// Seed of the noise vectors.
+    /// Seed of the noise vectors. Default: the model's own setting (shipped model and
+    /// new exports: 0).
     #[arg(long)]
     pub noise_seed: Option<u64>,
 }
 
 impl PurifierArgs {
+    /// The flags given on the command line, as `--name` strings.
+    pub fn given(&self) -> Vec<&'static str> {
+        [
+            ("--sigma", self.sigma.is_some()),
+            ("--noise-samples", self.noise_samples.is_some()),
+            ("--iters", self.iters.is_some()),
+            ("--eta", self.eta.is_some()),
+            ("--rho", self.rho.is_some()),
+            ("--radius", self.radius.is_some()),
+            ("--step", self.step.is_some()),
+            ("--noise-seed", self.noise_seed.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(n, set)| set.then_some(n))
+        .collect()
+    }
+
     /// `base` with the given overrides, validated.
     pub fn apply(&self, base: PurifierConfig) -> Result<PurifierConfig> {
         let cfg = PurifierConfig {
@@ -97,7 +124,8 @@ pub struct ExportArgs {
     /// Also write the float weights here (.safetensors); default: next to --out.
     #[arg(long)]
     pub safetensors: Option<PathBuf>,
-    /// Data set name stored in the model.
+    /// Data set name stored in the model; a name containing "fashion" also stores
+    /// Fashion-MNIST's class names.
     #[arg(long, default_value = "mnist")]
     pub dataset: String,
     /// Image height and width (square images).
@@ -155,7 +183,7 @@ pub fn run(a: ExportArgs) -> Result<i32> {
             height: a.side,
             width: a.side,
         },
-        class_names: (0..classes).map(|c| c.to_string()).collect(),
+        class_names: super::images::class_names_for(&a.dataset, classes),
         denoiser: den.net,
         classifier: cls.net,
         purifier: a.purifier.apply(DEFAULT_PURIFIER)?,

@@ -20,6 +20,9 @@ pub struct FirmwareCheckArgs {
     /// Model the firmware embeds (.psm); default: the shipped model.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Machine-readable output (one entry per image, the verdict and its reasons).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// One `image` line of a firmware log.
@@ -187,15 +190,7 @@ pub fn run(a: FirmwareCheckArgs) -> Result<i32> {
     let mut logits = vec![0.0; model.num_classes()];
     let mut out = vec![0.0; model.input_len()];
     let mut mismatches = 0;
-    outln!(
-        "{:>5} {:>5} {:>12} {:>12} {:>10} {:>10}  result",
-        "image",
-        "label",
-        "board crc32",
-        "host crc32",
-        "board",
-        "host"
-    )?;
+    let mut rows = Vec::new();
     for l in lines {
         let Some(x) = sample.image_f32(l.index) else {
             bail!(
@@ -211,6 +206,42 @@ pub fn run(a: FirmwareCheckArgs) -> Result<i32> {
             && host_label == l.purified
             && usize::from(sample.labels[l.index]) == l.label;
         mismatches += usize::from(!ok);
+        rows.push((l, host_crc, host_label, ok));
+    }
+    let incomplete = incompleteness(&log);
+    let passed = mismatches == 0 && incomplete.is_empty();
+    if a.json {
+        let images: Vec<_> = rows
+            .iter()
+            .map(|(l, host_crc, host_label, ok)| {
+                serde_json::json!({
+                    "image": l.index, "label": l.label,
+                    "board_crc32": format!("{:08x}", l.crc32), "host_crc32": format!("{host_crc:08x}"),
+                    "board_purified_label": l.purified, "host_purified_label": host_label,
+                    "same": ok,
+                })
+            })
+            .collect();
+        let report = serde_json::json!({
+            "log": a.log.display().to_string(),
+            "images": images,
+            "different": mismatches,
+            "incomplete": incomplete,
+            "passed": passed,
+        });
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(if passed { 0 } else { 1 });
+    }
+    outln!(
+        "{:>5} {:>5} {:>12} {:>12} {:>10} {:>10}  result",
+        "image",
+        "label",
+        "board crc32",
+        "host crc32",
+        "board",
+        "host"
+    )?;
+    for (l, host_crc, host_label, ok) in &rows {
         outln!(
             "{:>5} {:>5} {:>12} {:>12} {:>10} {:>10}  {}",
             l.index,
@@ -219,11 +250,10 @@ pub fn run(a: FirmwareCheckArgs) -> Result<i32> {
             format!("{host_crc:08x}"),
             l.purified,
             host_label,
-            if ok { "same" } else { "DIFFERENT" }
+            if *ok { "same" } else { "DIFFERENT" }
         )?;
     }
-    let incomplete = incompleteness(&log);
-    if mismatches == 0 && incomplete.is_empty() {
+    if passed {
         outln!("PASS: {} images bit-identical with the host", lines.len())?;
         return Ok(0);
     }

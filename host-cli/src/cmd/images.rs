@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use pursamere_core::Model;
-use pursamere_trainer::data::{read_idx_images, read_png_8bit};
+use pursamere_trainer::data::{read_idx_images, read_idx_labels, read_png_8bit};
 
 use super::demo::SHIPPED_PSM;
 use super::read_file;
@@ -21,9 +21,20 @@ pub struct InputArgs {
     /// An IDX image file (gzipped or raw) instead of PNG files.
     #[arg(long)]
     pub idx: Option<PathBuf>,
-    /// Images of the IDX file to use: `START..END` (END excluded) or one index.
-    #[arg(long, default_value = "0..16", requires = "idx")]
-    pub range: String,
+    /// First image of the IDX file to use.
+    #[arg(long, default_value_t = 0, requires = "idx")]
+    pub start: usize,
+    /// Number of IDX images to use, from --start.
+    #[arg(long, default_value_t = 16, requires = "idx")]
+    pub count: usize,
+    /// Images of the IDX file as `START..END` (END excluded) or one index; another
+    /// way to write --start/--count.
+    #[arg(long, requires = "idx", conflicts_with_all = ["start", "count"])]
+    pub range: Option<String>,
+    /// IDX label file with the true labels of the --idx images; default: the
+    /// `*-labels-idx1-ubyte[.gz]` file beside --idx, when there is one.
+    #[arg(long, requires = "idx")]
+    pub labels: Option<PathBuf>,
     /// Model file (.psm); default: the shipped MNIST model.
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -35,6 +46,22 @@ pub struct Input {
     pub name: String,
     /// Pixels in `[0, 1]`.
     pub pixels: Vec<f32>,
+    /// True label, when known (IDX images with a label file).
+    pub label: Option<usize>,
+}
+
+/// The label file that goes with an IDX image file: `--labels`, or the
+/// `*-labels-idx1-ubyte[.gz]` file beside it when there is one.
+fn labels_path(a: &InputArgs, idx: &std::path::Path) -> Option<PathBuf> {
+    if let Some(l) = &a.labels {
+        return Some(l.clone());
+    }
+    let name = idx.file_name()?.to_str()?;
+    if !name.contains("images-idx3") {
+        return None;
+    }
+    let sibling = idx.with_file_name(name.replace("images-idx3", "labels-idx1"));
+    sibling.is_file().then_some(sibling)
 }
 
 /// Model bytes: a file, or the shipped model.
@@ -43,6 +70,51 @@ pub fn model_bytes(path: &Option<PathBuf>) -> Result<Cow<'static, [u8]>> {
         Some(p) => Cow::Owned(read_file(p)?),
         None => Cow::Borrowed(SHIPPED_PSM),
     })
+}
+
+/// Fashion-MNIST's class names, in label order.
+pub const FASHION_MNIST_CLASSES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
+/// Class names stored for a data set by `export`: Fashion-MNIST's names for a
+/// Fashion-MNIST model, the label numbers otherwise.
+pub fn class_names_for(dataset: &str, classes: usize) -> Vec<String> {
+    if is_fashion(dataset) && classes == FASHION_MNIST_CLASSES.len() {
+        FASHION_MNIST_CLASSES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        (0..classes).map(|c| c.to_string()).collect()
+    }
+}
+
+fn is_fashion(dataset: &str) -> bool {
+    dataset.to_ascii_lowercase().contains("fashion")
+}
+
+/// The model's class names for reports: those it stores, except that a
+/// Fashion-MNIST model written with bare numbers (older exports) gets the data set's
+/// names.
+pub fn class_names(model: &Model<'_>) -> Vec<String> {
+    let meta = &model.spec().meta;
+    let stored: Vec<String> = meta.class_names.iter().map(|s| s.to_string()).collect();
+    let numbered = stored.iter().enumerate().all(|(i, s)| *s == i.to_string());
+    if numbered && is_fashion(meta.dataset) {
+        class_names_for(meta.dataset, stored.len())
+    } else {
+        stored
+    }
 }
 
 /// Parses a model, naming its source in the error.
@@ -94,13 +166,37 @@ pub fn load_inputs(a: &InputArgs, model: &Model<'_>) -> Result<Vec<Input>> {
                 idx.display()
             );
         }
-        let (start, end) = parse_range(&a.range)?;
+        let (start, end) = match &a.range {
+            Some(r) => parse_range(r)?,
+            None => {
+                if a.count == 0 {
+                    bail!("--count must be at least 1");
+                }
+                (a.start, a.start.saturating_add(a.count))
+            }
+        };
         if end > count {
-            bail!(
-                "--range {start}..{end} is outside the {count} images of {}",
-                idx.display()
-            );
+            let what = match &a.range {
+                Some(_) => format!("--range {start}..{end}"),
+                None => format!("--start {start} --count {}", a.count),
+            };
+            bail!("{what} is outside the {count} images of {}", idx.display());
         }
+        let labels = match labels_path(a, idx) {
+            Some(p) => {
+                let l = read_idx_labels(&p)?;
+                if l.len() != count {
+                    bail!(
+                        "{} holds {} labels but {} holds {count} images",
+                        p.display(),
+                        l.len(),
+                        idx.display()
+                    );
+                }
+                Some(l)
+            }
+            None => None,
+        };
         return Ok((start..end)
             .map(|i| Input {
                 name: format!("idx-{i}"),
@@ -108,6 +204,7 @@ pub fn load_inputs(a: &InputArgs, model: &Model<'_>) -> Result<Vec<Input>> {
                     .iter()
                     .map(|&p| f32::from(p) / 255.0)
                     .collect(),
+                label: labels.as_ref().map(|l| usize::from(l[i])),
             })
             .collect());
     }
@@ -136,6 +233,7 @@ pub fn load_inputs(a: &InputArgs, model: &Model<'_>) -> Result<Vec<Input>> {
             Ok(Input {
                 name,
                 pixels: data.iter().map(|&v| f32::from(v) / 255.0).collect(),
+                label: None,
             })
         })
         .collect()

@@ -2,26 +2,34 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
-use pursamere_core::{Layer, Model};
+use pursamere_core::Layer;
 use serde_json::json;
 
-use super::read_file;
+use super::images::{class_names, model_bytes, parse_model};
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// Model file (.psm).
-    pub model: PathBuf,
+    /// Model file (.psm); default: the shipped MNIST model.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The model file, as a positional argument (the same as --model).
+    #[arg(value_name = "MODEL", conflicts_with = "model")]
+    pub model_pos: Option<PathBuf>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(a: InspectArgs) -> Result<i32> {
-    let bytes = read_file(&a.model)?;
-    let model = Model::parse(&bytes)
-        .with_context(|| format!("{} is not a valid model", a.model.display()))?;
+    let path = a.model.or(a.model_pos);
+    let bytes = model_bytes(&path)?;
+    let model = parse_model(&bytes, &path)?;
+    let file = path.as_ref().map_or_else(
+        || "shipped MNIST model".to_owned(),
+        |p| p.display().to_string(),
+    );
     let spec = model.spec();
     let cfg = model.purifier_config();
     let mut layers = Vec::new();
@@ -48,11 +56,11 @@ pub fn run(a: InspectArgs) -> Result<i32> {
     let scratch_min = model.scratch_len() * 4;
     let scratch_fast = model.scratch_len_fast() * 4;
     let report = json!({
-        "file": a.model.display().to_string(),
+        "file": file,
         "bytes": bytes.len(),
         "dataset": spec.meta.dataset,
         "input_shape": [spec.meta.input_shape.channels, spec.meta.input_shape.height, spec.meta.input_shape.width],
-        "classes": spec.meta.class_names.iter().collect::<Vec<_>>(),
+        "classes": class_names(&model),
         "denoiser_residual": spec.denoiser.residual,
         "layers": layers,
         "params": params,
@@ -68,7 +76,7 @@ pub fn run(a: InspectArgs) -> Result<i32> {
     }
     outln!(
         "{}: {} bytes, data set {:?}, input {}x{}x{}, {} classes",
-        a.model.display(),
+        file,
         bytes.len(),
         spec.meta.dataset,
         spec.meta.input_shape.channels,
@@ -99,6 +107,7 @@ pub fn run(a: InspectArgs) -> Result<i32> {
             num("macs")
         )?;
     }
+    outln!("classes: {}", class_names(&model).join(", "))?;
     outln!("parameters: {params}")?;
     outln!("denoiser residual skip: {}", spec.denoiser.residual)?;
     outln!(

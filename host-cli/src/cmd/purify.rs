@@ -9,7 +9,7 @@ use pursamere_trainer::data::encode_png_gray;
 use serde_json::json;
 
 use super::export::PurifierArgs;
-use super::images::{load_inputs, model_bytes, parse_model, InputArgs};
+use super::images::{class_names, load_inputs, model_bytes, parse_model, InputArgs};
 use super::{fast_scratch, write_file};
 
 #[derive(Args, Debug)]
@@ -36,7 +36,8 @@ pub struct PurifyArgs {
 pub struct ClassifyArgs {
     #[command(flatten)]
     pub input: InputArgs,
-    /// Purify each image (model's settings plus overrides) before classifying it.
+    /// Purify each image (model's settings plus the purifier flags below) before
+    /// classifying it; the purifier flags are refused without it.
     #[arg(long)]
     pub purify: bool,
     /// Machine-readable output.
@@ -164,11 +165,19 @@ pub fn run_purify(a: PurifyArgs) -> Result<i32> {
 }
 
 pub fn run_classify(a: ClassifyArgs) -> Result<i32> {
+    let given = a.purifier.given();
+    if !a.purify && !given.is_empty() {
+        anyhow::bail!(
+            "purifier flags ({}) apply only with --purify: classify does not purify without it",
+            given.join(", ")
+        );
+    }
     let bytes = model_bytes(&a.input.model)?;
     let model = parse_model(&bytes, &a.input.model)?;
     let cfg = a.purifier.apply(model.purifier_config())?;
     let inputs = load_inputs(&a.input, &model)?;
-    let names = &model.spec().meta.class_names;
+    let names = class_names(&model);
+    let name = |l: usize| names.get(l).cloned().unwrap_or_else(|| l.to_string());
     let mut scratch = fast_scratch(&model, &cfg);
     let mut logits = vec![0.0; model.num_classes()];
     let mut out = vec![0.0; model.input_len()];
@@ -181,29 +190,66 @@ pub fn run_classify(a: ClassifyArgs) -> Result<i32> {
             &inp.pixels
         };
         let label = model.classify(x, &mut logits, &mut scratch)?;
-        report.push(json!({"input": inp.name, "label": label, "class": names.get(label).copied().unwrap_or(""),
-            "confidence": softmax_max(&logits), "logits": logits.clone()}));
+        let mut r = json!({"input": inp.name, "label": label, "class": name(label),
+            "confidence": softmax_max(&logits), "logits": logits.clone()});
+        if let Some(t) = inp.label {
+            r["true_label"] = json!(t);
+            r["true_class"] = json!(name(t));
+            r["correct"] = json!(t == label);
+        }
+        report.push(r);
     }
+    let known: Vec<bool> = inputs.iter().map(|i| i.label.is_some()).collect();
+    let correct = report.iter().filter(|r| r["correct"] == true).count();
+    let labelled = known.iter().filter(|&&k| k).count();
     if a.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&json!({"purified": a.purify, "images": report}))?
-        )?;
+        let mut v = json!({"purified": a.purify, "images": report});
+        if a.purify {
+            v["purifier"] = json!(cfg);
+        }
+        if labelled > 0 {
+            v["accuracy"] = json!(correct as f64 / labelled as f64);
+        }
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        outln!(
-            "{:<24} {:>5} {:<12} {:>10}",
-            "input",
-            "label",
-            "class",
-            "confidence"
-        )?;
-        for r in &report {
+        let width = names.iter().map(String::len).max().unwrap_or(5).max(5);
+        if labelled > 0 {
             outln!(
-                "{:<24} {:>5} {:<12} {:>9.1} %",
-                r["input"].as_str().unwrap_or(""),
-                r["label"].as_u64().unwrap_or(0),
-                r["class"].as_str().unwrap_or(""),
-                100.0 * r["confidence"].as_f64().unwrap_or(0.0)
+                "{:<24} {:<w$} {:<w$} {:>10}",
+                "input",
+                "true",
+                "predicted",
+                "confidence",
+                w = width.max(9)
+            )?;
+        } else {
+            outln!(
+                "{:<24} {:<w$} {:>10}",
+                "input",
+                "predicted",
+                "confidence",
+                w = width.max(9)
+            )?;
+        }
+        for r in &report {
+            let input = r["input"].as_str().unwrap_or("");
+            let class = r["class"].as_str().unwrap_or("");
+            let conf = 100.0 * r["confidence"].as_f64().unwrap_or(0.0);
+            if labelled > 0 {
+                let t = r["true_class"].as_str().unwrap_or("?");
+                let mark = if r["correct"] == false { "  wrong" } else { "" };
+                outln!(
+                    "{input:<24} {t:<w$} {class:<w$} {conf:>8.1} %{mark}",
+                    w = width.max(9)
+                )?;
+            } else {
+                outln!("{input:<24} {class:<w$} {conf:>8.1} %", w = width.max(9))?;
+            }
+        }
+        if labelled > 0 {
+            outln!(
+                "accuracy: {correct} of {labelled} correct ({:.1} %)",
+                100.0 * correct as f64 / labelled as f64
             )?;
         }
     }

@@ -118,6 +118,10 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Print each network's final metrics as JSON on standard output when training
+    /// ends (progress and messages stay on standard error).
+    #[arg(long)]
+    pub json: bool,
     /// TOML run file whose keys are these flags' long names (e.g. `den_epochs = 20`,
     /// `sigmas = [0.25, 0.5]`); flags on the command line override it.
     #[arg(long)]
@@ -578,8 +582,10 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         "checkpoints are written to {} after every epoch; if training stops (Ctrl-C), run the same command with --resume to continue",
         a.out.display()
     );
+    let mut results = Vec::new();
     for (name, path, epochs, ck) in runs {
-        eprintln!("{name}: {} parameters, {} epochs", ck.net.params(), epochs);
+        let params = ck.net.params();
+        eprintln!("{name}: {params} parameters, {epochs} epochs");
         let opts = RunOptions {
             checkpoint: Some(path.clone()),
             stop_after: None,
@@ -610,7 +616,28 @@ pub fn run(a: TrainArgs) -> Result<i32> {
                 start.elapsed().as_secs_f64(),
                 path.display()
             );
+            results.push(serde_json::json!({
+                "network": name,
+                "parameters": params,
+                "epochs": done.epochs_done,
+                "seconds": start.elapsed().as_secs_f64(),
+                "images_per_second": ips,
+                "train_loss": last.train_loss,
+                "validation_loss": (!val.is_empty()).then_some(last.val_loss),
+                "validation_accuracy": last.val_accuracy,
+                "validation_images": val.len(),
+                "checkpoint": path.display().to_string(),
+            }));
         }
+    }
+    if a.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "out": a.out.display().to_string(),
+                "networks": results,
+            }))?
+        )?;
     }
     Ok(0)
 }

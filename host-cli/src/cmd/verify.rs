@@ -15,6 +15,7 @@ use pursamere_trainer::safetensors_io::from_safetensors;
 use serde::Serialize;
 
 use super::export::PurifierArgs;
+use super::images::{model_bytes, parse_model};
 use super::{accuracy, core_classify, core_purify_classify_progress, read_file};
 use pursamere_trainer::attack::{pgd, ClassifierOracle, PgdConfig};
 
@@ -25,10 +26,11 @@ pub const MIN_AGREEMENT_FLOAT: f64 = 0.99;
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// Model file (.psm).
+    /// Model file (.psm); default: the shipped MNIST model.
     #[arg(long)]
-    pub model: PathBuf,
-    /// Float weights (.safetensors); default: next to --model.
+    pub model: Option<PathBuf>,
+    /// Float weights (.safetensors); default: next to --model (the shipped model's
+    /// float weights without --model).
     #[arg(long)]
     pub float: Option<PathBuf>,
     /// Data set directory (MNIST layout); the TEST split is used.
@@ -187,15 +189,19 @@ pub fn run(a: VerifyArgs) -> Result<i32> {
     if a.count == 0 {
         bail!("--count must be at least 1");
     }
-    let bytes = read_file(&a.model)?;
-    let model = Model::parse(&bytes)
-        .with_context(|| format!("{} is not a valid model", a.model.display()))?;
+    let bytes = model_bytes(&a.model)?;
+    let model = parse_model(&bytes, &a.model)?;
     let float_path = a
         .float
         .clone()
-        .unwrap_or_else(|| a.model.with_extension("safetensors"));
-    let fm = from_safetensors(&read_file(&float_path)?)
-        .with_context(|| format!("reading {}", float_path.display()))?;
+        .or_else(|| a.model.as_ref().map(|m| m.with_extension("safetensors")));
+    let fm = match &float_path {
+        Some(p) => {
+            from_safetensors(&read_file(p)?).with_context(|| format!("reading {}", p.display()))?
+        }
+        None => from_safetensors(super::demo::SHIPPED_SAFETENSORS)
+            .context("the shipped float weights are corrupt")?,
+    };
     let deq = FloatModel::from_spec(model.spec());
     let cfg = a.purifier.apply(model.purifier_config())?;
     let test: Dataset = load_mnist_dir(&a.data, Split::Test)?;
