@@ -1660,3 +1660,48 @@ fn train_reports_json_and_fashion_models_name_their_classes() {
         assert!(names.contains(&img["class"].as_str().unwrap()));
     }
 }
+
+#[test]
+fn purify_reports_the_true_label_when_known() {
+    let tmp = tempfile::tempdir().unwrap();
+    let idx = fixtures().join("mnist-sample/t10k-images-idx3-ubyte.gz");
+    let out = tmp.path().join("out");
+    let o = run(&[
+        "purify",
+        "--idx",
+        s(&idx),
+        "--start",
+        "1",
+        "--count",
+        "2",
+        "--iters",
+        "1",
+        "--no-png",
+        "--out",
+        s(&out),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["images"][0]["true_label"], 2);
+    assert_eq!(v["images"][1]["true_label"], 1);
+    let o = run(&[
+        "purify",
+        "--idx",
+        s(&idx),
+        "--range",
+        "0",
+        "--iters",
+        "1",
+        "--no-png",
+        "--out",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let row = text(&o)
+        .lines()
+        .find(|l| l.starts_with("idx-0"))
+        .unwrap()
+        .to_owned();
+    assert_eq!(row.split_whitespace().nth(1), Some("7"), "{row}");
+}

@@ -125,8 +125,12 @@ pub fn run_purify(a: PurifyArgs) -> Result<i32> {
             .zip(&inp.pixels)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f32::max);
-        report.push(json!({"input": inp.name, "label_before": before, "label_after": after,
-            "max_abs_change": max_change, "crc32": format!("{:08x}", digest_f32(&out)), "files": files}));
+        let mut r = json!({"input": inp.name, "label_before": before, "label_after": after,
+            "max_abs_change": max_change, "crc32": format!("{:08x}", digest_f32(&out)), "files": files});
+        if let Some(t) = inp.label {
+            r["true_label"] = json!(t);
+        }
+        report.push(r);
     }
     if a.json {
         outln!(
@@ -134,9 +138,11 @@ pub fn run_purify(a: PurifyArgs) -> Result<i32> {
             serde_json::to_string_pretty(&json!({"purifier": cfg, "images": report}))?
         )?;
     } else {
+        let known = inputs.iter().any(|i| i.label.is_some());
         outln!(
-            "{:<24} {:>6} {:>6} {:>11} {:>9}  files",
+            "{:<24} {:>5} {:>6} {:>6} {:>11} {:>9}  files",
             "input",
+            if known { "true" } else { "" },
             "before",
             "after",
             "max |diff|",
@@ -144,8 +150,12 @@ pub fn run_purify(a: PurifyArgs) -> Result<i32> {
         )?;
         for r in &report {
             outln!(
-                "{:<24} {:>6} {:>6} {:>11.4} {:>9}  {}",
+                "{:<24} {:>5} {:>6} {:>6} {:>11.4} {:>9}  {}",
                 r["input"].as_str().unwrap_or(""),
+                r["true_label"]
+                    .as_u64()
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
                 r["label_before"].as_u64().unwrap_or(0),
                 r["label_after"].as_u64().unwrap_or(0),
                 r["max_abs_change"].as_f64().unwrap_or(0.0),
