@@ -244,7 +244,7 @@ pub fn write(
                 "checks_broken": row_checks,
                 "worst_case": wf, "wilson95": [lo, hi],
                 "mean_full_gradient_norm": mean_g,
-                "seconds_per_image": p.attacks.iter().map(|at| (at.clone(), recs.iter().filter_map(|r| r.seconds.get(at)).sum::<f64>().max(0.0) / n as f64)).collect::<BTreeMap<_,_>>()}));
+                "seconds_per_image": p.attacks.iter().map(|at| (at.clone(), recs.iter().filter_map(|r| r.seconds.get(at)).sum::<f64>().abs() / n as f64)).collect::<BTreeMap<_,_>>()}));
         }
         if defence == "none" {
             for nn in ["linf", "l2"] {
