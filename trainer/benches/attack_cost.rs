@@ -30,7 +30,7 @@ fn bench(c: &mut Criterion) {
     ))
     .expect("fixtures/mnist.psm");
     let model = Model::parse(&bytes).expect("valid model");
-    let fm = FloatModel::from_spec(model.spec());
+    let fm = FloatModel::from_spec(model.spec()).expect("a dense model");
     let cfg = model.purifier_config();
     let d = model.input_len();
     // Deterministic images in [0, 1] (the cost does not depend on the content).

@@ -27,6 +27,22 @@ pub enum FloatLayer {
     Relu,
 }
 
+/// A layer of a `.psm` model that the float side (reference, training, attacks)
+/// cannot mirror yet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{network} layer {index} ({kind}): the float reference, training and attacks support \
+     dense and ReLU layers only so far"
+)]
+pub struct UnsupportedLayer {
+    /// `denoiser` or `classifier`.
+    pub network: &'static str,
+    /// Layer index.
+    pub index: usize,
+    /// Layer kind.
+    pub kind: &'static str,
+}
+
 /// A float network (mirror of the core's `NetworkSpec`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FloatNet {
@@ -74,15 +90,22 @@ impl FloatNet {
         FloatNet { residual, layers }
     }
 
-    /// Dequantised copy of a network from a `.psm` file.
-    pub fn from_spec(spec: &NetworkSpec<'_>) -> Self {
+    /// Dequantised copy of a network from a `.psm` file; `network` names it in the
+    /// error. Convolution and upsampling layers are refused: the float mirror of
+    /// those layers does not exist yet, and guessing would make every reference,
+    /// attack and verification of the model silently wrong.
+    pub fn from_spec(
+        spec: &NetworkSpec<'_>,
+        network: &'static str,
+    ) -> Result<Self, UnsupportedLayer> {
         let layers = spec
             .layers
             .iter()
-            .map(|l| match l {
+            .enumerate()
+            .map(|(index, l)| match l {
                 Layer::Dense(d) => {
                     let (n, m) = (d.inputs as usize, d.outputs as usize);
-                    FloatLayer::Dense {
+                    Ok(FloatLayer::Dense {
                         inputs: n,
                         outputs: m,
                         weights: (0..m)
@@ -91,15 +114,20 @@ impl FloatNet {
                             })
                             .collect(),
                         bias: (0..m).map(|o| d.bias(o)).collect(),
-                    }
+                    })
                 }
-                _ => FloatLayer::Relu,
+                Layer::Relu => Ok(FloatLayer::Relu),
+                other => Err(UnsupportedLayer {
+                    network,
+                    index,
+                    kind: other.kind_name(),
+                }),
             })
-            .collect();
-        FloatNet {
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(FloatNet {
             residual: spec.residual,
             layers,
-        }
+        })
     }
 
     /// The same architecture with every weight and bias zero (Adam's initial moments).
@@ -140,9 +168,10 @@ impl FloatNet {
 }
 
 impl FloatModel {
-    /// Dequantised copy of a parsed `.psm` model.
-    pub fn from_spec(spec: &ModelSpec<'_>) -> Self {
-        FloatModel {
+    /// Dequantised copy of a parsed `.psm` model; an error for layer kinds the
+    /// float side does not support yet (convolutions).
+    pub fn from_spec(spec: &ModelSpec<'_>) -> Result<Self, UnsupportedLayer> {
+        Ok(FloatModel {
             dataset: spec.meta.dataset.to_owned(),
             input_shape: spec.meta.input_shape,
             class_names: spec
@@ -151,10 +180,10 @@ impl FloatModel {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
-            denoiser: FloatNet::from_spec(&spec.denoiser),
-            classifier: FloatNet::from_spec(&spec.classifier),
+            denoiser: FloatNet::from_spec(&spec.denoiser, "denoiser")?,
+            classifier: FloatNet::from_spec(&spec.classifier, "classifier")?,
             purifier: spec.purifier,
-        }
+        })
     }
 }
 

@@ -15,7 +15,7 @@ fn shipped() -> (ClassifierOracle, Vec<f32>, Vec<usize>) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
     let bytes = std::fs::read(root.join("mnist.psm")).unwrap();
     let model = pursamere_core::Model::parse(&bytes).unwrap();
-    let fm = pursamere_trainer::model::FloatModel::from_spec(model.spec());
+    let fm = pursamere_trainer::model::FloatModel::from_spec(model.spec()).unwrap();
     let data = pursamere_trainer::data::load_mnist_dir(
         &root.join("mnist-sample"),
         pursamere_trainer::data::Split::Test,

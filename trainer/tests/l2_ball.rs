@@ -48,7 +48,7 @@ fn core_stays_in_the_l2_ball_and_the_reference_tracks_it() {
         assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 2);
         let core = Model::parse(&bytes).unwrap();
         assert_eq!(core.purifier_config().norm, Norm::L2);
-        let deq = FloatModel::from_spec(core.spec());
+        let deq = FloatModel::from_spec(core.spec()).unwrap();
         let reference: Reference<f64, Cpu> =
             Reference::new(&Cpu::default(), &deq.denoiser, 25, cfg(radius, 0.05));
         let mut rng = ChaCha8Rng::seed_from_u64(5);
@@ -104,7 +104,11 @@ fn exact_gradient_through_the_l2_projection_matches_finite_differences() {
             .sum::<f64>()
             .sqrt();
         // The small ball is active (radial scaling on), the large one is not.
-        assert_eq!(moved > 0.999 * f64::from(radius), radius < 1.0, "moved {moved}");
+        assert_eq!(
+            moved > 0.999 * f64::from(radius),
+            radius < 1.0,
+            "moved {moved}"
+        );
         let grad = r.purify_vjp(&t, &w);
         let gnorm = grad.iter().map(|v| v * v).sum::<f64>().sqrt();
         let h = 1e-7;

@@ -96,7 +96,7 @@ fn short_mnist_run_exports_and_agrees_with_reference() {
     );
 
     let dev = Cpu::default();
-    let deq = FloatModel::from_spec(model.spec());
+    let deq = FloatModel::from_spec(model.spec()).unwrap();
     let r: Reference<f32, Cpu> = Reference::new(&dev, &deq.denoiser, 784, purifier);
     let px = r.purify(&x);
     let cls = DeviceNet::<f32, Cpu>::from_float(&deq.classifier, &dev);

@@ -44,7 +44,7 @@ fn check_against_core(residual: bool) {
     let fm = model(residual);
     let bytes = QuantizedModel::from_float(&fm).unwrap().to_psm().unwrap();
     let core = Model::parse(&bytes).unwrap();
-    let deq = FloatModel::from_spec(core.spec());
+    let deq = FloatModel::from_spec(core.spec()).unwrap();
     let dev = Cpu::default();
     let reference: Reference<f64, Cpu> = Reference::new(&dev, &deq.denoiser, 25, cfg());
     let mut rng = ChaCha8Rng::seed_from_u64(5);

@@ -202,7 +202,7 @@ pub fn run(a: VerifyArgs) -> Result<i32> {
         None => from_safetensors(super::demo::SHIPPED_SAFETENSORS)
             .context("the shipped float weights are corrupt")?,
     };
-    let deq = FloatModel::from_spec(model.spec());
+    let deq = FloatModel::from_spec(model.spec())?;
     let cfg = a.purifier.apply(model.purifier_config())?;
     let test: Dataset = load_mnist_dir(&a.data, Split::Test)?;
     if test.image_len() != model.input_len() {

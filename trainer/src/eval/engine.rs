@@ -463,7 +463,8 @@ pub fn run(
             data.rows, data.cols
         )));
     }
-    let fm = FloatModel::from_spec(model.spec());
+    let fm =
+        FloatModel::from_spec(model.spec()).map_err(|e| EvalError::Unsupported(e.to_string()))?;
     let settings = settings(model_bytes, p, opts);
     let mut store = ResultsDir::open(&opts.out, &settings, opts.fresh)?;
     if !store.records.is_empty() {
