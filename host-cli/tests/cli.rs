@@ -1706,3 +1706,63 @@ fn purify_reports_the_true_label_when_known() {
         .to_owned();
     assert_eq!(row.split_whitespace().nth(1), Some("7"), "{row}");
 }
+
+#[test]
+fn verify_refuses_a_convolutional_model_by_name() {
+    use pursamere_core::{encoded_len, write_model, Conv2d, Layer, Model};
+    let tmp = tempfile::tempdir().unwrap();
+    // The shipped model with a 3×3 convolution (1 → 1 channel, padding 1) after a
+    // ReLU at the end of its denoiser: a valid file the core runs, but one the
+    // float reference cannot mirror yet.
+    let (weights, scales, bias) = ([1u8; 9], 0.01f32.to_le_bytes(), [0u8; 4]);
+    let shipped = std::fs::read(fixtures().join("mnist.psm")).unwrap();
+    let model = Model::parse(&shipped).unwrap();
+    let mut spec = model.spec().clone();
+    spec.denoiser.layers.push(Layer::Relu).unwrap();
+    spec.denoiser
+        .layers
+        .push(Layer::Conv2d(Conv2d {
+            in_channels: 1,
+            out_channels: 1,
+            height: 28,
+            width: 28,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+            weights: &weights,
+            scales: &scales,
+            bias: &bias,
+        }))
+        .unwrap();
+    let index = spec.denoiser.layers.len() - 1;
+    let mut bytes = vec![0u8; encoded_len(&spec).unwrap()];
+    let n = write_model(&spec, &mut bytes).unwrap();
+    bytes.truncate(n);
+    let conv = tmp.path().join("conv.psm");
+    std::fs::write(&conv, &bytes).unwrap();
+    // The core takes it.
+    let o = run(&["inspect", s(&conv)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // verify refuses it before reading the (absent) float weights or the data.
+    let data = fixtures().join("mnist-sample");
+    let o = run(&[
+        "verify",
+        "--model",
+        s(&conv),
+        "--data",
+        s(&data),
+        "--count",
+        "1",
+    ]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("conv.psm cannot be verified"), "{t}");
+    assert!(
+        t.contains(&format!("denoiser layer {index} (conv2d)")),
+        "{t}"
+    );
+    assert!(
+        !t.contains("panicked") && !t.contains("safetensors") && !t.contains("os error"),
+        "{t}"
+    );
+}

@@ -191,6 +191,12 @@ pub fn run(a: VerifyArgs) -> Result<i32> {
     }
     let bytes = model_bytes(&a.model)?;
     let model = parse_model(&bytes, &a.model)?;
+    // Before any other file is read: a model the float side cannot mirror
+    // (convolutions) cannot be verified at all.
+    let deq = FloatModel::from_spec(model.spec()).with_context(|| match &a.model {
+        Some(p) => format!("{} cannot be verified", p.display()),
+        None => "the shipped model cannot be verified".to_owned(),
+    })?;
     let float_path = a
         .float
         .clone()
@@ -202,7 +208,6 @@ pub fn run(a: VerifyArgs) -> Result<i32> {
         None => from_safetensors(super::demo::SHIPPED_SAFETENSORS)
             .context("the shipped float weights are corrupt")?,
     };
-    let deq = FloatModel::from_spec(model.spec())?;
     let cfg = a.purifier.apply(model.purifier_config())?;
     let test: Dataset = load_mnist_dir(&a.data, Split::Test)?;
     if test.image_len() != model.input_len() {
