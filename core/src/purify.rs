@@ -170,19 +170,7 @@ fn step_and_project(cfg: &PurifierConfig, x0: &[f32], x: &mut [f32], h: &mut [f3
     let eta = cfg.eta;
     let delta = cfg.radius;
     for ((xi, &hi), &x0i) in x.iter_mut().zip(h.iter()).zip(x0) {
-        let moved = match cfg.step {
-            StepRule::Gradient => *xi - eta * hi,
-            StepRule::Sign => {
-                let s = if hi > 0.0 {
-                    1.0
-                } else if hi < 0.0 {
-                    -1.0
-                } else {
-                    0.0
-                };
-                *xi - eta * s
-            }
-        };
+        let moved = step_value(cfg.step, eta, *xi, hi);
         let lo = {
             let v = x0i - delta;
             if v > 0.0 {

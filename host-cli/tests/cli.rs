@@ -37,8 +37,13 @@ fn write_idx_gz(path: &Path, magic: u32, dims: &[u32], data: &[u8]) {
 
 /// An MNIST-layout directory of 8×8 synthetic images.
 fn data_dir(dir: &Path) {
-    for (prefix, n, seed) in [("train", 400u32, 1), ("t10k", 100, 2)] {
-        let ds = synthetic_bands(n as usize, 8, 4, seed);
+    data_dir_with(dir, 4, 400, 100);
+}
+
+/// Generated IDX files (8 × 8 images of `classes` bands) in `dir`.
+fn data_dir_with(dir: &Path, classes: usize, train: u32, test: u32) {
+    for (prefix, n, seed) in [("train", train, 1), ("t10k", test, 2)] {
+        let ds = synthetic_bands(n as usize, 8, classes, seed);
         write_idx_gz(
             &dir.join(format!("{prefix}-images-idx3-ubyte.gz")),
             0x803,
@@ -1562,21 +1567,7 @@ fn train_reports_json_and_fashion_models_name_their_classes() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    for (prefix, n, seed) in [("train", 200u32, 1), ("t10k", 40, 2)] {
-        let ds = synthetic_bands(n as usize, 8, 10, seed);
-        write_idx_gz(
-            &data.join(format!("{prefix}-images-idx3-ubyte.gz")),
-            0x803,
-            &[n, 8, 8],
-            &ds.pixels,
-        );
-        write_idx_gz(
-            &data.join(format!("{prefix}-labels-idx1-ubyte.gz")),
-            0x801,
-            &[n],
-            &ds.labels,
-        );
-    }
+    data_dir_with(&data, 10, 200, 40);
     let run_dir = tmp.path().join("run");
     let o = run(&[
         "train",

@@ -120,10 +120,19 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
         (y.reshape_like(&(b * m, d)), b)
     }
 
-    fn linearise(&self, x: &[E]) -> Linearisation<E, D> {
-        let (mut a, _) = self.noisy_rows(x);
-        let mut masks = Vec::new();
-        for l in &self.net.layers {
+    /// Forward pass of `layers` on the rows `a`, recording the ReLU masks (one
+    /// entry per layer, `None` for dense layers); returns the output rows.
+    fn forward_masked<'l>(
+        &self,
+        mut a: Batch<E, D>,
+        layers: impl Iterator<Item = &'l Option<crate::model::DeviceDense<E, D>>>,
+        masks: &mut Vec<Option<Batch<E, D>>>,
+    ) -> Batch<E, D>
+    where
+        E: 'l,
+        D: 'l,
+    {
+        for l in layers {
             match l {
                 Some(dense) => {
                     let (rows, out) = (a.shape().0, dense.w.shape().0);
@@ -144,6 +153,13 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
                 }
             }
         }
+        a
+    }
+
+    fn linearise(&self, x: &[E]) -> Linearisation<E, D> {
+        let (a, _) = self.noisy_rows(x);
+        let mut masks = Vec::new();
+        self.forward_masked(a, self.net.layers.iter(), &mut masks);
         Linearisation { masks }
     }
 
@@ -231,31 +247,11 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
             .clone()
             .matmul(first.w.clone().permute::<_, Axes2<1, 0>>())
             + first.b.clone().broadcast_like::<_, Axis<0>>(&(b, h1));
-        let mut a: Batch<E, D> = (a1.broadcast_like::<_, Axis<1>>(&(b, m, h1))
+        let a: Batch<E, D> = (a1.broadcast_like::<_, Axis<1>>(&(b, m, h1))
             + n1.broadcast_like::<_, Axis<0>>(&(b, m, h1)))
         .reshape_like(&(b * m, h1));
         let mut masks = vec![None];
-        for l in self.net.layers.iter().skip(1) {
-            match l {
-                Some(dense) => {
-                    let (rows, out) = (a.shape().0, dense.w.shape().0);
-                    a = a.matmul(dense.w.clone().permute::<_, Axes2<1, 0>>())
-                        + dense.b.clone().broadcast_like::<_, Axis<0>>(&(rows, out));
-                    masks.push(None);
-                }
-                None => {
-                    let shape = *a.shape();
-                    let mask: Vec<E> = a
-                        .as_vec()
-                        .into_iter()
-                        .map(|v| if v > E::zero() { E::one() } else { E::zero() })
-                        .collect();
-                    let mask: Batch<E, D> = self.dev.tensor_from_vec(mask, shape);
-                    a = a * mask.clone();
-                    masks.push(Some(mask));
-                }
-            }
-        }
+        let a = self.forward_masked(a, self.net.layers.iter().skip(1), &mut masks);
         let lin = Linearisation { masks };
         // r_m = D(x + σε_m) − x (the residual skip adds the noisy row itself).
         let target = xt.clone().broadcast_like::<_, Axis<1>>(&(b, m, d));
