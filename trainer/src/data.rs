@@ -1,10 +1,16 @@
-//! Data sets: IDX files (MNIST, Fashion-MNIST; gzipped or raw), seeded shuffling and
-//! a validation split carved from the TRAIN set.
+//! Data sets: IDX files (MNIST, Fashion-MNIST; gzipped or raw), the CIFAR-10 binary
+//! batches, seeded shuffling and a validation split carved from the TRAIN set.
 //!
 //! IDX (LeCun's format): a big-endian header `0x00 0x00 type ndims`, then `ndims`
 //! big-endian u32 dimensions, then the data. Images are type `0x08` (unsigned byte)
 //! with three dimensions (count, rows, columns): magic `0x00000803`; labels are type
 //! `0x08` with one dimension: magic `0x00000801`.
+//!
+//! CIFAR-10 (binary version, the `cifar-10-batches-bin` directory of
+//! `cifar-10-binary.tar.gz`): `data_batch_1.bin` … `data_batch_5.bin` (train) and
+//! `test_batch.bin` (test), each a plain sequence of 3,073-byte records: one label
+//! byte (0..=9) then 3,072 pixel bytes, the 32×32 red plane, then green, then blue,
+//! each plane row-major. No header; 10,000 records per file in the real data.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -122,16 +128,73 @@ pub enum DataError {
         /// Examples available.
         available: usize,
     },
+    /// CIFAR-10 batch files are missing from a directory.
+    #[error(
+        "{dir}: no {} here; a CIFAR-10 directory holds data_batch_1.bin … data_batch_5.bin \
+         and test_batch.bin (the cifar-10-batches-bin directory of the binary version, \
+         cifar-10-binary.tar.gz){}",
+        missing.join(", "),
+        if *nested { "; this directory has a cifar-10-batches-bin subdirectory: point at that instead" } else { "" }
+    )]
+    CifarMissing {
+        /// Directory searched.
+        dir: PathBuf,
+        /// File names expected for the requested split but absent.
+        missing: Vec<String>,
+        /// The directory has a `cifar-10-batches-bin` subdirectory (the tarball was
+        /// unpacked and its parent given).
+        nested: bool,
+    },
+    /// A CIFAR-10 batch file's size is not a whole number of records.
+    #[error(
+        "{path}: {}; a CIFAR-10 batch file is a sequence of 3,073-byte records (1 label \
+         byte + 3,072 pixel bytes)",
+        if *size == 0 {
+            "the file is empty".to_owned()
+        } else {
+            format!(
+                "{size} bytes is not a whole number of records ({} × 3,073 + {})",
+                size / CIFAR10_RECORD_LEN as u64,
+                size % CIFAR10_RECORD_LEN as u64
+            )
+        }
+    )]
+    CifarSize {
+        /// File.
+        path: PathBuf,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// A CIFAR-10 record's label byte is not a class index.
+    #[error(
+        "{path}: record {record} (byte offset {offset}) has label {label}; CIFAR-10 labels \
+         are 0..=9; is this the CIFAR-100 or another file?"
+    )]
+    CifarLabel {
+        /// File.
+        path: PathBuf,
+        /// Record index in the file (from 0).
+        record: usize,
+        /// Byte offset of the label byte.
+        offset: u64,
+        /// The label byte found.
+        label: u8,
+    },
 }
 
-/// Images with labels, as bytes (0..=255) in row-major order.
+/// Images with labels, as bytes (0..=255): each image channel-major (all of channel
+/// 0, then channel 1, …), each channel plane row-major — the core's input layout.
+/// Grey data sets (IDX, PNG directories) have one channel; CIFAR-10 has three (R, G,
+/// B).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dataset {
+    /// Channels per image (1 grey, 3 RGB).
+    pub channels: usize,
     /// Rows per image.
     pub rows: usize,
     /// Columns per image.
     pub cols: usize,
-    /// `len × rows × cols` pixel bytes.
+    /// `len × channels × rows × cols` pixel bytes.
     pub pixels: Vec<u8>,
     /// One label per image.
     pub labels: Vec<u8>,
@@ -148,9 +211,9 @@ impl Dataset {
         self.labels.is_empty()
     }
 
-    /// Values per image.
+    /// Values per image (`channels × rows × cols`).
     pub fn image_len(&self) -> usize {
-        self.rows * self.cols
+        self.channels * self.rows * self.cols
     }
 
     /// Image `i` as bytes (`None` past the end).
@@ -177,6 +240,7 @@ impl Dataset {
             }
         }
         Dataset {
+            channels: self.channels,
             rows: self.rows,
             cols: self.cols,
             pixels,
@@ -268,6 +332,7 @@ pub fn dataset_from_idx_bytes(
         });
     }
     Ok(Dataset {
+        channels: 1,
         rows,
         cols,
         pixels: pixels.to_vec(),
@@ -394,6 +459,7 @@ pub fn load_idx_pair(images: &Path, labels: &Path, classes: usize) -> Result<Dat
         });
     }
     Ok(Dataset {
+        channels: 1,
         rows,
         cols,
         pixels,
@@ -404,9 +470,11 @@ pub fn load_idx_pair(images: &Path, labels: &Path, classes: usize) -> Result<Dat
 /// Which part of a data set directory to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {
-    /// `train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`.
+    /// `train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]` (MNIST layout);
+    /// `data_batch_1.bin` … `data_batch_5.bin` (CIFAR-10).
     Train,
-    /// `t10k-images-idx3-ubyte[.gz]`, `t10k-labels-idx1-ubyte[.gz]`.
+    /// `t10k-images-idx3-ubyte[.gz]`, `t10k-labels-idx1-ubyte[.gz]` (MNIST layout);
+    /// `test_batch.bin` (CIFAR-10).
     Test,
 }
 
@@ -453,6 +521,7 @@ pub fn synthetic_bands(n: usize, side: usize, classes: usize, seed: u64) -> Data
         }
     }
     Dataset {
+        channels: 1,
         rows: side,
         cols: side,
         pixels,
@@ -569,6 +638,7 @@ pub fn load_png_dir(dir: &Path, labels: &Path, classes: usize) -> Result<Dataset
         });
     };
     Ok(Dataset {
+        channels: 1,
         rows,
         cols,
         pixels,
@@ -578,9 +648,18 @@ pub fn load_png_dir(dir: &Path, labels: &Path, classes: usize) -> Result<Dataset
 
 /// Writes `data` as a gzipped MNIST-layout pair in `dir` (`{prefix}-images-idx3-ubyte.gz`,
 /// `{prefix}-labels-idx1-ubyte.gz`), readable by [`load_mnist_dir`] when `prefix` is
-/// `train` or `t10k`.
+/// `train` or `t10k`. Grey data only: an IDX image file has no channel axis.
 pub fn write_idx_gz(dir: &Path, prefix: &str, data: &Dataset) -> io::Result<()> {
     use std::io::Write;
+    if data.channels != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "an IDX image file holds grey images; this data set has {} channels",
+                data.channels
+            ),
+        ));
+    }
     let gz = |bytes: &[u8]| -> io::Result<Vec<u8>> {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         e.write_all(bytes)?;
@@ -603,4 +682,109 @@ pub fn write_idx_gz(dir: &Path, prefix: &str, data: &Dataset) -> io::Result<()> 
         dir.join(format!("{prefix}-labels-idx1-ubyte.gz")),
         gz(&labels)?,
     )
+}
+
+/// Bytes per CIFAR-10 record: one label byte, then 3 × 32 × 32 pixel bytes.
+pub const CIFAR10_RECORD_LEN: usize = 1 + 3 * 32 * 32;
+
+/// CIFAR-10's class names, in label order (`batches.meta.txt`).
+pub const CIFAR10_CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
+
+/// The CIFAR-10 TRAIN batch files, in the order their records are concatenated.
+pub const CIFAR10_TRAIN_FILES: [&str; 5] = [
+    "data_batch_1.bin",
+    "data_batch_2.bin",
+    "data_batch_3.bin",
+    "data_batch_4.bin",
+    "data_batch_5.bin",
+];
+
+/// The CIFAR-10 TEST batch file.
+pub const CIFAR10_TEST_FILE: &str = "test_batch.bin";
+
+/// Decodes CIFAR-10 batch bytes (see the module docs) held in memory; `path` names
+/// the source in errors. A 3 × 32 × 32 data set, pixels in the file's own
+/// channel-major order.
+pub fn cifar10_from_bytes(path: &Path, bytes: &[u8]) -> Result<Dataset, DataError> {
+    let size = bytes.len() as u64;
+    if bytes.is_empty() || !bytes.len().is_multiple_of(CIFAR10_RECORD_LEN) {
+        return Err(DataError::CifarSize {
+            path: path.to_owned(),
+            size,
+        });
+    }
+    let n = bytes.len() / CIFAR10_RECORD_LEN;
+    let mut pixels = Vec::with_capacity(n * (CIFAR10_RECORD_LEN - 1));
+    let mut labels = Vec::with_capacity(n);
+    for (record, r) in bytes.chunks_exact(CIFAR10_RECORD_LEN).enumerate() {
+        let label = r[0];
+        if usize::from(label) >= CIFAR10_CLASSES.len() {
+            return Err(DataError::CifarLabel {
+                path: path.to_owned(),
+                record,
+                offset: (record * CIFAR10_RECORD_LEN) as u64,
+                label,
+            });
+        }
+        labels.push(label);
+        pixels.extend_from_slice(&r[1..]);
+    }
+    Ok(Dataset {
+        channels: 3,
+        rows: 32,
+        cols: 32,
+        pixels,
+        labels,
+    })
+}
+
+/// Reads one CIFAR-10 batch file (raw, or gzipped by the user).
+pub fn read_cifar10_batch(path: &Path) -> Result<Dataset, DataError> {
+    cifar10_from_bytes(path, &read_maybe_gz(path)?)
+}
+
+/// Loads the train (the five data batches, in order: 50,000 images in the real data)
+/// or test (`test_batch.bin`: 10,000) part of a CIFAR-10 binary directory. Every
+/// missing file of the split is named in one error before anything is read.
+pub fn load_cifar10_dir(dir: &Path, split: Split) -> Result<Dataset, DataError> {
+    let names: &[&str] = match split {
+        Split::Train => &CIFAR10_TRAIN_FILES,
+        Split::Test => &[CIFAR10_TEST_FILE],
+    };
+    let missing: Vec<String> = names
+        .iter()
+        .filter(|n| !dir.join(n).exists())
+        .map(|n| (*n).to_owned())
+        .collect();
+    if !missing.is_empty() {
+        return Err(DataError::CifarMissing {
+            dir: dir.to_owned(),
+            missing,
+            nested: dir.join("cifar-10-batches-bin").is_dir(),
+        });
+    }
+    let mut all = Dataset {
+        channels: 3,
+        rows: 32,
+        cols: 32,
+        pixels: Vec::new(),
+        labels: Vec::new(),
+    };
+    for name in names {
+        let batch = read_cifar10_batch(&dir.join(name))?;
+        all.pixels.extend_from_slice(&batch.pixels);
+        all.labels.extend_from_slice(&batch.labels);
+    }
+    Ok(all)
 }
