@@ -457,10 +457,10 @@ pub fn run(
         )));
     }
     let d = model.input_len();
-    if data.rows * data.cols != d {
+    if data.channels * data.rows * data.cols != d {
         return Err(EvalError::Unsupported(format!(
-            "the data's {}×{} images do not match the model's input of {d} values",
-            data.rows, data.cols
+            "the data's {}×{}×{} images do not match the model's input of {d} values",
+            data.channels, data.rows, data.cols
         )));
     }
     let fm =
@@ -494,7 +494,7 @@ pub fn run(
         p,
         d,
         classes: model.num_classes(),
-        shape: (1, data.rows, data.cols),
+        shape: (data.channels, data.rows, data.cols),
         undefended: &undefended,
         schedule: if p.step_schedule == "cosine" {
             StepSchedule::Cosine
