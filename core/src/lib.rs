@@ -8,17 +8,34 @@
 //! Callers own all memory: each entry point says how many scratch floats it needs
 //! ([`Model::scratch_len`] covers all of them for the file's default settings).
 //!
-//! ```no_run
-//! # fn demo(bytes: &[u8], image: &[f32]) -> Result<usize, Box<dyn core::error::Error>> {
+//! A complete program (the same as README.md's; it runs as a doc test):
+//!
+//! ```
 //! use pursamere_core::Model;
-//! let model = Model::parse(bytes)?;
-//! let cfg = model.purifier_config();
-//! let mut scratch = vec![0.0f32; model.scratch_len()];
-//! let mut purified = vec![0.0f32; model.input_len()];
-//! let mut logits = vec![0.0f32; model.num_classes()];
-//! model.purify(image, &cfg, &mut purified, &mut scratch)?;
-//! let label = model.classify(&purified, &mut logits, &mut scratch)?;
-//! # Ok(label) }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // A `.psm` file, here the shipped model (from the repository root or a crate
+//!     // directory); on a microcontroller, `include_bytes!` it into flash instead.
+//!     let bytes = std::fs::read("fixtures/mnist.psm")
+//!         .or_else(|_| std::fs::read("../fixtures/mnist.psm"))?;
+//!     let model = Model::parse(&bytes)?; // validates, borrows the tensors, copies nothing
+//!
+//!     // Input: row-major pixels scaled to [0, 1] (8-bit value / 255), channel-major
+//!     // for colour, `model.input_len()` values (784 for 28 × 28 MNIST).
+//!     let image = vec![0.0f32; model.input_len()];
+//!
+//!     // The file's purifier settings (σ, M, K, η, ρ, δ, ball, step rule), which a call
+//!     // may override; the scratch length depends on them.
+//!     let mut cfg = model.purifier_config();
+//!     cfg.iters = 5;
+//!     let mut scratch = vec![0.0f32; model.purify_scratch_len(&cfg).max(model.classify_scratch_len())];
+//!     let mut purified = vec![0.0f32; model.input_len()];
+//!     let mut logits = vec![0.0f32; model.num_classes()];
+//!     model.purify(&image, &cfg, &mut purified, &mut scratch)?;
+//!     let label = model.classify(&purified, &mut logits, &mut scratch)?;
+//!     println!("class {label} ({})", model.spec().meta.class_names[label]);
+//!     Ok(())
+//! }
 //! ```
 //!
 //! Where each concept lives: the file format in `format`, layers and their kernels
@@ -31,7 +48,9 @@
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-/// The README's library example, compiled and run as a doc test.
+/// README.md compiled as doc tests, so that its library example (the same code as
+/// the crate docs above) cannot rot. Every code block there tagged `rust` or not
+/// tagged at all is compiled and run: tag shell and other blocks (`sh`, `text`).
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeExample;
