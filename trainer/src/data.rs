@@ -401,7 +401,16 @@ fn parse_idx<'b>(
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     let data = &bytes[header_len..];
-    let expected: u64 = dims.iter().map(|&d| u64::from(d)).product();
+    // Checked: three u32 dimensions can overflow a u64 (found by fuzzing).
+    let Some(expected) = dims
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(u64::from(d)))
+    else {
+        return Err(DataError::BadDims {
+            path: path.to_owned(),
+            dims,
+        });
+    };
     if expected != data.len() as u64 {
         return Err(DataError::Length {
             path: path.to_owned(),
@@ -529,6 +538,9 @@ pub fn synthetic_bands(n: usize, side: usize, classes: usize, seed: u64) -> Data
     }
 }
 
+/// Largest decoded size, in bytes, [`read_png_8bit`] accepts (1 GiB).
+pub const MAX_PNG_BYTES: usize = 1 << 30;
+
 /// Reads a PNG as 8-bit samples: `(width, height, channels, samples)` with
 /// `channels` 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA); 16-bit and palette
 /// images are reduced to 8 bits first.
@@ -546,6 +558,15 @@ pub fn read_png_8bit(path: &Path) -> Result<(usize, usize, usize, Vec<u8>), Data
     let mut reader = decoder
         .read_info()
         .map_err(|e| img_err(format!("not a readable PNG ({e})")))?;
+    // The header alone must not make us allocate without bound (found by fuzzing:
+    // a 77-byte file claiming 16M × 33M pixels aborted the process).
+    if reader.output_buffer_size() > MAX_PNG_BYTES {
+        let info = reader.info();
+        return Err(img_err(format!(
+            "image too large ({} × {} pixels; at most {MAX_PNG_BYTES} decoded bytes are read)",
+            info.width, info.height
+        )));
+    }
     let mut buf = vec![0u8; reader.output_buffer_size()];
     let info = reader
         .next_frame(&mut buf)
