@@ -45,7 +45,7 @@ fn run_model(model: &Model<'_>, salt: usize) {
     let mut input: Vec<f32> = (0..d)
         .map(|i| ((i.wrapping_mul(37).wrapping_add(salt)) % 256) as f32 / 255.0)
         .collect();
-    if salt % 7 == 0 {
+    if salt.is_multiple_of(7) {
         if let Some(x) = input.first_mut() {
             *x = f32::NAN;
         }
@@ -73,7 +73,7 @@ fn run_model(model: &Model<'_>, salt: usize) {
         ..stored
     };
     // Both the minimum scratch (one noise sample at a time) and the batched one.
-    let len = if salt % 2 == 0 {
+    let len = if salt.is_multiple_of(2) {
         model.purify_scratch_len(&cfg)
     } else {
         model.purify_scratch_len_batched(&cfg, cfg.noise_samples as usize)
