@@ -90,3 +90,12 @@ fn png_crash_is_an_image_too_large_error() {
     let err = data::read_png_8bit(&path).unwrap_err();
     assert!(err.to_string().contains("image too large"), "{err}");
 }
+
+/// The second PNG crash (a 13-byte palette, which made png 0.17 panic while
+/// expanding it) is a readable error.
+#[test]
+fn png_bad_palette_is_an_error() {
+    let path = fuzz_dir().join("artifacts/png/crash-palette-not-multiple-of-3");
+    let err = data::read_png_8bit(&path).unwrap_err();
+    assert!(err.to_string().contains("invalid palette"), "{err}");
+}

@@ -558,6 +558,16 @@ pub fn read_png_8bit(path: &Path) -> Result<(usize, usize, usize, Vec<u8>), Data
     let mut reader = decoder
         .read_info()
         .map_err(|e| img_err(format!("not a readable PNG ({e})")))?;
+    // png 0.17 panics expanding a palette whose length is not a multiple of 3 or
+    // that has more than 256 entries (found by fuzzing): refuse such files first.
+    if let Some(palette) = reader.info().palette.as_deref() {
+        if palette.is_empty() || !palette.len().is_multiple_of(3) || palette.len() > 3 * 256 {
+            return Err(img_err(format!(
+                "invalid palette ({} bytes; expected 3 bytes per entry, 1 to 256 entries)",
+                palette.len()
+            )));
+        }
+    }
     // The header alone must not make us allocate without bound (found by fuzzing:
     // a 77-byte file claiming 16M × 33M pixels aborted the process).
     if reader.output_buffer_size() > MAX_PNG_BYTES {
