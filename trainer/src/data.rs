@@ -36,6 +36,16 @@ pub enum DataError {
         /// Cause.
         source: io::Error,
     },
+    /// A data-set directory without the files of the expected layout.
+    #[error("{dir} is not an MNIST-layout directory: it has no {expected}{}", hint.as_deref().map(|h| format!("; {h}")).unwrap_or_default())]
+    NotAnMnistDir {
+        /// Directory.
+        dir: PathBuf,
+        /// The file names looked for.
+        expected: String,
+        /// Where such files were found instead, if anywhere nearby.
+        hint: Option<String>,
+    },
     /// Wrong magic number: not an IDX file of the expected kind.
     #[error("{path}: magic number {found:#010x}, expected {expected:#010x} ({what}); is this the right file?")]
     BadMagic {
@@ -502,6 +512,41 @@ pub fn load_mnist_dir(dir: &Path, split: Split) -> Result<Dataset, DataError> {
             dir.join(stem)
         }
     };
+    let images = format!("{prefix}-images-idx3-ubyte");
+    let has = |d: &Path| d.join(&images).exists() || d.join(format!("{images}.gz")).exists();
+    if !has(dir) {
+        // A directory one level off (the parent of the data set, or a file) is the
+        // usual mistake: say where the files are.
+        let below: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir() && has(p))
+            .map(|p| p.display().to_string())
+            .collect();
+        let hint = if !below.is_empty() {
+            Some(format!(
+                "they are in {}: pass that directory",
+                below.join(", ")
+            ))
+        } else if dir.parent().is_some_and(has) {
+            Some(format!(
+                "they are in {}: pass that directory",
+                dir.parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ))
+        } else {
+            None
+        };
+        return Err(DataError::NotAnMnistDir {
+            dir: dir.to_path_buf(),
+            expected: format!(
+                "{images}[.gz] and {prefix}-labels-idx1-ubyte[.gz] (the files of the data set's homepage, gzipped or not)"
+            ),
+            hint,
+        });
+    }
     load_idx_pair(
         &find(format!("{prefix}-images-idx3-ubyte")),
         &find(format!("{prefix}-labels-idx1-ubyte")),

@@ -302,3 +302,38 @@ fn png_directory_with_labels_file() {
         .to_string()
         .contains("expected"));
 }
+
+#[test]
+fn a_directory_one_level_off_says_where_the_files_are() {
+    use pursamere_trainer::data::{load_mnist_dir, Split};
+    let tmp = tempfile::tempdir().unwrap();
+    let inner = tmp.path().join("mnist");
+    std::fs::create_dir(&inner).unwrap();
+    std::fs::write(inner.join("t10k-images-idx3-ubyte.gz"), b"x").unwrap();
+    // The parent: the files are one level down.
+    let e = load_mnist_dir(tmp.path(), Split::Test)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("not an MNIST-layout directory")
+            && e.contains("t10k-labels-idx1-ubyte[.gz]")
+            && e.contains(&format!("they are in {}", inner.display())),
+        "{e}"
+    );
+    // A file inside the data set: the files are beside it.
+    let e = load_mnist_dir(&inner.join("t10k-images-idx3-ubyte.gz"), Split::Test)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("they are in {}", inner.display())),
+        "{e}"
+    );
+    // Nowhere near: no hint, still the layout.
+    let e = load_mnist_dir(&tmp.path().join("none"), Split::Train)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("train-images-idx3-ubyte[.gz]") && !e.contains("they are in"),
+        "{e}"
+    );
+}
