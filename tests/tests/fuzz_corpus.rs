@@ -58,10 +58,19 @@ fn png_replays_corpus_and_crashes() {
     replay("png", cases::png);
 }
 
-/// The model seeds stay meaningful: every one is a valid model.
+/// The hand-made model seeds (`*.psm`; the rest of the corpus is what the fuzzer
+/// kept, mostly invalid files) stay meaningful: every one is a valid model.
 #[test]
 fn model_seeds_parse() {
-    for path in files("corpus", "parse_and_run") {
+    let models: Vec<PathBuf> = files("corpus", "parse_and_run")
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "psm"))
+        .collect();
+    assert!(
+        models.len() >= 4,
+        "fuzz/corpus/parse_and_run/ lost its *.psm seeds"
+    );
+    for path in models {
         let bytes = std::fs::read(&path).unwrap();
         let parsed = pursamere_core::Model::parse(&bytes).map(|_| ());
         if let Err(e) = parsed {
