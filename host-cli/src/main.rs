@@ -108,8 +108,28 @@ fn expand_run_file(args: Vec<String>) -> Result<Vec<String>, String> {
     let text =
         std::fs::read_to_string(&path).map_err(|e| format!("cannot read run file {path}: {e}"))?;
     let table: toml::Table = text.parse().map_err(|e| format!("run file {path}: {e}"))?;
+    // The keys a run file may hold: the long names of `train`'s flags.
+    let known: Vec<String> = {
+        use clap::CommandFactory;
+        Cli::command()
+            .find_subcommand("train")
+            .map(|c| {
+                c.get_arguments()
+                    .filter_map(|a| a.get_long())
+                    .filter(|l| *l != "config" && *l != "help")
+                    .map(|l| l.replace('-', "_"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     let mut flags = Vec::new();
     for (key, value) in table {
+        if !known.iter().any(|k| *k == key.replace('-', "_")) {
+            return Err(format!(
+                "run file {path}: unknown key `{key}` (keys are train's flags: {})",
+                known.join(", ")
+            ));
+        }
         let flag = format!("--{}", key.replace('_', "-"));
         let scalar = |v: &toml::Value| match v {
             toml::Value::String(s) => Ok(s.clone()),

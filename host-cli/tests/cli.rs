@@ -1757,3 +1757,29 @@ fn verify_refuses_a_convolutional_model_by_name() {
         "{t}"
     );
 }
+
+#[test]
+fn an_unknown_key_in_a_run_file_is_named_as_such() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("run.toml");
+    std::fs::write(&cfg, "cls_epochs = 2\nbogus_key = 3\n").unwrap();
+    let out = tmp.path().join("r");
+    let o = run(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--data",
+        "d",
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let t = text(&o);
+    assert!(
+        t.contains("unknown key `bogus_key`")
+            && t.contains("cls_epochs")
+            && !t.contains("--bogus-key"),
+        "{t}"
+    );
+    assert!(!out.exists());
+}
