@@ -142,7 +142,11 @@ impl Ctx<'_> {
             ) {
                 b.set_style(st.progress_chars("=> "));
             }
-            b.set_prefix(format!("verify {what}"));
+            // Three passes over the images: the core, the reference on the
+            // dequantised weights, the reference on the float weights.
+            b.set_prefix(format!(
+                "verify {what} (core, dequantised and float reference)"
+            ));
             b
         });
         let t = Instant::now();
@@ -353,14 +357,26 @@ pub fn run(a: VerifyArgs) -> Result<i32> {
             100.0 * r.agreement_float_all,
             100.0 * MIN_AGREEMENT_FLOAT
         )?;
-        outln!(
-            "{}",
-            if passed {
-                "PASS"
-            } else {
-                "FAIL: agreement below threshold"
+        if passed {
+            outln!("PASS")?;
+        } else {
+            let mut why = Vec::new();
+            if r.agreement_dequantised_all < MIN_AGREEMENT_DEQUANTISED {
+                why.push(format!(
+                    "the core and the float reference on the same int8 weights agree on {:.2} % of the labels (need {:.1} %): the core or the reference is wrong — please report it",
+                    100.0 * r.agreement_dequantised_all,
+                    100.0 * MIN_AGREEMENT_DEQUANTISED
+                ));
             }
-        )?;
+            if r.agreement_float_all < MIN_AGREEMENT_FLOAT {
+                why.push(format!(
+                    "the core and the float weights agree on {:.2} % of the labels (need {:.1} %): is the .safetensors file the export of this .psm? `pursamere export` writes both together",
+                    100.0 * r.agreement_float_all,
+                    100.0 * MIN_AGREEMENT_FLOAT
+                ));
+            }
+            outln!("FAIL: {}", why.join("; "))?;
+        }
     }
     Ok(if passed { 0 } else { 1 })
 }
