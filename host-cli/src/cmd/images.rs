@@ -15,7 +15,8 @@ use super::read_file;
 /// Where the images and the model come from.
 #[derive(Args, Debug)]
 pub struct InputArgs {
-    /// PNG images: 8-bit grayscale, the model's input size (28x28 for MNIST).
+    /// PNG images of the model's input size (28x28 for MNIST): grayscale for grey models
+    /// (colour is refused), 8- or 16-bit (16-bit samples are reduced to 8 bits).
     #[arg(conflicts_with = "idx")]
     pub png: Vec<PathBuf>,
     /// An IDX image file (gzipped or raw) instead of PNG files.
