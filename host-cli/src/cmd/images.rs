@@ -15,8 +15,8 @@ use super::read_file;
 /// Where the images and the model come from.
 #[derive(Args, Debug)]
 pub struct InputArgs {
-    /// PNG images of the model's input size (28x28 for MNIST): grayscale for grey models
-    /// (colour is refused), 8- or 16-bit (16-bit samples are reduced to 8 bits).
+    /// PNG images of the model's input size and channels (28x28 grayscale for MNIST, RGB
+    /// for colour models), 8- or 16-bit (16-bit samples are reduced to 8 bits).
     #[arg(conflicts_with = "idx")]
     pub png: Vec<PathBuf>,
     /// An IDX image file (gzipped or raw) instead of PNG files.
@@ -231,9 +231,15 @@ pub fn load_inputs(a: &InputArgs, model: &Model<'_>) -> Result<Vec<Input>> {
             let name = p
                 .file_stem()
                 .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
+            // PNG samples are interleaved (pixel by pixel); the core takes colour
+            // images channel-major (all of R, then G, then B).
+            let pixels = (0..c)
+                .flat_map(|ch| data.iter().skip(ch).step_by(c.max(1)))
+                .map(|&v| f32::from(v) / 255.0)
+                .collect();
             Ok(Input {
                 name,
-                pixels: data.iter().map(|&v| f32::from(v) / 255.0).collect(),
+                pixels,
                 label: None,
             })
         })
