@@ -1,11 +1,13 @@
 //! # pursamere-trainer
 //!
-//! Host-side tooling for PurSAMERE: data loaders ([`data`]), training ([`train`]),
+//! Host-side tooling for PurSAMERE: data loaders ([`data`]), architectures
+//! ([`arch`]), training ([`train`]),
 //! quantised export ([`export`]), the batched float reference purifier
 //! ([`reference`], [`unrolled`]), attacks ([`attack`]) and the white-box robustness
 //! evaluation ([`eval`]).
 #![deny(missing_docs)]
 
+pub mod arch;
 pub mod attack;
 pub mod data;
 pub mod eval;

@@ -25,14 +25,198 @@ pub enum FloatLayer {
     },
     /// `max(x, 0)`.
     Relu,
+    /// 2-D convolution on a channel-major map (the core's `Conv2d`): square
+    /// `kernel × kernel`, equal stride and zero padding on both axes.
+    Conv2d {
+        /// Geometry (channels, input size, kernel, stride, padding).
+        geometry: ConvGeometry,
+        /// `out × in × k × k` weights, `[out][in][ky][kx]` (PyTorch's layout).
+        weights: Vec<f32>,
+        /// `out` biases.
+        bias: Vec<f32>,
+    },
+    /// Nearest-neighbour ×2 upsampling of a `channels × height × width` map.
+    Upsample2x {
+        /// Channels.
+        channels: usize,
+        /// Input height.
+        height: usize,
+        /// Input width.
+        width: usize,
+    },
+}
+
+/// Shape parameters of a convolution, as the core's `Conv2d` declares them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvGeometry {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Input height.
+    pub height: usize,
+    /// Input width.
+    pub width: usize,
+    /// Kernel side `k`.
+    pub kernel: usize,
+    /// Stride on both axes.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+}
+
+impl ConvGeometry {
+    /// Output size along an axis of input size `n` (PyTorch's rule, as the core):
+    /// `⌊(n + 2p − k) / s⌋ + 1`, 0 when the kernel does not fit.
+    fn out(&self, n: usize) -> usize {
+        let padded = n + 2 * self.padding;
+        if self.stride == 0 || self.kernel == 0 || padded < self.kernel {
+            0
+        } else {
+            (padded - self.kernel) / self.stride + 1
+        }
+    }
+
+    /// Output height.
+    pub fn out_height(&self) -> usize {
+        self.out(self.height)
+    }
+
+    /// Output width.
+    pub fn out_width(&self) -> usize {
+        self.out(self.width)
+    }
+
+    /// `in_channels × height × width`.
+    pub fn input_len(&self) -> usize {
+        self.in_channels * self.height * self.width
+    }
+
+    /// `out_channels × out_height × out_width`.
+    pub fn output_len(&self) -> usize {
+        self.out_channels * self.out_height() * self.out_width()
+    }
+
+    /// Weights per output channel, `in_channels × k × k`.
+    pub fn fan_in(&self) -> usize {
+        self.in_channels * self.kernel * self.kernel
+    }
+
+    /// The im2col gather of this convolution: for column `j = (ci, ky, kx)` and
+    /// output position `p = (oy, ox)`, entry `j·P + p` is the input feature it reads
+    /// (0 where it falls in the padding), and the mask is 0 there (1 elsewhere);
+    /// the mask is `None` when no position is padded.
+    pub fn im2col(&self) -> (Vec<usize>, Option<Vec<f32>>) {
+        let (oh, ow) = (self.out_height(), self.out_width());
+        let (h, w, k, s) = (self.height, self.width, self.kernel, self.stride);
+        let p = oh * ow;
+        let mut idx = vec![0usize; self.fan_in() * p];
+        let mut mask = vec![1f32; idx.len()];
+        let mut padded = false;
+        for ci in 0..self.in_channels {
+            for ky in 0..k {
+                for kx in 0..k {
+                    let j = (ci * k + ky) * k + kx;
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let at = j * p + oy * ow + ox;
+                            let (iy, ix) = (oy * s + ky, ox * s + kx);
+                            let inside = iy >= self.padding
+                                && ix >= self.padding
+                                && iy - self.padding < h
+                                && ix - self.padding < w;
+                            if inside {
+                                idx[at] = (ci * h + iy - self.padding) * w + ix - self.padding;
+                            } else {
+                                mask[at] = 0.0;
+                                padded = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (idx, padded.then_some(mask))
+    }
+}
+
+/// The gather of nearest-neighbour ×2 upsampling: output feature `(c, y, x)` reads
+/// input feature `(c, ⌊y/2⌋, ⌊x/2⌋)`.
+pub fn upsample2x_index(channels: usize, height: usize, width: usize) -> Vec<usize> {
+    let (oh, ow) = (2 * height, 2 * width);
+    let mut idx = Vec::with_capacity(channels * oh * ow);
+    for c in 0..channels {
+        for y in 0..oh {
+            for x in 0..ow {
+                idx.push((c * height + y / 2) * width + x / 2);
+            }
+        }
+    }
+    idx
+}
+
+impl FloatLayer {
+    /// The length of this layer's output for an input of `input_len` values
+    /// (dense and conv layers declare theirs; ReLU keeps the length).
+    pub fn output_len(&self, input_len: usize) -> usize {
+        match self {
+            FloatLayer::Dense { outputs, .. } => *outputs,
+            FloatLayer::Relu => input_len,
+            FloatLayer::Conv2d { geometry, .. } => geometry.output_len(),
+            FloatLayer::Upsample2x {
+                channels,
+                height,
+                width,
+            } => 4 * channels * height * width,
+        }
+    }
+
+    /// The length of input this layer declares (`None` for ReLU).
+    pub fn input_len(&self) -> Option<usize> {
+        match self {
+            FloatLayer::Dense { inputs, .. } => Some(*inputs),
+            FloatLayer::Relu => None,
+            FloatLayer::Conv2d { geometry, .. } => Some(geometry.input_len()),
+            FloatLayer::Upsample2x {
+                channels,
+                height,
+                width,
+            } => Some(channels * height * width),
+        }
+    }
+
+    /// Multiply–accumulates of one forward pass (padded positions included, as the
+    /// core counts them).
+    pub fn macs(&self) -> usize {
+        match self {
+            FloatLayer::Dense { weights, .. } => weights.len(),
+            FloatLayer::Conv2d { geometry, .. } => {
+                geometry.fan_in()
+                    * geometry.out_channels
+                    * geometry.out_height()
+                    * geometry.out_width()
+            }
+            FloatLayer::Relu | FloatLayer::Upsample2x { .. } => 0,
+        }
+    }
+
+    /// Short name (`dense`, `relu`, `conv2d`, `upsample2x`).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            FloatLayer::Dense { .. } => "dense",
+            FloatLayer::Relu => "relu",
+            FloatLayer::Conv2d { .. } => "conv2d",
+            FloatLayer::Upsample2x { .. } => "upsample2x",
+        }
+    }
 }
 
 /// A layer of a `.psm` model that the float side (reference, training, attacks)
-/// cannot mirror yet.
+/// has no mirror for (a layer kind newer than this trainer).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{network} layer {index} ({kind}): the float reference, training and attacks support \
-     dense and ReLU layers only so far"
+    "{network} layer {index} ({kind}): the float reference, training and attacks do not \
+     support this layer kind"
 )]
 pub struct UnsupportedLayer {
     /// `denoiser` or `classifier`.
@@ -69,6 +253,14 @@ pub struct FloatModel {
     pub purifier: PurifierConfig,
 }
 
+/// Dequantised `[rows][cols]` weights from an accessor of int8 weight and scale.
+fn dequantise(rows: usize, cols: usize, w: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+    (0..rows)
+        .flat_map(|o| (0..cols).map(move |i| (o, i)))
+        .map(|(o, i)| w(o, i))
+        .collect()
+}
+
 impl FloatNet {
     /// A fresh MLP `dims[0] → … → dims[n]` with ReLU between dense layers; weights
     /// uniform in `±sqrt(6 / fan_in)·gain/√2` (He-uniform), biases zero.
@@ -79,21 +271,14 @@ impl FloatNet {
             if k > 0 {
                 layers.push(FloatLayer::Relu);
             }
-            let a = gain * (3.0 / w[0] as f32).sqrt();
-            layers.push(FloatLayer::Dense {
-                inputs: w[0],
-                outputs: w[1],
-                weights: (0..w[0] * w[1]).map(|_| rng.gen_range(-a..a)).collect(),
-                bias: vec![0.0; w[1]],
-            });
+            layers.push(dense_layer(w[0], w[1], gain, &mut rng));
         }
         FloatNet { residual, layers }
     }
 
     /// Dequantised copy of a network from a `.psm` file; `network` names it in the
-    /// error. Convolution and upsampling layers are refused: the float mirror of
-    /// those layers does not exist yet, and guessing would make every reference,
-    /// attack and verification of the model silently wrong.
+    /// error for a layer kind without a float mirror (guessing would make every
+    /// reference, attack and verification of the model silently wrong).
     pub fn from_spec(
         spec: &NetworkSpec<'_>,
         network: &'static str,
@@ -102,26 +287,57 @@ impl FloatNet {
             .layers
             .iter()
             .enumerate()
-            .map(|(index, l)| match l {
-                Layer::Dense(d) => {
-                    let (n, m) = (d.inputs as usize, d.outputs as usize);
-                    Ok(FloatLayer::Dense {
-                        inputs: n,
-                        outputs: m,
-                        weights: (0..m)
-                            .flat_map(|o| {
-                                (0..n).map(move |i| f32::from(d.weight(o, i)) * d.scale(o))
-                            })
-                            .collect(),
-                        bias: (0..m).map(|o| d.bias(o)).collect(),
-                    })
-                }
-                Layer::Relu => Ok(FloatLayer::Relu),
-                other => Err(UnsupportedLayer {
-                    network,
-                    index,
-                    kind: other.kind_name(),
-                }),
+            .map(|(index, l)| {
+                Ok(match l {
+                    Layer::Dense(d) => {
+                        let (n, m) = (d.inputs as usize, d.outputs as usize);
+                        FloatLayer::Dense {
+                            inputs: n,
+                            outputs: m,
+                            weights: dequantise(m, n, |o, i| {
+                                f32::from(d.weight(o, i)) * d.scale(o)
+                            }),
+                            bias: (0..m).map(|o| d.bias(o)).collect(),
+                        }
+                    }
+                    Layer::Relu => FloatLayer::Relu,
+                    Layer::Conv2d(c) => {
+                        let geometry = ConvGeometry {
+                            in_channels: usize::from(c.in_channels),
+                            out_channels: usize::from(c.out_channels),
+                            height: usize::from(c.height),
+                            width: usize::from(c.width),
+                            kernel: usize::from(c.kernel),
+                            stride: usize::from(c.stride),
+                            padding: usize::from(c.padding),
+                        };
+                        let k = geometry.kernel.max(1);
+                        FloatLayer::Conv2d {
+                            geometry,
+                            weights: dequantise(
+                                geometry.out_channels,
+                                geometry.fan_in(),
+                                |o, j| {
+                                    let (ci, ky, kx) = (j / (k * k), (j / k) % k, j % k);
+                                    f32::from(c.weight(o, ci, ky, kx)) * c.scale(o)
+                                },
+                            ),
+                            bias: (0..geometry.out_channels).map(|o| c.bias(o)).collect(),
+                        }
+                    }
+                    Layer::Upsample2x(u) => FloatLayer::Upsample2x {
+                        channels: usize::from(u.channels),
+                        height: usize::from(u.height),
+                        width: usize::from(u.width),
+                    },
+                    other => {
+                        return Err(UnsupportedLayer {
+                            network,
+                            index,
+                            kind: other.kind_name(),
+                        })
+                    }
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(FloatNet {
@@ -149,7 +365,16 @@ impl FloatNet {
                         weights: vec![0.0; weights.len()],
                         bias: vec![0.0; bias.len()],
                     },
-                    FloatLayer::Relu => FloatLayer::Relu,
+                    FloatLayer::Conv2d {
+                        geometry,
+                        weights,
+                        bias,
+                    } => FloatLayer::Conv2d {
+                        geometry: *geometry,
+                        weights: vec![0.0; weights.len()],
+                        bias: vec![0.0; bias.len()],
+                    },
+                    other => other.clone(),
                 })
                 .collect(),
         }
@@ -160,16 +385,138 @@ impl FloatNet {
         self.layers
             .iter()
             .map(|l| match l {
-                FloatLayer::Dense { weights, bias, .. } => weights.len() + bias.len(),
-                FloatLayer::Relu => 0,
+                FloatLayer::Dense { weights, bias, .. }
+                | FloatLayer::Conv2d { weights, bias, .. } => weights.len() + bias.len(),
+                FloatLayer::Relu | FloatLayer::Upsample2x { .. } => 0,
             })
             .sum()
+    }
+
+    /// Multiply–accumulates of one forward pass.
+    pub fn macs(&self) -> usize {
+        self.layers.iter().map(FloatLayer::macs).sum()
+    }
+
+    /// Whether any layer is a convolution or upsampling (a spatial network).
+    pub fn is_spatial(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|l| matches!(l, FloatLayer::Conv2d { .. } | FloatLayer::Upsample2x { .. }))
+    }
+
+    /// Checks the shape chain for an input of `input_len` values: every layer has
+    /// a non-zero size and the tensors its shape needs, each takes what the one
+    /// before returns (a conv reads a vector as the map it declares — the core's
+    /// rule), and a residual network returns `input_len` values. Returns the output
+    /// length, or a message naming the layer.
+    pub fn check(&self, input_len: usize) -> Result<usize, String> {
+        let mut len = input_len;
+        for (i, l) in self.layers.iter().enumerate() {
+            let (want_w, want_b) = match l {
+                FloatLayer::Dense {
+                    inputs,
+                    outputs,
+                    weights,
+                    bias,
+                } => {
+                    if *inputs == 0 || *outputs == 0 {
+                        return Err(format!(
+                            "layer {i} is {inputs} -> {outputs} wide; every layer needs at least one input and one output"
+                        ));
+                    }
+                    (
+                        Some((weights.len(), inputs * outputs)),
+                        Some((bias.len(), *outputs)),
+                    )
+                }
+                FloatLayer::Conv2d {
+                    geometry: g,
+                    weights,
+                    bias,
+                } => {
+                    if g.in_channels == 0
+                        || g.out_channels == 0
+                        || g.kernel == 0
+                        || !(1..=2).contains(&g.stride)
+                        || 2 * g.padding > g.kernel
+                        || g.output_len() == 0
+                    {
+                        return Err(format!(
+                            "layer {i}: a {}x{} convolution with stride {} and padding {} on a {}x{}x{} map is not valid (channels ≥ 1, stride 1 or 2, 2·padding ≤ kernel, kernel fits the padded map)",
+                            g.kernel, g.kernel, g.stride, g.padding, g.in_channels, g.height, g.width
+                        ));
+                    }
+                    (
+                        Some((weights.len(), g.out_channels * g.fan_in())),
+                        Some((bias.len(), g.out_channels)),
+                    )
+                }
+                FloatLayer::Relu | FloatLayer::Upsample2x { .. } => (None, None),
+            };
+            if let Some(declared) = l.input_len() {
+                if declared != len {
+                    return Err(format!(
+                        "layer {i} ({}) takes {declared} values but receives {len} (the images have {input_len} values)",
+                        l.kind_name()
+                    ));
+                }
+                if declared == 0 {
+                    return Err(format!("layer {i} ({}) has an empty input", l.kind_name()));
+                }
+            }
+            if let (Some((w, ww)), Some((b, wb))) = (want_w, want_b) {
+                if w != ww || b != wb {
+                    return Err(format!(
+                        "layer {i} ({}) holds {w} weights and {b} biases, expected {ww} and {wb}",
+                        l.kind_name()
+                    ));
+                }
+            }
+            len = l.output_len(len);
+        }
+        if self.residual && len != input_len {
+            return Err(format!(
+                "a residual network must return {input_len} values, this one returns {len}"
+            ));
+        }
+        Ok(len)
+    }
+}
+
+/// A fresh dense layer, He-uniform weights scaled by `gain`, zero biases.
+pub(crate) fn dense_layer(
+    inputs: usize,
+    outputs: usize,
+    gain: f32,
+    rng: &mut ChaCha8Rng,
+) -> FloatLayer {
+    let a = gain * (3.0 / inputs.max(1) as f32).sqrt();
+    FloatLayer::Dense {
+        inputs,
+        outputs,
+        weights: (0..inputs * outputs)
+            .map(|_| rng.gen_range(-a..a))
+            .collect(),
+        bias: vec![0.0; outputs],
+    }
+}
+
+/// A fresh convolution, He-uniform weights (fan-in `in·k·k`) scaled by `gain`.
+pub(crate) fn conv_layer(geometry: ConvGeometry, gain: f32, rng: &mut ChaCha8Rng) -> FloatLayer {
+    let fan_in = geometry.fan_in().max(1);
+    let a = gain * (3.0 / fan_in as f32).sqrt();
+    FloatLayer::Conv2d {
+        geometry,
+        weights: (0..geometry.out_channels * fan_in)
+            .map(|_| rng.gen_range(-a..a))
+            .collect(),
+        bias: vec![0.0; geometry.out_channels],
     }
 }
 
 impl FloatModel {
-    /// Dequantised copy of a parsed `.psm` model; an error for layer kinds the
-    /// float side does not support yet (convolutions).
+    /// Dequantised copy of a parsed `.psm` model; an error for a layer kind the
+    /// float side has no mirror for.
     pub fn from_spec(spec: &ModelSpec<'_>) -> Result<Self, UnsupportedLayer> {
         Ok(FloatModel {
             dataset: spec.meta.dataset.to_owned(),
@@ -188,6 +535,7 @@ impl FloatModel {
 }
 
 /// A dense layer's parameters on a dfdx device: `w` is `[out, in]` like the file.
+/// A convolution keeps its parameters in the same form, `w` being `[out, in·k·k]`.
 #[derive(Debug, Clone)]
 pub struct DeviceDense<E: Dtype, D: Device<E>> {
     /// Weights `[outputs, inputs]`.
@@ -196,13 +544,61 @@ pub struct DeviceDense<E: Dtype, D: Device<E>> {
     pub b: Tensor<(usize,), E, D>,
 }
 
-/// A network on a dfdx device (dense layers with ReLU between them).
+/// A convolution on a dfdx device, computed as an im2col gather and one matmul
+/// (dfdx 0.13 has no convolution on stable Rust).
+#[derive(Debug, Clone)]
+pub struct DeviceConv<E: Dtype, D: Device<E>> {
+    /// Weights `[out, in·k·k]` and biases `[out]`.
+    pub p: DeviceDense<E, D>,
+    /// The geometry.
+    pub geometry: ConvGeometry,
+    /// `[in·k·k · P]` input features read, column-major over output positions.
+    idx: Tensor<(usize,), usize, D>,
+    /// 0 where the gather fell in the zero padding.
+    mask: Option<Tensor<(usize,), E, D>>,
+}
+
+/// One layer on a dfdx device.
+#[derive(Debug, Clone)]
+pub enum DeviceLayer<E: Dtype, D: Device<E>> {
+    /// Dense layer.
+    Dense(DeviceDense<E, D>),
+    /// ReLU.
+    Relu,
+    /// Convolution.
+    Conv(DeviceConv<E, D>),
+    /// Nearest-neighbour ×2 upsampling: `(channels, height, width)` of the input
+    /// and the gather.
+    Upsample((usize, usize, usize), Tensor<(usize,), usize, D>),
+}
+
+impl<E: Dtype, D: Device<E>> DeviceLayer<E, D> {
+    /// The trainable parameters (dense and conv layers).
+    pub fn params(&self) -> Option<&DeviceDense<E, D>> {
+        match self {
+            DeviceLayer::Dense(d) => Some(d),
+            DeviceLayer::Conv(c) => Some(&c.p),
+            _ => None,
+        }
+    }
+
+    /// The trainable parameters, mutably.
+    pub fn params_mut(&mut self) -> Option<&mut DeviceDense<E, D>> {
+        match self {
+            DeviceLayer::Dense(d) => Some(d),
+            DeviceLayer::Conv(c) => Some(&mut c.p),
+            _ => None,
+        }
+    }
+}
+
+/// A network on a dfdx device.
 #[derive(Debug, Clone)]
 pub struct DeviceNet<E: Dtype, D: Device<E>> {
     /// Global residual skip.
     pub residual: bool,
-    /// `Some` for dense layers, `None` for ReLU.
-    pub layers: Vec<Option<DeviceDense<E, D>>>,
+    /// Layers in order.
+    pub layers: Vec<DeviceLayer<E, D>>,
 }
 
 /// A dfdx batch: `[batch, features]`.
@@ -225,11 +621,43 @@ impl<E: Dtype + num_traits::Float, D: Device<E>> DeviceNet<E, D> {
                     outputs,
                     weights,
                     bias,
-                } => Some(DeviceDense {
+                } => DeviceLayer::Dense(DeviceDense {
                     w: dev.tensor_from_vec(conv(weights), (*outputs, *inputs)),
                     b: dev.tensor_from_vec(conv(bias), (*outputs,)),
                 }),
-                FloatLayer::Relu => None,
+                FloatLayer::Relu => DeviceLayer::Relu,
+                FloatLayer::Conv2d {
+                    geometry,
+                    weights,
+                    bias,
+                } => {
+                    let (idx, mask) = geometry.im2col();
+                    let n = idx.len();
+                    DeviceLayer::Conv(DeviceConv {
+                        p: DeviceDense {
+                            w: dev.tensor_from_vec(
+                                conv(weights),
+                                (geometry.out_channels, geometry.fan_in()),
+                            ),
+                            b: dev.tensor_from_vec(conv(bias), (geometry.out_channels,)),
+                        },
+                        geometry: *geometry,
+                        idx: dev.tensor_from_vec(idx, (n,)),
+                        mask: mask.map(|m| dev.tensor_from_vec(conv(&m), (n,))),
+                    })
+                }
+                FloatLayer::Upsample2x {
+                    channels,
+                    height,
+                    width,
+                } => {
+                    let idx = upsample2x_index(*channels, *height, *width);
+                    let n = idx.len();
+                    DeviceLayer::Upsample(
+                        (*channels, *height, *width),
+                        dev.tensor_from_vec(idx, (n,)),
+                    )
+                }
             })
             .collect();
         DeviceNet {
@@ -251,15 +679,90 @@ impl<E: Dtype + num_traits::Float, D: Device<E>> DeviceNet<E, D> {
                 .layers
                 .iter()
                 .map(|l| match l {
-                    Some(d) => FloatLayer::Dense {
+                    DeviceLayer::Dense(d) => FloatLayer::Dense {
                         inputs: d.w.shape().1,
                         outputs: d.w.shape().0,
                         weights: conv(d.w.as_vec()),
                         bias: conv(d.b.as_vec()),
                     },
-                    None => FloatLayer::Relu,
+                    DeviceLayer::Relu => FloatLayer::Relu,
+                    DeviceLayer::Conv(c) => FloatLayer::Conv2d {
+                        geometry: c.geometry,
+                        weights: conv(c.p.w.as_vec()),
+                        bias: conv(c.p.b.as_vec()),
+                    },
+                    DeviceLayer::Upsample((channels, height, width), _) => FloatLayer::Upsample2x {
+                        channels: *channels,
+                        height: *height,
+                        width: *width,
+                    },
                 })
                 .collect(),
+        }
+    }
+
+    /// Whether any layer is a convolution or upsampling.
+    pub fn is_spatial(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|l| matches!(l, DeviceLayer::Conv(_) | DeviceLayer::Upsample(..)))
+    }
+
+    /// One layer on a batch; `bias: false` gives the linear part only (what a
+    /// Jacobian–vector product applies). ReLU is the caller's business (it needs
+    /// the masks); here it is applied as `max(x, 0)`.
+    pub fn apply_layer<T>(
+        layer: &DeviceLayer<E, D>,
+        a: Batch<E, D, T>,
+        bias: bool,
+    ) -> Batch<E, D, T>
+    where
+        T: Tape<E, D> + Merge<NoneTape> + Merge<T>,
+    {
+        match layer {
+            DeviceLayer::Dense(d) => {
+                let (batch, out) = (a.shape().0, d.w.shape().0);
+                let y = a.matmul(d.w.clone().permute::<_, Axes2<1, 0>>());
+                if bias {
+                    y + d.b.clone().broadcast_like::<_, Axis<0>>(&(batch, out))
+                } else {
+                    y
+                }
+            }
+            DeviceLayer::Relu => a.relu(),
+            DeviceLayer::Conv(c) => {
+                // Feature-major [features, batch]: the gather copies whole rows and
+                // the product is one matmul [out, in·k·k] × [in·k·k, P·batch] whose
+                // result is already channel-major.
+                let batch = a.shape().0;
+                let z = c.idx.shape().0;
+                let cols: Batch<E, D, T> = a.permute::<_, Axes2<1, 0>>().gather(c.idx.clone());
+                let cols = match &c.mask {
+                    Some(m) => cols * m.clone().broadcast_like::<_, Axis<1>>(&(z, batch)),
+                    None => cols,
+                };
+                let (out, fan_in) = *c.p.w.shape();
+                let positions = z / fan_in.max(1);
+                let y =
+                    c.p.w
+                        .retaped::<T>()
+                        .matmul(cols.reshape_like(&(fan_in, positions * batch)));
+                let y = if bias {
+                    y + c
+                        .p
+                        .b
+                        .clone()
+                        .broadcast_like::<_, Axis<1>>(&(out, positions * batch))
+                } else {
+                    y
+                };
+                y.reshape_like(&(out * positions, batch))
+                    .permute::<_, Axes2<1, 0>>()
+            }
+            DeviceLayer::Upsample(_, idx) => {
+                let up: Batch<E, D, T> = a.permute::<_, Axes2<1, 0>>().gather(idx.clone());
+                up.permute::<_, Axes2<1, 0>>()
+            }
         }
     }
 
@@ -275,14 +778,12 @@ impl<E: Dtype + num_traits::Float, D: Device<E>> DeviceNet<E, D> {
         };
         let mut a = x;
         for l in &self.layers {
-            a = match l {
-                Some(d) => {
-                    let (batch, out) = (a.shape().0, d.w.shape().0);
-                    a.matmul(d.w.clone().permute::<_, Axes2<1, 0>>())
-                        + d.b.clone().broadcast_like::<_, Axis<0>>(&(batch, out))
-                }
-                None => a.relu(),
-            };
+            a = Self::apply_layer(l, a, true);
+        }
+        if self.is_spatial() {
+            // Row-major again (a permuted view otherwise), so every device's
+            // download gives the rows in order.
+            a = a.contiguous();
         }
         match skip {
             Some(s) => a + s,

@@ -13,7 +13,7 @@ use dfdx::prelude::*;
 use num_traits::Float;
 use pursamere_core::PurifierConfig;
 
-use crate::model::{Batch, DeviceNet, FloatNet};
+use crate::model::{Batch, DeviceLayer, DeviceNet, FloatNet};
 
 /// The float reference purifier for one denoiser and configuration.
 pub struct Reference<E: Dtype, D: Device<E>> {
@@ -23,7 +23,7 @@ pub struct Reference<E: Dtype, D: Device<E>> {
     pub(crate) d: usize,
     /// `[M, d]`: σ ε_m.
     pub(crate) noise: Tensor<(usize, usize), E, D>,
-    /// `[M, h₁]`: `σ ε_m W₁ᵀ` when the denoiser starts with a dense layer (the
+    /// `[M, h₁]`: `σ ε_m W₁ᵀ` when the denoiser is dense (the
     /// first layer of a noisy row is then `x W₁ᵀ + b₁` plus this, computed once per
     /// example instead of once per row).
     pub(crate) noise_w1: Option<Tensor<(usize, usize), E, D>>,
@@ -48,7 +48,7 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
         let noise: Tensor<(usize, usize), E, D> =
             dev.tensor_from_vec(noise.into_iter().map(cast).collect(), (m, d));
         let noise_w1 = match net.layers.first() {
-            Some(Some(first)) if first.w.shape().1 == d => Some(
+            Some(DeviceLayer::Dense(first)) if first.w.shape().1 == d && !net.is_spatial() => Some(
                 noise
                     .clone()
                     .matmul(first.w.clone().permute::<_, Axes2<1, 0>>()),

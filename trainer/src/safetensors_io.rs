@@ -4,9 +4,12 @@
 //! * `{net}.dense{j}.weight`: f32 `[outputs, inputs]` (PyTorch `nn.Linear` layout),
 //!   `{net}.dense{j}.bias`: f32 `[outputs]`, `net` ∈ {`denoiser`, `classifier`},
 //!   `j` counting dense layers from 0;
+//! * `{net}.conv{j}.weight`: f32 `[out, in, k, k]` (PyTorch `nn.Conv2d` layout),
+//!   `{net}.conv{j}.bias`: f32 `[out]`, `j` counting conv layers from 0;
 //! * metadata (strings): `format` = `pursamere-float-v1`; `dataset`; `input_shape`
 //!   = `C,H,W`; `class_names` (JSON array); `{net}.layers` = the layer list, e.g.
-//!   `dense,relu,dense`; `{net}.residual` = `true`/`false`; `purifier` (JSON object
+//!   `dense,relu,dense` or `conv2d:s2:p1:28x28,relu,upsample2x:8x14x14` (stride,
+//!   padding and input size of a conv; channels and kernel are in its weight); `{net}.residual` = `true`/`false`; `purifier` (JSON object
 //!   with the fields of `PurifierConfig`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -33,15 +36,42 @@ fn le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// The layer list: `dense`, `relu`, `conv2d:s{stride}:p{padding}:{height}x{width}`
+/// (channels and kernel come from the weight's shape), `upsample2x:{c}x{h}x{w}`.
 fn net_layers(net: &FloatNet) -> String {
     net.layers
         .iter()
         .map(|l| match l {
-            FloatLayer::Dense { .. } => "dense",
-            FloatLayer::Relu => "relu",
+            FloatLayer::Dense { .. } => "dense".to_owned(),
+            FloatLayer::Relu => "relu".to_owned(),
+            FloatLayer::Conv2d { geometry: g, .. } => {
+                format!(
+                    "conv2d:s{}:p{}:{}x{}",
+                    g.stride, g.padding, g.height, g.width
+                )
+            }
+            FloatLayer::Upsample2x {
+                channels,
+                height,
+                width,
+            } => format!("upsample2x:{channels}x{height}x{width}"),
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The numbers of a layer token's fields after its kind: `conv2d:s2:p1:28x28` →
+/// `[2, 1, 28, 28]` (each field's letter prefix dropped, `x` separating numbers).
+fn token_numbers(token: &str) -> Option<Vec<usize>> {
+    token
+        .split(':')
+        .skip(1)
+        .flat_map(|f| {
+            f.trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                .split('x')
+        })
+        .map(|v| v.parse().ok())
+        .collect()
 }
 
 /// Rewrites a safetensors header with every key sorted (metadata entries and
@@ -124,18 +154,49 @@ pub fn to_safetensors(model: &FloatModel) -> Result<Vec<u8>, SafetensorsError> {
     ] {
         meta.insert(format!("{name}.layers"), net_layers(net));
         meta.insert(format!("{name}.residual"), net.residual.to_string());
-        let dense = net.layers.iter().filter_map(|l| match l {
-            FloatLayer::Dense {
-                inputs,
-                outputs,
-                weights,
-                bias,
-            } => Some((*inputs, *outputs, weights, bias)),
-            FloatLayer::Relu => None,
-        });
-        for (j, (n, m, w, b)) in dense.enumerate() {
-            buffers.push((format!("{name}.dense{j}.weight"), vec![m, n], le_bytes(w)));
-            buffers.push((format!("{name}.dense{j}.bias"), vec![m], le_bytes(b)));
+        let (mut dense, mut conv) = (0, 0);
+        for l in &net.layers {
+            match l {
+                FloatLayer::Dense {
+                    inputs,
+                    outputs,
+                    weights,
+                    bias,
+                } => {
+                    let j = dense;
+                    dense += 1;
+                    buffers.push((
+                        format!("{name}.dense{j}.weight"),
+                        vec![*outputs, *inputs],
+                        le_bytes(weights),
+                    ));
+                    buffers.push((
+                        format!("{name}.dense{j}.bias"),
+                        vec![*outputs],
+                        le_bytes(bias),
+                    ));
+                }
+                FloatLayer::Conv2d {
+                    geometry: g,
+                    weights,
+                    bias,
+                } => {
+                    let j = conv;
+                    conv += 1;
+                    // PyTorch's Conv2d.weight layout [out, in, kh, kw].
+                    buffers.push((
+                        format!("{name}.conv{j}.weight"),
+                        vec![g.out_channels, g.in_channels, g.kernel, g.kernel],
+                        le_bytes(weights),
+                    ));
+                    buffers.push((
+                        format!("{name}.conv{j}.bias"),
+                        vec![g.out_channels],
+                        le_bytes(bias),
+                    ));
+                }
+                FloatLayer::Relu | FloatLayer::Upsample2x { .. } => {}
+            }
         }
     }
     let mut views = Vec::with_capacity(buffers.len());
@@ -183,30 +244,34 @@ pub fn from_safetensors(bytes: &[u8]) -> Result<FloatModel, SafetensorsError> {
     for name in ["denoiser", "classifier"] {
         let residual = get(&format!("{name}.residual"))? == "true";
         let mut layers = Vec::new();
-        let mut j = 0;
+        let (mut j, mut jc) = (0, 0);
+        let read = |key: String| -> Result<(Vec<usize>, Vec<f32>), SafetensorsError> {
+            let v = st
+                .tensor(&key)
+                .map_err(|_| SafetensorsError::Content(format!("tensor `{key}` is missing")))?;
+            if v.dtype() != Dtype::F32 {
+                return Err(SafetensorsError::Content(format!(
+                    "tensor `{key}` is not F32"
+                )));
+            }
+            let data = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            Ok((v.shape().to_vec(), data))
+        };
         for kind in get(&format!("{name}.layers"))?.split(',') {
-            match kind {
+            let bad_token = || {
+                SafetensorsError::Content(format!(
+                    "{name}.layers: malformed layer `{kind}` (expected conv2d:s<stride>:p<padding>:<height>x<width> or upsample2x:<c>x<h>x<w>)"
+                ))
+            };
+            match kind.split(':').next().unwrap_or_default() {
                 "relu" => layers.push(FloatLayer::Relu),
                 "dense" => {
-                    let read = |t: &str| -> Result<(Vec<usize>, Vec<f32>), SafetensorsError> {
-                        let key = format!("{name}.dense{j}.{t}");
-                        let v = st.tensor(&key).map_err(|_| {
-                            SafetensorsError::Content(format!("tensor `{key}` is missing"))
-                        })?;
-                        if v.dtype() != Dtype::F32 {
-                            return Err(SafetensorsError::Content(format!(
-                                "tensor `{key}` is not F32"
-                            )));
-                        }
-                        let data = v
-                            .data()
-                            .chunks_exact(4)
-                            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                            .collect();
-                        Ok((v.shape().to_vec(), data))
-                    };
-                    let (ws, weights) = read("weight")?;
-                    let (bs, bias) = read("bias")?;
+                    let (ws, weights) = read(format!("{name}.dense{j}.weight"))?;
+                    let (bs, bias) = read(format!("{name}.dense{j}.bias"))?;
                     let [m, n] = ws[..] else {
                         return Err(SafetensorsError::Content(format!(
                             "{name}.dense{j}.weight must be 2-D"
@@ -224,6 +289,51 @@ pub fn from_safetensors(bytes: &[u8]) -> Result<FloatModel, SafetensorsError> {
                         bias,
                     });
                     j += 1;
+                }
+                "conv2d" => {
+                    let Some([stride, padding, height, width]) =
+                        token_numbers(kind).and_then(|v| <[usize; 4]>::try_from(v).ok())
+                    else {
+                        return Err(bad_token());
+                    };
+                    let (ws, weights) = read(format!("{name}.conv{jc}.weight"))?;
+                    let (bs, bias) = read(format!("{name}.conv{jc}.bias"))?;
+                    let [o, i, kh, kw] = ws[..] else {
+                        return Err(SafetensorsError::Content(format!(
+                            "{name}.conv{jc}.weight must be 4-D [out, in, k, k]"
+                        )));
+                    };
+                    if kh != kw || bs != [o] {
+                        return Err(SafetensorsError::Content(format!(
+                            "{name}.conv{jc}: weight {ws:?} and bias {bs:?} do not describe a square-kernel convolution"
+                        )));
+                    }
+                    layers.push(FloatLayer::Conv2d {
+                        geometry: crate::model::ConvGeometry {
+                            in_channels: i,
+                            out_channels: o,
+                            height,
+                            width,
+                            kernel: kh,
+                            stride,
+                            padding,
+                        },
+                        weights,
+                        bias,
+                    });
+                    jc += 1;
+                }
+                "upsample2x" => {
+                    let Some([channels, height, width]) =
+                        token_numbers(kind).and_then(|v| <[usize; 3]>::try_from(v).ok())
+                    else {
+                        return Err(bad_token());
+                    };
+                    layers.push(FloatLayer::Upsample2x {
+                        channels,
+                        height,
+                        width,
+                    });
                 }
                 other => {
                     return Err(SafetensorsError::Content(format!(

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::attack::GradientOracle;
 use crate::data::Dataset;
-use crate::model::{Batch, DeviceNet, FloatLayer, FloatNet};
+use crate::model::{Batch, DeviceNet, FloatNet};
 
 /// The device the trainer uses: the CPU, or CUDA with the `cuda` feature.
 pub type Dev = AutoDevice;
@@ -655,45 +655,10 @@ pub fn train(
     Ok(ck)
 }
 
-/// Checks that every dense layer has a non-zero size, that consecutive layers fit
-/// and that the first takes `input_len` values (dfdx would panic instead).
+/// Checks the network's shape chain for `input_len` inputs (dfdx would panic
+/// instead); see [`FloatNet::check`].
 fn check_network(net: &FloatNet, input_len: usize) -> Result<(), TrainError> {
-    let mut len = input_len;
-    for (i, l) in net.layers.iter().enumerate() {
-        if let FloatLayer::Dense {
-            inputs,
-            outputs,
-            weights,
-            bias,
-        } = l
-        {
-            if *inputs == 0 || *outputs == 0 {
-                return Err(TrainError::Config(format!(
-                    "layer {i} is {inputs} -> {outputs} wide; every layer needs at least one input and one output"
-                )));
-            }
-            if *inputs != len {
-                return Err(TrainError::Config(format!(
-                    "layer {i} takes {inputs} values but receives {len} (the images have {input_len} pixels)"
-                )));
-            }
-            if weights.len() != inputs * outputs || bias.len() != *outputs {
-                return Err(TrainError::Config(format!(
-                    "layer {i} holds {} weights and {} biases, expected {} and {outputs}",
-                    weights.len(),
-                    bias.len(),
-                    inputs * outputs
-                )));
-            }
-            len = *outputs;
-        }
-    }
-    if net.residual && len != input_len {
-        return Err(TrainError::Config(format!(
-            "a residual network must return {input_len} values, this one returns {len}"
-        )));
-    }
-    Ok(())
+    net.check(input_len).map(|_| ()).map_err(TrainError::Config)
 }
 
 fn progress_bar(
@@ -715,7 +680,7 @@ fn progress_bar(
     Some(bar)
 }
 
-/// One Adam step (bias-corrected) on every dense layer, with dfdx tensor ops so it
+/// One Adam step (bias-corrected) on every dense and conv layer, with dfdx tensor ops so it
 /// runs on whichever device holds the weights.
 fn adam_step(
     net: &mut DeviceNet<f32, Dev>,
@@ -736,7 +701,7 @@ fn adam_step(
         .zip(mom.m.layers.iter_mut())
         .zip(mom.v.layers.iter_mut())
     {
-        let (Some(p), Some(m), Some(v)) = (p, m, v) else {
+        let (Some(p), Some(m), Some(v)) = (p.params_mut(), m.params_mut(), v.params_mut()) else {
             continue;
         };
         let gw = grads.get(&p.w);

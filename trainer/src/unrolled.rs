@@ -20,7 +20,7 @@ use dfdx::prelude::*;
 use num_traits::Float;
 use pursamere_core::{Norm, StepRule};
 
-use crate::model::Batch;
+use crate::model::{Batch, DeviceLayer, DeviceNet};
 use crate::reference::Reference;
 
 /// Everything the backward pass needs from a purification of a batch.
@@ -121,11 +121,11 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
     }
 
     /// Forward pass of `layers` on the rows `a`, recording the ReLU masks (one
-    /// entry per layer, `None` for dense layers); returns the output rows.
+    /// entry per layer, `None` for the others); returns the output rows.
     fn forward_masked<'l>(
         &self,
         mut a: Batch<E, D>,
-        layers: impl Iterator<Item = &'l Option<crate::model::DeviceDense<E, D>>>,
+        layers: impl Iterator<Item = &'l DeviceLayer<E, D>>,
         masks: &mut Vec<Option<Batch<E, D>>>,
     ) -> Batch<E, D>
     where
@@ -134,13 +134,7 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
     {
         for l in layers {
             match l {
-                Some(dense) => {
-                    let (rows, out) = (a.shape().0, dense.w.shape().0);
-                    a = a.matmul(dense.w.clone().permute::<_, Axes2<1, 0>>())
-                        + dense.b.clone().broadcast_like::<_, Axis<0>>(&(rows, out));
-                    masks.push(None);
-                }
-                None => {
+                DeviceLayer::Relu => {
                     let shape = *a.shape();
                     let mask: Vec<E> = a
                         .as_vec()
@@ -150,6 +144,10 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
                     let mask: Batch<E, D> = self.dev.tensor_from_vec(mask, shape);
                     a = a * mask.clone();
                     masks.push(Some(mask));
+                }
+                other => {
+                    a = DeviceNet::apply_layer(other, a, true);
+                    masks.push(None);
                 }
             }
         }
@@ -163,31 +161,43 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
         Linearisation { masks }
     }
 
-    /// `J t` for every row (`t`: `[rows, d]`), residual skip included.
-    fn jvp(&self, lin: &Linearisation<E, D>, t0: Batch<E, D>) -> Batch<E, D> {
-        let mut t = t0.clone();
+    /// `J t` for every row (`t`: `[rows, d]`), residual skip included; the tape
+    /// (if any) rides on `t0`.
+    fn jvp<T>(&self, lin: &Linearisation<E, D>, t0: Batch<E, D, T>) -> Batch<E, D, T>
+    where
+        T: Tape<E, D> + Merge<NoneTape> + Merge<T>,
+    {
+        let skip = self.net.residual.then(|| t0.with_empty_tape());
+        let mut t = t0;
         for (l, mask) in self.net.layers.iter().zip(&lin.masks) {
             t = match (l, mask) {
-                (Some(dense), _) => t.matmul(dense.w.clone().permute::<_, Axes2<1, 0>>()),
-                (None, Some(m)) => t * m.clone(),
-                (None, None) => t,
+                (DeviceLayer::Relu, Some(m)) => t * m.clone(),
+                (DeviceLayer::Relu, None) => t,
+                (other, _) => DeviceNet::apply_layer(other, t, false),
             };
         }
-        if self.net.residual {
-            t + t0
-        } else {
-            t
+        match skip {
+            Some(s) => t + s,
+            None => t,
         }
     }
 
-    /// `Jᵀ w` for every row.
+    /// `Jᵀ w` for every row. Dense networks transpose each layer by hand; networks
+    /// with convolutions differentiate the (linear) `J t` by autodiff, which is the
+    /// transpose of the gather and matmul by construction.
     fn vjp_rows(&self, lin: &Linearisation<E, D>, w0: Batch<E, D>) -> Batch<E, D> {
+        if self.net.is_spatial() {
+            let t0: Batch<E, D> = self.dev.zeros_like(w0.shape());
+            let jt = self.jvp(lin, t0.leaky_trace());
+            let grads = (jt * w0).sum::<Rank0, _>().backward();
+            return grads.get(&t0);
+        }
         let mut w = w0.clone();
         for (l, mask) in self.net.layers.iter().zip(&lin.masks).rev() {
             w = match (l, mask) {
-                (Some(dense), _) => w.matmul(dense.w.clone()),
-                (None, Some(m)) => w * m.clone(),
-                (None, None) => w,
+                (DeviceLayer::Dense(dense), _) => w.matmul(dense.w.clone()),
+                (_, Some(m)) => w * m.clone(),
+                (_, None) => w,
             };
         }
         if self.net.residual {
@@ -202,7 +212,7 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
     /// instead of once per noisy row.
     fn first_dense(&self) -> Option<&crate::model::DeviceDense<E, D>> {
         match (self.net.layers.first(), &self.noise_w1) {
-            (Some(Some(d)), Some(_)) => Some(d),
+            (Some(DeviceLayer::Dense(d)), Some(_)) => Some(d),
             _ => None,
         }
     }
@@ -213,11 +223,12 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
         let m = self.cfg.noise_samples as usize;
         let d = self.d;
         let mut w = w0.clone();
+        // Fast path only: the network is dense (see `Reference::new`).
         for (l, mask) in self.net.layers.iter().zip(&lin.masks).skip(1).rev() {
             w = match (l, mask) {
-                (Some(dense), _) => w.matmul(dense.w.clone()),
-                (None, Some(mk)) => w * mk.clone(),
-                (None, None) => w,
+                (DeviceLayer::Dense(dense), _) => w.matmul(dense.w.clone()),
+                (_, Some(mk)) => w * mk.clone(),
+                (_, None) => w,
             };
         }
         let h1 = w.shape().1;
@@ -290,9 +301,9 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
         };
         for (l, mask) in self.net.layers.iter().zip(&lin.masks).skip(1) {
             t = match (l, mask) {
-                (Some(dense), _) => t.matmul(dense.w.clone().permute::<_, Axes2<1, 0>>()),
-                (None, Some(mk)) => t * mk.clone(),
-                (None, None) => t,
+                (DeviceLayer::Relu, Some(mk)) => t * mk.clone(),
+                (DeviceLayer::Relu, None) => t,
+                (other, _) => DeviceNet::apply_layer(other, t, false),
             };
         }
         let ju = if self.net.residual {

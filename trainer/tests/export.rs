@@ -38,6 +38,7 @@ fn float_forward(net: &FloatNet, x: &[f32]) -> Vec<f32> {
                 .zip(bias)
                 .map(|(row, b)| row.iter().zip(&a).map(|(w, v)| w * v).sum::<f32>() + b)
                 .collect(),
+            other => panic!("dense test networks only, got {}", other.kind_name()),
         };
     }
     a

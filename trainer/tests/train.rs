@@ -111,7 +111,7 @@ fn bad_settings_and_files_are_errors() {
     for (dims, word) in [
         (&[36, 0, 36][..], "at least one"),
         (&[36, 8, 0][..], "at least one"),
-        (&[25, 8, 36][..], "36 pixels"),
+        (&[25, 8, 36][..], "the images have 36 values"),
     ] {
         let ck = fresh_checkpoint(
             Objective::Denoiser { sigmas: vec![0.5] },

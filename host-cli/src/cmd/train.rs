@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use pursamere_trainer::arch::{build_arch, parse_arch, ArchOutput};
 use pursamere_trainer::attack::AttackNorm;
+use pursamere_trainer::core::InputShape;
 use pursamere_trainer::data::{load_mnist_dir, Split};
 use pursamere_trainer::model::{FloatLayer, FloatNet};
 use pursamere_trainer::train::{
@@ -66,6 +68,17 @@ pub struct TrainArgs {
     /// Hidden widths of the classifier, comma-separated.
     #[arg(long, default_value = "256,256", value_delimiter = ',', action = clap::ArgAction::Set)]
     pub cls_hidden: Vec<usize>,
+    /// Denoiser architecture instead of --den-hidden: comma-separated hidden layers
+    /// `dense<N>`, `conv<C>[x<K>][s<S>]` (K×K kernel, default 3, stride 1 or 2,
+    /// "same" padding) and `up` (×2 nearest-neighbour); a ReLU follows each dense
+    /// and conv layer and the output layer back to the image is added, e.g.
+    /// `conv32,conv32s2,conv32,up`.
+    #[arg(long, value_name = "LAYERS")]
+    pub den_arch: Option<String>,
+    /// Classifier architecture instead of --cls-hidden (same syntax as --den-arch;
+    /// the output layer to the classes is added), e.g. `conv32,conv32s2,conv64s2,dense128`.
+    #[arg(long, value_name = "LAYERS")]
+    pub cls_arch: Option<String>,
     /// Give the denoiser a global residual skip D(y) = y + net(y).
     #[arg(long)]
     pub residual: bool,
@@ -206,26 +219,34 @@ fn check_flags(a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The hidden widths, residual skip, input and output length of a network.
-fn shape_of(net: &FloatNet) -> (Vec<usize>, usize, usize) {
-    let dense: Vec<(usize, usize)> = net
+/// The architecture of a network as the flags write it (hidden layers; the output
+/// layer and the ReLUs implied), with its input and output length.
+fn shape_of(net: &FloatNet) -> (String, usize, usize) {
+    let n = net.layers.len();
+    let hidden: Vec<String> = net
         .layers
         .iter()
-        .filter_map(|l| match l {
-            FloatLayer::Dense {
-                inputs, outputs, ..
-            } => Some((*inputs, *outputs)),
+        .enumerate()
+        .filter_map(|(i, l)| match l {
+            _ if i + 1 == n => None,
+            FloatLayer::Dense { outputs, .. } => Some(format!("dense{outputs}")),
+            FloatLayer::Conv2d { geometry: g, .. } => Some(match (g.kernel, g.stride) {
+                (3, 1) => format!("conv{}", g.out_channels),
+                (3, s) => format!("conv{}s{s}", g.out_channels),
+                (k, 1) => format!("conv{}x{k}", g.out_channels),
+                (k, s) => format!("conv{}x{k}s{s}", g.out_channels),
+            }),
+            FloatLayer::Upsample2x { .. } => Some("up".to_owned()),
             FloatLayer::Relu => None,
         })
         .collect();
-    let hidden = dense
+    let input = net
+        .layers
         .iter()
-        .take(dense.len().saturating_sub(1))
-        .map(|d| d.1)
-        .collect();
-    let input = dense.first().map_or(0, |d| d.0);
-    let output = dense.last().map_or(0, |d| d.1);
-    (hidden, input, output)
+        .find_map(FloatLayer::input_len)
+        .unwrap_or(0);
+    let output = net.layers.last().map_or(0, |l| l.output_len(input));
+    (hidden.join(","), input, output)
 }
 
 /// What a run is asked to do, to compare with a checkpoint on `--resume`.
@@ -247,12 +268,7 @@ fn differences(w: &Wanted<'_>, ck: &Checkpoint) -> Vec<String> {
     let p = w.prefix;
     let (hidden, input, output) = shape_of(w.net);
     let (ck_hidden, ck_input, ck_output) = shape_of(&ck.net);
-    differ(
-        &mut out,
-        format!("--{p}-hidden"),
-        list(&hidden),
-        list(&ck_hidden),
-    );
+    differ(&mut out, format!("--{p}-arch"), hidden, ck_hidden);
     if w.net.residual != ck.net.residual {
         out.push(if ck.net.residual {
             "no --residual (the checkpoint's denoiser has the residual skip)".to_owned()
@@ -423,7 +439,6 @@ pub fn run(a: TrainArgs) -> Result<i32> {
     check_out_dir(&a, &names)?;
     let full = load_mnist_dir(&a.data, Split::Train)?;
     let (tr, val) = full.split_validation(a.validation, a.seed)?;
-    let d = full.image_len();
     eprintln!(
         "data: {} training and {} validation images of {}x{} from {}",
         tr.len(),
@@ -433,10 +448,39 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         a.data.display()
     );
     let mut jobs = Vec::new();
+    let shape = InputShape {
+        channels: u16::try_from(full.channels)?,
+        height: u16::try_from(full.rows)?,
+        width: u16::try_from(full.cols)?,
+    };
+    // `--*-arch` when given, else the MLP of `--*-hidden`.
+    let build = |arch: &Option<String>,
+                 hidden: &[usize],
+                 output: ArchOutput,
+                 residual: bool,
+                 gain: f32,
+                 seed: u64|
+     -> Result<FloatNet> {
+        let description = match arch {
+            Some(desc) => desc.clone(),
+            None => hidden
+                .iter()
+                .map(|w| format!("dense{w}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        let layers = parse_arch(&description)?;
+        Ok(build_arch(
+            &description,
+            &layers,
+            shape,
+            output,
+            residual,
+            gain,
+            seed,
+        )?)
+    };
     if a.what != What::Classifier {
-        let mut dims = vec![d];
-        dims.extend(&a.den_hidden);
-        dims.push(d);
         let gain = if a.residual { 0.5 } else { 1.0 };
         jobs.push((
             "denoiser",
@@ -444,14 +488,18 @@ pub fn run(a: TrainArgs) -> Result<i32> {
             Objective::Denoiser {
                 sigmas: a.sigmas.clone(),
             },
-            FloatNet::mlp(&dims, a.residual, gain, a.seed),
+            build(
+                &a.den_arch,
+                &a.den_hidden,
+                ArchOutput::Image,
+                a.residual,
+                gain,
+                a.seed,
+            )?,
             a.den_epochs,
         ));
     }
     if a.what != What::Denoiser {
-        let mut dims = vec![d];
-        dims.extend(&a.cls_hidden);
-        dims.push(10);
         let objective = match a.adversarial {
             Adversarial::None => Objective::Classifier { classes: 10 },
             m => Objective::RobustClassifier {
@@ -480,7 +528,14 @@ pub fn run(a: TrainArgs) -> Result<i32> {
             "classifier",
             "cls",
             objective,
-            FloatNet::mlp(&dims, false, 1.0, a.seed.wrapping_add(1)),
+            build(
+                &a.cls_arch,
+                &a.cls_hidden,
+                ArchOutput::Classes(10),
+                false,
+                1.0,
+                a.seed.wrapping_add(1),
+            )?,
             a.cls_epochs,
         ));
     }
