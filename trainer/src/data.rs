@@ -497,6 +497,22 @@ pub enum Split {
     Test,
 }
 
+/// Loads a split of whichever data set `dir` holds: CIFAR-10 (binary version:
+/// `data_batch_*.bin` / `test_batch.bin`, or a directory with a
+/// `cifar-10-batches-bin` subdirectory is pointed at it) or MNIST-style IDX files
+/// (MNIST, Fashion-MNIST). The errors are those of the MNIST loader when neither
+/// is there.
+pub fn load_dataset_dir(dir: &Path, split: Split) -> Result<Dataset, DataError> {
+    let cifar = |d: &Path| d.join("data_batch_1.bin").exists() || d.join("test_batch.bin").exists();
+    if cifar(dir) {
+        load_cifar10_dir(dir, split)
+    } else if cifar(&dir.join("cifar-10-batches-bin")) {
+        load_cifar10_dir(&dir.join("cifar-10-batches-bin"), split)
+    } else {
+        load_mnist_dir(dir, split)
+    }
+}
+
 /// Loads the train or test part of an MNIST-layout directory (MNIST, Fashion-MNIST),
 /// accepting gzipped or raw files under their standard names; 10 classes.
 pub fn load_mnist_dir(dir: &Path, split: Split) -> Result<Dataset, DataError> {

@@ -12,6 +12,7 @@
 //! Adam is written here with dfdx tensor ops (dfdx's own optimisers need
 //! compile-time shapes; ours are runtime so widths are a command-line choice).
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -596,9 +597,20 @@ pub fn train(
             adam_step(&mut net, &mut mom, &grads, &cfg, lr, ck.adam_t);
             if let Some(b) = &bar {
                 b.inc(1);
+                let ips = || ((step + 1) * cfg.batch_size) as f64 / start.elapsed().as_secs_f64();
                 if step % 20 == 0 {
-                    let ips = ((step + 1) * cfg.batch_size) as f64 / start.elapsed().as_secs_f64();
-                    b.set_message(format!("loss {lv:.4}  {ips:.0} img/s"));
+                    b.set_message(format!("loss {lv:.4}  {:.0} img/s", ips()));
+                }
+                // A log file gets no bar: a line every tenth of an epoch instead.
+                let tenth = steps_per_epoch.div_ceil(10).max(1);
+                if !std::io::stderr().is_terminal() && (step + 1) % tenth == 0 {
+                    eprintln!(
+                        "epoch {}/{}  step {}/{steps_per_epoch}  loss {lv:.4}  {:.0} img/s",
+                        epoch + 1,
+                        cfg.epochs,
+                        step + 1,
+                        ips()
+                    );
                 }
             }
         }

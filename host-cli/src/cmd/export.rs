@@ -1,12 +1,12 @@
 //! `pursamere export`, and the purifier flags shared by every command that purifies.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use pursamere_core::{InputShape, Norm, PurifierConfig, StepRule};
 use pursamere_trainer::export::QuantizedModel;
-use pursamere_trainer::model::FloatModel;
+use pursamere_trainer::model::{FloatModel, FloatNet};
 use pursamere_trainer::safetensors_io::to_safetensors;
 use pursamere_trainer::train::load_checkpoint;
 
@@ -118,17 +118,24 @@ pub struct ExportArgs {
     /// Training run directory holding denoiser.ckpt and classifier.ckpt.
     #[arg(long)]
     pub run: PathBuf,
+    /// Take the denoiser from this file instead of <run>/denoiser.ckpt: a `.psm`
+    /// model (its denoiser, and its purifier setting as the default for the flags
+    /// below) or a `.ckpt` checkpoint — to put an existing denoiser in front of a
+    /// newly trained classifier.
+    #[arg(long, value_name = "FILE")]
+    pub denoiser: Option<PathBuf>,
     /// Output model file (.psm).
     #[arg(long)]
     pub out: PathBuf,
     /// Also write the float weights here (.safetensors); default: next to --out.
     #[arg(long)]
     pub safetensors: Option<PathBuf>,
-    /// Data set name stored in the model; a name containing "fashion" also stores
-    /// Fashion-MNIST's class names.
+    /// Data set name stored in the model; a name containing "fashion" or "cifar"
+    /// also stores Fashion-MNIST's or CIFAR-10's class names.
     #[arg(long, default_value = "mnist")]
     pub dataset: String,
-    /// Image height and width (square images).
+    /// Image height and width (square images; 32 for CIFAR-10). The channels follow
+    /// from the classifier's input length.
     #[arg(long, default_value_t = 28)]
     pub side: u16,
     #[command(flatten)]
@@ -169,24 +176,60 @@ fn write_pair(files: [(&PathBuf, &[u8]); 2]) -> Result<()> {
     Ok(())
 }
 
+/// The denoiser of `--denoiser` (a `.psm` model or a checkpoint) and the purifier
+/// setting its `.psm` carries.
+fn denoiser_from(path: &Path) -> Result<(FloatNet, Option<PurifierConfig>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.starts_with(&pursamere_core::MAGIC) {
+        let model = pursamere_core::Model::parse(&bytes)
+            .with_context(|| format!("{} is not a valid model", path.display()))?;
+        let fm = FloatModel::from_spec(model.spec())?;
+        return Ok((fm.denoiser, Some(fm.purifier)));
+    }
+    let ck = load_checkpoint(path).with_context(|| {
+        format!(
+            "--denoiser {}: neither a .psm model nor a checkpoint",
+            path.display()
+        )
+    })?;
+    Ok((ck.net, None))
+}
+
 pub fn run(a: ExportArgs) -> Result<i32> {
-    let den = load_checkpoint(&a.run.join("denoiser.ckpt"))?;
+    let (den, den_cfg) = match &a.denoiser {
+        Some(p) => denoiser_from(p)?,
+        None => (load_checkpoint(&a.run.join("denoiser.ckpt"))?.net, None),
+    };
     let cls = load_checkpoint(&a.run.join("classifier.ckpt"))?;
     let classes = match cls.net.layers.last() {
         Some(pursamere_trainer::model::FloatLayer::Dense { outputs, .. }) => *outputs,
         _ => anyhow::bail!("the classifier checkpoint does not end in a dense layer"),
     };
+    // Channels from the networks' input length (1 for MNIST, 3 for colour).
+    let side = usize::from(a.side);
+    let input_len = cls
+        .net
+        .layers
+        .iter()
+        .find_map(|l| l.input_len())
+        .unwrap_or(0);
+    if side == 0 || input_len % (side * side) != 0 || input_len == 0 {
+        anyhow::bail!(
+            "--side {side}: the classifier takes {input_len} values, not a whole number of {side}x{side} channels"
+        );
+    }
+    let channels = u16::try_from(input_len / (side * side))?;
     let fm = FloatModel {
         dataset: a.dataset.clone(),
         input_shape: InputShape {
-            channels: 1,
+            channels,
             height: a.side,
             width: a.side,
         },
         class_names: super::images::class_names_for(&a.dataset, classes),
-        denoiser: den.net,
+        denoiser: den,
         classifier: cls.net,
-        purifier: a.purifier.apply(DEFAULT_PURIFIER)?,
+        purifier: a.purifier.apply(den_cfg.unwrap_or(DEFAULT_PURIFIER))?,
     };
     let q = QuantizedModel::from_float(&fm)?;
     let psm = q.to_psm()?;

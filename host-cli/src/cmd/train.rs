@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use pursamere_trainer::arch::{build_arch, parse_arch, ArchOutput};
 use pursamere_trainer::attack::AttackNorm;
 use pursamere_trainer::core::InputShape;
-use pursamere_trainer::data::{load_mnist_dir, Split};
+use pursamere_trainer::data::{load_dataset_dir, Split};
 use pursamere_trainer::model::{FloatLayer, FloatNet};
 use pursamere_trainer::train::{
     fresh_checkpoint, load_checkpoint, train, AdversarialMethod, AdversarialTraining, Checkpoint,
@@ -47,7 +47,8 @@ pub enum What {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Data set directory with MNIST-layout IDX files (gzipped or raw), e.g. ../shared/data/mnist.
+    /// Data set directory: MNIST-layout IDX files (gzipped or raw), e.g.
+    /// ../shared/data/mnist, or CIFAR-10's binary batches (cifar-10-batches-bin).
     #[arg(long)]
     pub data: PathBuf,
     /// Output directory for checkpoints (denoiser.ckpt, classifier.ckpt); created if missing.
@@ -437,7 +438,7 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         names.push("classifier");
     }
     check_out_dir(&a, &names)?;
-    let full = load_mnist_dir(&a.data, Split::Train)?;
+    let full = load_dataset_dir(&a.data, Split::Train)?;
     let (tr, val) = full.split_validation(a.validation, a.seed)?;
     eprintln!(
         "data: {} training and {} validation images of {}x{} from {}",

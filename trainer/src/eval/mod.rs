@@ -41,7 +41,7 @@ pub use engine::run;
 pub use protocol::Protocol;
 pub use report::{wilson, Report};
 
-use crate::data::{load_mnist_dir, DataError, Dataset, Split};
+use crate::data::{load_dataset_dir, DataError, Dataset, Split};
 
 /// Why an evaluation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -122,8 +122,8 @@ impl Observer for SilentObserver {
 /// TRAIN hold-out of `pursamere train`: 5,000 images, seed 0).
 pub fn load_split(dir: &Path, split: &str) -> Result<Dataset, EvalError> {
     match split {
-        "test" => Ok(load_mnist_dir(dir, Split::Test)?),
-        "validation" => Ok(load_mnist_dir(dir, Split::Train)?
+        "test" => Ok(load_dataset_dir(dir, Split::Test)?),
+        "validation" => Ok(load_dataset_dir(dir, Split::Train)?
             .split_validation(5000, 0)?
             .1),
         o => Err(EvalError::Protocol(format!(
