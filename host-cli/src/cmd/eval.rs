@@ -27,12 +27,17 @@ pub struct EvalArgs {
     /// Resuming needs the same settings; anything else is refused.
     #[arg(long)]
     pub out: PathBuf,
-    /// Number of images (overrides the protocol's `images`).
-    #[arg(long)]
-    pub images: Option<usize>,
     /// First image (overrides the protocol's `start`).
     #[arg(long)]
     pub start: Option<usize>,
+    /// Number of images, from --start (overrides the protocol's `images`).
+    #[arg(long)]
+    pub count: Option<usize>,
+    /// Removed: the number of images is --count, as in every command.
+    #[arg(long, hide = true, value_parser = super::removed_flag(
+        "--images was renamed --count, as in every command (--start FIRST --count N)"
+    ))]
+    pub images: Option<String>,
     /// Discard the results an earlier evaluation left in --out before starting.
     #[arg(long)]
     pub fresh: bool,
@@ -96,7 +101,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
     let text = std::fs::read_to_string(&a.protocol)
         .with_context(|| format!("cannot read protocol {}", a.protocol.display()))?;
     let p = Protocol::from_toml(&text)
-        .and_then(|p| p.resolved(a.images, a.start))
+        .and_then(|p| p.resolved(a.count, a.start))
         .with_context(|| format!("{} is not a valid protocol", a.protocol.display()))?;
     let bytes = model_bytes(&a.model)?;
     let model = parse_model(&bytes, &a.model)?;

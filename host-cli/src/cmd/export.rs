@@ -113,17 +113,29 @@ impl PurifierArgs {
     }
 }
 
+/// File names `export` writes in its `--out` folder.
+pub const MODEL_FILE: &str = "model.psm";
+/// The float weights written beside [`MODEL_FILE`] (`verify` finds them there).
+pub const FLOAT_FILE: &str = "model.safetensors";
+
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     /// Training run directory holding denoiser.ckpt and classifier.ckpt.
     #[arg(long)]
     pub run: PathBuf,
-    /// Output model file (.psm).
+    /// Output folder (created if missing) for model.psm (int8) and model.safetensors
+    /// (float weights); default: the --run folder. Existing files are overwritten only
+    /// with --force.
     #[arg(long)]
-    pub out: PathBuf,
-    /// Also write the float weights here (.safetensors); default: next to --out.
+    pub out: Option<PathBuf>,
+    /// Overwrite model.psm / model.safetensors if --out holds them.
     #[arg(long)]
-    pub safetensors: Option<PathBuf>,
+    pub force: bool,
+    /// Removed: the float weights are always written as model.safetensors in --out.
+    #[arg(long, hide = true, value_parser = super::removed_flag(
+        "--safetensors was removed: export writes model.psm and model.safetensors together in the --out folder"
+    ))]
+    pub safetensors: Option<String>,
     /// Data set name stored in the model; a name containing "fashion" also stores
     /// Fashion-MNIST's class names.
     #[arg(long, default_value = "mnist")]
@@ -138,30 +150,19 @@ pub struct ExportArgs {
 /// Writes both files or neither: each goes to a temporary name first, and only
 /// when both are written are they renamed into place.
 fn write_pair(files: [(&PathBuf, &[u8]); 2]) -> Result<()> {
-    if files[0].0 == files[1].0 {
-        anyhow::bail!(
-            "--out and --safetensors are the same file {}",
-            files[0].0.display()
-        );
-    }
-    let tmp = |p: &PathBuf| {
-        let mut t = p.as_os_str().to_owned();
-        t.push(".tmp");
-        PathBuf::from(t)
-    };
     let cleanup = || {
         for (p, _) in &files {
-            let _ = std::fs::remove_file(tmp(p));
+            let _ = std::fs::remove_file(super::tmp_path(p));
         }
     };
     for (p, bytes) in &files {
-        if let Err(e) = std::fs::write(tmp(p), bytes) {
+        if let Err(e) = std::fs::write(super::tmp_path(p), bytes) {
             cleanup();
             return Err(e).with_context(|| format!("cannot write {}", p.display()));
         }
     }
     for (p, _) in &files {
-        if let Err(e) = std::fs::rename(tmp(p), p) {
+        if let Err(e) = std::fs::rename(super::tmp_path(p), p) {
             cleanup();
             return Err(e).with_context(|| format!("cannot write {}", p.display()));
         }
@@ -190,11 +191,17 @@ pub fn run(a: ExportArgs) -> Result<i32> {
     };
     let q = QuantizedModel::from_float(&fm)?;
     let psm = q.to_psm()?;
-    let st_path = a
-        .safetensors
-        .clone()
-        .unwrap_or_else(|| a.out.with_extension("safetensors"));
-    write_pair([(&a.out, &psm), (&st_path, &to_safetensors(&fm)?)])?;
+    let st = to_safetensors(&fm)?;
+    let dir = a.out.as_ref().unwrap_or(&a.run);
+    let out = super::OutDir::prepare(
+        dir,
+        "--out",
+        &[MODEL_FILE.to_owned(), FLOAT_FILE.to_owned()],
+        a.force,
+    )?;
+    let (psm_path, st_path) = (out.join(MODEL_FILE), out.join(FLOAT_FILE));
+    write_pair([(&psm_path, &psm), (&st_path, &st)])?;
+    out.keep();
     outln!("layer quantisation error (int8 per output row):")?;
     outln!(
         "{:<11} {:>5} {:>12} {:>12} {:>12}",
@@ -216,7 +223,7 @@ pub fn run(a: ExportArgs) -> Result<i32> {
     }
     outln!(
         "wrote {} ({} bytes) and {}",
-        a.out.display(),
+        psm_path.display(),
         psm.len(),
         st_path.display()
     )?;

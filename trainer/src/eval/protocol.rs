@@ -34,7 +34,7 @@ pub struct Protocol {
     /// surrogate attack where it applies, and Square.
     #[serde(default)]
     pub preset: Option<String>,
-    /// Test images evaluated (from `start`); `--images` on the command line wins.
+    /// Test images evaluated (from `start`); `--count` on the command line wins.
     #[serde(default)]
     pub images: Option<usize>,
     /// First image; `--start` on the command line wins.
@@ -190,9 +190,9 @@ impl Protocol {
         }
         match self.images {
             None => {
-                return bad("no image count: set `images` in the protocol or pass --images".into())
+                return bad("no image count: set `images` in the protocol or pass --count".into())
             }
-            Some(0) => return bad("`images` must be at least 1".into()),
+            Some(0) => return bad("`images` (--count) must be at least 1".into()),
             Some(_) => {}
         }
         if self.attacks.is_empty() {
