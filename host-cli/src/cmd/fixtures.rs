@@ -108,12 +108,7 @@ pub fn run(a: FixturesArgs) -> Result<i32> {
         )
     })?;
     let cls = load_checkpoint(&a.run.join("classifier.ckpt"))?;
-    let out = super::OutDir::prepare(
-        &a.out,
-        "--out",
-        &FIXTURE_FILES.map(String::from),
-        a.force,
-    )?;
+    let out = super::OutDir::prepare(&a.out, "--out", &FIXTURE_FILES.map(String::from), a.force)?;
     let mut fm = FloatModel {
         dataset: "mnist".into(),
         input_shape: pursamere_core::InputShape {

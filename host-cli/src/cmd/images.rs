@@ -151,12 +151,8 @@ pub fn load_inputs(a: &InputArgs, model: &Model<'_>) -> Result<Vec<Input>> {
                 idx.display()
             );
         }
-        let (start, end) = super::select_range(
-            a.start,
-            a.count,
-            count,
-            &idx.display().to_string(),
-        )?;
+        let (start, end) =
+            super::select_range(a.start, a.count, count, &idx.display().to_string())?;
         let labels = match labels_path(a, idx) {
             Some(p) => {
                 let l = read_idx_labels(&p)?;

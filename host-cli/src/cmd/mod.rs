@@ -66,8 +66,7 @@ impl OutDir {
         }
         // `--out x.psm` (a file name, as --out meant for some commands before).
         let ext = dir.extension().and_then(|e| e.to_str());
-        if !dir.exists()
-            && ext.is_some_and(|e| files.iter().any(|f| f.ends_with(&format!(".{e}"))))
+        if !dir.exists() && ext.is_some_and(|e| files.iter().any(|f| f.ends_with(&format!(".{e}"))))
         {
             anyhow::bail!(
                 "{flag} {}: {flag} names the output folder, not a file; the files written in it are {} (e.g. {flag} {})",
@@ -142,7 +141,12 @@ impl Drop for OutDir {
 
 /// The images `--start`/`--count` select among `total`: `start..end`, or an error
 /// naming the flags (the same wording in every command).
-pub fn select_range(start: usize, count: usize, total: usize, what: &str) -> Result<(usize, usize)> {
+pub fn select_range(
+    start: usize,
+    count: usize,
+    total: usize,
+    what: &str,
+) -> Result<(usize, usize)> {
     if count == 0 {
         anyhow::bail!("--count must be at least 1");
     }
