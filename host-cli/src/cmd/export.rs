@@ -171,8 +171,29 @@ fn write_pair(files: [(&PathBuf, &[u8]); 2]) -> Result<()> {
 }
 
 pub fn run(a: ExportArgs) -> Result<i32> {
+    if a.side == 0 {
+        anyhow::bail!("--side must be at least 1");
+    }
     let den = load_checkpoint(&a.run.join("denoiser.ckpt"))?;
     let cls = load_checkpoint(&a.run.join("classifier.ckpt"))?;
+    // The networks take side × side pixels: a wrong --side is named as such.
+    let pixels = usize::from(a.side) * usize::from(a.side);
+    for (name, net) in [("denoiser", &den.net), ("classifier", &cls.net)] {
+        if let Some(pursamere_trainer::model::FloatLayer::Dense { inputs, .. }) = net.layers.first()
+        {
+            if *inputs != pixels {
+                anyhow::bail!(
+                    "--side {} means {pixels} pixels per image, but the {name} of {} takes {inputs}{}",
+                    a.side,
+                    a.run.display(),
+                    match (1..=inputs.isqrt()).find(|s| s * s == *inputs) {
+                        Some(s) => format!(" (--side {s})"),
+                        None => String::new(),
+                    }
+                );
+            }
+        }
+    }
     let classes = match cls.net.layers.last() {
         Some(pursamere_trainer::model::FloatLayer::Dense { outputs, .. }) => *outputs,
         _ => anyhow::bail!("the classifier checkpoint does not end in a dense layer"),

@@ -100,13 +100,16 @@ pub fn run(a: FixturesArgs) -> Result<i32> {
     if a.tune_images == 0 {
         anyhow::bail!("--tune-images must be at least 1");
     }
-    let den = load_checkpoint(&a.run.join("denoiser.ckpt")).with_context(|| {
-        format!(
-            "train a run first: pursamere train --data {} --out {}",
+    let den_path = a.run.join("denoiser.ckpt");
+    if !den_path.exists() {
+        anyhow::bail!(
+            "--run {}: no denoiser.ckpt; train a run first: pursamere train --data {} --out {}",
+            a.run.display(),
             a.data.display(),
             a.run.display()
-        )
-    })?;
+        );
+    }
+    let den = load_checkpoint(&den_path)?;
     let cls = load_checkpoint(&a.run.join("classifier.ckpt"))?;
     let out = super::OutDir::prepare(&a.out, "--out", &FIXTURE_FILES.map(String::from), a.force)?;
     let mut fm = FloatModel {
