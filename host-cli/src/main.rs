@@ -155,6 +155,31 @@ fn expand_run_file(args: Vec<String>) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// Prints `--help`/`--version` on standard output, reporting a failed write (clap
+/// itself ignores it: `pursamere --help > /dev/full` would succeed silently);
+/// usage errors go to standard error with exit code 2, as clap does.
+fn print_clap_message(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    use std::io::{IsTerminal, Write};
+    if !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit();
+    }
+    let mut out = std::io::stdout().lock();
+    let text = if out.is_terminal() {
+        e.render().ansi().to_string()
+    } else {
+        e.render().to_string()
+    };
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => std::process::exit(0),
+        Err(io) if io.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(io) => {
+            eprintln!("error: {}", StdoutError(io));
+            std::process::exit(1);
+        }
+    }
+}
+
 fn main() {
     let args = match expand_run_file(std::env::args().collect()) {
         Ok(a) => a,
@@ -163,7 +188,10 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let cli = Cli::parse_from(args);
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => print_clap_message(e),
+    };
     let result = match cli.command {
         Command::Train(a) => cmd::train::run(a),
         Command::Export(a) => cmd::export::run(a),

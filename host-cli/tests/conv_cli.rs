@@ -102,20 +102,20 @@ fn a_conv_model_trains_on_cifar_files_exports_and_runs_in_the_core() {
         "{t}"
     );
 
-    let psm = dir.path().join("cifar.psm");
+    let exported = dir.path().join("exported");
     let o = run(&[
         "export",
         "--run",
         run_s,
         "--out",
-        psm.to_str().unwrap(),
+        exported.to_str().unwrap(),
         "--dataset",
         "cifar10",
         "--side",
         "32",
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    let bytes = std::fs::read(&psm).unwrap();
+    let bytes = std::fs::read(exported.join("model.psm")).unwrap();
     let model = Model::parse(&bytes).unwrap();
     let shape = model.spec().meta.input_shape;
     assert_eq!((shape.channels, shape.height, shape.width), (3, 32, 32));

@@ -15,7 +15,7 @@ use pursamere_trainer::data::dataset_from_idx_bytes;
 use pursamere_trainer::safetensors_io::from_safetensors;
 use serde_json::json;
 
-use super::{accuracy, core_classify, core_purify_classify, write_file};
+use super::{accuracy, core_classify, core_purify_classify};
 
 /// The shipped model and sample, compiled into the binary.
 pub const SHIPPED_PSM: &[u8] = include_bytes!("../../../fixtures/mnist.psm");
@@ -28,15 +28,25 @@ pub const SAMPLE_IMAGES: &[u8] =
 pub const SAMPLE_LABELS: &[u8] =
     include_bytes!("../../../fixtures/mnist-sample/t10k-labels-idx1-ubyte.gz");
 
+/// The picture `demo` writes in its `--out` folder.
+pub const DEMO_PICTURE: &str = "pursamere-demo.png";
+
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Where to write the annotated picture (PNG): clean | adversarial | adversarial
-    /// purified, 16 images each, with true and predicted labels.
-    #[arg(long, default_value = "pursamere-demo.png")]
+    /// Output folder (created if missing) for pursamere-demo.png, the annotated
+    /// picture: clean | adversarial | adversarial purified, 16 images each, with true
+    /// and predicted labels. An existing picture is overwritten only with --force.
+    #[arg(long, default_value = ".")]
     pub out: PathBuf,
-    /// Number of sample images to use (1..=256).
-    #[arg(long, default_value_t = 256)]
-    pub count: usize,
+    /// Overwrite pursamere-demo.png if --out holds one.
+    #[arg(long)]
+    pub force: bool,
+    /// First image of the shipped 256-image sample to use.
+    #[arg(long, default_value_t = 0)]
+    pub start: usize,
+    /// Number of sample images to use, from --start (default: the rest of the sample).
+    #[arg(long)]
+    pub count: Option<usize>,
     /// L-inf budget of the transfer attack.
     #[arg(long, default_value_t = 0.3)]
     pub eps: f32,
@@ -56,46 +66,26 @@ pub fn check_eps(eps: f32) -> Result<()> {
     Ok(())
 }
 
-/// Checks, before any work, that `path` can be written: its directory exists and
-/// accepts files (tried with the temporary name the final write uses).
-pub fn check_writable(path: &std::path::Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    if !dir.is_dir() {
-        anyhow::bail!(
-            "cannot write {}: the directory {} does not exist",
-            path.display(),
-            dir.display()
-        );
-    }
-    if path.is_dir() {
-        anyhow::bail!("cannot write {}: it is a directory", path.display());
-    }
-    let mut probe = path.as_os_str().to_owned();
-    probe.push(".tmp");
-    let probe = PathBuf::from(probe);
-    std::fs::File::create(&probe).with_context(|| format!("cannot write {}", path.display()))?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
-}
-
 pub fn run(a: DemoArgs) -> Result<i32> {
-    if a.count == 0 || a.count > 256 {
-        anyhow::bail!("--count must be between 1 and 256, got {}", a.count);
-    }
     check_eps(a.eps)?;
-    check_writable(&a.out)?;
+    let sample = dataset_from_idx_bytes("fixtures/mnist-sample", SAMPLE_IMAGES, SAMPLE_LABELS, 10)?;
+    let count = a
+        .count
+        .unwrap_or_else(|| sample.len().saturating_sub(a.start).max(1));
+    let (start, end) = super::select_range(a.start, count, sample.len(), "the shipped sample")?;
+    let out = super::OutDir::prepare(&a.out, "--out", &[DEMO_PICTURE.to_owned()], a.force)?;
+    let picture = out.join(DEMO_PICTURE);
     let model = Model::parse(SHIPPED_PSM).context("the shipped model is corrupt")?;
     let float = from_safetensors(SHIPPED_SAFETENSORS)?;
-    let sample = dataset_from_idx_bytes("fixtures/mnist-sample", SAMPLE_IMAGES, SAMPLE_LABELS, 10)?;
-    let n = a.count.min(sample.len());
+    let n = end - start;
     let d = model.input_len();
-    let x: Vec<f32> = (0..n)
+    let x: Vec<f32> = (start..end)
         .flat_map(|i| sample.image_f32(i).unwrap_or_default())
         .collect();
-    let y: Vec<usize> = sample.labels[..n].iter().map(|&l| usize::from(l)).collect();
+    let y: Vec<usize> = sample.labels[start..end]
+        .iter()
+        .map(|&l| usize::from(l))
+        .collect();
     let cfg = model.purifier_config();
     if !a.json {
         outln!(
@@ -158,13 +148,14 @@ pub fn run(a: DemoArgs) -> Result<i32> {
         a.eps, a.steps
     );
     let png = draw_grid(&title, &columns, &y[..shown], &names)?;
-    write_file(&a.out, &png)?;
+    out.write(&picture, &png)?;
+    out.keep();
 
     if a.json {
         let images: Vec<_> = (0..n)
             .map(|i| {
                 json!({
-                    "index": i,
+                    "index": start + i,
                     "true": name(y[i]),
                     "clean": name(clean_plain[i]),
                     "clean_purified": name(clean_lab[i]),
@@ -188,7 +179,7 @@ pub fn run(a: DemoArgs) -> Result<i32> {
             "attack_seconds": attack_secs,
             "purify_classify_ms_per_image": ms_per_image,
             "threads": threads,
-            "picture": a.out.display().to_string(),
+            "picture": picture.display().to_string(),
             "per_image": images,
         });
         outln!("{}", serde_json::to_string_pretty(&report)?)?;
@@ -236,7 +227,7 @@ pub fn run(a: DemoArgs) -> Result<i32> {
     for i in 0..shown {
         outln!(
             "{:>5} {:>5} {:>6}{} {:>12}{} {:>12}{}",
-            i,
+            start + i,
             name(y[i]),
             name(clean_plain[i]),
             mark(clean_plain[i], y[i]),
@@ -248,7 +239,7 @@ pub fn run(a: DemoArgs) -> Result<i32> {
     }
     outln!(
         "wrote {} (columns: clean | adversarial | adversarial purified; under each image: true -> predicted, red = wrong)",
-        a.out.display()
+        picture.display()
     )?;
     Ok(0)
 }

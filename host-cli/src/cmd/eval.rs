@@ -27,12 +27,17 @@ pub struct EvalArgs {
     /// Resuming needs the same settings; anything else is refused.
     #[arg(long)]
     pub out: PathBuf,
-    /// Number of images (overrides the protocol's `images`).
-    #[arg(long)]
-    pub images: Option<usize>,
     /// First image (overrides the protocol's `start`).
     #[arg(long)]
     pub start: Option<usize>,
+    /// Number of images, from --start (overrides the protocol's `images`).
+    #[arg(long)]
+    pub count: Option<usize>,
+    /// Removed: the number of images is --count, as in every command.
+    #[arg(long, hide = true, value_parser = super::removed_flag(
+        "--images was renamed --count, as in every command (--start FIRST --count N)"
+    ))]
+    pub images: Option<String>,
     /// Discard the results an earlier evaluation left in --out before starting.
     #[arg(long)]
     pub fresh: bool,
@@ -96,11 +101,25 @@ pub fn run(a: EvalArgs) -> Result<i32> {
     let text = std::fs::read_to_string(&a.protocol)
         .with_context(|| format!("cannot read protocol {}", a.protocol.display()))?;
     let p = Protocol::from_toml(&text)
-        .and_then(|p| p.resolved(a.images, a.start))
+        .and_then(|p| p.resolved(a.count, a.start))
         .with_context(|| format!("{} is not a valid protocol", a.protocol.display()))?;
     let bytes = model_bytes(&a.model)?;
     let model = parse_model(&bytes, &a.model)?;
     let purifier = a.purifier.apply(model.purifier_config())?;
+    // The summary is written after the work: its folder must exist now.
+    if let Some(path) = &a.summary {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        if !dir.is_dir() || path.is_dir() {
+            anyhow::bail!(
+                "--summary {}: cannot write it ({} is not a folder)",
+                path.display(),
+                if path.is_dir() { path } else { dir }.display()
+            );
+        }
+    }
     let data = eval::load_split(&a.data, &p.split).with_context(|| {
         format!(
             "cannot load the {} images from {}",
@@ -135,13 +154,31 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         last: Mutex::new(Instant::now()),
         start: Instant::now(),
     };
+    // Resuming is the point of eval's folder: existing results are read, not
+    // refused (other settings are refused by the engine; --fresh discards).
+    let out = super::OutDir::prepare(
+        &a.out,
+        "--out",
+        &[
+            "settings.json",
+            "results.jsonl",
+            "checks.jsonl",
+            "report.md",
+            "report.json",
+            "report.png",
+        ]
+        .map(String::from),
+        true,
+    )?;
     let report = eval::run(&bytes, &data, &p, &opts, &progress)?;
+    out.keep();
     if let Some(b) = &progress.bar {
         b.finish_and_clear();
     }
     if let Some(path) = &a.summary {
         let proto_name = a.protocol.display().to_string();
-        let n = eval::summary::upsert(path, &report.json, &data_name, &a.classifier, &proto_name)?;
+        let n = eval::summary::upsert(path, &report.json, &data_name, &a.classifier, &proto_name)
+            .context("cannot update the --summary file")?;
         eprintln!("{}: {n} rows updated", path.display());
     }
     if a.json {

@@ -113,6 +113,11 @@ impl PurifierArgs {
     }
 }
 
+/// File names `export` writes in its `--out` folder.
+pub const MODEL_FILE: &str = "model.psm";
+/// The float weights written beside [`MODEL_FILE`] (`verify` finds them there).
+pub const FLOAT_FILE: &str = "model.safetensors";
+
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     /// Training run directory holding denoiser.ckpt and classifier.ckpt.
@@ -124,12 +129,19 @@ pub struct ExportArgs {
     /// newly trained classifier.
     #[arg(long, value_name = "FILE")]
     pub denoiser: Option<PathBuf>,
-    /// Output model file (.psm).
+    /// Output folder (created if missing) for model.psm (int8) and model.safetensors
+    /// (float weights); default: the --run folder. Existing files are overwritten only
+    /// with --force.
     #[arg(long)]
-    pub out: PathBuf,
-    /// Also write the float weights here (.safetensors); default: next to --out.
+    pub out: Option<PathBuf>,
+    /// Overwrite model.psm / model.safetensors if --out holds them.
     #[arg(long)]
-    pub safetensors: Option<PathBuf>,
+    pub force: bool,
+    /// Removed: the float weights are always written as model.safetensors in --out.
+    #[arg(long, hide = true, value_parser = super::removed_flag(
+        "--safetensors was removed: export writes model.psm and model.safetensors together in the --out folder"
+    ))]
+    pub safetensors: Option<String>,
     /// Data set name stored in the model; a name containing "fashion" or "cifar"
     /// also stores Fashion-MNIST's or CIFAR-10's class names.
     #[arg(long, default_value = "mnist")]
@@ -145,30 +157,19 @@ pub struct ExportArgs {
 /// Writes both files or neither: each goes to a temporary name first, and only
 /// when both are written are they renamed into place.
 fn write_pair(files: [(&PathBuf, &[u8]); 2]) -> Result<()> {
-    if files[0].0 == files[1].0 {
-        anyhow::bail!(
-            "--out and --safetensors are the same file {}",
-            files[0].0.display()
-        );
-    }
-    let tmp = |p: &PathBuf| {
-        let mut t = p.as_os_str().to_owned();
-        t.push(".tmp");
-        PathBuf::from(t)
-    };
     let cleanup = || {
         for (p, _) in &files {
-            let _ = std::fs::remove_file(tmp(p));
+            let _ = std::fs::remove_file(super::tmp_path(p));
         }
     };
     for (p, bytes) in &files {
-        if let Err(e) = std::fs::write(tmp(p), bytes) {
+        if let Err(e) = std::fs::write(super::tmp_path(p), bytes) {
             cleanup();
             return Err(e).with_context(|| format!("cannot write {}", p.display()));
         }
     }
     for (p, _) in &files {
-        if let Err(e) = std::fs::rename(tmp(p), p) {
+        if let Err(e) = std::fs::rename(super::tmp_path(p), p) {
             cleanup();
             return Err(e).with_context(|| format!("cannot write {}", p.display()));
         }
@@ -196,29 +197,41 @@ fn denoiser_from(path: &Path) -> Result<(FloatNet, Option<PurifierConfig>)> {
 }
 
 pub fn run(a: ExportArgs) -> Result<i32> {
+    if a.side == 0 {
+        anyhow::bail!("--side must be at least 1");
+    }
     let (den, den_cfg) = match &a.denoiser {
         Some(p) => denoiser_from(p)?,
         None => (load_checkpoint(&a.run.join("denoiser.ckpt"))?.net, None),
     };
     let cls = load_checkpoint(&a.run.join("classifier.ckpt"))?;
+    // The networks take channels × side × side values: a wrong --side is named as
+    // such, and the channels follow (1 for MNIST, 3 for colour).
+    let pixels = usize::from(a.side) * usize::from(a.side);
+    let mut channels = None;
+    for (name, net) in [("denoiser", &den), ("classifier", &cls.net)] {
+        let inputs = net.layers.iter().find_map(|l| l.input_len()).unwrap_or(0);
+        let c = inputs / pixels;
+        if inputs % pixels != 0 || c == 0 || channels.is_some_and(|k| k != c) {
+            anyhow::bail!(
+                "--side {} means {pixels} pixels per channel, but the {name} takes {inputs} values{}",
+                a.side,
+                match [1usize, 3]
+                    .iter()
+                    .find_map(|ch| (1..=(inputs / ch).isqrt()).find(|s| ch * s * s == inputs))
+                {
+                    Some(s) => format!(" (--side {s})"),
+                    None => String::new(),
+                }
+            );
+        }
+        channels = Some(c);
+    }
+    let channels = u16::try_from(channels.unwrap_or(1))?;
     let classes = match cls.net.layers.last() {
         Some(pursamere_trainer::model::FloatLayer::Dense { outputs, .. }) => *outputs,
         _ => anyhow::bail!("the classifier checkpoint does not end in a dense layer"),
     };
-    // Channels from the networks' input length (1 for MNIST, 3 for colour).
-    let side = usize::from(a.side);
-    let input_len = cls
-        .net
-        .layers
-        .iter()
-        .find_map(|l| l.input_len())
-        .unwrap_or(0);
-    if side == 0 || input_len % (side * side) != 0 || input_len == 0 {
-        anyhow::bail!(
-            "--side {side}: the classifier takes {input_len} values, not a whole number of {side}x{side} channels"
-        );
-    }
-    let channels = u16::try_from(input_len / (side * side))?;
     let fm = FloatModel {
         dataset: a.dataset.clone(),
         input_shape: InputShape {
@@ -233,11 +246,17 @@ pub fn run(a: ExportArgs) -> Result<i32> {
     };
     let q = QuantizedModel::from_float(&fm)?;
     let psm = q.to_psm()?;
-    let st_path = a
-        .safetensors
-        .clone()
-        .unwrap_or_else(|| a.out.with_extension("safetensors"));
-    write_pair([(&a.out, &psm), (&st_path, &to_safetensors(&fm)?)])?;
+    let st = to_safetensors(&fm)?;
+    let dir = a.out.as_ref().unwrap_or(&a.run);
+    let out = super::OutDir::prepare(
+        dir,
+        "--out",
+        &[MODEL_FILE.to_owned(), FLOAT_FILE.to_owned()],
+        a.force,
+    )?;
+    let (psm_path, st_path) = (out.join(MODEL_FILE), out.join(FLOAT_FILE));
+    write_pair([(&psm_path, &psm), (&st_path, &st)])?;
+    out.keep();
     outln!("layer quantisation error (int8 per output row):")?;
     outln!(
         "{:<11} {:>5} {:>12} {:>12} {:>12}",
@@ -259,7 +278,7 @@ pub fn run(a: ExportArgs) -> Result<i32> {
     }
     outln!(
         "wrote {} ({} bytes) and {}",
-        a.out.display(),
+        psm_path.display(),
         psm.len(),
         st_path.display()
     )?;

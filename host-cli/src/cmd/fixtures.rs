@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::export::DEFAULT_PURIFIER;
-use super::{accuracy, core_classify, core_purify_classify, write_file};
+use super::{accuracy, core_classify, core_purify_classify};
 
 /// Test images shipped in the sample.
 pub const SAMPLE_IMAGES: usize = 256;
@@ -29,9 +29,14 @@ pub struct FixturesArgs {
     /// MNIST directory (IDX files).
     #[arg(long)]
     pub data: PathBuf,
-    /// Where to write the fixtures.
+    /// Output folder (created if missing) for mnist.psm, mnist.safetensors,
+    /// mnist-sample/, golden.json and sweep.json. Existing files are overwritten only
+    /// with --force (regenerating the shipped fixtures: --out fixtures --force).
     #[arg(long, default_value = "fixtures")]
     pub out: PathBuf,
+    /// Overwrite the fixtures --out already holds.
+    #[arg(long)]
+    pub force: bool,
     /// Training run to use (denoiser.ckpt, classifier.ckpt). Train one first with
     /// `pursamere train --data DATA --out RUN` (about 2.5 minutes on 2 cores).
     #[arg(long, default_value = "runs/mnist")]
@@ -81,16 +86,32 @@ fn candidates() -> Vec<PurifierConfig> {
     v
 }
 
+/// What `fixtures` writes in its `--out` folder.
+const FIXTURE_FILES: [&str; 5] = [
+    "mnist.psm",
+    "mnist.safetensors",
+    "mnist-sample",
+    "golden.json",
+    "sweep.json",
+];
+
 pub fn run(a: FixturesArgs) -> Result<i32> {
     let start = Instant::now();
-    let den = load_checkpoint(&a.run.join("denoiser.ckpt")).with_context(|| {
-        format!(
-            "train a run first: pursamere train --data {} --out {}",
+    if a.tune_images == 0 {
+        anyhow::bail!("--tune-images must be at least 1");
+    }
+    let den_path = a.run.join("denoiser.ckpt");
+    if !den_path.exists() {
+        anyhow::bail!(
+            "--run {}: no denoiser.ckpt; train a run first: pursamere train --data {} --out {}",
+            a.run.display(),
             a.data.display(),
             a.run.display()
-        )
-    })?;
+        );
+    }
+    let den = load_checkpoint(&den_path)?;
     let cls = load_checkpoint(&a.run.join("classifier.ckpt"))?;
+    let out = super::OutDir::prepare(&a.out, "--out", &FIXTURE_FILES.map(String::from), a.force)?;
     let mut fm = FloatModel {
         dataset: "mnist".into(),
         input_shape: pursamere_core::InputShape {
@@ -146,18 +167,16 @@ pub fn run(a: FixturesArgs) -> Result<i32> {
     eprintln!("chosen: {chosen:?}");
     fm.purifier = chosen;
 
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
     let q = QuantizedModel::from_float(&fm)?;
     let psm = q.to_psm()?;
-    write_file(&a.out.join("mnist.psm"), &psm)?;
-    write_file(&a.out.join("mnist.safetensors"), &to_safetensors(&fm)?)?;
+    out.write(&out.join("mnist.psm"), &psm)?;
+    out.write(&out.join("mnist.safetensors"), &to_safetensors(&fm)?)?;
     let model = Model::parse(&psm)?;
 
     let test = load_mnist_dir(&a.data, Split::Test)?;
     let idx: Vec<usize> = (0..SAMPLE_IMAGES.min(test.len())).collect();
     let sample = test.select(&idx);
-    let sample_dir = a.out.join("mnist-sample");
+    let sample_dir = out.join("mnist-sample");
     std::fs::create_dir_all(&sample_dir)?;
     write_idx_gz(&sample_dir, "t10k", &sample)
         .with_context(|| format!("writing {}", sample_dir.display()))?;
@@ -181,16 +200,17 @@ pub fn run(a: FixturesArgs) -> Result<i32> {
         "purifier": chosen,
         "images": images,
     });
-    write_file(
-        &a.out.join("golden.json"),
+    out.write(
+        &out.join("golden.json"),
         serde_json::to_string_pretty(&golden)?.as_bytes(),
     )?;
     let sweep = json!({"tune_images": n, "no_purification": {"clean_accuracy": base_clean, "transfer_accuracy": base_adv},
                        "attack": "PGD L-inf eps 0.3, 40 steps, cross-entropy, on the float classifier (transfer)", "rows": rows, "chosen": chosen});
-    write_file(
-        &a.out.join("sweep.json"),
+    out.write(
+        &out.join("sweep.json"),
         serde_json::to_string_pretty(&sweep)?.as_bytes(),
     )?;
+    out.keep();
     outln!(
         "wrote {}/mnist.psm ({} bytes), mnist.safetensors, mnist-sample/ ({} images), golden.json, sweep.json in {:.0} s",
         a.out.display(),

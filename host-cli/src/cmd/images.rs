@@ -28,9 +28,10 @@ pub struct InputArgs {
     /// Number of IDX images to use, from --start.
     #[arg(long, default_value_t = 16, requires = "idx")]
     pub count: usize,
-    /// Images of the IDX file as `START..END` (END excluded) or one index; another
-    /// way to write --start/--count.
-    #[arg(long, requires = "idx", conflicts_with_all = ["start", "count"])]
+    /// Removed: every command selects images with --start/--count.
+    #[arg(long, hide = true, value_parser = super::removed_flag(
+        "--range was removed: select images with --start FIRST --count N, as in every command (--range A..B is --start A --count B-A)"
+    ))]
     pub range: Option<String>,
     /// IDX label file with the true labels of the --idx images; default: the
     /// `*-labels-idx1-ubyte[.gz]` file beside --idx, when there is one.
@@ -142,23 +143,6 @@ pub fn parse_model<'a>(bytes: &'a [u8], path: &Option<PathBuf>) -> Result<Model<
     })
 }
 
-fn parse_range(s: &str) -> Result<(usize, usize)> {
-    let bad = || anyhow::anyhow!("--range `{s}` is not START..END or an index");
-    if let Some((a, b)) = s.split_once("..") {
-        let (a, b): (usize, usize) = (
-            a.trim().parse().map_err(|_| bad())?,
-            b.trim().parse().map_err(|_| bad())?,
-        );
-        if a >= b {
-            bail!("--range `{s}` is empty");
-        }
-        Ok((a, b))
-    } else {
-        let i: usize = s.trim().parse().map_err(|_| bad())?;
-        Ok((i, i.saturating_add(1)))
-    }
-}
-
 /// Loads the inputs and checks them against the model's input shape.
 pub fn load_inputs(a: &InputArgs, model: &Model<'_>) -> Result<Vec<Input>> {
     let shape = model.spec().meta.input_shape;
@@ -183,22 +167,8 @@ pub fn load_inputs(a: &InputArgs, model: &Model<'_>) -> Result<Vec<Input>> {
                 idx.display()
             );
         }
-        let (start, end) = match &a.range {
-            Some(r) => parse_range(r)?,
-            None => {
-                if a.count == 0 {
-                    bail!("--count must be at least 1");
-                }
-                (a.start, a.start.saturating_add(a.count))
-            }
-        };
-        if end > count {
-            let what = match &a.range {
-                Some(_) => format!("--range {start}..{end}"),
-                None => format!("--start {start} --count {}", a.count),
-            };
-            bail!("{what} is outside the {count} images of {}", idx.display());
-        }
+        let (start, end) =
+            super::select_range(a.start, a.count, count, &idx.display().to_string())?;
         let labels = match labels_path(a, idx) {
             Some(p) => {
                 let l = read_idx_labels(&p)?;

@@ -11,7 +11,7 @@ pub mod purify;
 pub mod train;
 pub mod verify;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use pursamere_trainer::eval::deployed;
@@ -21,10 +21,141 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-/// Writes a file atomically (temporary file, then rename), naming it in the error.
+/// Writes a file atomically (temporary file `NAME.tmp`, then rename), naming it in
+/// the error; on failure neither the file nor the temporary is left behind.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    pursamere_trainer::train::write_atomic(path, bytes)
-        .with_context(|| format!("cannot write {}", path.display()))
+    let tmp = tmp_path(path);
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The temporary name a file is written under before it is renamed into place.
+pub fn tmp_path(path: &Path) -> PathBuf {
+    let mut t = path.as_os_str().to_owned();
+    t.push(".tmp");
+    PathBuf::from(t)
+}
+
+/// The output folder of a command (`--out`). Every command that writes files takes
+/// `--out DIR` and writes fixed, documented file names inside it; an existing file
+/// is overwritten only with `--force`.
+///
+/// [`OutDir::prepare`] checks all of that before the command does its work; a folder
+/// it created is removed again (if still empty) unless [`OutDir::keep`] is called,
+/// so a failed command leaves nothing behind.
+pub struct OutDir {
+    dir: PathBuf,
+    created: bool,
+    kept: bool,
+    written: std::cell::RefCell<Vec<PathBuf>>,
+}
+
+impl OutDir {
+    /// Checks that `dir` (given as `flag`) is, or can be created as, a folder that
+    /// accepts files, and that none of `files` exists in it unless `force`.
+    pub fn prepare(dir: &Path, flag: &str, files: &[String], force: bool) -> Result<Self> {
+        if dir.exists() && !dir.is_dir() {
+            anyhow::bail!(
+                "{flag} {}: is not a folder ({flag} names the output folder; the files written in it are {})",
+                dir.display(),
+                files.join(", ")
+            );
+        }
+        // `--out x.psm` (a file name, as --out meant for some commands before).
+        let ext = dir.extension().and_then(|e| e.to_str());
+        if !dir.exists() && ext.is_some_and(|e| files.iter().any(|f| f.ends_with(&format!(".{e}"))))
+        {
+            anyhow::bail!(
+                "{flag} {}: {flag} names the output folder, not a file; the files written in it are {} (e.g. {flag} {})",
+                dir.display(),
+                files.join(", "),
+                dir.with_extension("").display()
+            );
+        }
+        let created = !dir.exists();
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{flag} {}: cannot create the folder", dir.display()))?;
+        let guard = OutDir {
+            dir: dir.to_owned(),
+            created,
+            kept: false,
+            written: std::cell::RefCell::new(Vec::new()),
+        };
+        let existing: Vec<&String> = files.iter().filter(|f| dir.join(f).exists()).collect();
+        if !force && !existing.is_empty() {
+            let mut names: Vec<&str> = existing.iter().take(4).map(|s| s.as_str()).collect();
+            let more = format!("and {} more", existing.len().saturating_sub(4));
+            if existing.len() > 4 {
+                names.push(&more);
+            }
+            anyhow::bail!(
+                "{flag} {} already holds {}; add --force to overwrite, or choose another {flag}",
+                dir.display(),
+                names.join(", ")
+            );
+        }
+        // Probe with a temporary file: a read-only folder fails here, not after the work.
+        let probe = dir.join(".pursamere-write-test.tmp");
+        std::fs::File::create(&probe)
+            .with_context(|| format!("{flag} {}: cannot write in this folder", dir.display()))?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(guard)
+    }
+
+    /// A file of the folder.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Writes `path` (a file of this folder) atomically; unless [`OutDir::keep`] is
+    /// called, it is removed again when the command fails.
+    pub fn write(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        write_file(path, bytes)?;
+        self.written.borrow_mut().push(path.to_owned());
+        Ok(())
+    }
+
+    /// The command succeeded: keep the folder and what was written in it.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for OutDir {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        for p in self.written.borrow().iter() {
+            let _ = std::fs::remove_file(p);
+        }
+        if self.created {
+            // Fails (harmlessly) unless the folder is empty.
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+}
+
+/// The images `--start`/`--count` select among `total`: `start..end`, or an error
+/// naming the flags (the same wording in every command).
+pub fn select_range(
+    start: usize,
+    count: usize,
+    total: usize,
+    what: &str,
+) -> Result<(usize, usize)> {
+    if count == 0 {
+        anyhow::bail!("--count must be at least 1");
+    }
+    match start.checked_add(count).filter(|&e| e <= total) {
+        Some(end) => Ok((start, end)),
+        None => anyhow::bail!(
+            "--start {start} --count {count} is outside the {total} images of {what} (indices 0..{total})"
+        ),
+    }
 }
 
 /// Length of the scratch for the fastest host path of `purify` with `cfg` (all
@@ -85,4 +216,12 @@ pub fn core_classify(model: &pursamere_core::Model<'_>, x: &[f32]) -> Result<Vec
 /// Fraction of equal entries.
 pub fn accuracy(pred: &[usize], truth: &[usize]) -> f64 {
     pred.iter().zip(truth).filter(|(a, b)| a == b).count() as f64 / truth.len().max(1) as f64
+}
+
+/// The value parser of a flag that was renamed or removed: it refuses any value,
+/// saying what to write instead (a usage error, exit code 2).
+pub fn removed_flag(
+    instead: &'static str,
+) -> impl Fn(&str) -> std::result::Result<String, String> + Clone + Send + Sync + 'static {
+    move |_| Err(instead.to_owned())
 }

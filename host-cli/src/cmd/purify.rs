@@ -16,9 +16,14 @@ use super::{fast_scratch, write_file};
 pub struct PurifyArgs {
     #[command(flatten)]
     pub input: InputArgs,
-    /// Output directory (created if missing) for NAME.purified.png / NAME.purified.f32.
+    /// Output folder (created if missing) for NAME.purified.png / NAME.purified.f32
+    /// (NAME: the PNG's file name without extension, or idx-INDEX). Existing files
+    /// are overwritten only with --force.
     #[arg(long, default_value = "purified")]
     pub out: PathBuf,
+    /// Overwrite output files that --out already holds.
+    #[arg(long)]
+    pub force: bool,
     /// Also write the purified image as raw little-endian f32 values (NAME.purified.f32).
     #[arg(long)]
     pub raw: bool,
@@ -88,8 +93,23 @@ pub fn run_purify(a: PurifyArgs) -> Result<i32> {
     if !a.no_png || a.raw {
         check_distinct_names(&a.input.png)?;
     }
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let files: Vec<String> = inputs
+        .iter()
+        .flat_map(|i| {
+            let png = (!a.no_png).then(|| format!("{}.purified.png", i.name));
+            let raw = a.raw.then(|| format!("{}.purified.f32", i.name));
+            png.into_iter().chain(raw)
+        })
+        .collect();
+    let out_dir = if files.is_empty() {
+        None
+    } else {
+        Some(super::OutDir::prepare(&a.out, "--out", &files, a.force)?)
+    };
+    let write_out = |p: &std::path::Path, bytes: &[u8]| match &out_dir {
+        Some(d) => d.write(p, bytes),
+        None => write_file(p, bytes),
+    };
     let shape = model.spec().meta.input_shape;
     let mut scratch = fast_scratch(&model, &cfg);
     let mut logits = vec![0.0; model.num_classes()];
@@ -108,7 +128,7 @@ pub fn run_purify(a: PurifyArgs) -> Result<i32> {
                 .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
                 .collect();
             let p = a.out.join(format!("{}.purified.png", inp.name));
-            write_file(
+            write_out(
                 &p,
                 &encode_png_gray(usize::from(shape.width), usize::from(shape.height), &px)?,
             )?;
@@ -117,7 +137,7 @@ pub fn run_purify(a: PurifyArgs) -> Result<i32> {
         if a.raw {
             let p = a.out.join(format!("{}.purified.f32", inp.name));
             let raw: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
-            write_file(&p, &raw)?;
+            write_out(&p, &raw)?;
             files.push(p.display().to_string());
         }
         let max_change = out
@@ -131,6 +151,9 @@ pub fn run_purify(a: PurifyArgs) -> Result<i32> {
             r["true_label"] = json!(t);
         }
         report.push(r);
+    }
+    if let Some(d) = out_dir {
+        d.keep();
     }
     if a.json {
         outln!(

@@ -269,7 +269,18 @@ fn differences(w: &Wanted<'_>, ck: &Checkpoint) -> Vec<String> {
     let p = w.prefix;
     let (hidden, input, output) = shape_of(w.net);
     let (ck_hidden, ck_input, ck_output) = shape_of(&ck.net);
-    differ(&mut out, format!("--{p}-arch"), hidden, ck_hidden);
+    // An MLP on both sides is named by --*-hidden widths, anything else by --*-arch.
+    let widths = |h: &str| -> Option<String> {
+        h.split(',')
+            .filter(|v| !v.is_empty())
+            .map(|v| v.strip_prefix("dense").map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.join(","))
+    };
+    match (widths(&hidden), widths(&ck_hidden)) {
+        (Some(now), Some(then)) => differ(&mut out, format!("--{p}-hidden"), now, then),
+        _ => differ(&mut out, format!("--{p}-arch"), hidden, ck_hidden),
+    }
     if w.net.residual != ck.net.residual {
         out.push(if ck.net.residual {
             "no --residual (the checkpoint's denoiser has the residual skip)".to_owned()

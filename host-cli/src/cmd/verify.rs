@@ -135,42 +135,50 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn set(&mut self, x: &[f32], what: &str, show: bool) -> Result<SetReport> {
         let n = self.truth.len();
-        let bar = show.then(|| {
-            let b = indicatif::ProgressBar::new(3 * n as u64);
-            if let Ok(st) = indicatif::ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} (ETA {eta})",
-            ) {
-                b.set_style(st.progress_chars("=> "));
-            }
-            // Three passes over the images: the core, the reference on the
-            // dequantised weights, the reference on the float weights.
-            b.set_prefix(format!(
-                "verify {what} (core, dequantised and float reference)"
-            ));
-            b
-        });
+        // One bar per pass, each counting the images once: the core, then the float
+        // reference on the dequantised weights, then on the float weights.
+        let bar = |pass: usize, label: &str| {
+            show.then(|| {
+                let b = indicatif::ProgressBar::new(n as u64);
+                if let Ok(st) = indicatif::ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] {pos}/{len} images (ETA {eta})",
+                ) {
+                    b.set_style(st.progress_chars("=> "));
+                }
+                b.set_prefix(format!("verify {what}, pass {pass} of 3: {label}"));
+                b
+            })
+        };
         let t = Instant::now();
+        let core_bar = bar(1, "core");
         let (core_px, core_labels) =
-            core_purify_classify_progress(self.model, &self.cfg, x, bar.as_ref())?;
+            core_purify_classify_progress(self.model, &self.cfg, x, core_bar.as_ref())?;
+        if let Some(b) = core_bar {
+            b.finish_and_clear();
+        }
         self.core_secs += t.elapsed().as_secs_f64();
         let t = Instant::now();
         let mut refs = Vec::new();
-        for net in [self.deq, self.float] {
+        for (pass, label, net) in [
+            (2, "reference, dequantised weights", self.deq),
+            (3, "reference, float weights", self.float),
+        ] {
+            let b = bar(pass, label);
             let r: Reference<f32, Cpu> = Reference::new(&self.dev, &net.denoiser, self.d, self.cfg);
             let mut px = Vec::with_capacity(x.len());
             for chunk in x.chunks(100 * self.d) {
                 px.extend(r.purify(chunk));
-                if let Some(b) = &bar {
+                if let Some(b) = &b {
                     b.inc((chunk.len() / self.d) as u64);
                 }
+            }
+            if let Some(b) = b {
+                b.finish_and_clear();
             }
             let labels = float_labels(&self.dev, &net.classifier, &px, self.d);
             refs.push((px, labels));
         }
         self.ref_secs += t.elapsed().as_secs_f64() / 2.0;
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
         Ok(SetReport {
             accuracy_without_purification_core: accuracy(
                 &core_classify(self.model, x)?,
@@ -221,15 +229,7 @@ pub fn run(a: VerifyArgs) -> Result<i32> {
             model.input_len()
         );
     }
-    let end = a.start.checked_add(a.count).filter(|&e| e <= test.len());
-    let Some(end) = end else {
-        bail!(
-            "--start {} --count {} is outside the {} test images",
-            a.start,
-            a.count,
-            test.len()
-        );
-    };
+    let (_, end) = super::select_range(a.start, a.count, test.len(), "the TEST split")?;
     let d = model.input_len();
     let idx: Vec<usize> = (a.start..end).collect();
     let sel = test.select(&idx);

@@ -449,7 +449,7 @@ pub fn run(
     let range = p.range();
     if range.end > data.len() {
         return Err(EvalError::Protocol(format!(
-            "images {}..{} are outside the {} {} images",
+            "images {}..{} (--start/--count, or the protocol's `start`/`images`) are outside the {} {} images",
             range.start,
             range.end,
             data.len(),

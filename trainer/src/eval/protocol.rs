@@ -34,7 +34,7 @@ pub struct Protocol {
     /// surrogate attack where it applies, and Square.
     #[serde(default)]
     pub preset: Option<String>,
-    /// Test images evaluated (from `start`); `--images` on the command line wins.
+    /// Test images evaluated (from `start`); `--count` on the command line wins.
     #[serde(default)]
     pub images: Option<usize>,
     /// First image; `--start` on the command line wins.
@@ -190,9 +190,9 @@ impl Protocol {
         }
         match self.images {
             None => {
-                return bad("no image count: set `images` in the protocol or pass --images".into())
+                return bad("no image count: set `images` in the protocol or pass --count".into())
             }
-            Some(0) => return bad("`images` must be at least 1".into()),
+            Some(0) => return bad("`images` (--count) must be at least 1".into()),
             Some(_) => {}
         }
         if self.attacks.is_empty() {
@@ -245,13 +245,10 @@ impl Protocol {
         if self.linf_eps.is_empty() && self.l2_eps.is_empty() {
             return bad("no budget: give `linf_eps` and/or `l2_eps`".into());
         }
-        if let Some(e) = self
-            .linf_eps
-            .iter()
-            .chain(&self.l2_eps)
-            .find(|e| !e.is_finite() || **e < 0.0)
-        {
-            return bad(format!("budget {e} is not a finite ε ≥ 0"));
+        for (key, list) in [("linf_eps", &self.linf_eps), ("l2_eps", &self.l2_eps)] {
+            if let Some(e) = list.iter().find(|e| !e.is_finite() || **e < 0.0) {
+                return bad(format!("`{key}`: budget {e} is not a finite ε ≥ 0"));
+            }
         }
         if self.attacks.iter().any(|a| a == "square") {
             let q = self.square_queries.unwrap_or(DEFAULT_SQUARE_QUERIES);
