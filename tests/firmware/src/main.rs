@@ -1,13 +1,22 @@
-//! Firmware for the on-target check: parses the shipped model, purifies and
-//! classifies 16 fixture images with the core, prints one line per image
+//! Firmware for the on-target check: parses the embedded model, purifies and
+//! classifies the embedded images with the core, prints
+//!
+//! `model bytes <n> crc32 <the file's stored CRC-32>`
+//! `config iters <K> noise_samples <M>`
+//!
+//! then one line per image
 //!
 //! `image <i> label <true> purified <label> crc32 <digest of the purified f32 bytes>`
 //!
-//! then footprint lines and the closing line `done ok <n> images` (`done error` if
-//! something failed), and exits through semihosting (0 = every image ran).
+//! then footprint and cost lines and the closing line `done ok <n> images` (`done
+//! error` if something failed), and exits through semihosting (0 = every image ran).
 //! `pursamere firmware-check --log` and the cross-check test compare the lines with
 //! the host build of the core; a log without the closing line, or with fewer image
 //! lines than it announces, is incomplete and fails the check.
+//!
+//! The model, the images and the purifier settings are chosen at build time
+//! (`PURSAMERE_MODEL`, `PURSAMERE_FW_IMAGES`, … — see build.rs and the README's
+//! "Flashing to a device"); build.rs validates them and sizes the buffers.
 #![no_std]
 #![no_main]
 
@@ -19,13 +28,20 @@ use cortex_m_rt::{entry, exception};
 use cortex_m_semihosting::{debug, hprintln};
 use pursamere_core::{digest_f32, Model};
 
-static MODEL: &[u8] = include_bytes!("../../../fixtures/mnist.psm");
+/// What build.rs derived from the model: `D`, `CLASSES`, `SCRATCH`, `ITERS`,
+/// `NOISE_SAMPLES`.
+mod config {
+    include!(concat!(env!("OUT_DIR"), "/config.rs"));
+}
+use config::{CLASSES, D, ITERS, NOISE_SAMPLES, SCRATCH};
+
+static MODEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/model.psm"));
 static IMAGES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/images.bin"));
 static LABELS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/labels.bin"));
 
-/// Scratch floats reserved on the stack (checked against the model at run time).
-const SCRATCH: usize = 9_800;
-const D: usize = 784;
+/// Scratch, input and purified image: static (in `.bss`), so that the linker
+/// checks that they fit the RAM of memory.x.
+static mut BUFFERS: [f32; SCRATCH + 2 * D] = [0.0; SCRATCH + 2 * D];
 /// Value painted over the free stack to measure its high-water mark.
 const PAINT: u32 = 0xDEAD_BEEF;
 
@@ -37,8 +53,8 @@ extern "C" {
 }
 
 /// Paints the stack between the end of static RAM and the current stack pointer
-/// minus a safety margin. The only `unsafe` of the firmware; it touches memory no
-/// Rust object owns yet.
+/// minus a safety margin. With the stack measurement and [`buffers`], the only
+/// `unsafe` of the firmware; it touches memory no Rust object owns yet.
 #[inline(never)]
 fn paint_stack() -> (usize, usize) {
     let bottom = core::ptr::addr_of!(__sheap) as usize;
@@ -64,6 +80,17 @@ fn stack_high_water(bottom: usize, top: usize) -> usize {
         p += 4;
     }
     top - p
+}
+
+/// The static buffers, split into scratch, input and output. Called once.
+fn buffers() -> (&'static mut [f32], &'static mut [f32], &'static mut [f32]) {
+    // SAFETY: called once, from `run`, itself called once from `main`; no other
+    // reference to BUFFERS exists, and no interrupt handler touches it.
+    let all: &'static mut [f32; SCRATCH + 2 * D] =
+        unsafe { &mut *core::ptr::addr_of_mut!(BUFFERS) };
+    let (scratch, images) = all.split_at_mut(SCRATCH);
+    let (x, out) = images.split_at_mut(D);
+    (scratch, x, out)
 }
 
 /// SysTick wraps (the counter is 24 bits).
@@ -130,15 +157,18 @@ fn run() -> Option<usize> {
             return None;
         }
     };
+    let stored_crc = MODEL
+        .len()
+        .checked_sub(4)
+        .and_then(|i| MODEL.get(i..))
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, u32::from_le_bytes);
+    hprintln!("model bytes {} crc32 {:08x}", MODEL.len(), stored_crc);
+    // The file's purifier settings, or the build-time overrides PURSAMERE_FW_ITERS
+    // and PURSAMERE_FW_NOISE_SAMPLES (the cost table in BENCHMARKS.md).
     let mut cfg = model.purifier_config();
-    // Build-time overrides for the cost table in BENCHMARKS.md
-    // (`PURSAMERE_FW_ITERS=5 PURSAMERE_FW_NOISE_SAMPLES=2 cargo run --release`).
-    if let Some(k) = option_env!("PURSAMERE_FW_ITERS").and_then(|v| v.parse().ok()) {
-        cfg.iters = k;
-    }
-    if let Some(m) = option_env!("PURSAMERE_FW_NOISE_SAMPLES").and_then(|v| v.parse().ok()) {
-        cfg.noise_samples = m;
-    }
+    cfg.iters = ITERS;
+    cfg.noise_samples = NOISE_SAMPLES;
     hprintln!(
         "config iters {} noise_samples {}",
         cfg.iters,
@@ -147,29 +177,27 @@ fn run() -> Option<usize> {
     let need = model
         .purify_scratch_len(&cfg)
         .max(model.classify_scratch_len());
-    if model.input_len() != D || need > SCRATCH {
+    if model.input_len() != D || model.num_classes() != CLASSES || need > SCRATCH {
         hprintln!(
-            "model needs {} scratch floats, firmware has {}",
+            "model needs {} scratch floats, firmware has {} (build.rs sizes them; rebuild)",
             need,
             SCRATCH
         );
         return None;
     }
     hprintln!("scratch_bytes {}", 4 * model.purify_scratch_len(&cfg));
-    let mut scratch = [0.0f32; SCRATCH];
-    let mut x = [0.0f32; D];
-    let mut out = [0.0f32; D];
-    let mut logits = [0.0f32; 10];
+    let (scratch, x, out) = buffers();
+    let mut logits = [0.0f32; CLASSES];
     let start = ticks();
     for (i, (img, &label)) in IMAGES.chunks_exact(D).zip(LABELS).enumerate() {
         for (v, &p) in x.iter_mut().zip(img) {
             *v = f32::from(p) / 255.0;
         }
-        if let Err(e) = model.purify(&x, &cfg, &mut out, &mut scratch) {
+        if let Err(e) = model.purify(x, &cfg, out, scratch) {
             hprintln!("image {} purify error: {}", i, e);
             return None;
         }
-        let l = match model.classify(&out, &mut logits, &mut scratch) {
+        let l = match model.classify(out, &mut logits, scratch) {
             Ok(l) => l,
             Err(e) => {
                 hprintln!("image {} classify error: {}", i, e);
@@ -181,7 +209,7 @@ fn run() -> Option<usize> {
             i,
             label,
             l,
-            digest_f32(&out)
+            digest_f32(out)
         );
     }
     let images = IMAGES.len() / D;
