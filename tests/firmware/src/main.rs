@@ -38,10 +38,6 @@ use config::{CLASSES, D, ITERS, NOISE_SAMPLES, SCRATCH};
 static MODEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/model.psm"));
 static IMAGES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/images.bin"));
 static LABELS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/labels.bin"));
-
-/// Scratch, input and purified image: static (in `.bss`), so that the linker
-/// checks that they fit the RAM of memory.x.
-static mut BUFFERS: [f32; SCRATCH + 2 * D] = [0.0; SCRATCH + 2 * D];
 /// Value painted over the free stack to measure its high-water mark.
 const PAINT: u32 = 0xDEAD_BEEF;
 
@@ -53,8 +49,8 @@ extern "C" {
 }
 
 /// Paints the stack between the end of static RAM and the current stack pointer
-/// minus a safety margin. With the stack measurement and [`buffers`], the only
-/// `unsafe` of the firmware; it touches memory no Rust object owns yet.
+/// minus a safety margin. The only `unsafe` of the firmware; it touches memory no
+/// Rust object owns yet.
 #[inline(never)]
 fn paint_stack() -> (usize, usize) {
     let bottom = core::ptr::addr_of!(__sheap) as usize;
@@ -80,17 +76,6 @@ fn stack_high_water(bottom: usize, top: usize) -> usize {
         p += 4;
     }
     top - p
-}
-
-/// The static buffers, split into scratch, input and output. Called once.
-fn buffers() -> (&'static mut [f32], &'static mut [f32], &'static mut [f32]) {
-    // SAFETY: called once, from `run`, itself called once from `main`; no other
-    // reference to BUFFERS exists, and no interrupt handler touches it.
-    let all: &'static mut [f32; SCRATCH + 2 * D] =
-        unsafe { &mut *core::ptr::addr_of_mut!(BUFFERS) };
-    let (scratch, images) = all.split_at_mut(SCRATCH);
-    let (x, out) = images.split_at_mut(D);
-    (scratch, x, out)
 }
 
 /// SysTick wraps (the counter is 24 bits).
@@ -186,18 +171,22 @@ fn run() -> Option<usize> {
         return None;
     }
     hprintln!("scratch_bytes {}", 4 * model.purify_scratch_len(&cfg));
-    let (scratch, x, out) = buffers();
+    // On the stack (build.rs checks that they fit the RAM of memory.x with room for
+    // the call stack); the model's parsing temporaries share their slots.
+    let mut scratch = [0.0f32; SCRATCH];
+    let mut x = [0.0f32; D];
+    let mut out = [0.0f32; D];
     let mut logits = [0.0f32; CLASSES];
     let start = ticks();
     for (i, (img, &label)) in IMAGES.chunks_exact(D).zip(LABELS).enumerate() {
         for (v, &p) in x.iter_mut().zip(img) {
             *v = f32::from(p) / 255.0;
         }
-        if let Err(e) = model.purify(x, &cfg, out, scratch) {
+        if let Err(e) = model.purify(&x, &cfg, &mut out, &mut scratch) {
             hprintln!("image {} purify error: {}", i, e);
             return None;
         }
-        let l = match model.classify(out, &mut logits, scratch) {
+        let l = match model.classify(&out, &mut logits, &mut scratch) {
             Ok(l) => l,
             Err(e) => {
                 hprintln!("image {} classify error: {}", i, e);
@@ -209,7 +198,7 @@ fn run() -> Option<usize> {
             i,
             label,
             l,
-            digest_f32(out)
+            digest_f32(&out)
         );
     }
     let images = IMAGES.len() / D;
