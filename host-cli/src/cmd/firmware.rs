@@ -376,3 +376,91 @@ pub fn run(a: FirmwareCheckArgs) -> Result<i32> {
     }
     Ok(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::demo::SHIPPED_PSM;
+    use pursamere_core::Model;
+
+    /// A log of the first `n` sample images as a firmware running the shipped
+    /// model with K = `k`, M = `m` prints it, with its `model` and `config` lines.
+    fn host_log(n: usize, k: u32, m: u32) -> String {
+        let model = Model::parse(SHIPPED_PSM).unwrap();
+        let sample = dataset_from_idx_bytes("sample", SAMPLE_IMAGES, SAMPLE_LABELS, 10).unwrap();
+        let mut cfg = model.purifier_config();
+        cfg.iters = k;
+        cfg.noise_samples = m;
+        let mut scratch = vec![0.0; crate::cmd::fast_scratch_len(&model, &cfg)];
+        let mut out = vec![0.0; 784];
+        let mut logits = vec![0.0; 10];
+        let mut log = format!(
+            "model bytes {} crc32 {:08x}\nconfig iters {k} noise_samples {m}\n",
+            SHIPPED_PSM.len(),
+            stored_crc(SHIPPED_PSM)
+        );
+        for i in 0..n {
+            let x = sample.image_f32(i).unwrap();
+            model.purify(&x, &cfg, &mut out, &mut scratch).unwrap();
+            let l = model.classify(&out, &mut logits, &mut scratch).unwrap();
+            log += &format!(
+                "image {i} label {} purified {l} crc32 {:08x}\n",
+                sample.labels[i],
+                digest_f32(&out)
+            );
+        }
+        log + &format!("done ok {n} images\n")
+    }
+
+    fn check(log: &str, model: Option<PathBuf>) -> Result<i32> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("board.log");
+        std::fs::write(&path, log).unwrap();
+        run(FirmwareCheckArgs {
+            log: path,
+            model,
+            idx: None,
+            labels: None,
+            json: true,
+        })
+    }
+
+    #[test]
+    fn parses_the_model_and_config_lines() {
+        let log =
+            parse_log("model bytes 12 crc32 0000abcd\nconfig iters 3 noise_samples 2\n").unwrap();
+        assert_eq!(log.model, Some((12, 0xabcd)));
+        assert_eq!(log.config, Some((3, 2)));
+        assert!(parse_log("model bytes twelve crc32 00\n").is_err());
+        assert!(parse_log("config iters 3\n").is_err());
+        // Error lines of the firmware are not model lines.
+        let log = parse_log("model error: bad magic\n").unwrap();
+        assert_eq!(log.model, None);
+    }
+
+    #[test]
+    fn the_logs_purifier_settings_are_the_ones_checked() {
+        // K = 2, M = 1 (a build with PURSAMERE_FW_ITERS=2 PURSAMERE_FW_NOISE_SAMPLES=1).
+        let log = host_log(3, 2, 1);
+        assert_eq!(check(&log, None).unwrap(), 0);
+        // Without the config line the file's K = 10, M = 4 are used, and the
+        // images differ.
+        let without: String = log
+            .lines()
+            .filter(|l| !l.starts_with("config"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(check(&without, None).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_log_of_another_model_is_refused_with_the_way_out() {
+        let log = host_log(1, 0, 1).replacen(
+            &format!("crc32 {:08x}", stored_crc(SHIPPED_PSM)),
+            "crc32 12345678",
+            1,
+        );
+        let err = check(&log, None).unwrap_err().to_string();
+        assert!(err.contains("12345678") && err.contains("--model"), "{err}");
+    }
+}
