@@ -1,1 +1,4 @@
-//! Cross-crate integration tests live in `tests/tests/`; this library is empty.
+//! Cross-crate integration tests live in `tests/tests/`. This library holds what
+//! they share: the generator of `fixtures/tiny-conv.psm`.
+
+pub mod tiny_conv;

@@ -1,15 +1,23 @@
-//! The on-target check: builds `tests/firmware` for the Cortex-M4F, runs it under
-//! QEMU (mps2-an386), and asserts that every purified image's digest and label equal
-//! those of the core on the host (bit-identical), that the firmware fits the memory
-//! budget, and that its footprint has not grown more than 5 % over
-//! `tests/firmware/footprint.json`.
+//! The on-target check: builds `tests/firmware` for the Cortex-M4F once per model —
+//! the shipped dense model `fixtures/mnist.psm` and the convolutional
+//! `fixtures/tiny-conv.psm` (strided convs, ×2 upsampling, residual) — runs each
+//! under QEMU (mps2-an386), and asserts for each that every purified image's digest
+//! and label equal those of the core on the host (bit-identical), that the firmware
+//! fits the memory budget, that its footprint has not grown more than 5 % over its
+//! entry in `tests/firmware/footprint.json`, and that its executed instructions per
+//! image have not grown more than 5 % over its entry in `tests/firmware/cost.json`.
 //!
 //! Needs `qemu-system-arm` and the `thumbv7em-none-eabihf` target. Without them the
 //! test says it was skipped and why — unless `PURSAMERE_REQUIRE_QEMU=1` (set by CI),
 //! which turns a missing tool into a failure.
+//!
+//! After an intended change: `PURSAMERE_UPDATE_FOOTPRINT=1` rewrites the footprint
+//! entries, `PURSAMERE_UPDATE_COST=1` the cost entries
+//! (`cargo test -p pursamere-tests --test firmware`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use object::{Object, ObjectSection};
 use pursamere_core::{digest_f32, Model};
@@ -17,6 +25,14 @@ use pursamere_trainer::data::{load_mnist_dir, Split};
 
 const FLASH_BUDGET: u64 = 1024 * 1024;
 const RAM_BUDGET: u64 = 64 * 1024;
+/// Images the firmware runs by default (build.rs).
+const IMAGES: usize = 16;
+/// Instructions per SysTick tick under `-icount shift=0` (one instruction = 1 ns,
+/// SysTick at the MPS2 board's 25 MHz).
+const INSTRUCTIONS_PER_TICK: u64 = 40;
+
+/// Serialises the read–modify–write of the shared JSON files between the tests.
+static FILES: Mutex<()> = Mutex::new(());
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -39,38 +55,50 @@ fn missing_tool() -> Option<String> {
     }
 }
 
-/// Builds and runs the firmware; returns its console output.
-fn run_firmware(dir: &Path) -> String {
-    let clean = |c: &mut Command| {
+/// Builds the firmware with `model` (a path from the repository root) in its own
+/// target directory, and runs it; returns its console output and the ELF's path.
+fn run_firmware(dir: &Path, model: &str, key: &str) -> (String, PathBuf) {
+    let target = dir.join("target/check").join(key);
+    let setup = |c: &mut Command| {
         // The outer `cargo test` must not leak its settings into the inner build.
         for v in [
             "RUSTFLAGS",
             "CARGO_ENCODED_RUSTFLAGS",
             "CARGO_TARGET_DIR",
             "CARGO_BUILD_TARGET",
+            "PURSAMERE_MODEL",
+            "PURSAMERE_FW_IMAGES",
+            "PURSAMERE_FW_IDX_IMAGES",
+            "PURSAMERE_FW_IDX_LABELS",
             "PURSAMERE_FW_ITERS",
             "PURSAMERE_FW_NOISE_SAMPLES",
         ] {
             c.env_remove(v);
         }
+        c.env("PURSAMERE_MODEL", root().join(model))
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(dir);
     };
     let mut build = Command::new("cargo");
-    build.args(["build", "--release"]).current_dir(dir);
-    clean(&mut build);
+    build.args(["build", "--release"]);
+    setup(&mut build);
     let st = build.status().expect("run cargo build for the firmware");
-    assert!(st.success(), "firmware build failed");
+    assert!(st.success(), "firmware build with {model} failed");
     let mut run = Command::new("cargo");
-    run.args(["run", "--release", "--quiet"]).current_dir(dir);
-    clean(&mut run);
+    run.args(["run", "--release", "--quiet"]);
+    setup(&mut run);
     let out = run.output().expect("run the firmware under QEMU");
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "firmware exited with {:?}:\n{text}",
+        "firmware with {model} exited with {:?}:\n{text}",
         out.status
     );
-    text
+    (
+        text,
+        target.join("thumbv7em-none-eabihf/release/pursamere-firmware"),
+    )
 }
 
 fn value(log: &str, key: &str) -> u64 {
@@ -82,46 +110,94 @@ fn value(log: &str, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("`{key}` missing from the firmware output:\n{log}"))
 }
 
-#[test]
-fn firmware_under_qemu_is_bit_identical_with_host_and_within_budget() {
+/// Reads a JSON file of per-model entries, or rewrites `key`'s entry with `current`
+/// when `update` is set; returns the committed entry.
+fn entry(path: &Path, key: &str, current: &serde_json::Value, update: bool) -> serde_json::Value {
+    let _guard = FILES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut doc: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    if update {
+        doc["models"][key] = current.clone();
+        std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap() + "\n").unwrap();
+    }
+    let e = doc["models"][key].clone();
+    assert!(
+        e.is_object(),
+        "{} has no entry for {key}; add it with the update variable the file's `about` names",
+        path.display()
+    );
+    e
+}
+
+fn flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1")
+}
+
+/// The whole check for one model (a path from the repository root).
+fn check(model_path: &str) {
     if let Some(why) = missing_tool() {
-        if std::env::var("PURSAMERE_REQUIRE_QEMU").is_ok_and(|v| v == "1") {
+        if flag("PURSAMERE_REQUIRE_QEMU") {
             panic!("PURSAMERE_REQUIRE_QEMU=1 but {why}");
         }
-        eprintln!("SKIPPED firmware_under_qemu: {why}");
+        eprintln!("SKIPPED firmware_under_qemu ({model_path}): {why}");
         return;
     }
+    let key = Path::new(model_path)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
     let dir = root().join("tests/firmware");
-    let log = run_firmware(&dir);
+    let (log, elf) = run_firmware(&dir, model_path, key.trim_end_matches(".psm"));
     // The closing line announces the image count (firmware-check fails a log without it).
-    assert!(log.contains("done ok 16 images"), "{log}");
+    assert!(log.contains(&format!("done ok {IMAGES} images")), "{log}");
 
-    // Host side: the same 16 images through the core.
-    let bytes = std::fs::read(root().join("fixtures/mnist.psm")).unwrap();
+    // Host side: the same images through the core.
+    let bytes = std::fs::read(root().join(model_path)).unwrap();
     let model = Model::parse(&bytes).unwrap();
-    let sample = load_mnist_dir(&root().join("fixtures/mnist-sample"), Split::Test).unwrap();
     let cfg = model.purifier_config();
+    // The firmware names the model it embeds and the settings it ran.
+    let crc = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap());
+    assert!(
+        log.lines()
+            .any(|l| l == format!("model bytes {} crc32 {crc:08x}", bytes.len())),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l
+            == format!(
+                "config iters {} noise_samples {}",
+                cfg.iters, cfg.noise_samples
+            )),
+        "{log}"
+    );
+    let sample = load_mnist_dir(&root().join("fixtures/mnist-sample"), Split::Test).unwrap();
     let mut scratch = vec![0.0; model.scratch_len_fast()];
-    let mut logits = vec![0.0; 10];
-    let mut out = vec![0.0; 784];
+    let mut logits = vec![0.0; model.num_classes()];
+    let mut out = vec![0.0; model.input_len()];
     let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("image ")).collect();
-    assert_eq!(lines.len(), 16, "{log}");
+    assert_eq!(lines.len(), IMAGES, "{log}");
+    let mut moved = 0;
     for (i, line) in lines.iter().enumerate() {
-        model
-            .purify(&sample.image_f32(i).unwrap(), &cfg, &mut out, &mut scratch)
-            .unwrap();
+        let x = sample.image_f32(i).unwrap();
+        model.purify(&x, &cfg, &mut out, &mut scratch).unwrap();
+        moved += usize::from(out != x);
         let label = model.classify(&out, &mut logits, &mut scratch).unwrap();
         let want = format!(
             "image {i} label {} purified {label} crc32 {:08x}",
             sample.labels[i],
             digest_f32(&out)
         );
-        assert_eq!(*line, want, "firmware and host differ");
+        assert_eq!(*line, want, "firmware and host differ ({model_path})");
     }
+    // The comparison is not vacuous: purification changed the images.
+    assert!(moved > 0, "purification moved no image ({model_path})");
 
     // Footprint.
-    let elf =
-        std::fs::read(dir.join("target/thumbv7em-none-eabihf/release/pursamere-firmware")).unwrap();
+    let elf = std::fs::read(&elf).unwrap();
     let obj = object::File::parse(&*elf).unwrap();
     let size = |name: &str| obj.section_by_name(name).map_or(0, |s| s.size());
     let text = size(".vector_table") + size(".text");
@@ -133,26 +209,22 @@ fn firmware_under_qemu_is_bit_identical_with_host_and_within_budget() {
     let stack = value(&log, "stack_bytes");
     let flash = text + rodata + data;
     let ram = data + bss + stack;
-    eprintln!("footprint: text {text} rodata {rodata} data {data} bss {bss} stack {stack}; flash {flash} / {FLASH_BUDGET}, RAM {ram} / {RAM_BUDGET}");
+    eprintln!("footprint {key}: text {text} rodata {rodata} data {data} bss {bss} stack {stack}; flash {flash} / {FLASH_BUDGET}, RAM {ram} / {RAM_BUDGET}");
     assert!(
         flash <= FLASH_BUDGET,
-        "flash {flash} exceeds the 1 MiB budget"
+        "flash {flash} exceeds the 1 MiB budget ({key})"
     );
-    assert!(ram <= RAM_BUDGET, "RAM {ram} exceeds the 64 KiB budget");
-
-    let path = dir.join("footprint.json");
+    assert!(
+        ram <= RAM_BUDGET,
+        "RAM {ram} exceeds the 64 KiB budget ({key})"
+    );
     let current = serde_json::json!({"text": text, "rodata": rodata, "data": data, "bss": bss, "stack": stack});
-    if std::env::var("PURSAMERE_UPDATE_FOOTPRINT").is_ok_and(|v| v == "1") {
-        let mut doc: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        for k in ["text", "rodata", "data", "bss", "stack"] {
-            doc[k] = current[k].clone();
-        }
-        std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap() + "\n").unwrap();
-        return;
-    }
-    let expected: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let expected = entry(
+        &dir.join("footprint.json"),
+        &key,
+        &current,
+        flag("PURSAMERE_UPDATE_FOOTPRINT"),
+    );
     let e = |k: &str| expected[k].as_u64().unwrap();
     let (flash0, ram0) = (
         e("text") + e("rodata") + e("data"),
@@ -160,10 +232,55 @@ fn firmware_under_qemu_is_bit_identical_with_host_and_within_budget() {
     );
     assert!(
         flash * 100 <= flash0 * 105,
-        "flash grew from {flash0} to {flash} bytes (> 5 %); if intended, update tests/firmware/footprint.json (PURSAMERE_UPDATE_FOOTPRINT=1)"
+        "{key}: flash grew from {flash0} to {flash} bytes (> 5 %); if intended, update tests/firmware/footprint.json (PURSAMERE_UPDATE_FOOTPRINT=1)"
     );
     assert!(
         ram * 100 <= ram0 * 105,
-        "RAM grew from {ram0} to {ram} bytes (> 5 %); if intended, update tests/firmware/footprint.json (PURSAMERE_UPDATE_FOOTPRINT=1)"
+        "{key}: RAM grew from {ram0} to {ram} bytes (> 5 %); if intended, update tests/firmware/footprint.json (PURSAMERE_UPDATE_FOOTPRINT=1)"
     );
+
+    // Cost: executed instructions per image (purify + classify), deterministic
+    // under `-icount shift=0` (the same build gives the same count on every run).
+    let instructions = value(&log, "systick_ticks_per_image") * INSTRUCTIONS_PER_TICK;
+    eprintln!(
+        "cost {key}: {instructions} instructions per image (K {}, M {})",
+        cfg.iters, cfg.noise_samples
+    );
+    let current = serde_json::json!({
+        "iters": cfg.iters,
+        "noise_samples": cfg.noise_samples,
+        "instructions_per_image": instructions,
+    });
+    let expected = entry(
+        &dir.join("cost.json"),
+        &key,
+        &current,
+        flag("PURSAMERE_UPDATE_COST"),
+    );
+    assert_eq!(
+        (
+            expected["iters"].as_u64(),
+            expected["noise_samples"].as_u64()
+        ),
+        (Some(u64::from(cfg.iters)), Some(u64::from(cfg.noise_samples))),
+        "{key}: tests/firmware/cost.json was measured with other purifier settings; update it (PURSAMERE_UPDATE_COST=1)"
+    );
+    let cost0 = expected["instructions_per_image"].as_u64().unwrap();
+    assert!(
+        instructions * 100 <= cost0 * 105,
+        "{key}: instructions per image grew from {cost0} to {instructions} (> 5 %); if intended, update tests/firmware/cost.json (PURSAMERE_UPDATE_COST=1)"
+    );
+    if instructions * 100 < cost0 * 95 {
+        eprintln!("note: {key} got more than 5 % cheaper ({cost0} -> {instructions} instructions per image); tighten tests/firmware/cost.json with PURSAMERE_UPDATE_COST=1");
+    }
+}
+
+#[test]
+fn shipped_model_under_qemu_is_bit_identical_with_host_and_within_budget() {
+    check("fixtures/mnist.psm");
+}
+
+#[test]
+fn conv_model_under_qemu_is_bit_identical_with_host_and_within_budget() {
+    check("fixtures/tiny-conv.psm");
 }

@@ -17,9 +17,18 @@ pub struct FirmwareCheckArgs {
     /// Log printed by the firmware (lines `image <i> label <l> purified <p> crc32 <hex>`).
     #[arg(long)]
     pub log: PathBuf,
-    /// Model the firmware embeds (.psm); default: the shipped model.
+    /// Model the firmware embeds (.psm, what `PURSAMERE_MODEL` was at build time);
+    /// default: the shipped model. A log that names another model (its `model
+    /// bytes … crc32 …` line) fails.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// IDX images the firmware embeds (`PURSAMERE_FW_IDX_IMAGES`, gzipped or raw);
+    /// default: the shipped MNIST sample.
+    #[arg(long, requires = "labels")]
+    pub idx: Option<PathBuf>,
+    /// IDX labels of --idx (`PURSAMERE_FW_IDX_LABELS`).
+    #[arg(long, requires = "idx")]
+    pub labels: Option<PathBuf>,
     /// Machine-readable output (one entry per image, the verdict and its reasons).
     #[arg(long)]
     pub json: bool,
@@ -56,15 +65,51 @@ pub struct Log {
     pub lines: Vec<LogLine>,
     /// The closing line.
     pub closing: Closing,
+    /// `model bytes <n> crc32 <hex>`: the embedded model's length and stored CRC-32
+    /// (absent from logs of older firmware).
+    pub model: Option<(usize, u32)>,
+    /// `config iters <K> noise_samples <M>`: the purifier settings the firmware ran.
+    pub config: Option<(u32, u32)>,
 }
 
-/// Parses a firmware log: its `image` lines and its closing `done` line (other
-/// lines are ignored).
+/// Parses a firmware log: its `image` lines, its `model` and `config` lines and
+/// its closing `done` line (other lines are ignored).
 pub fn parse_log(text: &str) -> Result<Log> {
     let mut out = Vec::new();
     let mut closing = Closing::Missing;
+    let mut model = None;
+    let mut config = None;
     for (n, line) in text.lines().enumerate() {
         let f: Vec<&str> = line.split_whitespace().collect();
+        if f.first() == Some(&"model") && f.get(1) == Some(&"bytes") {
+            let bad = || {
+                anyhow::anyhow!(
+                    "line {}: `{line}` is not `model bytes <n> crc32 <hex>`",
+                    n + 1
+                )
+            };
+            let ["model", "bytes", len, "crc32", crc] = f[..] else {
+                return Err(bad());
+            };
+            model = Some((
+                len.parse().map_err(|_| bad())?,
+                u32::from_str_radix(crc, 16).map_err(|_| bad())?,
+            ));
+            continue;
+        }
+        if f.first() == Some(&"config") {
+            let bad = || {
+                anyhow::anyhow!(
+                    "line {}: `{line}` is not `config iters <K> noise_samples <M>`",
+                    n + 1
+                )
+            };
+            let ["config", "iters", k, "noise_samples", m] = f[..] else {
+                return Err(bad());
+            };
+            config = Some((k.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?));
+            continue;
+        }
         if f.first() == Some(&"done") {
             closing = match f[1..] {
                 ["ok", count, "images"] => Closing::Ok(count.parse().map_err(|_| {
@@ -103,6 +148,8 @@ pub fn parse_log(text: &str) -> Result<Log> {
     Ok(Log {
         lines: out,
         closing,
+        model,
+        config,
     })
 }
 
@@ -172,6 +219,16 @@ pub fn incompleteness(log: &Log) -> Vec<String> {
     why
 }
 
+/// The CRC-32 a `.psm` file stores in its last four bytes (what the firmware
+/// prints on its `model` line).
+pub fn stored_crc(file: &[u8]) -> u32 {
+    file.len()
+        .checked_sub(4)
+        .and_then(|i| file.get(i..))
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, u32::from_le_bytes)
+}
+
 pub fn run(a: FirmwareCheckArgs) -> Result<i32> {
     let text = String::from_utf8_lossy(&read_file(&a.log)?).into_owned();
     let log = parse_log(&text).with_context(|| format!("reading {}", a.log.display()))?;
@@ -184,9 +241,52 @@ pub fn run(a: FirmwareCheckArgs) -> Result<i32> {
     }
     let bytes = model_bytes(&a.model)?;
     let model = parse_model(&bytes, &a.model)?;
-    let sample = dataset_from_idx_bytes("fixtures/mnist-sample", SAMPLE_IMAGES, SAMPLE_LABELS, 10)?;
-    let cfg = model.purifier_config();
-    let mut scratch = vec![0.0; model.scratch_len_fast()];
+    let model_name = a
+        .model
+        .as_ref()
+        .map_or("the shipped model".to_owned(), |p| p.display().to_string());
+    if let Some((len, crc)) = log.model {
+        let ours = (bytes.len(), stored_crc(&bytes));
+        if (len, crc) != ours {
+            bail!(
+                "{} was made by a firmware embedding a model of {len} bytes with CRC-32 {crc:08x}, \
+                 but {model_name} has {} bytes and CRC-32 {:08x}: pass the model the firmware was built with \
+                 (PURSAMERE_MODEL) as --model",
+                a.log.display(),
+                ours.0,
+                ours.1
+            );
+        }
+    }
+    let sample = match (&a.idx, &a.labels) {
+        (Some(images), Some(labels)) => dataset_from_idx_bytes(
+            &images.display().to_string(),
+            &read_file(images)?,
+            &read_file(labels)?,
+            model.num_classes(),
+        )
+        .with_context(|| format!("reading {} and {}", images.display(), labels.display()))?,
+        _ => dataset_from_idx_bytes("fixtures/mnist-sample", SAMPLE_IMAGES, SAMPLE_LABELS, 10)?,
+    };
+    if sample.channels * sample.rows * sample.cols != model.input_len() {
+        bail!(
+            "the images are {} × {} × {}, but {model_name} takes {} values per image; \
+             pass the images the firmware embeds (PURSAMERE_FW_IDX_IMAGES) as --idx and --labels",
+            sample.channels,
+            sample.rows,
+            sample.cols,
+            model.input_len()
+        );
+    }
+    // The settings the firmware ran (it may override K and M at build time).
+    let mut cfg = model.purifier_config();
+    if let Some((k, m)) = log.config {
+        cfg.iters = k;
+        cfg.noise_samples = m;
+        cfg.validate()
+            .with_context(|| format!("the `config` line of {}", a.log.display()))?;
+    }
+    let mut scratch = vec![0.0; super::fast_scratch_len(&model, &cfg)];
     let mut logits = vec![0.0; model.num_classes()];
     let mut out = vec![0.0; model.input_len()];
     let mut mismatches = 0;
@@ -224,6 +324,9 @@ pub fn run(a: FirmwareCheckArgs) -> Result<i32> {
             .collect();
         let report = serde_json::json!({
             "log": a.log.display().to_string(),
+            "model": model_name,
+            "iters": cfg.iters,
+            "noise_samples": cfg.noise_samples,
             "images": images,
             "different": mismatches,
             "incomplete": incomplete,
@@ -254,7 +357,12 @@ pub fn run(a: FirmwareCheckArgs) -> Result<i32> {
         )?;
     }
     if passed {
-        outln!("PASS: {} images bit-identical with the host", lines.len())?;
+        outln!(
+            "PASS: {} images bit-identical with the host ({model_name}, K {}, M {})",
+            lines.len(),
+            cfg.iters,
+            cfg.noise_samples
+        )?;
         return Ok(0);
     }
     if mismatches > 0 {
@@ -267,4 +375,92 @@ pub fn run(a: FirmwareCheckArgs) -> Result<i32> {
         outln!("FAIL: incomplete log: {why}")?;
     }
     Ok(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::demo::SHIPPED_PSM;
+    use pursamere_core::Model;
+
+    /// A log of the first `n` sample images as a firmware running the shipped
+    /// model with K = `k`, M = `m` prints it, with its `model` and `config` lines.
+    fn host_log(n: usize, k: u32, m: u32) -> String {
+        let model = Model::parse(SHIPPED_PSM).unwrap();
+        let sample = dataset_from_idx_bytes("sample", SAMPLE_IMAGES, SAMPLE_LABELS, 10).unwrap();
+        let mut cfg = model.purifier_config();
+        cfg.iters = k;
+        cfg.noise_samples = m;
+        let mut scratch = vec![0.0; crate::cmd::fast_scratch_len(&model, &cfg)];
+        let mut out = vec![0.0; 784];
+        let mut logits = vec![0.0; 10];
+        let mut log = format!(
+            "model bytes {} crc32 {:08x}\nconfig iters {k} noise_samples {m}\n",
+            SHIPPED_PSM.len(),
+            stored_crc(SHIPPED_PSM)
+        );
+        for i in 0..n {
+            let x = sample.image_f32(i).unwrap();
+            model.purify(&x, &cfg, &mut out, &mut scratch).unwrap();
+            let l = model.classify(&out, &mut logits, &mut scratch).unwrap();
+            log += &format!(
+                "image {i} label {} purified {l} crc32 {:08x}\n",
+                sample.labels[i],
+                digest_f32(&out)
+            );
+        }
+        log + &format!("done ok {n} images\n")
+    }
+
+    fn check(log: &str, model: Option<PathBuf>) -> Result<i32> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("board.log");
+        std::fs::write(&path, log).unwrap();
+        run(FirmwareCheckArgs {
+            log: path,
+            model,
+            idx: None,
+            labels: None,
+            json: true,
+        })
+    }
+
+    #[test]
+    fn parses_the_model_and_config_lines() {
+        let log =
+            parse_log("model bytes 12 crc32 0000abcd\nconfig iters 3 noise_samples 2\n").unwrap();
+        assert_eq!(log.model, Some((12, 0xabcd)));
+        assert_eq!(log.config, Some((3, 2)));
+        assert!(parse_log("model bytes twelve crc32 00\n").is_err());
+        assert!(parse_log("config iters 3\n").is_err());
+        // Error lines of the firmware are not model lines.
+        let log = parse_log("model error: bad magic\n").unwrap();
+        assert_eq!(log.model, None);
+    }
+
+    #[test]
+    fn the_logs_purifier_settings_are_the_ones_checked() {
+        // K = 2, M = 1 (a build with PURSAMERE_FW_ITERS=2 PURSAMERE_FW_NOISE_SAMPLES=1).
+        let log = host_log(3, 2, 1);
+        assert_eq!(check(&log, None).unwrap(), 0);
+        // Without the config line the file's K = 10, M = 4 are used, and the
+        // images differ.
+        let without: String = log
+            .lines()
+            .filter(|l| !l.starts_with("config"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(check(&without, None).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_log_of_another_model_is_refused_with_the_way_out() {
+        let log = host_log(1, 0, 1).replacen(
+            &format!("crc32 {:08x}", stored_crc(SHIPPED_PSM)),
+            "crc32 12345678",
+            1,
+        );
+        let err = check(&log, None).unwrap_err().to_string();
+        assert!(err.contains("12345678") && err.contains("--model"), "{err}");
+    }
 }

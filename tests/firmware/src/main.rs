@@ -1,13 +1,22 @@
-//! Firmware for the on-target check: parses the shipped model, purifies and
-//! classifies 16 fixture images with the core, prints one line per image
+//! Firmware for the on-target check: parses the embedded model, purifies and
+//! classifies the embedded images with the core, prints
+//!
+//! `model bytes <n> crc32 <the file's stored CRC-32>`
+//! `config iters <K> noise_samples <M>`
+//!
+//! then one line per image
 //!
 //! `image <i> label <true> purified <label> crc32 <digest of the purified f32 bytes>`
 //!
-//! then footprint lines and the closing line `done ok <n> images` (`done error` if
-//! something failed), and exits through semihosting (0 = every image ran).
+//! then footprint and cost lines and the closing line `done ok <n> images` (`done
+//! error` if something failed), and exits through semihosting (0 = every image ran).
 //! `pursamere firmware-check --log` and the cross-check test compare the lines with
 //! the host build of the core; a log without the closing line, or with fewer image
 //! lines than it announces, is incomplete and fails the check.
+//!
+//! The model, the images and the purifier settings are chosen at build time
+//! (`PURSAMERE_MODEL`, `PURSAMERE_FW_IMAGES`, … — see build.rs and the README's
+//! "Flashing to a device"); build.rs validates them and sizes the buffers.
 #![no_std]
 #![no_main]
 
@@ -19,13 +28,16 @@ use cortex_m_rt::{entry, exception};
 use cortex_m_semihosting::{debug, hprintln};
 use pursamere_core::{digest_f32, Model};
 
-static MODEL: &[u8] = include_bytes!("../../../fixtures/mnist.psm");
+/// What build.rs derived from the model: `D`, `CLASSES`, `SCRATCH`, `ITERS`,
+/// `NOISE_SAMPLES`.
+mod config {
+    include!(concat!(env!("OUT_DIR"), "/config.rs"));
+}
+use config::{CLASSES, D, ITERS, NOISE_SAMPLES, SCRATCH};
+
+static MODEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/model.psm"));
 static IMAGES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/images.bin"));
 static LABELS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/labels.bin"));
-
-/// Scratch floats reserved on the stack (checked against the model at run time).
-const SCRATCH: usize = 9_800;
-const D: usize = 784;
 /// Value painted over the free stack to measure its high-water mark.
 const PAINT: u32 = 0xDEAD_BEEF;
 
@@ -130,15 +142,18 @@ fn run() -> Option<usize> {
             return None;
         }
     };
+    let stored_crc = MODEL
+        .len()
+        .checked_sub(4)
+        .and_then(|i| MODEL.get(i..))
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, u32::from_le_bytes);
+    hprintln!("model bytes {} crc32 {:08x}", MODEL.len(), stored_crc);
+    // The file's purifier settings, or the build-time overrides PURSAMERE_FW_ITERS
+    // and PURSAMERE_FW_NOISE_SAMPLES (the cost table in BENCHMARKS.md).
     let mut cfg = model.purifier_config();
-    // Build-time overrides for the cost table in BENCHMARKS.md
-    // (`PURSAMERE_FW_ITERS=5 PURSAMERE_FW_NOISE_SAMPLES=2 cargo run --release`).
-    if let Some(k) = option_env!("PURSAMERE_FW_ITERS").and_then(|v| v.parse().ok()) {
-        cfg.iters = k;
-    }
-    if let Some(m) = option_env!("PURSAMERE_FW_NOISE_SAMPLES").and_then(|v| v.parse().ok()) {
-        cfg.noise_samples = m;
-    }
+    cfg.iters = ITERS;
+    cfg.noise_samples = NOISE_SAMPLES;
     hprintln!(
         "config iters {} noise_samples {}",
         cfg.iters,
@@ -147,19 +162,21 @@ fn run() -> Option<usize> {
     let need = model
         .purify_scratch_len(&cfg)
         .max(model.classify_scratch_len());
-    if model.input_len() != D || need > SCRATCH {
+    if model.input_len() != D || model.num_classes() != CLASSES || need > SCRATCH {
         hprintln!(
-            "model needs {} scratch floats, firmware has {}",
+            "model needs {} scratch floats, firmware has {} (build.rs sizes them; rebuild)",
             need,
             SCRATCH
         );
         return None;
     }
     hprintln!("scratch_bytes {}", 4 * model.purify_scratch_len(&cfg));
+    // On the stack (build.rs checks that they fit the RAM of memory.x with room for
+    // the call stack); the model's parsing temporaries share their slots.
     let mut scratch = [0.0f32; SCRATCH];
     let mut x = [0.0f32; D];
     let mut out = [0.0f32; D];
-    let mut logits = [0.0f32; 10];
+    let mut logits = [0.0f32; CLASSES];
     let start = ticks();
     for (i, (img, &label)) in IMAGES.chunks_exact(D).zip(LABELS).enumerate() {
         for (v, &p) in x.iter_mut().zip(img) {
