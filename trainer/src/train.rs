@@ -310,8 +310,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        // No half-written file left behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn save_checkpoint(path: &Path, ck: &Checkpoint) -> Result<(), TrainError> {

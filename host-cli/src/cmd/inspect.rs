@@ -41,9 +41,26 @@ pub fn run(a: InspectArgs) -> Result<i32> {
         for (i, l) in net.layers.iter().enumerate() {
             let out = l.output_len(len);
             let kind = match l {
-                Layer::Dense(_) => "dense int8",
-                Layer::Relu => "relu",
-                _ => "other",
+                Layer::Dense(_) => "dense int8".to_owned(),
+                Layer::Relu => "relu".to_owned(),
+                // Kernel, stride, padding and the output map (the input is
+                // the previous layer's).
+                Layer::Conv2d(c) => format!(
+                    "conv{k}x{k}/s{}/p{} -> {}x{}x{}",
+                    c.stride,
+                    c.padding,
+                    c.out_channels,
+                    c.out_height(),
+                    c.out_width(),
+                    k = c.kernel
+                ),
+                Layer::Upsample2x(u) => format!(
+                    "upsample2x -> {}x{}x{}",
+                    u.channels,
+                    2 * u.height,
+                    2 * u.width
+                ),
+                other => other.kind_name().to_owned(),
             };
             layers.push(json!({
                 "network": net_name, "index": i, "kind": kind, "inputs": len, "outputs": out,
@@ -85,7 +102,7 @@ pub fn run(a: InspectArgs) -> Result<i32> {
         spec.meta.class_names.len()
     )?;
     outln!(
-        "{:<11} {:>3} {:<11} {:>7} {:>7} {:>9} {:>9}",
+        "{:<11} {:>3} {:<24} {:>7} {:>7} {:>9} {:>9}",
         "network",
         "#",
         "layer",
@@ -97,7 +114,7 @@ pub fn run(a: InspectArgs) -> Result<i32> {
     for l in &layers {
         let num = |k: &str| l[k].as_u64().unwrap_or(0);
         outln!(
-            "{:<11} {:>3} {:<11} {:>7} {:>7} {:>9} {:>9}",
+            "{:<11} {:>3} {:<24} {:>7} {:>7} {:>9} {:>9}",
             l["network"].as_str().unwrap_or(""),
             num("index"),
             l["kind"].as_str().unwrap_or(""),

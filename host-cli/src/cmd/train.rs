@@ -450,7 +450,9 @@ pub fn run(a: TrainArgs) -> Result<i32> {
     }
     check_out_dir(&a, &names)?;
     let full = load_dataset_dir(&a.data, Split::Train)?;
-    let (tr, val) = full.split_validation(a.validation, a.seed)?;
+    let (tr, val) = full
+        .split_validation(a.validation, a.seed)
+        .with_context(|| format!("--validation {}", a.validation))?;
     eprintln!(
         "data: {} training and {} validation images of {}x{} from {}",
         tr.len(),
@@ -638,7 +640,7 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         }
     }
     std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
+        .with_context(|| format!("--out {}: cannot create the folder", a.out.display()))?;
     if !a.resume || !split_path.exists() {
         super::write_file(
             &split_path,
