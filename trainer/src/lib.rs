@@ -12,6 +12,7 @@ pub mod attack;
 pub mod data;
 pub mod eval;
 pub mod export;
+pub mod gather;
 pub mod model;
 pub mod reference;
 pub mod safetensors_io;

@@ -9,6 +9,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::gather::{NetDevice, RowIndex};
+
 /// One float layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FloatLayer {
@@ -544,7 +546,7 @@ pub struct DeviceDense<E: Dtype, D: Device<E>> {
     pub b: Tensor<(usize,), E, D>,
 }
 
-/// A convolution on a dfdx device, computed as an im2col gather and one matmul
+/// A convolution on a dfdx device, computed as an im2col row gather and one matmul
 /// (dfdx 0.13 has no convolution on stable Rust).
 #[derive(Debug, Clone)]
 pub struct DeviceConv<E: Dtype, D: Device<E>> {
@@ -552,10 +554,8 @@ pub struct DeviceConv<E: Dtype, D: Device<E>> {
     pub p: DeviceDense<E, D>,
     /// The geometry.
     pub geometry: ConvGeometry,
-    /// `[in·k·k · P]` input features read, column-major over output positions.
-    idx: Tensor<(usize,), usize, D>,
-    /// 0 where the gather fell in the zero padding.
-    mask: Option<Tensor<(usize,), E, D>>,
+    /// The im2col rows: `[in·k·k · P]`, column `j` of output position `p` at `j·P + p`.
+    index: RowIndex<E, D>,
 }
 
 /// One layer on a dfdx device.
@@ -569,7 +569,7 @@ pub enum DeviceLayer<E: Dtype, D: Device<E>> {
     Conv(DeviceConv<E, D>),
     /// Nearest-neighbour ×2 upsampling: `(channels, height, width)` of the input
     /// and the gather.
-    Upsample((usize, usize, usize), Tensor<(usize,), usize, D>),
+    Upsample((usize, usize, usize), RowIndex<E, D>),
 }
 
 impl<E: Dtype, D: Device<E>> DeviceLayer<E, D> {
@@ -593,6 +593,11 @@ impl<E: Dtype, D: Device<E>> DeviceLayer<E, D> {
 }
 
 /// A network on a dfdx device.
+///
+/// Dense networks run row-major (`[batch, features]`). Networks with convolutions
+/// run feature-major inside (`[features, batch]`: every im2col element is then a
+/// whole row, and a conv's matmul output is already channel-major);
+/// [`DeviceNet::enter`] and [`DeviceNet::leave`] convert at the ends.
 #[derive(Debug, Clone)]
 pub struct DeviceNet<E: Dtype, D: Device<E>> {
     /// Global residual skip.
@@ -604,7 +609,7 @@ pub struct DeviceNet<E: Dtype, D: Device<E>> {
 /// A dfdx batch: `[batch, features]`.
 pub type Batch<E, D, T = NoneTape> = Tensor<(usize, usize), E, D, T>;
 
-impl<E: Dtype + num_traits::Float, D: Device<E>> DeviceNet<E, D> {
+impl<E: Dtype + num_traits::Float, D: NetDevice<E>> DeviceNet<E, D> {
     /// Uploads a float network.
     pub fn from_float(net: &FloatNet, dev: &D) -> Self {
         let conv = |v: &[f32]| {
@@ -632,7 +637,14 @@ impl<E: Dtype + num_traits::Float, D: Device<E>> DeviceNet<E, D> {
                     bias,
                 } => {
                     let (idx, mask) = geometry.im2col();
-                    let n = idx.len();
+                    let rows = match mask {
+                        Some(m) => idx
+                            .into_iter()
+                            .zip(m)
+                            .map(|(i, m)| (m != 0.0).then_some(i))
+                            .collect(),
+                        None => idx.into_iter().map(Some).collect(),
+                    };
                     DeviceLayer::Conv(DeviceConv {
                         p: DeviceDense {
                             w: dev.tensor_from_vec(
@@ -642,8 +654,7 @@ impl<E: Dtype + num_traits::Float, D: Device<E>> DeviceNet<E, D> {
                             b: dev.tensor_from_vec(conv(bias), (geometry.out_channels,)),
                         },
                         geometry: *geometry,
-                        idx: dev.tensor_from_vec(idx, (n,)),
-                        mask: mask.map(|m| dev.tensor_from_vec(conv(&m), (n,))),
+                        index: RowIndex::new(dev, rows),
                     })
                 }
                 FloatLayer::Upsample2x {
@@ -652,10 +663,9 @@ impl<E: Dtype + num_traits::Float, D: Device<E>> DeviceNet<E, D> {
                     width,
                 } => {
                     let idx = upsample2x_index(*channels, *height, *width);
-                    let n = idx.len();
                     DeviceLayer::Upsample(
                         (*channels, *height, *width),
-                        dev.tensor_from_vec(idx, (n,)),
+                        RowIndex::new(dev, idx.into_iter().map(Some).collect()),
                     )
                 }
             })
@@ -708,10 +718,33 @@ impl<E: Dtype + num_traits::Float, D: Device<E>> DeviceNet<E, D> {
             .any(|l| matches!(l, DeviceLayer::Conv(_) | DeviceLayer::Upsample(..)))
     }
 
-    /// One layer on a batch; `bias: false` gives the linear part only (what a
-    /// Jacobian–vector product applies). ReLU is the caller's business (it needs
-    /// the masks); here it is applied as `max(x, 0)`.
+    /// A row-major batch `[batch, features]` in the layout the layers run in
+    /// (feature-major for a network with convolutions).
+    pub fn enter<T>(&self, a: Batch<E, D, T>) -> Batch<E, D, T>
+    where
+        T: Tape<E, D> + Merge<NoneTape> + Merge<T>,
+    {
+        if self.is_spatial() {
+            a.permute::<_, Axes2<1, 0>>().contiguous()
+        } else {
+            a
+        }
+    }
+
+    /// Back to row-major `[batch, features]` (the inverse of [`DeviceNet::enter`]).
+    pub fn leave<T>(&self, a: Batch<E, D, T>) -> Batch<E, D, T>
+    where
+        T: Tape<E, D> + Merge<NoneTape> + Merge<T>,
+    {
+        self.enter(a)
+    }
+
+    /// One layer on a batch in the network's layout (see [`DeviceNet::enter`]);
+    /// `bias: false` gives the linear part only (what a Jacobian–vector product
+    /// applies). ReLU is applied as `max(x, 0)` (a caller that needs the masks
+    /// handles ReLU itself).
     pub fn apply_layer<T>(
+        &self,
         layer: &DeviceLayer<E, D>,
         a: Batch<E, D, T>,
         bias: bool,
@@ -719,30 +752,41 @@ impl<E: Dtype + num_traits::Float, D: Device<E>> DeviceNet<E, D> {
     where
         T: Tape<E, D> + Merge<NoneTape> + Merge<T>,
     {
+        if !self.is_spatial() {
+            return match layer {
+                DeviceLayer::Dense(d) => {
+                    let (batch, out) = (a.shape().0, d.w.shape().0);
+                    let y = a.matmul(d.w.clone().permute::<_, Axes2<1, 0>>());
+                    if bias {
+                        y + d.b.clone().broadcast_like::<_, Axis<0>>(&(batch, out))
+                    } else {
+                        y
+                    }
+                }
+                DeviceLayer::Relu => a.relu(),
+                // A network with these layers is spatial.
+                DeviceLayer::Conv(_) | DeviceLayer::Upsample(..) => a,
+            };
+        }
+        // Feature-major `[features, batch]`.
         match layer {
             DeviceLayer::Dense(d) => {
-                let (batch, out) = (a.shape().0, d.w.shape().0);
-                let y = a.matmul(d.w.clone().permute::<_, Axes2<1, 0>>());
+                let (batch, out) = (a.shape().1, d.w.shape().0);
+                let y = d.w.retaped::<T>().matmul(a);
                 if bias {
-                    y + d.b.clone().broadcast_like::<_, Axis<0>>(&(batch, out))
+                    y + d.b.clone().broadcast_like::<_, Axis<1>>(&(out, batch))
                 } else {
                     y
                 }
             }
             DeviceLayer::Relu => a.relu(),
             DeviceLayer::Conv(c) => {
-                // Feature-major [features, batch]: the gather copies whole rows and
-                // the product is one matmul [out, in·k·k] × [in·k·k, P·batch] whose
-                // result is already channel-major.
-                let batch = a.shape().0;
-                let z = c.idx.shape().0;
-                let cols: Batch<E, D, T> = a.permute::<_, Axes2<1, 0>>().gather(c.idx.clone());
-                let cols = match &c.mask {
-                    Some(m) => cols * m.clone().broadcast_like::<_, Axis<1>>(&(z, batch)),
-                    None => cols,
-                };
+                // im2col rows [in·k·k · P, batch] → [in·k·k, P·batch]; one matmul
+                // gives [out, P·batch], which is the channel-major output map.
+                let batch = a.shape().1;
+                let cols = D::gather_rows(a, &c.index);
                 let (out, fan_in) = *c.p.w.shape();
-                let positions = z / fan_in.max(1);
+                let positions = c.index.len() / fan_in.max(1);
                 let y =
                     c.p.w
                         .retaped::<T>()
@@ -757,12 +801,8 @@ impl<E: Dtype + num_traits::Float, D: Device<E>> DeviceNet<E, D> {
                     y
                 };
                 y.reshape_like(&(out * positions, batch))
-                    .permute::<_, Axes2<1, 0>>()
             }
-            DeviceLayer::Upsample(_, idx) => {
-                let up: Batch<E, D, T> = a.permute::<_, Axes2<1, 0>>().gather(idx.clone());
-                up.permute::<_, Axes2<1, 0>>()
-            }
+            DeviceLayer::Upsample(_, index) => D::gather_rows(a, index),
         }
     }
 
@@ -776,15 +816,11 @@ impl<E: Dtype + num_traits::Float, D: Device<E>> DeviceNet<E, D> {
         } else {
             None
         };
-        let mut a = x;
+        let mut a = self.enter(x);
         for l in &self.layers {
-            a = Self::apply_layer(l, a, true);
+            a = self.apply_layer(l, a, true);
         }
-        if self.is_spatial() {
-            // Row-major again (a permuted view otherwise), so every device's
-            // download gives the rows in order.
-            a = a.contiguous();
-        }
+        let a = self.leave(a);
         match skip {
             Some(s) => a + s,
             None => a,

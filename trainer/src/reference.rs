@@ -13,6 +13,7 @@ use dfdx::prelude::*;
 use num_traits::Float;
 use pursamere_core::PurifierConfig;
 
+use crate::gather::NetDevice;
 use crate::model::{Batch, DeviceLayer, DeviceNet, FloatNet};
 
 /// The float reference purifier for one denoiser and configuration.
@@ -33,7 +34,7 @@ fn cast<E: Float>(v: f32) -> E {
     E::from(v).unwrap_or_else(E::zero)
 }
 
-impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
+impl<E: Dtype + Float, D: NetDevice<E>> Reference<E, D> {
     /// A reference for `denoiser` (input length `d`) with configuration `cfg`.
     pub fn new(dev: &D, denoiser: &FloatNet, d: usize, cfg: PurifierConfig) -> Self {
         let m = cfg.noise_samples as usize;

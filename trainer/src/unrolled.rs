@@ -20,7 +20,8 @@ use dfdx::prelude::*;
 use num_traits::Float;
 use pursamere_core::{Norm, StepRule};
 
-use crate::model::{Batch, DeviceLayer, DeviceNet};
+use crate::gather::NetDevice;
+use crate::model::{Batch, DeviceLayer};
 use crate::reference::Reference;
 
 /// Everything the backward pass needs from a purification of a batch.
@@ -108,7 +109,7 @@ fn cast<E: Float>(v: f64) -> E {
     E::from(v).unwrap_or_else(E::zero)
 }
 
-impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
+impl<E: Dtype + Float, D: NetDevice<E>> Reference<E, D> {
     /// The rows `x_b + σ ε_m` for every example `b` and noise vector `m`.
     fn noisy_rows(&self, x: &[E]) -> (Batch<E, D>, usize) {
         let d = self.d;
@@ -146,7 +147,7 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
                     masks.push(Some(mask));
                 }
                 other => {
-                    a = DeviceNet::apply_layer(other, a, true);
+                    a = self.net.apply_layer(other, a, true);
                     masks.push(None);
                 }
             }
@@ -157,7 +158,8 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
     fn linearise(&self, x: &[E]) -> Linearisation<E, D> {
         let (a, _) = self.noisy_rows(x);
         let mut masks = Vec::new();
-        self.forward_masked(a, self.net.layers.iter(), &mut masks);
+        // Masks in the network's own layout (what `jvp` multiplies by).
+        self.forward_masked(self.net.enter(a), self.net.layers.iter(), &mut masks);
         Linearisation { masks }
     }
 
@@ -168,14 +170,15 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
         T: Tape<E, D> + Merge<NoneTape> + Merge<T>,
     {
         let skip = self.net.residual.then(|| t0.with_empty_tape());
-        let mut t = t0;
+        let mut t = self.net.enter(t0);
         for (l, mask) in self.net.layers.iter().zip(&lin.masks) {
             t = match (l, mask) {
                 (DeviceLayer::Relu, Some(m)) => t * m.clone(),
                 (DeviceLayer::Relu, None) => t,
-                (other, _) => DeviceNet::apply_layer(other, t, false),
+                (other, _) => self.net.apply_layer(other, t, false),
             };
         }
+        let t = self.net.leave(t);
         match skip {
             Some(s) => t + s,
             None => t,
@@ -303,7 +306,7 @@ impl<E: Dtype + Float, D: Device<E>> Reference<E, D> {
             t = match (l, mask) {
                 (DeviceLayer::Relu, Some(mk)) => t * mk.clone(),
                 (DeviceLayer::Relu, None) => t,
-                (other, _) => DeviceNet::apply_layer(other, t, false),
+                (other, _) => self.net.apply_layer(other, t, false),
             };
         }
         let ju = if self.net.residual {

@@ -8,6 +8,7 @@
 use dfdx::prelude::*;
 
 use super::loss::{kl_and_logit_grad, loss_and_logit_grad, AttackLoss};
+use crate::gather::NetDevice;
 use crate::model::{Batch, DeviceNet, FloatNet};
 
 /// What an oracle returns for a batch under one loss.
@@ -123,14 +124,19 @@ impl ClassifierOracle {
 }
 
 /// Logits of `net` for a batch.
-fn net_logits<D: Device<f32>>(dev: &D, net: &DeviceNet<f32, D>, d: usize, x: &[f32]) -> Vec<f32> {
+fn net_logits<D: NetDevice<f32>>(
+    dev: &D,
+    net: &DeviceNet<f32, D>,
+    d: usize,
+    x: &[f32],
+) -> Vec<f32> {
     let b = x.len() / d.max(1);
     net.forward(dev.tensor_from_vec(x.to_vec(), (b, d)))
         .as_vec()
 }
 
 /// Logits of `net` and the input gradient of `Σ ⟨weights(z), z⟩`.
-fn net_logits_vjp<D: Device<f32>>(
+fn net_logits_vjp<D: NetDevice<f32>>(
     dev: &D,
     net: &DeviceNet<f32, D>,
     d: usize,
@@ -169,7 +175,7 @@ impl GradientOracle for ClassifierOracle {
 
 /// A network being trained, on any dfdx device, as an oracle (borrowed: the
 /// adversarial examples of a training step attack the current weights).
-pub struct NetOracle<'a, D: Device<f32>> {
+pub struct NetOracle<'a, D: NetDevice<f32>> {
     /// The device.
     pub dev: &'a D,
     /// The network.
@@ -178,7 +184,7 @@ pub struct NetOracle<'a, D: Device<f32>> {
     pub d: usize,
 }
 
-impl<D: Device<f32>> GradientOracle for NetOracle<'_, D> {
+impl<D: NetDevice<f32>> GradientOracle for NetOracle<'_, D> {
     fn input_len(&self) -> usize {
         self.d
     }

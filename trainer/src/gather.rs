@@ -1,0 +1,150 @@
+//! The row gather that convolutions (im2col) and upsampling are built from, with a
+//! fast CPU kernel.
+//!
+//! Activations of spatial networks are kept feature-major (`[features, batch]`), so
+//! every gathered element is a whole row of `batch` values: on the CPU the forward
+//! pass is one `copy_from_slice` per row and the backward pass one add per row.
+//! dfdx's generic `gather` computes an n-dimensional index per element and was
+//! 80 % of a small CNN's training time; it remains the path for other devices.
+
+use std::sync::Arc;
+
+use dfdx::prelude::*;
+
+/// Which input row each output row copies (`None`: a zero row, the padding).
+#[derive(Debug, Clone)]
+pub struct RowIndex<E: Dtype, D: Device<E>> {
+    rows: Arc<Vec<Option<usize>>>,
+    /// The same for dfdx's `gather` (0 where `rows` is `None`) and the 0/1 mask.
+    idx: Tensor<(usize,), usize, D>,
+    mask: Option<Tensor<(usize,), E, D>>,
+}
+
+impl<E: Dtype + num_traits::Float, D: Device<E>> RowIndex<E, D> {
+    /// An index on `dev`.
+    pub fn new(dev: &D, rows: Vec<Option<usize>>) -> Self {
+        let n = rows.len();
+        let idx = dev.tensor_from_vec(rows.iter().map(|r| r.unwrap_or(0)).collect(), (n,));
+        let mask = rows.iter().any(Option::is_none).then(|| {
+            dev.tensor_from_vec(
+                rows.iter()
+                    .map(|r| if r.is_some() { E::one() } else { E::zero() })
+                    .collect(),
+                (n,),
+            )
+        });
+        RowIndex {
+            rows: Arc::new(rows),
+            idx,
+            mask,
+        }
+    }
+
+    /// Number of output rows.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether there are no output rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// A dfdx device the networks run on: one that can gather rows.
+pub trait NetDevice<E: Dtype>: Device<E> {
+    /// `y[r] = x[index[r]]` (a zero row where the index is `None`) for a
+    /// feature-major `x` (`[rows, batch]`), differentiable.
+    fn gather_rows<T>(
+        x: Tensor<(usize, usize), E, Self, T>,
+        index: &RowIndex<E, Self>,
+    ) -> Tensor<(usize, usize), E, Self, T>
+    where
+        T: Tape<E, Self> + Merge<NoneTape>;
+}
+
+/// dfdx's generic gather and a mask multiplication: correct on every device.
+fn gather_rows_generic<E, D, T>(
+    x: Tensor<(usize, usize), E, D, T>,
+    index: &RowIndex<E, D>,
+) -> Tensor<(usize, usize), E, D, T>
+where
+    E: Dtype,
+    D: Device<E>,
+    T: Tape<E, D> + Merge<NoneTape>,
+{
+    let b = x.shape().1;
+    let n = index.rows.len();
+    let y: Tensor<(usize, usize), E, D, T> = x.gather(index.idx.clone());
+    match &index.mask {
+        Some(m) => y * m.clone().broadcast_like::<_, Axis<1>>(&(n, b)),
+        None => y,
+    }
+}
+
+/// The CPU kernel, for the float types the trainer uses.
+macro_rules! cpu_gather_rows {
+    ($E:ty) => {
+        impl NetDevice<$E> for Cpu {
+            fn gather_rows<T>(
+                x: Tensor<(usize, usize), $E, Self, T>,
+                index: &RowIndex<$E, Self>,
+            ) -> Tensor<(usize, usize), $E, Self, T>
+            where
+                T: Tape<$E, Self> + Merge<NoneTape>,
+            {
+                let x = x.contiguous();
+                let (rows_in, b) = *x.shape();
+                if index.rows.iter().flatten().any(|&r| r >= rows_in) {
+                    // Not a valid index for this input: let dfdx report it.
+                    return gather_rows_generic(x, index);
+                }
+                let (inp, mut tape) = x.split_tape();
+                let src = inp.as_vec();
+                let mut out = vec![0.0 as $E; index.rows.len() * b];
+                for (row, r) in out.chunks_mut(b.max(1)).zip(index.rows.iter()) {
+                    if let Some(r) = *r {
+                        row.copy_from_slice(&src[r * b..(r + 1) * b]);
+                    }
+                }
+                let out: Tensor<(usize, usize), $E, Self> =
+                    inp.device().tensor_from_vec(out, (index.rows.len(), b));
+                let rows = index.rows.clone();
+                let out_id = out.clone();
+                tape.add_backward_op(move |grads| {
+                    grads.try_alloc_for(&out_id)?;
+                    let g = grads.get(&out_id).as_vec();
+                    let gin = grads.get_or_alloc_mut(&inp)?;
+                    for (grow, r) in g.chunks(b.max(1)).zip(rows.iter()) {
+                        if let Some(r) = *r {
+                            for (a, &v) in gin[r * b..(r + 1) * b].iter_mut().zip(grow) {
+                                *a += v;
+                            }
+                        }
+                    }
+                    Ok(())
+                });
+                out.put_tape(tape)
+            }
+        }
+    };
+}
+
+cpu_gather_rows!(f32);
+cpu_gather_rows!(f64);
+
+#[cfg(feature = "cuda")]
+impl<E: Dtype + num_traits::Float> NetDevice<E> for Cuda
+where
+    Cuda: Device<E>,
+{
+    fn gather_rows<T>(
+        x: Tensor<(usize, usize), E, Self, T>,
+        index: &RowIndex<E, Self>,
+    ) -> Tensor<(usize, usize), E, Self, T>
+    where
+        T: Tape<E, Self> + Merge<NoneTape>,
+    {
+        gather_rows_generic(x, index)
+    }
+}
