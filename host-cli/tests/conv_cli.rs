@@ -147,4 +147,40 @@ fn a_conv_model_trains_on_cifar_files_exports_and_runs_in_the_core() {
         right += usize::from(class == usize::from(rec[0]));
     }
     assert!(right >= 9, "{right} of 12 right");
+
+    // The purification ball in L2 (`--ball l2`) is stored and used.
+    let l2 = dir.path().join("l2");
+    let o = run(&[
+        "export",
+        "--run",
+        run_s,
+        "--out",
+        l2.to_str().unwrap(),
+        "--dataset",
+        "cifar10",
+        "--side",
+        "32",
+        "--ball",
+        "l2",
+        "--radius",
+        "1.5",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let bytes = std::fs::read(l2.join("model.psm")).unwrap();
+    let model = Model::parse(&bytes).unwrap();
+    let cfg = model.purifier_config();
+    assert_eq!((cfg.norm, cfg.radius), (pursamere_core::Norm::L2, 1.5));
+    let x: Vec<f32> = test[1..3073]
+        .iter()
+        .map(|&b| f32::from(b) / 255.0)
+        .collect();
+    let mut purified = vec![0.0; 3072];
+    model.purify(&x, &cfg, &mut purified, &mut scratch).unwrap();
+    let moved: f32 = x
+        .iter()
+        .zip(&purified)
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum::<f32>()
+        .sqrt();
+    assert!(moved <= 1.5 * 1.0001, "moved {moved}");
 }

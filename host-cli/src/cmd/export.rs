@@ -25,6 +25,15 @@ pub const DEFAULT_PURIFIER: PurifierConfig = PurifierConfig {
     seed: 0,
 };
 
+/// Norm of the purification ball on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BallArg {
+    /// `‖x − x0‖∞ ≤ δ`: every pixel within δ of the input.
+    Linf,
+    /// `‖x − x0‖₂ ≤ δ`.
+    L2,
+}
+
 /// Step rule on the command line.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum StepArg {
@@ -59,10 +68,15 @@ pub struct PurifierArgs {
     /// setting (shipped model and new exports: 0).
     #[arg(long)]
     pub rho: Option<f32>,
-    /// Purification radius δ (≥ 0), in the model's norm. Default: the model's own
-    /// setting (shipped model and new exports: 0.3, L∞).
+    /// Purification radius δ (≥ 0), in the ball's norm (--ball). Default: the
+    /// model's own setting (shipped model and new exports: 0.3).
     #[arg(long)]
     pub radius: Option<f32>,
+    /// Norm of the purification ball: `linf` (box) or `l2` (needs format version 2,
+    /// which an export with it writes). Default: the model's own setting (shipped
+    /// model and new exports: linf).
+    #[arg(long, value_enum)]
+    pub ball: Option<BallArg>,
     /// Step rule. Default: the model's own setting (shipped model and new exports:
     /// gradient).
     #[arg(long, value_enum)]
@@ -83,6 +97,7 @@ impl PurifierArgs {
             ("--eta", self.eta.is_some()),
             ("--rho", self.rho.is_some()),
             ("--radius", self.radius.is_some()),
+            ("--ball", self.ball.is_some()),
             ("--step", self.step.is_some()),
             ("--noise-seed", self.noise_seed.is_some()),
         ]
@@ -106,7 +121,11 @@ impl PurifierArgs {
                 None => base.step,
             },
             seed: self.noise_seed.unwrap_or(base.seed),
-            norm: base.norm,
+            norm: match self.ball {
+                Some(BallArg::Linf) => Norm::Linf,
+                Some(BallArg::L2) => Norm::L2,
+                None => base.norm,
+            },
         };
         cfg.validate().context("invalid purifier setting")?;
         Ok(cfg)
