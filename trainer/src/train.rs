@@ -290,7 +290,11 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint, TrainError> {
     })?;
     let ck: Checkpoint = postcard::from_bytes(&bytes).map_err(|e| TrainError::BadCheckpoint {
         path: path.to_owned(),
-        why: e.to_string(),
+        why: format!(
+            "{} bytes that do not decode as a checkpoint written by `pursamere train`: \
+             the file is truncated, corrupt or of another kind ({e})",
+            bytes.len()
+        ),
     })?;
     if ck.version != CHECKPOINT_VERSION {
         return Err(TrainError::BadCheckpoint {
