@@ -28,8 +28,8 @@ case $STAGE in
     wait ;;
   test)
     $P eval --protocol docs/eval/mnist-atcnn-linf03.toml --data "$DATA" \
-      --model runs/atcnn-d01/model.psm --out runs/eval-atcnn-linf03 --summary docs/eval/summary.json --classifier adversarial-cnn
+      --model runs/atcnn-d005/model.psm --out runs/eval-atcnn-linf03 --summary docs/eval/summary.json --classifier adversarial-cnn
     $P eval --protocol docs/eval/mnist-atcnn-l2.toml --data "$DATA" \
-      --model runs/atcnn-d01/model.psm --out runs/eval-atcnn-l2 --summary docs/eval/summary.json --classifier adversarial-cnn ;;
+      --model runs/atcnn-d005/model.psm --out runs/eval-atcnn-l2 --summary docs/eval/summary.json --classifier adversarial-cnn ;;
   *) echo "usage: $0 tune|test [DATA_DIR]" >&2; exit 2 ;;
 esac
