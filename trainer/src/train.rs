@@ -361,8 +361,34 @@ fn one_hot(data: &Dataset, idx: &[usize], classes: usize) -> Vec<f32> {
     v
 }
 
-/// Loss of one batch (with the tape on the input so parameter gradients exist).
-/// `adv` is the current ε and PGD seed of adversarial training.
+/// Clean and adversarial accuracy of one adversarial-training batch (for the
+/// progress display).
+#[derive(Debug, Clone, Copy, Default)]
+struct AdversarialBatch {
+    clean_correct: usize,
+    adversarial_correct: usize,
+    images: usize,
+}
+
+/// How many rows of `logits` (`[b, classes]`) put their largest value on the label.
+fn correct(logits: &[f32], labels: &[usize], classes: usize) -> usize {
+    logits
+        .chunks(classes.max(1))
+        .zip(labels)
+        .filter(|(z, &y)| {
+            let best =
+                z.iter().enumerate().fold(
+                    (0, f32::NEG_INFINITY),
+                    |a, (i, &v)| if v > a.1 { (i, v) } else { a },
+                );
+            best.0 == y
+        })
+        .count()
+}
+
+/// Loss of one batch (with the tape on the input so parameter gradients exist), and
+/// for adversarial training the batch's clean and adversarial accuracy. `adv` is
+/// the current ε and PGD seed of adversarial training.
 fn batch_loss(
     dev: &Dev,
     net: &DeviceNet<f32, Dev>,
@@ -371,7 +397,10 @@ fn batch_loss(
     idx: &[usize],
     rng: &mut ChaCha8Rng,
     adv: (f32, u64),
-) -> Tensor<Rank0, f32, Dev, OwnedTape<f32, Dev>> {
+) -> (
+    Tensor<Rank0, f32, Dev, OwnedTape<f32, Dev>>,
+    Option<AdversarialBatch>,
+) {
     let b = idx.len();
     let d = data.image_len();
     let x = batch_pixels(data, idx);
@@ -388,13 +417,16 @@ fn batch_loss(
             let y: Batch<f32, Dev> = dev.tensor_from_vec(y, (b, d));
             let x: Batch<f32, Dev> = dev.tensor_from_vec(x, (b, d));
             let out = net.forward(y.leaky_traced());
-            (out - x).square().sum::<Rank0, _>() / b as f32
+            ((out - x).square().sum::<Rank0, _>() / b as f32, None)
         }
         Objective::Classifier { classes } => {
             let t: Batch<f32, Dev> =
                 dev.tensor_from_vec(one_hot(data, idx, *classes), (b, *classes));
             let x: Batch<f32, Dev> = dev.tensor_from_vec(x, (b, d));
-            cross_entropy_with_logits_loss(net.forward(x.leaky_traced()), t)
+            (
+                cross_entropy_with_logits_loss(net.forward(x.leaky_traced()), t),
+                None,
+            )
         }
         Objective::RobustClassifier {
             classes,
@@ -409,20 +441,29 @@ fn batch_loss(
             let oracle = crate::attack::NetOracle { dev, net, d };
             let (eps, seed) = adv;
             let cfg = adversarial.pgd_config(eps, seed);
-            match adversarial.method {
+            let mut stats = AdversarialBatch {
+                images: b,
+                ..Default::default()
+            };
+            let loss = match adversarial.method {
                 AdversarialMethod::Pgd => {
+                    // One forward pass without the tape for the clean accuracy.
+                    stats.clean_correct = correct(&oracle.logits(&x), &labels, *classes);
                     let xa = if eps > 0.0 {
                         crate::attack::pgd(&oracle, &x, &labels, &cfg)
                     } else {
                         x
                     };
                     let xa: Batch<f32, Dev> = dev.tensor_from_vec(xa, (b, d));
-                    cross_entropy_with_logits_loss(net.forward(xa.leaky_traced()), t)
+                    let la = net.forward(xa.leaky_traced());
+                    stats.adversarial_correct = correct(&la.as_vec(), &labels, *classes);
+                    cross_entropy_with_logits_loss(la, t)
                 }
                 AdversarialMethod::Trades { beta } => {
                     // The clean prediction is the reference of the KL attack.
-                    let soft: Vec<f32> = oracle
-                        .logits(&x)
+                    let clean = oracle.logits(&x);
+                    stats.clean_correct = correct(&clean, &labels, *classes);
+                    let soft: Vec<f32> = clean
                         .chunks(*classes)
                         .flat_map(|z| {
                             let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -440,6 +481,7 @@ fn batch_loss(
                     let xa: Batch<f32, Dev> = dev.tensor_from_vec(xa, (b, d));
                     let lc = net.forward(xc.leaky_traced());
                     let la = net.forward(xa.leaky_traced());
+                    stats.adversarial_correct = correct(&la.as_vec(), &labels, *classes);
                     // KL(p_c ‖ p_a) with gradients through both, as in TRADES.
                     let pc = lc.with_empty_tape().softmax::<Axis<1>>();
                     let log_pc = lc.with_empty_tape().log_softmax::<Axis<1>>();
@@ -447,7 +489,8 @@ fn batch_loss(
                     let kl = (pc * (log_pc - log_pa)).sum::<Rank0, _>() / b as f32;
                     cross_entropy_with_logits_loss(lc, t) + kl * beta
                 }
-            }
+            };
+            (loss, Some(stats))
         }
     }
 }
@@ -582,6 +625,7 @@ pub fn train(
         let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed(cfg.seed, epoch, 2));
         let bar = progress_bar(opts.progress, steps_per_epoch, epoch, cfg.epochs);
         let mut loss_sum = 0.0f64;
+        let mut epoch_adv = AdversarialBatch::default();
         for (step, idx) in order.chunks(cfg.batch_size).enumerate() {
             let global = epoch * steps_per_epoch + step;
             let progress = global as f32 / total_steps as f32;
@@ -597,7 +641,23 @@ pub fn train(
                 ),
                 _ => (0.0, 0),
             };
-            let loss = batch_loss(&dev, &net, &ck.objective, train_set, idx, &mut rng, adv);
+            let (loss, adv_stats) =
+                batch_loss(&dev, &net, &ck.objective, train_set, idx, &mut rng, adv);
+            if let Some(a) = adv_stats {
+                epoch_adv.clean_correct += a.clean_correct;
+                epoch_adv.adversarial_correct += a.adversarial_correct;
+                epoch_adv.images += a.images;
+            }
+            // Running clean / adversarial accuracy of this epoch's training batches.
+            let acc = (epoch_adv.images > 0).then(|| {
+                let n = epoch_adv.images as f64;
+                format!(
+                    "  clean acc {:.1} %  adv acc {:.1} %",
+                    100.0 * epoch_adv.clean_correct as f64 / n,
+                    100.0 * epoch_adv.adversarial_correct as f64 / n
+                )
+            });
+            let acc = acc.unwrap_or_default();
             let lv = loss.array();
             loss_sum += f64::from(lv);
             let grads = loss.backward();
@@ -607,13 +667,13 @@ pub fn train(
                 b.inc(1);
                 let ips = || ((step + 1) * cfg.batch_size) as f64 / start.elapsed().as_secs_f64();
                 if step % 20 == 0 {
-                    b.set_message(format!("loss {lv:.4}  {:.0} img/s", ips()));
+                    b.set_message(format!("loss {lv:.4}{acc}  {:.0} img/s", ips()));
                 }
                 // A log file gets no bar: a line every tenth of an epoch instead.
                 let tenth = steps_per_epoch.div_ceil(10).max(1);
                 if !std::io::stderr().is_terminal() && (step + 1) % tenth == 0 {
                     eprintln!(
-                        "epoch {}/{}  step {}/{steps_per_epoch}  loss {lv:.4}  {:.0} img/s",
+                        "epoch {}/{}  step {}/{steps_per_epoch}  loss {lv:.4}{acc}  {:.0} img/s",
                         epoch + 1,
                         cfg.epochs,
                         step + 1,
@@ -647,8 +707,18 @@ pub fn train(
                 ),
                 _ => String::new(),
             };
+            let train_acc = if epoch_adv.images > 0 {
+                let n = epoch_adv.images as f64;
+                format!(
+                    " (batches: clean acc {:.2} %, adv acc {:.2} %)",
+                    100.0 * epoch_adv.clean_correct as f64 / n,
+                    100.0 * epoch_adv.adversarial_correct as f64 / n
+                )
+            } else {
+                String::new()
+            };
             eprintln!(
-                "epoch {:>3}/{}  train loss {:.4}  val loss {:.4}{}{adv}  {:.0} img/s",
+                "epoch {:>3}/{}  train loss {:.4}{train_acc}  val loss {:.4}{}{adv}  {:.0} img/s",
                 epoch + 1,
                 cfg.epochs,
                 stats.train_loss,
