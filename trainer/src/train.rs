@@ -361,6 +361,9 @@ fn one_hot(data: &Dataset, idx: &[usize], classes: usize) -> Vec<f32> {
     v
 }
 
+/// A batch loss with its tape.
+type TapedLoss = Tensor<Rank0, f32, Dev, OwnedTape<f32, Dev>>;
+
 /// Clean and adversarial accuracy of one adversarial-training batch (for the
 /// progress display).
 #[derive(Debug, Clone, Copy, Default)]
@@ -397,10 +400,7 @@ fn batch_loss(
     idx: &[usize],
     rng: &mut ChaCha8Rng,
     adv: (f32, u64),
-) -> (
-    Tensor<Rank0, f32, Dev, OwnedTape<f32, Dev>>,
-    Option<AdversarialBatch>,
-) {
+) -> (TapedLoss, Option<AdversarialBatch>) {
     let b = idx.len();
     let d = data.image_len();
     let x = batch_pixels(data, idx);
