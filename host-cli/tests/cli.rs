@@ -259,6 +259,11 @@ fn demo_runs_on_the_shipped_model_without_data() {
         "{t}"
     );
     assert!(t.contains("not a white-box attack"), "{t}");
+    // What it defends against, from the measured summary of this very model.
+    assert!(
+        t.contains("white-box worst case of this system") && t.contains("L-inf 0.3 "),
+        "{t}"
+    );
     let bytes = std::fs::read(&png).unwrap();
     assert_eq!(&bytes[1..4], b"PNG");
     let o = run(&["demo", "--count", "0"]);

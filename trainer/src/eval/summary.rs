@@ -73,3 +73,66 @@ pub fn upsert(
     crate::train::write_atomic(path, text.as_bytes()).map_err(io)?;
     Ok(added)
 }
+
+/// One measured row of a summary file, as a report line needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeasuredRow {
+    /// Defence (`none`, `ere`, …).
+    pub defence: String,
+    /// `linf` or `l2`.
+    pub norm: String,
+    /// Budget ε.
+    pub eps: f64,
+    /// Worst-case accuracy (fraction).
+    pub worst_case: f64,
+    /// Images.
+    pub n: u64,
+}
+
+/// The rows of a summary file (its JSON text) measured on the model with SHA-256
+/// `model_sha256` with a defence in front (not `none`), L∞ before L2, by ε.
+pub fn defended_rows(summary: &str, model_sha256: &str) -> Vec<MeasuredRow> {
+    let rows = serde_json::from_str::<Value>(summary)
+        .ok()
+        .and_then(|v| v.get("rows").and_then(Value::as_array).cloned())
+        .unwrap_or_default();
+    let mut out: Vec<MeasuredRow> = rows
+        .iter()
+        .filter(|r| r["model_sha256"].as_str() == Some(model_sha256))
+        .filter(|r| r["defence"].as_str().is_some_and(|d| d != "none"))
+        .filter_map(|r| {
+            Some(MeasuredRow {
+                defence: r["defence"].as_str()?.to_owned(),
+                norm: r["norm"].as_str()?.to_owned(),
+                eps: r["eps"].as_f64()?,
+                worst_case: r["worst_case"].as_f64()?,
+                n: r["n"].as_u64()?,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (a.norm != "linf", a.eps)
+            .partial_cmp(&(b.norm != "linf", b.eps))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defended_rows_pick_the_model_and_skip_undefended_rows() {
+        let text = r#"{"rows": [
+            {"model_sha256": "a", "defence": "ere", "norm": "l2", "eps": 2.0, "worst_case": 0.3, "n": 10},
+            {"model_sha256": "a", "defence": "none", "norm": "linf", "eps": 0.3, "worst_case": 0.0, "n": 10},
+            {"model_sha256": "a", "defence": "ere", "norm": "linf", "eps": 0.3, "worst_case": 0.01, "n": 10},
+            {"model_sha256": "b", "defence": "ere", "norm": "linf", "eps": 0.1, "worst_case": 0.7, "n": 10}
+        ]}"#;
+        let rows = defended_rows(text, "a");
+        let keys: Vec<(&str, f64)> = rows.iter().map(|r| (r.norm.as_str(), r.eps)).collect();
+        assert_eq!(keys, [("linf", 0.3), ("l2", 2.0)]);
+        assert!(defended_rows("not json", "a").is_empty());
+    }
+}
