@@ -1,6 +1,7 @@
 //! The on-target check: builds `tests/firmware` for the Cortex-M4F once per model —
-//! the shipped dense model `fixtures/mnist.psm` and the convolutional
-//! `fixtures/tiny-conv.psm` (strided convs, ×2 upsampling, residual) — runs each
+//! the shipped dense model `fixtures/mnist.psm`, the trained convolutional pair
+//! `fixtures/mnist-conv.psm` and the random-weight `fixtures/tiny-conv.psm` (strided
+//! convs, ×2 upsampling, residual) — runs each
 //! under QEMU (mps2-an386), and asserts for each that every purified image's digest
 //! and label equal those of the core on the host (bit-identical), that the firmware
 //! fits the memory budget, that its footprint has not grown more than 5 % over its
@@ -278,6 +279,13 @@ fn check(model_path: &str) {
 #[test]
 fn shipped_model_under_qemu_is_bit_identical_with_host_and_within_budget() {
     check("fixtures/mnist.psm");
+}
+
+#[test]
+fn trained_conv_model_under_qemu_is_bit_identical_with_host_and_within_budget() {
+    // Trained conv denoiser and conv classifier sized for the 64 KiB board
+    // (fixtures/README.md says how they were trained).
+    check("fixtures/mnist-conv.psm");
 }
 
 #[test]
