@@ -17,11 +17,13 @@ export_one() { # name radius iters noise_samples
 export_one d005 0.05 10 4
 export_one d01 0.1 10 4
 export_one d01-k5m2 0.1 5 2
+[ -f runs/atcnn-l2b1/model.psm ] || $P export --run runs/cnn-at --denoiser fixtures/mnist.psm \
+  --ball l2 --radius 1.0 --out runs/atcnn-l2b1
 case $STAGE in
   tune)
     $P eval --protocol docs/eval/mnist-atcnn-tune-none.toml --data "$DATA" \
       --model runs/atcnn-d01/model.psm --out runs/eval-atcnn-tune-none &
-    for m in d005 d01 d01-k5m2; do
+    for m in d005 d01 d01-k5m2 l2b1; do
       $P eval --protocol docs/eval/mnist-atcnn-tune.toml --data "$DATA" \
         --model runs/atcnn-$m/model.psm --out runs/eval-atcnn-tune-$m &
     done
