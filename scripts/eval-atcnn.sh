@@ -32,6 +32,12 @@ case $STAGE in
     $P eval --protocol docs/eval/mnist-atcnn-linf03.toml --data "$DATA" \
       --model runs/atcnn-d005/model.psm --out runs/eval-atcnn-linf03 --summary docs/eval/summary.json --classifier adversarial-cnn
     $P eval --protocol docs/eval/mnist-atcnn-l2.toml --data "$DATA" \
-      --model runs/atcnn-d005/model.psm --out runs/eval-atcnn-l2 --summary docs/eval/summary.json --classifier adversarial-cnn ;;
+      --model runs/atcnn-d005/model.psm --out runs/eval-atcnn-l2 --summary docs/eval/summary.json --classifier adversarial-cnn
+    # The L2 purification ball (the purified setting the hold-out ranked first).
+    for row in linf03 l2; do
+      $P eval --protocol docs/eval/mnist-atcnn-l2ball-$row.toml --data "$DATA" \
+        --model runs/atcnn-l2b1/model.psm --out runs/eval-atcnn-l2ball-$row \
+        --summary docs/eval/summary.json --classifier adversarial-cnn
+    done ;;
   *) echo "usage: $0 tune|test [DATA_DIR]" >&2; exit 2 ;;
 esac
