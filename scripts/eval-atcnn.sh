@@ -27,7 +27,10 @@ case $STAGE in
       $P eval --protocol docs/eval/mnist-atcnn-tune.toml --data "$DATA" \
         --model runs/atcnn-$m/model.psm --out runs/eval-atcnn-tune-$m &
     done
-    wait ;;
+    wait
+    # SAM (ρ > 0) on the best purified setting.
+    $P eval --protocol docs/eval/mnist-atcnn-tune-sam.toml --data "$DATA" \
+      --model runs/atcnn-l2b1/model.psm --out runs/eval-atcnn-tune-sam ;;
   test)
     $P eval --protocol docs/eval/mnist-atcnn-linf03.toml --data "$DATA" \
       --model runs/atcnn-d005/model.psm --out runs/eval-atcnn-linf03 --summary docs/eval/summary.json --classifier adversarial-cnn
