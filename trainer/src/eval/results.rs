@@ -253,6 +253,21 @@ impl ResultsDir {
                 }
             }
         }
+        // Cut a half-written last line (a killed run; `read_jsonl` skipped it) so
+        // appended records start cleanly and the file stays readable on every
+        // later resume.
+        for p in [&results, &checks] {
+            if let Ok(t) = std::fs::read(p) {
+                if !t.is_empty() && !t.ends_with(b"\n") {
+                    let keep = t.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(p)
+                        .and_then(|f| f.set_len(keep as u64))
+                        .map_err(io_err(p))?;
+                }
+            }
+        }
         let open = |p: &Path| {
             std::fs::OpenOptions::new()
                 .create(true)
@@ -260,16 +275,8 @@ impl ResultsDir {
                 .open(p)
                 .map_err(io_err(p))
         };
-        let mut sink = open(&results)?;
-        let mut check_sink = open(&checks)?;
-        // Terminate a half-written last line so appended records start cleanly.
-        for (p, f) in [(&results, &mut sink), (&checks, &mut check_sink)] {
-            if let Ok(t) = std::fs::read(p) {
-                if !t.is_empty() && !t.ends_with(b"\n") {
-                    f.write_all(b"\n").map_err(io_err(p))?;
-                }
-            }
-        }
+        let sink = open(&results)?;
+        let check_sink = open(&checks)?;
         Ok(ResultsDir {
             dir: dir.to_path_buf(),
             fingerprint: fp,
@@ -318,5 +325,49 @@ impl ResultsDir {
             self.checks.push(r);
         }
         self.check_sink.flush().map_err(io_err(&path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(fp: &str, index: usize) -> Record {
+        Record {
+            fingerprint: fp.to_owned(),
+            index,
+            defence: "none".into(),
+            norm: "linf".into(),
+            eps: 0.3,
+            clean_correct: true,
+            correct: BTreeMap::new(),
+            grad_norm: None,
+            seconds: BTreeMap::new(),
+        }
+    }
+
+    /// A run killed in the middle of writing a line resumes, and so does every
+    /// later run: the half line is cut, not kept in the middle of the file.
+    #[test]
+    fn a_half_written_line_is_cut_and_every_later_resume_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = serde_json::json!({"x": 1});
+        let mut r = ResultsDir::open(dir.path(), &settings, false).unwrap();
+        let fp = r.fingerprint().to_owned();
+        r.append(vec![record(&fp, 0), record(&fp, 1)]).unwrap();
+        drop(r);
+        let path = dir.path().join("results.jsonl");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"fingerprint\":\"");
+        std::fs::write(&path, text).unwrap();
+        let mut r = ResultsDir::open(dir.path(), &settings, false).unwrap();
+        assert_eq!(r.records.len(), 2);
+        r.append(vec![record(&fp, 2)]).unwrap();
+        drop(r);
+        let r = ResultsDir::open(dir.path(), &settings, false).unwrap();
+        assert_eq!(
+            r.records.iter().map(|x| x.index).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
     }
 }
