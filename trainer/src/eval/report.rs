@@ -255,7 +255,7 @@ pub fn write(
                 {
                     let w = last["worst_case"].as_f64().unwrap_or(1.0);
                     if w > 0.01 {
-                        flags.push(format!("FLAG undefended classifier keeps {:.1} % at the largest {nn} ε (should be ≤ 1 %)", 100.0 * w));
+                        flags.push(format!("FLAG undefended classifier keeps {:.1} % at the largest {nn} ε (should be ≤ 1 % for a standard classifier — if this one is adversarially trained, the flag is expected; otherwise suspect the attack)", 100.0 * w));
                     }
                 }
             }
