@@ -105,16 +105,13 @@ impl ConvGeometry {
     }
 
     /// The im2col gather of this convolution: for column `j = (ci, ky, kx)` and
-    /// output position `p = (oy, ox)`, entry `j·P + p` is the input feature it reads
-    /// (0 where it falls in the padding), and the mask is 0 there (1 elsewhere);
-    /// the mask is `None` when no position is padded.
-    pub fn im2col(&self) -> (Vec<usize>, Option<Vec<f32>>) {
+    /// output position `p = (oy, ox)`, entry `j·P + p` is the input feature it reads,
+    /// `None` where it falls in the zero padding.
+    pub fn im2col(&self) -> Vec<Option<usize>> {
         let (oh, ow) = (self.out_height(), self.out_width());
         let (h, w, k, s) = (self.height, self.width, self.kernel, self.stride);
         let p = oh * ow;
-        let mut idx = vec![0usize; self.fan_in() * p];
-        let mut mask = vec![1f32; idx.len()];
-        let mut padded = false;
+        let mut idx = vec![None; self.fan_in() * p];
         for ci in 0..self.in_channels {
             for ky in 0..k {
                 for kx in 0..k {
@@ -128,17 +125,15 @@ impl ConvGeometry {
                                 && iy - self.padding < h
                                 && ix - self.padding < w;
                             if inside {
-                                idx[at] = (ci * h + iy - self.padding) * w + ix - self.padding;
-                            } else {
-                                mask[at] = 0.0;
-                                padded = true;
+                                idx[at] =
+                                    Some((ci * h + iy - self.padding) * w + ix - self.padding);
                             }
                         }
                     }
                 }
             }
         }
-        (idx, padded.then_some(mask))
+        idx
     }
 }
 
@@ -636,15 +631,7 @@ impl<E: Dtype + num_traits::Float, D: NetDevice<E>> DeviceNet<E, D> {
                     weights,
                     bias,
                 } => {
-                    let (idx, mask) = geometry.im2col();
-                    let rows = match mask {
-                        Some(m) => idx
-                            .into_iter()
-                            .zip(m)
-                            .map(|(i, m)| (m != 0.0).then_some(i))
-                            .collect(),
-                        None => idx.into_iter().map(Some).collect(),
-                    };
+                    let rows = geometry.im2col();
                     DeviceLayer::Conv(DeviceConv {
                         p: DeviceDense {
                             w: dev.tensor_from_vec(

@@ -159,15 +159,11 @@ pub fn run(a: EvalArgs) -> Result<i32> {
     let out = super::OutDir::prepare(
         &a.out,
         "--out",
-        &[
-            "settings.json",
-            "results.jsonl",
-            "checks.jsonl",
-            "report.md",
-            "report.json",
-            "report.png",
-        ]
-        .map(String::from),
+        &pursamere_trainer::eval::results::OWNED_FILES
+            .iter()
+            .filter(|f| !f.ends_with(".tmp"))
+            .map(|f| f.to_string())
+            .collect::<Vec<_>>(),
         true,
     )?;
     let report = eval::run(&bytes, &data, &p, &opts, &progress)?;

@@ -88,20 +88,6 @@ pub const FASHION_MNIST_CLASSES: [&str; 10] = [
     "Ankle boot",
 ];
 
-/// CIFAR-10's class names, in label order (`batches.meta.txt` of the data set).
-const CIFAR10_CLASSES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
-
 /// Class names stored for a data set by `export`: Fashion-MNIST's or CIFAR-10's
 /// names for such a model, the label numbers otherwise.
 pub fn class_names_for(dataset: &str, classes: usize) -> Vec<String> {
@@ -110,8 +96,13 @@ pub fn class_names_for(dataset: &str, classes: usize) -> Vec<String> {
             .iter()
             .map(|s| s.to_string())
             .collect()
-    } else if dataset.to_ascii_lowercase().contains("cifar") && classes == CIFAR10_CLASSES.len() {
-        CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect()
+    } else if dataset.to_ascii_lowercase().contains("cifar")
+        && classes == pursamere_trainer::data::CIFAR10_CLASSES.len()
+    {
+        pursamere_trainer::data::CIFAR10_CLASSES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     } else {
         (0..classes).map(|c| c.to_string()).collect()
     }
