@@ -1244,6 +1244,29 @@ fn train_never_overwrites_or_misresumes_a_run_and_export_writes_both_files_or_no
     assert!(o.status.success(), "{}", text(&o));
     assert_ne!(std::fs::read(&ckpt).unwrap(), before, "--force retrained");
 
+    // Every run holds out the same images whatever its --seed: a run of seed 5
+    // resumes; one from before the hold-out was fixed (no `holdout_seed` in its
+    // side file: it drew the hold-out with its --seed) is refused, because
+    // resuming would train on images it held out.
+    let side = run_dir.join("train-data.json");
+    let now: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&side).unwrap()).unwrap();
+    assert_eq!(now["holdout_seed"], 0, "{now}");
+    let o = train(&["--resume", "--seed", "5"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut old = now.clone();
+    old.as_object_mut().unwrap().remove("holdout_seed");
+    std::fs::write(&side, old.to_string()).unwrap();
+    let after = std::fs::read(&ckpt).unwrap();
+    let o = train(&["--resume", "--seed", "5"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("hold-out was drawn with seed 5") && text(&o).contains("--force"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read(&ckpt).unwrap(), after, "checkpoint untouched");
+
     // export: when the second file cannot be written, neither is left behind (no
     // .psm, no temporary). A directory in the way of the .safetensors temporary
     // makes that write fail.

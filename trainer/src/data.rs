@@ -192,6 +192,12 @@ pub enum DataError {
     },
 }
 
+/// Seed of the TRAIN hold-out: every `pursamere train` run holds out the same
+/// images (the first `--validation` of this seeded shuffle, whatever the run's
+/// `--seed`), so a denoiser and a classifier trained in separate runs share one
+/// hold-out, and the evaluation's `split = "validation"` is held out of both.
+pub const HOLDOUT_SEED: u64 = 0;
+
 /// Images with labels, as bytes (0..=255): each image channel-major (all of channel
 /// 0, then channel 1, …), each channel plane row-major — the core's input layout.
 /// Grey data sets (IDX, PNG directories) have one channel; CIFAR-10 has three (R, G,
@@ -265,7 +271,8 @@ impl Dataset {
         idx
     }
 
-    /// Splits off `validation` examples chosen by a seeded shuffle: returns
+    /// Splits off `validation` examples chosen by a seeded shuffle (`pursamere
+    /// train` and the evaluation's `split = "validation"` use [`HOLDOUT_SEED`]): returns
     /// `(train, validation)`. Hyper-parameters are tuned on the validation part of
     /// the TRAIN set, never on the test set.
     pub fn split_validation(

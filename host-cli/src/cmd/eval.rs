@@ -120,7 +120,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
             );
         }
     }
-    let data = eval::load_split(&a.data, &p.split).with_context(|| {
+    let data = eval::load_split(&a.data, &p).with_context(|| {
         format!(
             "cannot load the {} images from {}",
             p.split,

@@ -127,7 +127,7 @@ pub fn run(a: FixturesArgs) -> Result<i32> {
 
     // Tuning data: the TRAIN hold-out (same split and seed as `pursamere train`).
     let full = load_mnist_dir(&a.data, Split::Train)?;
-    let (_, val) = full.split_validation(5000, 0)?;
+    let (_, val) = full.split_validation(5000, pursamere_trainer::data::HOLDOUT_SEED)?;
     let n = a.tune_images.min(val.len());
     let x: Vec<f32> = (0..n)
         .flat_map(|i| val.image_f32(i).unwrap_or_default())

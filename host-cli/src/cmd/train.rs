@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use pursamere_trainer::arch::{build_arch, parse_arch, ArchOutput};
 use pursamere_trainer::attack::AttackNorm;
 use pursamere_trainer::core::InputShape;
-use pursamere_trainer::data::{load_dataset_dir, Split};
+use pursamere_trainer::data::{load_dataset_dir, Split, HOLDOUT_SEED};
 use pursamere_trainer::model::{FloatLayer, FloatNet};
 use pursamere_trainer::train::{
     fresh_checkpoint, load_checkpoint, train, AdversarialMethod, AdversarialTraining, Checkpoint,
@@ -92,10 +92,13 @@ pub struct TrainArgs {
     /// Peak learning rate (Adam, cosine decay to 5 % of it).
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f32,
-    /// Seed of initialisation, shuffling and noise.
+    /// Seed of initialisation, shuffling and noise (not of the hold-out: see --validation).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Training examples held out for validation (from the TRAIN set).
+    /// Training examples held out for validation (from the TRAIN set): the same
+    /// images for every run, whatever --seed, so separately trained denoisers and
+    /// classifiers share one hold-out and `eval`'s split = "validation" (5,000) is
+    /// held out of both.
     #[arg(long, default_value_t = 5000)]
     pub validation: usize,
     /// Continue from the checkpoints in --out instead of starting afresh (the flags
@@ -153,6 +156,10 @@ struct RunData {
     validation: usize,
     /// Images in the data set's TRAIN file (before the validation split).
     train_file_images: usize,
+    /// Seed of the hold-out draw. Absent in runs started before the hold-out was
+    /// fixed: those drew it with the run's `--seed`.
+    #[serde(default)]
+    holdout_seed: Option<u64>,
 }
 
 /// Joins numbers with commas, as the list flags take them.
@@ -451,7 +458,7 @@ pub fn run(a: TrainArgs) -> Result<i32> {
     check_out_dir(&a, &names)?;
     let full = load_dataset_dir(&a.data, Split::Train)?;
     let (tr, val) = full
-        .split_validation(a.validation, a.seed)
+        .split_validation(a.validation, HOLDOUT_SEED)
         .with_context(|| format!("--validation {}", a.validation))?;
     eprintln!(
         "data: {} training and {} validation images of {}x{} from {}",
@@ -557,6 +564,7 @@ pub fn run(a: TrainArgs) -> Result<i32> {
     let split = RunData {
         validation: a.validation,
         train_file_images: full.len(),
+        holdout_seed: Some(HOLDOUT_SEED),
     };
     let split_path = a.out.join(RUN_DATA_FILE);
     if a.resume {
@@ -568,6 +576,16 @@ pub fn run(a: TrainArgs) -> Result<i32> {
                 diff.push(format!(
                     "--validation {} (the run has {})",
                     split.validation, then.validation
+                ));
+            }
+            // The hold-out used to be drawn with the run's --seed; resuming such a
+            // run now would silently train on part of its old hold-out.
+            let then_seed = then.holdout_seed.unwrap_or(a.seed);
+            if then_seed != HOLDOUT_SEED {
+                diff.push(format!(
+                    "its hold-out was drawn with seed {then_seed} by an older version of \
+                     pursamere (every run now holds out the same images, seed {HOLDOUT_SEED}); \
+                     resuming would train on images it held out, so start afresh with --force"
                 ));
             }
             if then.train_file_images != split.train_file_images {

@@ -19,7 +19,7 @@
 //! let model = pursamere_trainer::core::Model::parse(&bytes)?;
 //! let protocol = Protocol::from_toml("preset = \"standard\"\nimages = 10\n\
 //!     linf_eps = [0.3]\ndefences = [\"ere\"]")?.resolved(None, None)?;
-//! let data = eval::load_split(std::path::Path::new("data/mnist"), &protocol.split)?;
+//! let data = eval::load_split(std::path::Path::new("data/mnist"), &protocol)?;
 //! let opts = EvalOptions { out: "runs/eval".into(), fresh: false, commit: "unknown".into(),
 //!     data_name: "mnist".into(), purifier: model.purifier_config() };
 //! let report = eval::run(&bytes, &data, &protocol, &opts, &eval::SilentObserver)?;
@@ -119,12 +119,14 @@ impl Observer for SilentObserver {
 }
 
 /// The images of a protocol's split: "test" (the TEST set) or "validation" (the
-/// TRAIN hold-out of `pursamere train`: 5,000 images, seed 0).
-pub fn load_split(dir: &Path, split: &str) -> Result<Dataset, EvalError> {
-    match split {
+/// TRAIN hold-out of `pursamere train`: 5,000 images drawn with `validation_seed`,
+/// [`crate::data::HOLDOUT_SEED`] unless the protocol names the `--seed` of a run
+/// from before the hold-out was fixed).
+pub fn load_split(dir: &Path, p: &Protocol) -> Result<Dataset, EvalError> {
+    match p.split.as_str() {
         "test" => Ok(load_dataset_dir(dir, Split::Test)?),
         "validation" => Ok(load_dataset_dir(dir, Split::Train)?
-            .split_validation(5000, 0)?
+            .split_validation(5000, p.validation_seed.unwrap_or(crate::data::HOLDOUT_SEED))?
             .1),
         o => Err(EvalError::Protocol(format!(
             "unknown split `{o}` (test, validation)"

@@ -100,6 +100,13 @@ pub struct Protocol {
     /// `pursamere train`: 5,000 images, seed 0), for tuning purifier settings.
     #[serde(default = "test_split")]
     pub split: String,
+    /// The seed that drew the "validation" split: unset means
+    /// [`crate::data::HOLDOUT_SEED`], the hold-out of every `pursamere train` run
+    /// since it was fixed. Runs from before drew it with their `--seed`: name that
+    /// seed here to tune on what such a classifier held out. (Left out of the
+    /// settings' fingerprint when unset, so older results still resume.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_seed: Option<u64>,
     /// Images attacked together (one batch through the float reference).
     #[serde(default = "batch")]
     pub batch: usize,
@@ -239,6 +246,12 @@ impl Protocol {
         if !["test", "validation"].contains(&self.split.as_str()) {
             return bad(format!("unknown split `{}` (test, validation)", self.split));
         }
+        if self.validation_seed.is_some() && self.split != "validation" {
+            return bad(format!(
+                "`validation_seed` applies to split = \"validation\" only (this protocol has split = \"{}\")",
+                self.split
+            ));
+        }
         if self.steps == 0 || self.restarts == 0 || self.batch == 0 {
             return bad("`steps`, `restarts` and `batch` must be at least 1".into());
         }
@@ -290,5 +303,40 @@ impl Protocol {
     /// The images evaluated (after [`Protocol::resolved`]).
     pub fn range(&self) -> std::ops::Range<usize> {
         self.start..self.start + self.images.unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Protocol;
+
+    fn resolved(text: &str) -> Result<Protocol, crate::eval::EvalError> {
+        Protocol::from_toml(text)?.resolved(None, None)
+    }
+
+    #[test]
+    fn validation_seed_is_for_the_validation_split_only_and_left_out_when_unset() {
+        let base = "preset = \"standard\"\nlinf_eps = [0.3]\ndefences = [\"none\"]\nimages = 10\n";
+        let unset = resolved(&format!("{base}split = \"validation\"\n")).unwrap();
+        assert_eq!(unset.validation_seed, None);
+        // Unset, the key is not in the settings, so the fingerprints of results
+        // written before it existed are unchanged and those runs still resume.
+        let json = serde_json::to_value(&unset).unwrap();
+        assert!(json.get("validation_seed").is_none(), "{json}");
+
+        let seven = resolved(&format!(
+            "{base}split = \"validation\"\nvalidation_seed = 7\n"
+        ))
+        .unwrap();
+        assert_eq!(seven.validation_seed, Some(7));
+        assert_eq!(serde_json::to_value(&seven).unwrap()["validation_seed"], 7);
+
+        let e = resolved(&format!("{base}validation_seed = 7\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("validation_seed") && e.contains("\"test\""),
+            "{e}"
+        );
     }
 }
