@@ -8,7 +8,7 @@
 #   scripts/tune-gpucnn.sh PURSAMERE DATA_DIR MODELS_DIR OUT_DIR SECONDS
 #
 # MODELS_DIR holds NAME/model.psm for the exports below (made by
-#   pursamere export --run runs/gpu-pgd --denoiser fixtures/mnist.psm ... --out runs/gpucnn-NAME
+#   pursamere export --run runs/gpu-pgd --denoiser fixtures/mnist.psm ... --out runs/gpucnn/NAME
 # with the flags of docs/EVALUATION.md); results go to OUT_DIR/NAME-DEFENCE-SHARD,
 # and the script stops every shard after SECONDS (what finished stays).
 set -u
