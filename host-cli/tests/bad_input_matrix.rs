@@ -717,6 +717,10 @@ fn out_of_range_and_non_finite_numbers() {
             &["--adversarial", "trades", "--trades-beta", "nan"],
             &["--trades-beta"],
         ),
+        train(
+            &["--adversarial", "pgd-max", "--adv-second-eps=-1"],
+            &["--adv-second-eps"],
+        ),
         export(&["--sigma", "nan"], &["sigma"]),
         export(&["--sigma", "0"], &["sigma"]),
         export(&["--noise-samples", "0"], &["noise samples"]),

@@ -1362,6 +1362,22 @@ fn train_adversarially_resumes_only_with_the_same_attack() {
         "{}",
         text(&o)
     );
+    // ... and the method with its own setting.
+    let mut other = base.to_vec();
+    other.extend_from_slice(&[
+        "--resume",
+        "--adversarial",
+        "pgd-max",
+        "--adv-second-eps",
+        "1.5",
+    ]);
+    let o = run(&other);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("--adversarial pgd-max --adv-second-eps 1.5 (the checkpoint has trades"),
+        "{}",
+        text(&o)
+    );
     // Resuming without --adversarial is refused too.
     let mut plain = base[..14].to_vec();
     plain.push("--resume");
@@ -1373,6 +1389,7 @@ fn train_adversarially_resumes_only_with_the_same_attack() {
         ("--adv-eps", "nan"),
         ("--adv-steps", "0"),
         ("--trades-beta", "nan"),
+        ("--adv-second-eps", "inf"),
     ] {
         let mut bad = base.to_vec();
         bad.extend_from_slice(&["--force", flag, value]);

@@ -75,6 +75,15 @@ pub enum AdversarialMethod {
         /// Weight β of the robustness term.
         beta: f32,
     },
+    /// PGD adversarial training against two threats at once (Tramèr & Boneh 2019,
+    /// the "max" strategy): PGD in `norm` at `eps` and PGD in the other norm at
+    /// `second_eps`; each example is trained at whichever point has the higher
+    /// cross-entropy. Twice the attack cost of [`AdversarialMethod::Pgd`].
+    PgdMax {
+        /// Radius of the second threat (in the norm other than `norm`; scaled by
+        /// the ε warm-up like `eps`).
+        second_eps: f32,
+    },
 }
 
 /// Adversarial-training settings.
@@ -116,7 +125,9 @@ impl AdversarialTraining {
             step_size: self.step_size * eps,
             schedule: crate::attack::StepSchedule::Constant,
             loss: match self.method {
-                AdversarialMethod::Pgd => crate::attack::AttackLoss::CrossEntropy,
+                AdversarialMethod::Pgd | AdversarialMethod::PgdMax { .. } => {
+                    crate::attack::AttackLoss::CrossEntropy
+                }
                 AdversarialMethod::Trades { .. } => crate::attack::AttackLoss::Kl,
             },
             random_start: self.random_start,
@@ -124,6 +135,27 @@ impl AdversarialTraining {
             seed,
             early_stop: false,
         }
+    }
+
+    /// The second threat of [`AdversarialMethod::PgdMax`] at the warm-up point
+    /// where the first has radius `eps`: the other norm, its radius scaled alike.
+    /// `None` for the other methods.
+    pub fn second_pgd_config(&self, eps: f32, seed: u64) -> Option<crate::attack::PgdConfig> {
+        let AdversarialMethod::PgdMax { second_eps } = self.method else {
+            return None;
+        };
+        let scale = if self.eps > 0.0 { eps / self.eps } else { 1.0 };
+        let e2 = second_eps * scale;
+        Some(crate::attack::PgdConfig {
+            norm: match self.norm {
+                crate::attack::AttackNorm::Linf => crate::attack::AttackNorm::L2,
+                crate::attack::AttackNorm::L2 => crate::attack::AttackNorm::Linf,
+            },
+            eps: e2,
+            step_size: self.step_size * e2,
+            seed: seed ^ 0x5EC0_4D,
+            ..self.pgd_config(eps, seed)
+        })
     }
 
     fn validate(&self) -> Result<(), TrainError> {
@@ -139,6 +171,13 @@ impl AdversarialTraining {
                 "adversarial step size {} must be finite and > 0",
                 self.step_size
             ));
+        }
+        if let AdversarialMethod::PgdMax { second_eps } = self.method {
+            if !(second_eps.is_finite() && second_eps >= 0.0) {
+                return bad(format!(
+                    "second adversarial ε {second_eps} must be finite and ≥ 0"
+                ));
+            }
         }
         if let AdversarialMethod::Trades { beta } = self.method {
             if !(beta.is_finite() && beta >= 0.0) {
@@ -374,6 +413,39 @@ struct AdversarialBatch {
 }
 
 /// How many rows of `logits` (`[b, classes]`) put their largest value on the label.
+/// Per example, replaces the row of `a` by the row of `b` where `b` has the
+/// higher cross-entropy (the "max" strategy of multi-threat adversarial training).
+fn keep_higher_loss<O: crate::attack::GradientOracle>(
+    a: &mut [f32],
+    b: &[f32],
+    oracle: &O,
+    labels: &[usize],
+    classes: usize,
+    d: usize,
+) {
+    let (za, zb) = (oracle.logits(a), oracle.logits(b));
+    let ce = |z: &[f32], y: usize| {
+        let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f32>().ln();
+        lse - z.get(y).copied().unwrap_or(m)
+    };
+    for (i, &y) in labels.iter().enumerate() {
+        let (Some(ra), Some(rb)) = (
+            za.get(i * classes..(i + 1) * classes),
+            zb.get(i * classes..(i + 1) * classes),
+        ) else {
+            continue;
+        };
+        if ce(rb, y) > ce(ra, y) {
+            if let (Some(dst), Some(src)) =
+                (a.get_mut(i * d..(i + 1) * d), b.get(i * d..(i + 1) * d))
+            {
+                dst.copy_from_slice(src);
+            }
+        }
+    }
+}
+
 fn correct(logits: &[f32], labels: &[usize], classes: usize) -> usize {
     logits
         .chunks(classes.max(1))
@@ -446,14 +518,20 @@ fn batch_loss(
                 ..Default::default()
             };
             let loss = match adversarial.method {
-                AdversarialMethod::Pgd => {
+                AdversarialMethod::Pgd | AdversarialMethod::PgdMax { .. } => {
                     // One forward pass without the tape for the clean accuracy.
                     stats.clean_correct = correct(&oracle.logits(&x), &labels, *classes);
-                    let xa = if eps > 0.0 {
+                    let mut xa = if eps > 0.0 {
                         crate::attack::pgd(&oracle, &x, &labels, &cfg)
                     } else {
-                        x
+                        x.clone()
                     };
+                    if let Some(cfg2) = adversarial.second_pgd_config(eps, seed) {
+                        if eps > 0.0 {
+                            let xb = crate::attack::pgd(&oracle, &x, &labels, &cfg2);
+                            keep_higher_loss(&mut xa, &xb, &oracle, &labels, *classes, d);
+                        }
+                    }
                     let xa: Batch<f32, Dev> = dev.tensor_from_vec(xa, (b, d));
                     let la = net.forward(xa.leaky_traced());
                     stats.adversarial_correct = correct(&la.as_vec(), &labels, *classes);
@@ -569,15 +647,27 @@ pub fn pgd_accuracy(
         random_start: true,
         ..adversarial.pgd_config(adversarial.eps, seed)
     };
-    let adv = crate::attack::pgd(&oracle, &x, &y, &cfg);
-    let z = oracle.logits(&adv);
-    let c = z.len() / n.max(1);
-    let correct = z
-        .chunks(c.max(1))
-        .zip(&y)
-        .filter(|(zr, &l)| crate::attack::argmax(zr) == l)
-        .count();
-    correct as f32 / n.max(1) as f32
+    let robust = |cfg: &crate::attack::PgdConfig| -> Vec<bool> {
+        let z = oracle.logits(&crate::attack::pgd(&oracle, &x, &y, cfg));
+        let c = z.len() / n.max(1);
+        z.chunks(c.max(1))
+            .zip(&y)
+            .map(|(zr, &l)| crate::attack::argmax(zr) == l)
+            .collect()
+    };
+    let mut ok = robust(&cfg);
+    // Against two threats, robust means robust to both.
+    if let Some(cfg2) = adversarial.second_pgd_config(adversarial.eps, seed) {
+        let cfg2 = crate::attack::PgdConfig {
+            loss: crate::attack::AttackLoss::CrossEntropy,
+            random_start: true,
+            ..cfg2
+        };
+        for (o, r) in ok.iter_mut().zip(robust(&cfg2)) {
+            *o &= r;
+        }
+    }
+    ok.iter().filter(|&&o| o).count() as f32 / n.max(1) as f32
 }
 
 /// Runs (or continues) training from `ck` on `train_set`, validating on `val_set`
@@ -700,9 +790,15 @@ pub fn train(
             // checkpoint format stays as it is.
             let adv = match &ck.objective {
                 Objective::RobustClassifier { adversarial, .. } => format!(
-                    "  val PGD acc {:.2} % (ε {}, first {} images)",
+                    "  val PGD acc {:.2} % ({}, first {} images)",
                     100.0 * pgd_accuracy(&dev, &net, adversarial, val_set, 512, cfg.seed),
-                    adversarial.eps,
+                    match adversarial.method {
+                        AdversarialMethod::PgdMax { second_eps } => format!(
+                            "{:?} ε {} and the other norm's ε {second_eps}",
+                            adversarial.norm, adversarial.eps
+                        ),
+                        _ => format!("ε {}", adversarial.eps),
+                    },
                     val_set.len().min(512)
                 ),
                 _ => String::new(),

@@ -134,6 +134,12 @@ fn bad_adversarial_settings_are_errors() {
             "step",
         ),
         (at(AdversarialMethod::Trades { beta: -1.0 }), "β"),
+        (
+            at(AdversarialMethod::PgdMax {
+                second_eps: f32::INFINITY,
+            }),
+            "second adversarial ε",
+        ),
     ] {
         let ck = fresh_checkpoint(
             Objective::RobustClassifier {
@@ -146,4 +152,85 @@ fn bad_adversarial_settings_are_errors() {
         let e = train(ck, &tr, &val, &RunOptions::default()).unwrap_err();
         assert!(e.to_string().contains(msg), "{e}");
     }
+}
+
+#[test]
+fn the_second_threat_is_the_other_norm_scaled_by_the_warm_up() {
+    let max = at(AdversarialMethod::PgdMax { second_eps: 1.5 });
+    assert!(at(AdversarialMethod::Pgd)
+        .second_pgd_config(0.33, 1)
+        .is_none());
+    let full = max.second_pgd_config(0.33, 1).unwrap();
+    assert_eq!(full.norm, AttackNorm::L2);
+    assert_eq!(full.eps, 1.5);
+    assert_eq!(full.step_size, 0.5 * 1.5);
+    assert!(full.random_start);
+    // Half-way through the warm-up both radii are halved.
+    let half = max.second_pgd_config(0.165, 1).unwrap();
+    assert!((half.eps - 0.75).abs() < 1e-6, "{}", half.eps);
+    let l2_first = AdversarialTraining {
+        norm: AttackNorm::L2,
+        eps: 1.5,
+        ..at(AdversarialMethod::PgdMax { second_eps: 0.3 })
+    };
+    let other = l2_first.second_pgd_config(1.5, 1).unwrap();
+    assert_eq!((other.norm, other.eps), (AttackNorm::Linf, 0.3));
+}
+
+/// L∞ 0.33 and L2 2.0 on 6×6 images.
+#[test]
+fn max_training_raises_accuracy_against_both_threats() {
+    let data = common::synthetic(800, 6, 3, 5);
+    let (tr, val) = data.split_validation(200, 0).unwrap();
+    let net = || FloatNet::mlp(&[36, 32, 3], false, 1.0, 7);
+    let dev = Dev::seed_from_u64(0);
+    let both = at(AdversarialMethod::PgdMax { second_eps: 2.0 });
+    let measure = |n: &FloatNet, a: &AdversarialTraining| {
+        let dn = pursamere_trainer::model::DeviceNet::<f32, Dev>::from_float(n, &dev);
+        pgd_accuracy(&dev, &dn, a, &val, 200, 99)
+    };
+    let standard = train(
+        fresh_checkpoint(Objective::Classifier { classes: 3 }, config(10), net()),
+        &tr,
+        &val,
+        &RunOptions::default(),
+    )
+    .unwrap();
+    let robust = train(
+        fresh_checkpoint(
+            Objective::RobustClassifier {
+                classes: 3,
+                adversarial: both.clone(),
+            },
+            config(10),
+            net(),
+        ),
+        &tr,
+        &val,
+        &RunOptions::default(),
+    )
+    .unwrap();
+    let linf_only = train(
+        fresh_checkpoint(
+            Objective::RobustClassifier {
+                classes: 3,
+                adversarial: at(AdversarialMethod::Pgd),
+            },
+            config(10),
+            net(),
+        ),
+        &tr,
+        &val,
+        &RunOptions::default(),
+    )
+    .unwrap();
+    let (base, acc) = (measure(&standard.net, &both), measure(&robust.net, &both));
+    let one = measure(&linf_only.net, &both);
+    eprintln!("robust to both: max-trained {acc}, L∞-trained {one}, standard {base}");
+    assert!(acc > base + 0.1, "{acc} vs standard {base}");
+    // At this L2 radius training against L∞ alone leaves almost nothing: the L2
+    // points the max strategy picks are what makes the difference.
+    assert!(acc > one + 0.1, "{acc} vs L∞-trained {one}");
+    // Robust to both is never more than robust to the first threat alone.
+    assert!(acc <= measure(&robust.net, &at(AdversarialMethod::Pgd)) + 1e-6);
 }

@@ -23,6 +23,10 @@ pub enum Adversarial {
     Pgd,
     /// TRADES (Zhang et al.): clean cross-entropy + β · KL(clean ‖ adversarial).
     Trades,
+    /// PGD adversarial training against two threats at once (Tramèr & Boneh, "max"):
+    /// --adv-norm at --adv-eps and the other norm at --adv-second-eps; each example
+    /// is trained at the point with the higher loss (twice the attack cost).
+    PgdMax,
 }
 
 /// Threat norm of adversarial training.
@@ -132,6 +136,11 @@ pub struct TrainArgs {
     /// TRADES β (weight of the robustness term).
     #[arg(long, default_value_t = 6.0)]
     pub trades_beta: f32,
+    /// With --adversarial pgd-max: radius of the second threat, in the norm other
+    /// than --adv-norm (--adv-norm linf --adv-eps 0.3 --adv-second-eps 2.0 trains
+    /// against L∞ 0.3 and L2 2.0 together).
+    #[arg(long, default_value_t = 2.0)]
+    pub adv_second_eps: f32,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -189,6 +198,12 @@ fn check_flags(a: &TrainArgs) -> Result<()> {
             bail!(
                 "--adv-step-size must be finite and > 0, got {}",
                 a.adv_step_size
+            );
+        }
+        if !(a.adv_second_eps.is_finite() && a.adv_second_eps >= 0.0) {
+            bail!(
+                "--adv-second-eps must be finite and ≥ 0, got {}",
+                a.adv_second_eps
             );
         }
         if !(a.trades_beta.is_finite() && a.trades_beta >= 0.0) {
@@ -318,6 +333,9 @@ fn differences(w: &Wanted<'_>, ck: &Checkpoint) -> Vec<String> {
             let describe = |x: &AdversarialTraining| match x.method {
                 AdversarialMethod::Pgd => "pgd".to_string(),
                 AdversarialMethod::Trades { beta } => format!("trades --trades-beta {beta}"),
+                AdversarialMethod::PgdMax { second_eps } => {
+                    format!("pgd-max --adv-second-eps {second_eps}")
+                }
             };
             differ(&mut out, "--adversarial".into(), describe(n), describe(t));
             differ(
@@ -526,12 +544,14 @@ pub fn run(a: TrainArgs) -> Result<i32> {
             m => Objective::RobustClassifier {
                 classes: 10,
                 adversarial: AdversarialTraining {
-                    method: if m == Adversarial::Trades {
-                        AdversarialMethod::Trades {
+                    method: match m {
+                        Adversarial::Trades => AdversarialMethod::Trades {
                             beta: a.trades_beta,
-                        }
-                    } else {
-                        AdversarialMethod::Pgd
+                        },
+                        Adversarial::PgdMax => AdversarialMethod::PgdMax {
+                            second_eps: a.adv_second_eps,
+                        },
+                        _ => AdversarialMethod::Pgd,
                     },
                     norm: match a.adv_norm {
                         NormArg::Linf => AttackNorm::Linf,
