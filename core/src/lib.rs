@@ -55,6 +55,7 @@
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeExample;
 
+mod backend;
 mod conv;
 mod ere;
 mod error;
@@ -79,6 +80,7 @@ pub fn digest_f32(values: &[f32]) -> u32 {
     d.finalize()
 }
 
+pub use backend::{DenseKernels, Portable};
 pub use conv::MAX_KERNEL;
 pub use format::{
     encode_f32_le, encoded_len, required_version, write_model, InputShape, Metadata, ModelSpec,

@@ -1,0 +1,67 @@
+//! The core's benchmark workload (`cargo bench -p pursamere-core --bench purify`:
+//! 784-256-256-784 residual denoiser, 784-256-256-10 classifier, random int8
+//! weights, K = 20 SAM steps, M = 8 noise vectors, batch 1, one thread) with the
+//! dense kernels of every SIMD level this CPU has, all noise samples batched. Every
+//! level gives the same bits (checked here once before timing). See BENCHMARKS.md.
+
+#[path = "../../core/tests/common/mod.rs"]
+mod common;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use pursamere_accel::{Accel, Level};
+use pursamere_core::{Model, PurifierConfig};
+
+fn bench(c: &mut Criterion) {
+    let mut owned = common::OwnedModel::random(1, (28, 28), &[256, 256], true, &[256, 256], 10);
+    owned.cfg = PurifierConfig {
+        iters: 20,
+        noise_samples: 8,
+        ..common::default_config()
+    };
+    let bytes = owned.bytes();
+    let model = Model::parse(&bytes).expect("valid model");
+    let cfg = model.purifier_config();
+    let mut rng = common::Rng(3);
+    let x: Vec<f32> = (0..model.input_len()).map(|_| rng.unit()).collect();
+    let mut logits = vec![0.0; model.num_classes()];
+    let macs = model.purify_macs(&cfg) + model.classifier_macs();
+    let mut scratch = vec![0.0; model.scratch_len_fast()];
+    let mut reference = vec![0.0; model.input_len()];
+    model
+        .purify(&x, &cfg, &mut reference, &mut scratch)
+        .expect("purify");
+    let mut group = c.benchmark_group("purify_classify_784_256_256");
+    group.throughput(Throughput::Elements(macs));
+    group.sample_size(20);
+    for level in Level::ALL {
+        let Some(accel) = Accel::with_level(level) else {
+            eprintln!("{}: not available on this CPU", level.name());
+            continue;
+        };
+        let mut out = vec![0.0; model.input_len()];
+        model
+            .purify_with(&accel, &x, &cfg, &mut out, &mut scratch)
+            .expect("purify");
+        assert!(
+            out.iter()
+                .zip(&reference)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{} changed the bits",
+            level.name()
+        );
+        group.bench_function(format!("k20_m8_batch1_accel_{}", level.name()), |b| {
+            b.iter(|| {
+                model
+                    .purify_with(&accel, &x, &cfg, &mut out, &mut scratch)
+                    .expect("purify");
+                model
+                    .classify(&out, &mut logits, &mut scratch)
+                    .expect("classify")
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
