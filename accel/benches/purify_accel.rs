@@ -9,7 +9,7 @@ mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pursamere_accel::{Accel, Level};
-use pursamere_core::{Model, PurifierConfig};
+use pursamere_core::{DenseKernels, Model, PurifierConfig};
 
 fn bench(c: &mut Criterion) {
     let mut owned = common::OwnedModel::random(1, (28, 28), &[256, 256], true, &[256, 256], 10);
@@ -63,5 +63,37 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// The dense kernels alone, per layer shape of the workload, 8 samples at once.
+fn kernels(c: &mut Criterion) {
+    let mut rng = common::Rng(5);
+    let mut group = c.benchmark_group("dense_batch8");
+    group.sample_size(20);
+    for (n, m) in [(784, 256), (256, 256), (256, 784)] {
+        let owned = common::OwnedDense::random(&mut rng, n, m, 1.0);
+        let pursamere_core::Layer::Dense(layer) = owned.layer() else {
+            unreachable!("a dense layer")
+        };
+        let xs: Vec<f32> = (0..8 * n).map(|_| rng.unit() - 0.5).collect();
+        // About half the coefficients zero, as after a ReLU.
+        let gys: Vec<f32> = (0..8 * m).map(|_| (rng.unit() - 0.5).max(0.0)).collect();
+        let mut ys = vec![0.0; 8 * m];
+        let mut gxs = vec![0.0; 8 * n];
+        let mut rowbuf = vec![0.0; 4 * n.max(m)];
+        group.throughput(Throughput::Elements(8 * (n * m) as u64));
+        for level in Level::ALL {
+            let Some(accel) = Accel::with_level(level) else {
+                continue;
+            };
+            group.bench_function(format!("forward_{n}x{m}_{}", level.name()), |b| {
+                b.iter(|| accel.dense_forward_batch(&layer, &xs, &mut ys, 8, &mut rowbuf))
+            });
+            group.bench_function(format!("vjp_{n}x{m}_{}", level.name()), |b| {
+                b.iter(|| accel.dense_vjp_batch(&layer, &gys, &mut gxs, 8, &mut rowbuf))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, kernels);
 criterion_main!(benches);

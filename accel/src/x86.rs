@@ -110,6 +110,15 @@ pub(crate) mod avx512 {
             }
             o += R;
         }
+        if o + 2 <= m {
+            let out = fwd_tile::<2, S>(w.add(o * n), n, xs);
+            for (r, row) in out.iter().enumerate() {
+                for (s, &v) in row.iter().enumerate() {
+                    *ys.add(s * m + o + r) = v;
+                }
+            }
+            o += 2;
+        }
         while o < m {
             let out = fwd_tile::<1, S>(w.add(o * n), n, xs);
             for (s, &v) in out[0].iter().enumerate() {
@@ -236,7 +245,11 @@ pub(crate) mod avx512 {
             }
             let (idx, cs) = (&idx[..cnt], &cs[..cnt]);
             let mut i = 0;
-            while i + 32 <= n {
+            while i + 48 <= n {
+                vjp_tile::<3, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16);
+                i += 48;
+            }
+            if i + 32 <= n {
                 vjp_tile::<2, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16);
                 i += 32;
             }
