@@ -42,8 +42,8 @@ mod x86;
 pub enum Level {
     /// The core's own portable kernels.
     Portable,
-    /// x86-64 AVX-512F (512-bit registers: one register holds the sixteen partial
-    /// sums of a dot product).
+    /// x86-64 AVX-512F with AVX-512VL (512-bit registers: one register holds the
+    /// sixteen partial sums of a dot product).
     Avx512,
 }
 
@@ -64,7 +64,10 @@ impl Level {
         match self {
             Level::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            Level::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            Level::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+            }
             #[cfg(not(target_arch = "x86_64"))]
             Level::Avx512 => false,
         }

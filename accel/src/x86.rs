@@ -16,14 +16,14 @@ pub(crate) mod avx512 {
 
     /// Sixteen int8 weights at `p` as f32 (exact).
     #[inline]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     unsafe fn widen16(p: *const u8) -> __m512 {
         _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast())))
     }
 
     /// The first `t < 16` int8 weights at `p` as f32, zeros after them.
     #[inline]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     unsafe fn widen_part(p: *const u8, t: usize) -> __m512 {
         let mut b = [0u8; 16];
         core::ptr::copy_nonoverlapping(p, b.as_mut_ptr(), t.min(16));
@@ -32,7 +32,7 @@ pub(crate) mod avx512 {
 
     /// The core's fixed reduction tree: `s[k] + s[k+8]`, then `+4`, `+2`, `+1`.
     #[inline]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     unsafe fn tree(a: __m512) -> f32 {
         let lo = _mm512_castps512_ps256(a);
         let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
@@ -45,7 +45,7 @@ pub(crate) mod avx512 {
     /// Dot products of `R` rows (at `w`, stride `n`) with `S` samples (at `xs`,
     /// stride `n`): `out[r][s]`.
     #[inline]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     unsafe fn fwd_tile<const R: usize, const S: usize>(
         w: *const u8,
         n: usize,
@@ -91,7 +91,7 @@ pub(crate) mod avx512 {
     }
 
     /// Forward of `S` samples starting at `xs`/`ys`.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     unsafe fn fwd_group<const S: usize>(
         w: *const u8,
         n: usize,
@@ -133,7 +133,7 @@ pub(crate) mod avx512 {
     /// # Safety
     /// AVX-512F present; `weights ≥ n·m`, `scales`/`bias ≥ 4m` bytes,
     /// `xs ≥ batch·n`, `ys ≥ batch·m`, `n, m > 0`.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     pub(crate) unsafe fn forward(layer: &Dense<'_>, xs: &[f32], ys: &mut [f32], batch: usize) {
         let (n, m) = (layer.inputs as usize, layer.outputs as usize);
         let w = layer.weights.as_ptr();
@@ -166,7 +166,7 @@ pub(crate) mod avx512 {
     /// tile of `T` vectors (`mask` limits the last vector's lanes; `tail` is the
     /// number of valid weights in it when below 16).
     #[inline]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     unsafe fn vjp_tile<const T: usize, const S: usize>(
         w: *const u8,
         n: usize,
@@ -214,7 +214,7 @@ pub(crate) mod avx512 {
     }
 
     /// VJP of `S` samples starting at `gys`/`gxs`.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     unsafe fn vjp_group<const S: usize>(layer: &Dense<'_>, gys: *const f32, gxs: *mut f32) {
         let (n, m) = (layer.inputs as usize, layer.outputs as usize);
         let w = layer.weights.as_ptr();
@@ -269,7 +269,7 @@ pub(crate) mod avx512 {
     ///
     /// # Safety
     /// As for [`forward`], with `gxs ≥ batch·n`, `gys ≥ batch·m`.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     pub(crate) unsafe fn vjp(layer: &Dense<'_>, gys: &[f32], gxs: &mut [f32], batch: usize) {
         let (n, m) = (layer.inputs as usize, layer.outputs as usize);
         let mut s0 = 0;
