@@ -38,27 +38,34 @@ fn bench(c: &mut Criterion) {
             eprintln!("{}: not available on this CPU", level.name());
             continue;
         };
-        let mut out = vec![0.0; model.input_len()];
-        model
-            .purify_with(&accel, &x, &cfg, &mut out, &mut scratch)
-            .expect("purify");
-        assert!(
-            out.iter()
-                .zip(&reference)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{} changed the bits",
-            level.name()
-        );
-        group.bench_function(format!("k20_m8_batch1_accel_{}", level.name()), |b| {
-            b.iter(|| {
-                model
-                    .purify_with(&accel, &x, &cfg, &mut out, &mut scratch)
-                    .expect("purify");
-                model
-                    .classify(&out, &mut logits, &mut scratch)
-                    .expect("classify")
-            })
-        });
+        let prepared = accel.prepare(&model);
+        let variants: [(&str, &dyn DenseKernels); 2] = [("accel", &accel), ("prepared", &prepared)];
+        for (what, kernels) in variants {
+            if what == "prepared" && level == Level::Portable {
+                continue; // nothing to widen: the same as `accel_portable`
+            }
+            let mut out = vec![0.0; model.input_len()];
+            model
+                .purify_with(kernels, &x, &cfg, &mut out, &mut scratch)
+                .expect("purify");
+            assert!(
+                out.iter()
+                    .zip(&reference)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{what} {} changed the bits",
+                level.name()
+            );
+            group.bench_function(format!("k20_m8_batch1_{what}_{}", level.name()), |b| {
+                b.iter(|| {
+                    model
+                        .purify_with(kernels, &x, &cfg, &mut out, &mut scratch)
+                        .expect("purify");
+                    model
+                        .classify(&out, &mut logits, &mut scratch)
+                        .expect("classify")
+                })
+            });
+        }
     }
     group.finish();
 }

@@ -30,6 +30,41 @@ pub(crate) mod avx512 {
         widen16(b.as_ptr())
     }
 
+    /// A weight element the kernels read: an int8 byte from the model file, or the
+    /// same weight already widened to f32 (exact either way).
+    pub(crate) trait Elem: Copy {
+        /// Sixteen weights at `p` as f32.
+        unsafe fn load16(p: *const Self) -> __m512;
+        /// The first `t < 16` weights at `p` as f32, zeros after them.
+        unsafe fn load_part(p: *const Self, t: usize) -> __m512;
+    }
+
+    impl Elem for u8 {
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512vl")]
+        unsafe fn load16(p: *const u8) -> __m512 {
+            widen16(p)
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512vl")]
+        unsafe fn load_part(p: *const u8, t: usize) -> __m512 {
+            widen_part(p, t)
+        }
+    }
+
+    impl Elem for f32 {
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512vl")]
+        unsafe fn load16(p: *const f32) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512vl")]
+        unsafe fn load_part(p: *const f32, t: usize) -> __m512 {
+            _mm512_maskz_loadu_ps(((1u32 << t.min(16)) - 1) as __mmask16, p)
+        }
+    }
+
     /// The core's fixed reduction tree: `s[k] + s[k+8]`, then `+4`, `+2`, `+1`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512vl")]
@@ -46,8 +81,8 @@ pub(crate) mod avx512 {
     /// stride `n`): `out[r][s]`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512vl")]
-    unsafe fn fwd_tile<const R: usize, const S: usize>(
-        w: *const u8,
+    unsafe fn fwd_tile<E: Elem, const R: usize, const S: usize>(
+        w: *const E,
         n: usize,
         xs: *const f32,
     ) -> [[f32; S]; R] {
@@ -56,7 +91,7 @@ pub(crate) mod avx512 {
         for k in 0..chunks {
             let mut wv = [_mm512_setzero_ps(); R];
             for (r, v) in wv.iter_mut().enumerate() {
-                *v = widen16(w.add(r * n + 16 * k));
+                *v = E::load16(w.add(r * n + 16 * k));
             }
             for s in 0..S {
                 let xv = _mm512_loadu_ps(xs.add(s * n + 16 * k));
@@ -71,7 +106,7 @@ pub(crate) mod avx512 {
             let mask: __mmask16 = (1u16 << t) - 1;
             let mut wv = [_mm512_setzero_ps(); R];
             for (r, v) in wv.iter_mut().enumerate() {
-                *v = widen_part(w.add(r * n + base), t);
+                *v = E::load_part(w.add(r * n + base), t);
             }
             for s in 0..S {
                 let xv = _mm512_maskz_loadu_ps(mask, xs.add(s * n + base));
@@ -92,8 +127,8 @@ pub(crate) mod avx512 {
 
     /// Forward of `S` samples starting at `xs`/`ys`.
     #[target_feature(enable = "avx512f,avx512vl")]
-    unsafe fn fwd_group<const S: usize>(
-        w: *const u8,
+    unsafe fn fwd_group<E: Elem, const S: usize>(
+        w: *const E,
         n: usize,
         m: usize,
         xs: *const f32,
@@ -102,7 +137,7 @@ pub(crate) mod avx512 {
         const R: usize = 2;
         let mut o = 0;
         while o + R <= m {
-            let out = fwd_tile::<R, S>(w.add(o * n), n, xs);
+            let out = fwd_tile::<E, R, S>(w.add(o * n), n, xs);
             for (r, row) in out.iter().enumerate() {
                 for (s, &v) in row.iter().enumerate() {
                     *ys.add(s * m + o + r) = v;
@@ -111,7 +146,7 @@ pub(crate) mod avx512 {
             o += R;
         }
         if o + 2 <= m {
-            let out = fwd_tile::<2, S>(w.add(o * n), n, xs);
+            let out = fwd_tile::<E, 2, S>(w.add(o * n), n, xs);
             for (r, row) in out.iter().enumerate() {
                 for (s, &v) in row.iter().enumerate() {
                     *ys.add(s * m + o + r) = v;
@@ -120,7 +155,7 @@ pub(crate) mod avx512 {
             o += 2;
         }
         while o < m {
-            let out = fwd_tile::<1, S>(w.add(o * n), n, xs);
+            let out = fwd_tile::<E, 1, S>(w.add(o * n), n, xs);
             for (s, &v) in out[0].iter().enumerate() {
                 *ys.add(s * m + o) = v;
             }
@@ -134,24 +169,30 @@ pub(crate) mod avx512 {
     /// AVX-512F present; `weights ≥ n·m`, `scales`/`bias ≥ 4m` bytes,
     /// `xs ≥ batch·n`, `ys ≥ batch·m`, `n, m > 0`.
     #[target_feature(enable = "avx512f,avx512vl")]
-    pub(crate) unsafe fn forward(layer: &Dense<'_>, xs: &[f32], ys: &mut [f32], batch: usize) {
+    pub(crate) unsafe fn forward<E: Elem>(
+        layer: &Dense<'_>,
+        w: &[E],
+        xs: &[f32],
+        ys: &mut [f32],
+        batch: usize,
+    ) {
         let (n, m) = (layer.inputs as usize, layer.outputs as usize);
-        let w = layer.weights.as_ptr();
+        let w = w.as_ptr();
         let mut s0 = 0;
         while s0 < batch {
             let (x, y) = (xs.as_ptr().add(s0 * n), ys.as_mut_ptr().add(s0 * m));
             let left = batch - s0;
             s0 += if left >= S_MAX {
-                fwd_group::<S_MAX>(w, n, m, x, y);
+                fwd_group::<E, S_MAX>(w, n, m, x, y);
                 S_MAX
             } else if left >= 4 {
-                fwd_group::<4>(w, n, m, x, y);
+                fwd_group::<E, 4>(w, n, m, x, y);
                 4
             } else if left >= 2 {
-                fwd_group::<2>(w, n, m, x, y);
+                fwd_group::<E, 2>(w, n, m, x, y);
                 2
             } else {
-                fwd_group::<1>(w, n, m, x, y);
+                fwd_group::<E, 1>(w, n, m, x, y);
                 1
             };
         }
@@ -167,8 +208,8 @@ pub(crate) mod avx512 {
     /// number of valid weights in it when below 16).
     #[inline]
     #[target_feature(enable = "avx512f,avx512vl")]
-    unsafe fn vjp_tile<const T: usize, const S: usize>(
-        w: *const u8,
+    unsafe fn vjp_tile<E: Elem, const T: usize, const S: usize>(
+        w: *const E,
         n: usize,
         idx: &[u32],
         cs: &[[f32; S_MAX]],
@@ -190,9 +231,9 @@ pub(crate) mod avx512 {
             let mut wv = [_mm512_setzero_ps(); T];
             for (t, v) in wv.iter_mut().enumerate() {
                 *v = if t + 1 == T && tail < 16 {
-                    widen_part(row.add(16 * t), tail)
+                    E::load_part(row.add(16 * t), tail)
                 } else {
-                    widen16(row.add(16 * t))
+                    E::load16(row.add(16 * t))
                 };
             }
             for s in 0..S {
@@ -215,9 +256,13 @@ pub(crate) mod avx512 {
 
     /// VJP of `S` samples starting at `gys`/`gxs`.
     #[target_feature(enable = "avx512f,avx512vl")]
-    unsafe fn vjp_group<const S: usize>(layer: &Dense<'_>, gys: *const f32, gxs: *mut f32) {
+    unsafe fn vjp_group<E: Elem, const S: usize>(
+        layer: &Dense<'_>,
+        w: *const E,
+        gys: *const f32,
+        gxs: *mut f32,
+    ) {
         let (n, m) = (layer.inputs as usize, layer.outputs as usize);
-        let w = layer.weights.as_ptr();
         for s in 0..S {
             core::ptr::write_bytes(gxs.add(s * n), 0, n);
         }
@@ -246,20 +291,20 @@ pub(crate) mod avx512 {
             let (idx, cs) = (&idx[..cnt], &cs[..cnt]);
             let mut i = 0;
             while i + 48 <= n {
-                vjp_tile::<3, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16);
+                vjp_tile::<E, 3, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16);
                 i += 48;
             }
             if i + 32 <= n {
-                vjp_tile::<2, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16);
+                vjp_tile::<E, 2, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16);
                 i += 32;
             }
             if i + 16 <= n {
-                vjp_tile::<1, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16);
+                vjp_tile::<E, 1, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16);
                 i += 16;
             }
             if i < n {
                 let t = n - i;
-                vjp_tile::<1, S>(w.add(i), n, idx, cs, gxs.add(i), (1u16 << t) - 1, t);
+                vjp_tile::<E, 1, S>(w.add(i), n, idx, cs, gxs.add(i), (1u16 << t) - 1, t);
             }
             o0 = end;
         }
@@ -270,23 +315,30 @@ pub(crate) mod avx512 {
     /// # Safety
     /// As for [`forward`], with `gxs ≥ batch·n`, `gys ≥ batch·m`.
     #[target_feature(enable = "avx512f,avx512vl")]
-    pub(crate) unsafe fn vjp(layer: &Dense<'_>, gys: &[f32], gxs: &mut [f32], batch: usize) {
+    pub(crate) unsafe fn vjp<E: Elem>(
+        layer: &Dense<'_>,
+        w: &[E],
+        gys: &[f32],
+        gxs: &mut [f32],
+        batch: usize,
+    ) {
         let (n, m) = (layer.inputs as usize, layer.outputs as usize);
+        let w = w.as_ptr();
         let mut s0 = 0;
         while s0 < batch {
             let (gy, gx) = (gys.as_ptr().add(s0 * m), gxs.as_mut_ptr().add(s0 * n));
             let left = batch - s0;
             s0 += if left >= S_MAX {
-                vjp_group::<S_MAX>(layer, gy, gx);
+                vjp_group::<E, S_MAX>(layer, w, gy, gx);
                 S_MAX
             } else if left >= 4 {
-                vjp_group::<4>(layer, gy, gx);
+                vjp_group::<E, 4>(layer, w, gy, gx);
                 4
             } else if left >= 2 {
-                vjp_group::<2>(layer, gy, gx);
+                vjp_group::<E, 2>(layer, w, gy, gx);
                 2
             } else {
-                vjp_group::<1>(layer, gy, gx);
+                vjp_group::<E, 1>(layer, w, gy, gx);
                 1
             };
         }

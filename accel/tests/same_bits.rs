@@ -101,22 +101,22 @@ fn check_layer(rng: &mut Rng, n: usize, m: usize, batch: usize, zero_frac: f32) 
     }
     let want_y: Vec<f32> = xs.chunks(n).flat_map(|x| naive_forward(&d, x)).collect();
     let want_gx: Vec<f32> = gys.chunks(m).flat_map(|g| naive_vjp(&d, g)).collect();
-    for k in std::iter::once(None).chain(levels().into_iter().map(Some)) {
-        let name = k.map_or("Portable", |a| a.level().name());
+    let mut kernels: Vec<(String, Box<dyn DenseKernels + '_>)> =
+        vec![("Portable".into(), Box::new(Portable))];
+    for a in levels() {
+        kernels.push((a.level().name().into(), Box::new(a)));
+        kernels.push((
+            format!("prepared {}", a.level().name()),
+            Box::new(a.prepare_weights(&[d.weights])),
+        ));
+    }
+    for (name, k) in &kernels {
         for rowbuf_len in [0, 4 * n, 4 * n + 7] {
             let mut rowbuf = vec![f32::NAN; rowbuf_len];
             let mut ys = vec![f32::NAN; batch * m];
             let mut gxs = vec![-7.5f32; batch * n];
-            match k {
-                None => {
-                    Portable.dense_forward_batch(&d, &xs, &mut ys, batch, &mut rowbuf);
-                    Portable.dense_vjp_batch(&d, &gys, &mut gxs, batch, &mut rowbuf);
-                }
-                Some(a) => {
-                    a.dense_forward_batch(&d, &xs, &mut ys, batch, &mut rowbuf);
-                    a.dense_vjp_batch(&d, &gys, &mut gxs, batch, &mut rowbuf);
-                }
-            }
+            k.dense_forward_batch(&d, &xs, &mut ys, batch, &mut rowbuf);
+            k.dense_vjp_batch(&d, &gys, &mut gxs, batch, &mut rowbuf);
             assert_eq!(
                 bits(&ys),
                 bits(&want_y),
@@ -204,20 +204,28 @@ fn check_model(bytes: &[u8], configs: &[PurifierConfig]) {
         let want_f = model
             .ere_value_and_grad(&x, cfg, &mut want_g, &mut scratch)
             .expect("ere");
+        let mut kernels: Vec<(String, Box<dyn DenseKernels + '_>)> = Vec::new();
         for a in levels() {
+            kernels.push((a.level().name().into(), Box::new(a)));
+            kernels.push((
+                format!("prepared {}", a.level().name()),
+                Box::new(a.prepare(&model)),
+            ));
+        }
+        for (name, a) in &kernels {
             for len in [model.purify_scratch_len(cfg), fast, fast + 5] {
                 let mut scratch = vec![f32::NAN; len];
                 let mut got = vec![0.0; x.len()];
                 model
-                    .purify_with(&a, &x, cfg, &mut got, &mut scratch)
+                    .purify_with(a.as_ref(), &x, cfg, &mut got, &mut scratch)
                     .expect("purify_with");
-                assert_eq!(bits(&got), bits(&want), "{:?}, scratch {len}", a.level());
+                assert_eq!(bits(&got), bits(&want), "{name}, scratch {len}");
                 let mut g = vec![0.0; x.len()];
                 let f = model
-                    .ere_value_and_grad_with(&a, &x, cfg, &mut g, &mut scratch)
+                    .ere_value_and_grad_with(a.as_ref(), &x, cfg, &mut g, &mut scratch)
                     .expect("ere_with");
                 assert_eq!(f.to_bits(), want_f.to_bits());
-                assert_eq!(bits(&g), bits(&want_g), "{:?} gradient", a.level());
+                assert_eq!(bits(&g), bits(&want_g), "{name} gradient");
             }
         }
     }
