@@ -97,6 +97,15 @@ fn kernels(c: &mut Criterion) {
             group.bench_function(format!("vjp_{n}x{m}_{}", level.name()), |b| {
                 b.iter(|| accel.dense_vjp_batch(&layer, &gys, &mut gxs, 8, &mut rowbuf))
             });
+            if level != Level::Portable {
+                let prepared = accel.prepare_weights(&[layer.weights]);
+                group.bench_function(format!("forward_{n}x{m}_prepared_{}", level.name()), |b| {
+                    b.iter(|| prepared.dense_forward_batch(&layer, &xs, &mut ys, 8, &mut rowbuf))
+                });
+                group.bench_function(format!("vjp_{n}x{m}_prepared_{}", level.name()), |b| {
+                    b.iter(|| prepared.dense_vjp_batch(&layer, &gys, &mut gxs, 8, &mut rowbuf))
+                });
+            }
         }
     }
     group.finish();

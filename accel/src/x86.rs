@@ -125,40 +125,51 @@ pub(crate) mod avx512 {
         out
     }
 
+    /// Little-endian f32 number `k` of `bytes` (in bounds: checked by the caller).
+    #[inline(always)]
+    unsafe fn f32_at(bytes: *const u8, k: usize) -> f32 {
+        f32::from_le_bytes(core::ptr::read_unaligned(bytes.add(4 * k).cast::<[u8; 4]>()))
+    }
+
+    /// Writes a tile of dot products as `dot · scale[o] + bias[o]` (a multiply then
+    /// an add, as the core does).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn store_tile<const R: usize, const S: usize>(
+        out: &[[f32; S]; R],
+        layer: &Dense<'_>,
+        o: usize,
+        m: usize,
+        ys: *mut f32,
+    ) {
+        for (r, row) in out.iter().enumerate() {
+            let scale = f32_at(layer.scales.as_ptr(), o + r);
+            let bias = f32_at(layer.bias.as_ptr(), o + r);
+            for (s, &v) in row.iter().enumerate() {
+                *ys.add(s * m + o + r) = v * scale + bias;
+            }
+        }
+    }
+
     /// Forward of `S` samples starting at `xs`/`ys`.
     #[target_feature(enable = "avx512f,avx512vl")]
     unsafe fn fwd_group<E: Elem, const S: usize>(
+        layer: &Dense<'_>,
         w: *const E,
-        n: usize,
-        m: usize,
         xs: *const f32,
         ys: *mut f32,
     ) {
         const R: usize = 2;
+        let (n, m) = (layer.inputs as usize, layer.outputs as usize);
         let mut o = 0;
         while o + R <= m {
             let out = fwd_tile::<E, R, S>(w.add(o * n), n, xs);
-            for (r, row) in out.iter().enumerate() {
-                for (s, &v) in row.iter().enumerate() {
-                    *ys.add(s * m + o + r) = v;
-                }
-            }
+            store_tile(&out, layer, o, m, ys);
             o += R;
-        }
-        if o + 2 <= m {
-            let out = fwd_tile::<E, 2, S>(w.add(o * n), n, xs);
-            for (r, row) in out.iter().enumerate() {
-                for (s, &v) in row.iter().enumerate() {
-                    *ys.add(s * m + o + r) = v;
-                }
-            }
-            o += 2;
         }
         while o < m {
             let out = fwd_tile::<E, 1, S>(w.add(o * n), n, xs);
-            for (s, &v) in out[0].iter().enumerate() {
-                *ys.add(s * m + o) = v;
-            }
+            store_tile(&out, layer, o, m, ys);
             o += 1;
         }
     }
@@ -183,23 +194,18 @@ pub(crate) mod avx512 {
             let (x, y) = (xs.as_ptr().add(s0 * n), ys.as_mut_ptr().add(s0 * m));
             let left = batch - s0;
             s0 += if left >= S_MAX {
-                fwd_group::<E, S_MAX>(w, n, m, x, y);
+                fwd_group::<E, S_MAX>(layer, w, x, y);
                 S_MAX
             } else if left >= 4 {
-                fwd_group::<E, 4>(w, n, m, x, y);
+                fwd_group::<E, 4>(layer, w, x, y);
                 4
             } else if left >= 2 {
-                fwd_group::<E, 2>(w, n, m, x, y);
+                fwd_group::<E, 2>(layer, w, x, y);
                 2
             } else {
-                fwd_group::<E, 1>(w, n, m, x, y);
+                fwd_group::<E, 1>(layer, w, x, y);
                 1
             };
-        }
-        for y in ys.chunks_exact_mut(m).take(batch) {
-            for (o, yo) in y.iter_mut().enumerate() {
-                *yo = *yo * layer.scale(o) + layer.bias(o);
-            }
         }
     }
 
@@ -275,7 +281,7 @@ pub(crate) mod avx512 {
             // (skipping the others changes no bit: see `DenseKernels`).
             let mut cnt = 0;
             for o in o0..end {
-                let scale = layer.scale(o);
+                let scale = f32_at(layer.scales.as_ptr(), o);
                 let mut c = [0.0f32; S_MAX];
                 let mut any = false;
                 for (s, cv) in c.iter_mut().enumerate().take(S) {
