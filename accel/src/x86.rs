@@ -159,13 +159,18 @@ pub(crate) mod avx512 {
         xs: *const f32,
         ys: *mut f32,
     ) {
-        const R: usize = 2;
+        const R: usize = 3;
         let (n, m) = (layer.inputs as usize, layer.outputs as usize);
         let mut o = 0;
         while o + R <= m {
             let out = fwd_tile::<E, R, S>(w.add(o * n), n, xs);
             store_tile(&out, layer, o, m, ys);
             o += R;
+        }
+        if o + 2 <= m {
+            let out = fwd_tile::<E, 2, S>(w.add(o * n), n, xs);
+            store_tile(&out, layer, o, m, ys);
+            o += 2;
         }
         while o < m {
             let out = fwd_tile::<E, 1, S>(w.add(o * n), n, xs);
