@@ -12,7 +12,7 @@ pub(crate) mod avx512 {
     /// Most samples processed together (registers: `R × S` accumulators).
     const S_MAX: usize = 8;
     /// Rows of a VJP block whose coefficients are gathered at once.
-    const CHUNK: usize = 128;
+    const CHUNK: usize = 512;
 
     /// Sixteen int8 weights at `p` as f32 (exact).
     #[inline]
