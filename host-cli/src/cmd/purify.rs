@@ -112,13 +112,15 @@ pub fn run_purify(a: PurifyArgs) -> Result<i32> {
     };
     let shape = model.spec().meta.input_shape;
     let mut scratch = fast_scratch(&model, &cfg);
+    // SIMD dense kernels chosen for this CPU (same bits as the core's own).
+    let kernels = pursamere_accel::Accel::detect().prepare(&model);
     let mut logits = vec![0.0; model.num_classes()];
     let mut out = vec![0.0; model.input_len()];
     let mut report = Vec::new();
     for inp in &inputs {
         let before = model.classify(&inp.pixels, &mut logits, &mut scratch)?;
         model
-            .purify(&inp.pixels, &cfg, &mut out, &mut scratch)
+            .purify_with(&kernels, &inp.pixels, &cfg, &mut out, &mut scratch)
             .with_context(|| format!("purifying {}", inp.name))?;
         let after = model.classify(&out, &mut logits, &mut scratch)?;
         let mut files = Vec::new();
@@ -212,12 +214,14 @@ pub fn run_classify(a: ClassifyArgs) -> Result<i32> {
     let names = class_names(&model);
     let name = |l: usize| names.get(l).cloned().unwrap_or_else(|| l.to_string());
     let mut scratch = fast_scratch(&model, &cfg);
+    // SIMD dense kernels chosen for this CPU (same bits as the core's own).
+    let kernels = pursamere_accel::Accel::detect().prepare(&model);
     let mut logits = vec![0.0; model.num_classes()];
     let mut out = vec![0.0; model.input_len()];
     let mut report = Vec::new();
     for inp in &inputs {
         let x = if a.purify {
-            model.purify(&inp.pixels, &cfg, &mut out, &mut scratch)?;
+            model.purify_with(&kernels, &inp.pixels, &cfg, &mut out, &mut scratch)?;
             &out
         } else {
             &inp.pixels
