@@ -5,6 +5,8 @@ pub(crate) mod avx512 {
     //! AVX-512F: one `__m512` holds the sixteen partial sums of a dot product, lane
     //! `l` for the elements `i ≡ l (mod 16)`, exactly as the portable kernel keeps
     //! them; `mul` then `add` (never FMA).
+    // Register tiles read most clearly as `acc[r][s]` over index ranges.
+    #![allow(clippy::needless_range_loop)]
 
     use core::arch::x86_64::*;
     use pursamere_core::Dense;
@@ -128,7 +130,9 @@ pub(crate) mod avx512 {
     /// Little-endian f32 number `k` of `bytes` (in bounds: checked by the caller).
     #[inline(always)]
     unsafe fn f32_at(bytes: *const u8, k: usize) -> f32 {
-        f32::from_le_bytes(core::ptr::read_unaligned(bytes.add(4 * k).cast::<[u8; 4]>()))
+        f32::from_le_bytes(core::ptr::read_unaligned(
+            bytes.add(4 * k).cast::<[u8; 4]>(),
+        ))
     }
 
     /// Writes a tile of dot products as `dot · scale[o] + bias[o]` (a multiply then

@@ -47,6 +47,7 @@ pub(crate) fn output<'b>(info: &NetInfo, acts: &'b [f32], batch: usize) -> &'b [
 /// (`batch × output_len`) from the start of `ping`, uses `pong` as the second
 /// buffer, and returns `true` when the input gradients (`batch × input_len`) ended
 /// in `ping`, `false` when they are in `pong`.
+#[allow(clippy::too_many_arguments)] // all buffers of one call; a struct would only rename them
 pub(crate) fn vjp<K: DenseKernels + ?Sized>(
     kernels: &K,
     net: &NetworkSpec<'_>,
