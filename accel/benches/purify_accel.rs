@@ -8,7 +8,7 @@
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pursamere_accel::{Accel, Level};
+use pursamere_accel::{Accel, AlignedF32, Level};
 use pursamere_core::{DenseKernels, Model, PurifierConfig};
 
 fn bench(c: &mut Criterion) {
@@ -25,10 +25,11 @@ fn bench(c: &mut Criterion) {
     let x: Vec<f32> = (0..model.input_len()).map(|_| rng.unit()).collect();
     let mut logits = vec![0.0; model.num_classes()];
     let macs = model.purify_macs(&cfg) + model.classifier_macs();
-    let mut scratch = vec![0.0; model.scratch_len_fast()];
+    let mut aligned = AlignedF32::zeroed(model.scratch_len_fast());
+    let scratch = aligned.as_mut_slice();
     let mut reference = vec![0.0; model.input_len()];
     model
-        .purify(&x, &cfg, &mut reference, &mut scratch)
+        .purify(&x, &cfg, &mut reference, scratch)
         .expect("purify");
     let mut group = c.benchmark_group("purify_classify_784_256_256");
     group.throughput(Throughput::Elements(macs));
@@ -46,7 +47,7 @@ fn bench(c: &mut Criterion) {
             }
             let mut out = vec![0.0; model.input_len()];
             model
-                .purify_with(kernels, &x, &cfg, &mut out, &mut scratch)
+                .purify_with(kernels, &x, &cfg, &mut out, scratch)
                 .expect("purify");
             assert!(
                 out.iter()
@@ -58,10 +59,10 @@ fn bench(c: &mut Criterion) {
             group.bench_function(format!("k20_m8_batch1_{what}_{}", level.name()), |b| {
                 b.iter(|| {
                     model
-                        .purify_with(kernels, &x, &cfg, &mut out, &mut scratch)
+                        .purify_with(kernels, &x, &cfg, &mut out, scratch)
                         .expect("purify");
                     model
-                        .classify(&out, &mut logits, &mut scratch)
+                        .classify(&out, &mut logits, scratch)
                         .expect("classify")
                 })
             });
