@@ -8,6 +8,7 @@
 # Needs: pip install jax jaxlib. Usage: scripts/bench-purify-vs-jax.sh [CORE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 core="${1:-1}"
 pin=()
 if command -v taskset >/dev/null; then pin=(taskset -c "$core"); fi
@@ -18,4 +19,9 @@ cargo bench -p pursamere-accel --bench purify_accel -- k20_m8 --list >/dev/null
   grep -E "^purify|time:"
 "${pin[@]}" cargo bench -p pursamere-accel --bench purify_accel -- k20_m8 2>&1 |
   grep -E "^purify|time:|not available"
-"${pin[@]}" python3 scripts/peer_purify_jax.py 1 256 2>&1 | grep -E "^(jax|batch)"
+# Like for like with the JAX script (best and median of five rounds), back to back:
+cargo build --release -p pursamere-accel --example time_purify 2>/dev/null
+for _ in 1 2; do
+  "${pin[@]}" "$CARGO_TARGET_DIR/release/examples/time_purify"
+  "${pin[@]}" python3 scripts/peer_purify_jax.py 1 256 2>&1 | grep -E "^(jax|batch)"
+done
