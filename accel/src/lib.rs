@@ -15,18 +15,20 @@
 //! shapes and through whole purifications, and the golden vectors pin it.
 //!
 //! ```
-//! use pursamere_accel::Accel;
+//! use pursamere_accel::{Accel, AlignedF32};
 //! use pursamere_core::Model;
 //!
 //! let bytes = std::fs::read("../fixtures/mnist.psm").or_else(|_| std::fs::read("fixtures/mnist.psm")).unwrap();
 //! let model = Model::parse(&bytes).unwrap();
 //! let mut cfg = model.purifier_config();
 //! cfg.iters = 2;
+//! // The fastest level this CPU has, with the denoiser's weights widened once.
+//! let kernels = Accel::detect().prepare(&model);
+//! let mut scratch = AlignedF32::zeroed(model.scratch_len_fast());
 //! let x = vec![0.5f32; model.input_len()];
 //! let (mut a, mut b) = (vec![0.0; x.len()], vec![0.0; x.len()]);
-//! let mut scratch = vec![0.0; model.scratch_len_fast()];
-//! model.purify_with(&Accel::detect(), &x, &cfg, &mut a, &mut scratch).unwrap();
-//! model.purify(&x, &cfg, &mut b, &mut scratch).unwrap();
+//! model.purify_with(&kernels, &x, &cfg, &mut a, scratch.as_mut_slice()).unwrap();
+//! model.purify(&x, &cfg, &mut b, scratch.as_mut_slice()).unwrap(); // the core's own kernels
 //! assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
 //! ```
 #![deny(missing_docs)]

@@ -42,7 +42,9 @@
 //! in `layers`/`kernels` (dense) and `conv` (convolution and upsampling, see
 //! `docs/CONV.md`), the noise generator in [`noise`], `F` and `∇F` in `ere`,
 //! the SAM loop in `purify`, sizes and classification in `model`,
-//! quantisation rules in [`quantize`].
+//! quantisation rules in [`quantize`], and the seam through which a host-side crate
+//! (`pursamere-accel`) substitutes SIMD dense kernels with the same bits in
+//! [`DenseKernels`].
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
