@@ -13,6 +13,7 @@
 //! `1/M`; the gradient sums the per-`m` VJPs in increasing `m`, then multiplies each
 //! element by `2/M`.
 
+use crate::backend::{DenseKernels, Portable};
 use crate::error::Error;
 use crate::kernels::sum_sq;
 use crate::model::{check_input, check_len, take_scratch, Model};
@@ -90,7 +91,8 @@ impl<'s> EreScratch<'s> {
 
 /// `F(x)` and `∇F(x)` into `grad`, with the noise already in `ws`. Shapes are
 /// guaranteed by the callers.
-pub(crate) fn ere_eval(
+pub(crate) fn ere_eval<K: DenseKernels + ?Sized>(
+    kernels: &K,
     model: &Model<'_>,
     cfg: &PurifierConfig,
     ws: &mut EreScratch<'_>,
@@ -116,7 +118,7 @@ pub(crate) fn ere_eval(
                 *ai = xi + n;
             }
         }
-        network::forward(net, info, ws.acts, nb, ws.rowbuf);
+        network::forward(kernels, net, info, ws.acts, nb, ws.rowbuf);
         let outs = network::output(info, ws.acts, nb);
         // r = D(y) − x.
         for ((r, out), y) in
@@ -135,7 +137,7 @@ pub(crate) fn ere_eval(
         if let (Some(dst), Some(src)) = (ws.ping.get_mut(..nb * d), ws.r.get(..nb * d)) {
             dst.copy_from_slice(src);
         }
-        let in_ping = network::vjp(net, info, ws.acts, ws.ping, ws.pong, nb, ws.rowbuf);
+        let in_ping = network::vjp(kernels, net, info, ws.acts, ws.ping, ws.pong, nb, ws.rowbuf);
         let vs: &[f32] = if in_ping { ws.ping } else { ws.pong };
         for (v, r) in vs.chunks_exact(d).zip(ws.r.chunks_exact(d)).take(nb) {
             if residual {
@@ -170,6 +172,19 @@ impl Model<'_> {
         grad: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<f32, Error> {
+        self.ere_value_and_grad_with(&Portable, x, cfg, grad, scratch)
+    }
+
+    /// [`Model::ere_value_and_grad`] with other dense kernels (see
+    /// [`crate::DenseKernels`]); the same bits when they keep their contract.
+    pub fn ere_value_and_grad_with<K: DenseKernels + ?Sized>(
+        &self,
+        kernels: &K,
+        x: &[f32],
+        cfg: &PurifierConfig,
+        grad: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<f32, Error> {
         cfg.validate()?;
         let d = self.input_len();
         check_input(x, d, false)?;
@@ -178,6 +193,6 @@ impl Model<'_> {
         let batch = self.batch_for(cfg, scratch.len(), 0);
         let (mut ws, _) = EreScratch::split(self, cfg, batch, scratch)?;
         ws.fill_noise(cfg, d);
-        Ok(ere_eval(self, cfg, &mut ws, x, grad))
+        Ok(ere_eval(kernels, self, cfg, &mut ws, x, grad))
     }
 }

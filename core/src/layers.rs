@@ -13,6 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::DenseKernels;
 pub use crate::conv::{Conv2d, Upsample2x};
 use crate::kernels::{axpy, axpy4, dot, dot4, f32_at, widen_row};
 
@@ -316,15 +317,16 @@ impl Layer<'_> {
     }
 
     /// Forward pass of `batch` samples stored one after another (`len` inputs each).
-    pub(crate) fn forward_batch(
+    pub(crate) fn forward_batch<K: DenseKernels + ?Sized>(
         &self,
+        kernels: &K,
         xs: &[f32],
         ys: &mut [f32],
         batch: usize,
         rowbuf: &mut [f32],
     ) {
         match self {
-            Layer::Dense(d) => d.forward_batch(xs, ys, batch, rowbuf),
+            Layer::Dense(d) => kernels.dense_forward_batch(d, xs, ys, batch, rowbuf),
             // Elementwise: the batch is one long vector.
             Layer::Relu => self.forward(xs, ys),
             // Every weight is already reused for every output pixel: one sample at a
@@ -342,8 +344,9 @@ impl Layer<'_> {
     }
 
     /// VJP of `batch` samples stored one after another.
-    pub(crate) fn vjp_batch(
+    pub(crate) fn vjp_batch<K: DenseKernels + ?Sized>(
         &self,
+        kernels: &K,
         xs: &[f32],
         gys: &[f32],
         gxs: &mut [f32],
@@ -351,7 +354,7 @@ impl Layer<'_> {
         rowbuf: &mut [f32],
     ) {
         match self {
-            Layer::Dense(d) => d.vjp_batch(gys, gxs, batch, rowbuf),
+            Layer::Dense(d) => kernels.dense_vjp_batch(d, gys, gxs, batch, rowbuf),
             Layer::Relu => self.vjp(xs, gys, gxs),
             Layer::Conv2d(_) | Layer::Upsample2x(_) => {
                 let (n, m) = (self.input_len_hint(), self.output_len(0));

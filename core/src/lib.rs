@@ -42,7 +42,9 @@
 //! in `layers`/`kernels` (dense) and `conv` (convolution and upsampling, see
 //! `docs/CONV.md`), the noise generator in [`noise`], `F` and `∇F` in `ere`,
 //! the SAM loop in `purify`, sizes and classification in `model`,
-//! quantisation rules in [`quantize`].
+//! quantisation rules in [`quantize`], and the seam through which a host-side crate
+//! (`pursamere-accel`) substitutes SIMD dense kernels with the same bits in
+//! [`DenseKernels`].
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -55,6 +57,7 @@
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeExample;
 
+mod backend;
 mod conv;
 mod ere;
 mod error;
@@ -79,6 +82,7 @@ pub fn digest_f32(values: &[f32]) -> u32 {
     d.finalize()
 }
 
+pub use backend::{DenseKernels, Portable};
 pub use conv::MAX_KERNEL;
 pub use format::{
     encode_f32_le, encoded_len, required_version, write_model, InputShape, Metadata, ModelSpec,

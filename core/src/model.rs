@@ -160,7 +160,14 @@ impl<'a> Model<'a> {
         let acts = take_scratch(scratch, self.cls.acts_len)?;
         let (head, _) = acts.split_at_mut(self.cls.input_len);
         head.copy_from_slice(input);
-        crate::network::forward(&self.spec.classifier, &self.cls, acts, 1, &mut []);
+        crate::network::forward(
+            &crate::backend::Portable,
+            &self.spec.classifier,
+            &self.cls,
+            acts,
+            1,
+            &mut [],
+        );
         logits.copy_from_slice(crate::network::output(&self.cls, acts, 1));
         Ok(argmax(logits))
     }
@@ -177,7 +184,14 @@ impl<'a> Model<'a> {
         let acts = take_scratch(scratch, self.den.acts_len)?;
         let (head, _) = acts.split_at_mut(self.den.input_len);
         head.copy_from_slice(input);
-        crate::network::forward(&self.spec.denoiser, &self.den, acts, 1, &mut []);
+        crate::network::forward(
+            &crate::backend::Portable,
+            &self.spec.denoiser,
+            &self.den,
+            acts,
+            1,
+            &mut [],
+        );
         let net = crate::network::output(&self.den, acts, 1);
         for ((o, &n), &y) in out.iter_mut().zip(net).zip(input) {
             *o = if self.spec.denoiser.residual {

@@ -8,11 +8,13 @@
 //! right after them, so the backward pass finds every layer input where the forward
 //! pass left it. With `B = 1` this is simply input, then each layer's output.
 
+use crate::backend::DenseKernels;
 use crate::format::{NetInfo, NetworkSpec};
 
 /// Forward pass. `acts[..batch × input_len]` must hold the inputs; on return the
 /// outputs are [`output`].
-pub(crate) fn forward(
+pub(crate) fn forward<K: DenseKernels + ?Sized>(
+    kernels: &K,
     net: &NetworkSpec<'_>,
     info: &NetInfo,
     acts: &mut [f32],
@@ -29,7 +31,7 @@ pub(crate) fn forward(
         let (Some(xs), Some(ys)) = (head.get(off..), tail.get_mut(..batch * out_len)) else {
             return;
         };
-        layer.forward_batch(xs, ys, batch, rowbuf);
+        layer.forward_batch(kernels, xs, ys, batch, rowbuf);
         off += batch * len;
         len = out_len;
     }
@@ -45,7 +47,9 @@ pub(crate) fn output<'b>(info: &NetInfo, acts: &'b [f32], batch: usize) -> &'b [
 /// (`batch × output_len`) from the start of `ping`, uses `pong` as the second
 /// buffer, and returns `true` when the input gradients (`batch × input_len`) ended
 /// in `ping`, `false` when they are in `pong`.
-pub(crate) fn vjp(
+#[allow(clippy::too_many_arguments)] // all buffers of one call; a struct would only rename them
+pub(crate) fn vjp<K: DenseKernels + ?Sized>(
+    kernels: &K,
     net: &NetworkSpec<'_>,
     info: &NetInfo,
     acts: &[f32],
@@ -72,7 +76,7 @@ pub(crate) fn vjp(
         else {
             return in_ping;
         };
-        layer.vjp_batch(xs, gys, gxs, batch, rowbuf);
+        layer.vjp_batch(kernels, xs, gys, gxs, batch, rowbuf);
         in_ping = !in_ping;
         end -= batch * out_len;
         out_len = in_len;

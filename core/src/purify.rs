@@ -21,6 +21,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::{DenseKernels, Portable};
 use crate::ere::{ere_eval, EreScratch};
 use crate::error::{ConfigError, Error};
 use crate::kernels::sum_sq;
@@ -113,6 +114,20 @@ impl Model<'_> {
         out: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), Error> {
+        self.purify_with(&Portable, input, cfg, out, scratch)
+    }
+
+    /// [`Model::purify`] with other dense kernels (see [`crate::DenseKernels`]),
+    /// e.g. SIMD chosen at run time by a host-side crate; the same bits when they
+    /// keep their contract.
+    pub fn purify_with<K: DenseKernels + ?Sized>(
+        &self,
+        kernels: &K,
+        input: &[f32],
+        cfg: &PurifierConfig,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<(), Error> {
         cfg.validate()?;
         let d = self.input_len();
         check_input(input, d, true)?;
@@ -141,18 +156,18 @@ impl Model<'_> {
         for _ in 0..cfg.iters {
             // After this, `g` holds h = ∇F(x̃).
             if cfg.rho > 0.0 {
-                ere_eval(self, cfg, &mut ws, out, g);
+                ere_eval(kernels, self, cfg, &mut ws, out, g);
                 let n = libm::sqrtf(sum_sq(g));
                 if n > 0.0 && n.is_finite() {
                     let s = cfg.rho / n;
                     for ((t, &xi), &gi) in x_tilde.iter_mut().zip(out.iter()).zip(g.iter()) {
                         *t = xi + gi * s;
                     }
-                    ere_eval(self, cfg, &mut ws, x_tilde, g);
+                    ere_eval(kernels, self, cfg, &mut ws, x_tilde, g);
                 }
                 // else: flat point, x̃ = x and g = ∇F(x) already.
             } else {
-                ere_eval(self, cfg, &mut ws, out, g);
+                ere_eval(kernels, self, cfg, &mut ws, out, g);
             }
             step_and_project(cfg, input, out, g);
         }

@@ -182,9 +182,22 @@ fn check(model_path: &str) {
     let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("image ")).collect();
     assert_eq!(lines.len(), IMAGES, "{log}");
     let mut moved = 0;
+    // The host's SIMD kernels (chosen for this CPU at run time) must give the
+    // device's bits too.
+    let kernels = pursamere_accel::Accel::detect().prepare(&model);
+    let mut fast = vec![0.0; model.input_len()];
     for (i, line) in lines.iter().enumerate() {
         let x = sample.image_f32(i).unwrap();
         model.purify(&x, &cfg, &mut out, &mut scratch).unwrap();
+        model
+            .purify_with(&kernels, &x, &cfg, &mut fast, &mut scratch)
+            .unwrap();
+        assert_eq!(
+            digest_f32(&fast),
+            digest_f32(&out),
+            "{:?} kernels and the core differ ({model_path})",
+            kernels.level()
+        );
         moved += usize::from(out != x);
         let label = model.classify(&out, &mut logits, &mut scratch).unwrap();
         let want = format!(

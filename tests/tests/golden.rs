@@ -51,6 +51,47 @@ fn core_reproduces_the_golden_vectors() {
 }
 
 #[test]
+fn simd_kernels_reproduce_the_golden_vectors() {
+    // The host-side SIMD kernels (`pursamere-accel`) at every level this CPU has,
+    // reading int8 and prepared f32 weights: the golden bits on all 256 images.
+    let bytes = std::fs::read(fixtures().join("mnist.psm")).unwrap();
+    let model = Model::parse(&bytes).unwrap();
+    let golden: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("golden.json")).unwrap()).unwrap();
+    let sample = load_mnist_dir(&fixtures().join("mnist-sample"), Split::Test).unwrap();
+    let cfg = model.purifier_config();
+    let mut scratch = vec![0.0; model.scratch_len_fast()];
+    let mut out = vec![0.0; 784];
+    for level in pursamere_accel::Level::ALL {
+        let Some(accel) = pursamere_accel::Accel::with_level(level) else {
+            println!("{}: not available on this CPU", level.name());
+            continue;
+        };
+        let prepared = accel.prepare(&model);
+        let kernels: [&dyn pursamere_core::DenseKernels; 2] = [&accel, &prepared];
+        for k in kernels {
+            for i in 0..sample.len() {
+                model
+                    .purify_with(
+                        k,
+                        &sample.image_f32(i).unwrap(),
+                        &cfg,
+                        &mut out,
+                        &mut scratch,
+                    )
+                    .unwrap();
+                assert_eq!(
+                    golden["images"][i]["purified_crc32"],
+                    format!("{:08x}", digest_f32(&out)).as_str(),
+                    "{} kernels drifted on image {i}",
+                    level.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn minimum_scratch_path_gives_the_same_bits() {
     // What a microcontroller runs (one noise sample at a time) on the first images.
     let bytes = std::fs::read(fixtures().join("mnist.psm")).unwrap();

@@ -167,12 +167,13 @@ pub fn fast_scratch_len(
     deployed::fast_scratch_len(model, cfg)
 }
 
-/// Scratch of [`fast_scratch_len`].
+/// Scratch of [`fast_scratch_len`], starting on a cache line (the SIMD kernels'
+/// vector loads then never straddle two lines).
 pub fn fast_scratch(
     model: &pursamere_core::Model<'_>,
     cfg: &pursamere_core::PurifierConfig,
-) -> Vec<f32> {
-    vec![0.0; fast_scratch_len(model, cfg)]
+) -> pursamere_accel::AlignedF32 {
+    pursamere_accel::AlignedF32::zeroed(fast_scratch_len(model, cfg))
 }
 
 /// Runs `f` over `0..n` split into one contiguous range per CPU thread and

@@ -111,16 +111,19 @@ pub fn run_purify(a: PurifyArgs) -> Result<i32> {
         None => write_file(p, bytes),
     };
     let shape = model.spec().meta.input_shape;
-    let mut scratch = fast_scratch(&model, &cfg);
+    let mut aligned = fast_scratch(&model, &cfg);
+    let scratch = aligned.as_mut_slice();
+    // SIMD dense kernels chosen for this CPU (same bits as the core's own).
+    let kernels = pursamere_accel::Accel::detect().prepare(&model);
     let mut logits = vec![0.0; model.num_classes()];
     let mut out = vec![0.0; model.input_len()];
     let mut report = Vec::new();
     for inp in &inputs {
-        let before = model.classify(&inp.pixels, &mut logits, &mut scratch)?;
+        let before = model.classify(&inp.pixels, &mut logits, scratch)?;
         model
-            .purify(&inp.pixels, &cfg, &mut out, &mut scratch)
+            .purify_with(&kernels, &inp.pixels, &cfg, &mut out, scratch)
             .with_context(|| format!("purifying {}", inp.name))?;
-        let after = model.classify(&out, &mut logits, &mut scratch)?;
+        let after = model.classify(&out, &mut logits, scratch)?;
         let mut files = Vec::new();
         if !a.no_png {
             let px: Vec<u8> = out
@@ -211,18 +214,21 @@ pub fn run_classify(a: ClassifyArgs) -> Result<i32> {
     let inputs = load_inputs(&a.input, &model)?;
     let names = class_names(&model);
     let name = |l: usize| names.get(l).cloned().unwrap_or_else(|| l.to_string());
-    let mut scratch = fast_scratch(&model, &cfg);
+    let mut aligned = fast_scratch(&model, &cfg);
+    let scratch = aligned.as_mut_slice();
+    // SIMD dense kernels chosen for this CPU (same bits as the core's own).
+    let kernels = pursamere_accel::Accel::detect().prepare(&model);
     let mut logits = vec![0.0; model.num_classes()];
     let mut out = vec![0.0; model.input_len()];
     let mut report = Vec::new();
     for inp in &inputs {
         let x = if a.purify {
-            model.purify(&inp.pixels, &cfg, &mut out, &mut scratch)?;
+            model.purify_with(&kernels, &inp.pixels, &cfg, &mut out, scratch)?;
             &out
         } else {
             &inp.pixels
         };
-        let label = model.classify(x, &mut logits, &mut scratch)?;
+        let label = model.classify(x, &mut logits, scratch)?;
         let mut r = json!({"input": inp.name, "label": label, "class": name(label),
             "confidence": softmax_max(&logits), "logits": logits.clone()});
         if let Some(t) = inp.label {

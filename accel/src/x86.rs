@@ -1,0 +1,361 @@
+//! x86-64 kernels. Every function here is `unsafe`: the caller guarantees the CPU
+//! feature and the buffer lengths (`shapes_ok` in the crate root).
+
+pub(crate) mod avx512 {
+    //! AVX-512F: one `__m512` holds the sixteen partial sums of a dot product, lane
+    //! `l` for the elements `i ≡ l (mod 16)`, exactly as the portable kernel keeps
+    //! them; `mul` then `add` (never FMA).
+    // Register tiles read most clearly as `acc[r][s]` over index ranges.
+    #![allow(clippy::needless_range_loop)]
+
+    use core::arch::x86_64::*;
+    use pursamere_core::Dense;
+
+    /// Most samples processed together (registers: `R × S` accumulators).
+    const S_MAX: usize = 8;
+    /// Rows of a VJP block whose coefficients are gathered at once.
+    const CHUNK: usize = 512;
+
+    /// Sixteen int8 weights at `p` as f32 (exact).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn widen16(p: *const u8) -> __m512 {
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast())))
+    }
+
+    /// The first `t < 16` int8 weights at `p` as f32, zeros after them.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn widen_part(p: *const u8, t: usize) -> __m512 {
+        let mut b = [0u8; 16];
+        core::ptr::copy_nonoverlapping(p, b.as_mut_ptr(), t.min(16));
+        widen16(b.as_ptr())
+    }
+
+    /// A weight element the kernels read: an int8 byte from the model file, or the
+    /// same weight already widened to f32 (exact either way).
+    pub(crate) trait Elem: Copy {
+        /// Sixteen weights at `p` as f32.
+        unsafe fn load16(p: *const Self) -> __m512;
+        /// The first `t < 16` weights at `p` as f32, zeros after them.
+        unsafe fn load_part(p: *const Self, t: usize) -> __m512;
+    }
+
+    impl Elem for u8 {
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512vl")]
+        unsafe fn load16(p: *const u8) -> __m512 {
+            widen16(p)
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512vl")]
+        unsafe fn load_part(p: *const u8, t: usize) -> __m512 {
+            widen_part(p, t)
+        }
+    }
+
+    impl Elem for f32 {
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512vl")]
+        unsafe fn load16(p: *const f32) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512vl")]
+        unsafe fn load_part(p: *const f32, t: usize) -> __m512 {
+            _mm512_maskz_loadu_ps(((1u32 << t.min(16)) - 1) as __mmask16, p)
+        }
+    }
+
+    /// The core's fixed reduction tree: `s[k] + s[k+8]`, then `+4`, `+2`, `+1`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn tree(a: __m512) -> f32 {
+        let lo = _mm512_castps512_ps256(a);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
+        let s8 = _mm256_add_ps(lo, hi);
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
+    }
+
+    /// Dot products of `R` rows (at `w`, stride `n`) with `S` samples (at `xs`,
+    /// stride `n`): `out[r][s]`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn fwd_tile<E: Elem, const R: usize, const S: usize>(
+        w: *const E,
+        n: usize,
+        xs: *const f32,
+    ) -> [[f32; S]; R] {
+        let mut acc = [[_mm512_setzero_ps(); S]; R];
+        let chunks = n / 16;
+        for k in 0..chunks {
+            let mut wv = [_mm512_setzero_ps(); R];
+            for (r, v) in wv.iter_mut().enumerate() {
+                *v = E::load16(w.add(r * n + 16 * k));
+            }
+            for s in 0..S {
+                let xv = _mm512_loadu_ps(xs.add(s * n + 16 * k));
+                for r in 0..R {
+                    acc[r][s] = _mm512_add_ps(acc[r][s], _mm512_mul_ps(wv[r], xv));
+                }
+            }
+        }
+        let t = n % 16;
+        if t > 0 {
+            let base = 16 * chunks;
+            let mask: __mmask16 = (1u16 << t) - 1;
+            let mut wv = [_mm512_setzero_ps(); R];
+            for (r, v) in wv.iter_mut().enumerate() {
+                *v = E::load_part(w.add(r * n + base), t);
+            }
+            for s in 0..S {
+                let xv = _mm512_maskz_loadu_ps(mask, xs.add(s * n + base));
+                for r in 0..R {
+                    acc[r][s] =
+                        _mm512_mask_add_ps(acc[r][s], mask, acc[r][s], _mm512_mul_ps(wv[r], xv));
+                }
+            }
+        }
+        let mut out = [[0.0f32; S]; R];
+        for r in 0..R {
+            for s in 0..S {
+                out[r][s] = tree(acc[r][s]);
+            }
+        }
+        out
+    }
+
+    /// Little-endian f32 number `k` of `bytes` (in bounds: checked by the caller).
+    #[inline(always)]
+    unsafe fn f32_at(bytes: *const u8, k: usize) -> f32 {
+        f32::from_le_bytes(core::ptr::read_unaligned(
+            bytes.add(4 * k).cast::<[u8; 4]>(),
+        ))
+    }
+
+    /// Writes a tile of dot products as `dot · scale[o] + bias[o]` (a multiply then
+    /// an add, as the core does).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn store_tile<const R: usize, const S: usize>(
+        out: &[[f32; S]; R],
+        layer: &Dense<'_>,
+        o: usize,
+        m: usize,
+        ys: *mut f32,
+    ) {
+        for (r, row) in out.iter().enumerate() {
+            let scale = f32_at(layer.scales.as_ptr(), o + r);
+            let bias = f32_at(layer.bias.as_ptr(), o + r);
+            for (s, &v) in row.iter().enumerate() {
+                *ys.add(s * m + o + r) = v * scale + bias;
+            }
+        }
+    }
+
+    /// Forward of `S` samples starting at `xs`/`ys`.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn fwd_group<E: Elem, const S: usize>(
+        layer: &Dense<'_>,
+        w: *const E,
+        xs: *const f32,
+        ys: *mut f32,
+    ) {
+        const R: usize = 3;
+        let (n, m) = (layer.inputs as usize, layer.outputs as usize);
+        let mut o = 0;
+        while o + R <= m {
+            let out = fwd_tile::<E, R, S>(w.add(o * n), n, xs);
+            store_tile(&out, layer, o, m, ys);
+            o += R;
+        }
+        if o + 2 <= m {
+            let out = fwd_tile::<E, 2, S>(w.add(o * n), n, xs);
+            store_tile(&out, layer, o, m, ys);
+            o += 2;
+        }
+        while o < m {
+            let out = fwd_tile::<E, 1, S>(w.add(o * n), n, xs);
+            store_tile(&out, layer, o, m, ys);
+            o += 1;
+        }
+    }
+
+    /// The core's batched dense forward pass (`Dense::forward_batch`), same bits.
+    ///
+    /// # Safety
+    /// AVX-512F present; `weights ≥ n·m`, `scales`/`bias ≥ 4m` bytes,
+    /// `xs ≥ batch·n`, `ys ≥ batch·m`, `n, m > 0`.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    pub(crate) unsafe fn forward<E: Elem>(
+        layer: &Dense<'_>,
+        w: &[E],
+        xs: &[f32],
+        ys: &mut [f32],
+        batch: usize,
+    ) {
+        let (n, m) = (layer.inputs as usize, layer.outputs as usize);
+        let w = w.as_ptr();
+        let mut s0 = 0;
+        while s0 < batch {
+            let (x, y) = (xs.as_ptr().add(s0 * n), ys.as_mut_ptr().add(s0 * m));
+            let left = batch - s0;
+            s0 += if left >= S_MAX {
+                fwd_group::<E, S_MAX>(layer, w, x, y);
+                S_MAX
+            } else if left >= 4 {
+                fwd_group::<E, 4>(layer, w, x, y);
+                4
+            } else if left >= 2 {
+                fwd_group::<E, 2>(layer, w, x, y);
+                2
+            } else {
+                fwd_group::<E, 1>(layer, w, x, y);
+                1
+            };
+        }
+    }
+
+    /// `gx[s][i..i + 16·T] += Σ_j w[idx[j]][i..] · c[j][s]` in increasing `j`, for a
+    /// tile of `T` vectors (`mask` limits the last vector's lanes; `tail` is the
+    /// number of valid weights in it when below 16).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn vjp_tile<E: Elem, const T: usize, const S: usize>(
+        w: *const E,
+        n: usize,
+        idx: &[u32],
+        cs: &[[f32; S_MAX]],
+        gx: *mut f32,
+        mask: __mmask16,
+        tail: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); T]; S];
+        for (s, a) in acc.iter_mut().enumerate() {
+            for (t, v) in a.iter_mut().enumerate() {
+                *v = _mm512_maskz_loadu_ps(
+                    if t + 1 == T { mask } else { !0 },
+                    gx.add(s * n + 16 * t),
+                );
+            }
+        }
+        for (&o, c) in idx.iter().zip(cs) {
+            let row = w.add(o as usize * n);
+            let mut wv = [_mm512_setzero_ps(); T];
+            for (t, v) in wv.iter_mut().enumerate() {
+                *v = if t + 1 == T && tail < 16 {
+                    E::load_part(row.add(16 * t), tail)
+                } else {
+                    E::load16(row.add(16 * t))
+                };
+            }
+            for s in 0..S {
+                let cb = _mm512_set1_ps(c[s]);
+                for t in 0..T {
+                    acc[s][t] = _mm512_add_ps(acc[s][t], _mm512_mul_ps(wv[t], cb));
+                }
+            }
+        }
+        for (s, a) in acc.iter().enumerate() {
+            for (t, v) in a.iter().enumerate() {
+                _mm512_mask_storeu_ps(
+                    gx.add(s * n + 16 * t),
+                    if t + 1 == T { mask } else { !0 },
+                    *v,
+                );
+            }
+        }
+    }
+
+    /// VJP of `S` samples starting at `gys`/`gxs`.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn vjp_group<E: Elem, const S: usize>(
+        layer: &Dense<'_>,
+        w: *const E,
+        gys: *const f32,
+        gxs: *mut f32,
+    ) {
+        let (n, m) = (layer.inputs as usize, layer.outputs as usize);
+        for s in 0..S {
+            core::ptr::write_bytes(gxs.add(s * n), 0, n);
+        }
+        let mut idx = [0u32; CHUNK];
+        let mut cs = [[0.0f32; S_MAX]; CHUNK];
+        let mut o0 = 0;
+        while o0 < m {
+            let end = (o0 + CHUNK).min(m);
+            // The rows of this block with a non-zero coefficient for some sample
+            // (skipping the others changes no bit: see `DenseKernels`).
+            let mut cnt = 0;
+            for o in o0..end {
+                let scale = f32_at(layer.scales.as_ptr(), o);
+                let mut c = [0.0f32; S_MAX];
+                let mut any = false;
+                for (s, cv) in c.iter_mut().enumerate().take(S) {
+                    *cv = scale * *gys.add(s * m + o);
+                    any |= *cv != 0.0;
+                }
+                if any {
+                    idx[cnt] = o as u32;
+                    cs[cnt] = c;
+                    cnt += 1;
+                }
+            }
+            let (idx, cs) = (&idx[..cnt], &cs[..cnt]);
+            let mut i = 0;
+            while i + 48 <= n {
+                vjp_tile::<E, 3, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16);
+                i += 48;
+            }
+            if i + 32 <= n {
+                vjp_tile::<E, 2, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16);
+                i += 32;
+            }
+            if i + 16 <= n {
+                vjp_tile::<E, 1, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16);
+                i += 16;
+            }
+            if i < n {
+                let t = n - i;
+                vjp_tile::<E, 1, S>(w.add(i), n, idx, cs, gxs.add(i), (1u16 << t) - 1, t);
+            }
+            o0 = end;
+        }
+    }
+
+    /// The core's batched dense VJP (`Dense::vjp_batch`), same bits.
+    ///
+    /// # Safety
+    /// As for [`forward`], with `gxs ≥ batch·n`, `gys ≥ batch·m`.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    pub(crate) unsafe fn vjp<E: Elem>(
+        layer: &Dense<'_>,
+        w: &[E],
+        gys: &[f32],
+        gxs: &mut [f32],
+        batch: usize,
+    ) {
+        let (n, m) = (layer.inputs as usize, layer.outputs as usize);
+        let w = w.as_ptr();
+        let mut s0 = 0;
+        while s0 < batch {
+            let (gy, gx) = (gys.as_ptr().add(s0 * m), gxs.as_mut_ptr().add(s0 * n));
+            let left = batch - s0;
+            s0 += if left >= S_MAX {
+                vjp_group::<E, S_MAX>(layer, w, gy, gx);
+                S_MAX
+            } else if left >= 4 {
+                vjp_group::<E, 4>(layer, w, gy, gx);
+                4
+            } else if left >= 2 {
+                vjp_group::<E, 2>(layer, w, gy, gx);
+                2
+            } else {
+                vjp_group::<E, 1>(layer, w, gy, gx);
+                1
+            };
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Pluggable dense kernels: the seam where a host-side crate may substitute faster
+//! implementations (e.g. SIMD chosen at run time) of the batched dense layer, which
+//! is nearly all of a purification's arithmetic.
+//!
+//! The numeric definition does not move: an implementation must give, for every
+//! input, exactly the bits of [`Portable`] (the kernels in this crate, documented in
+//! `kernels.rs` and on [`Dense`]). In short, for each sample `b` of the batch:
+//!
+//! * forward: `y[o] = dot(w[o], x) * scale[o] + bias[o]` (a separate multiply and
+//!   add, never fused), where `dot` accumulates element `i` into partial sum
+//!   `i % 16` (in increasing `i`, each step a product then a sum) and combines the
+//!   sixteen partial sums as `s[k] + s[k+8]`, then `+4`, `+2`, `+1`;
+//! * VJP: `c[o] = scale[o] * gy[o]`, then `gx[i] = (…((0 + w[o₀][i]·c[o₀]) +
+//!   w[o₁][i]·c[o₁]) + …)` over the rows in increasing `o`. Rows with `c[o] = 0` may
+//!   be skipped or not: the sum starts at `+0`, so it can never be `−0`, and adding
+//!   `±0` to it changes no bit.
+//!
+//! The core itself only ever uses [`Portable`] (it has no `unsafe` and no run-time
+//! feature detection); [`crate::Model::purify_with`] and
+//! [`crate::Model::ere_value_and_grad_with`] take another implementation.
+
+use crate::layers::Dense;
+
+/// Batched kernels of a dense layer. `xs`/`gxs` hold `batch` samples of
+/// `layer.inputs` floats one after another, `ys`/`gys` `batch` samples of
+/// `layer.outputs` floats; `rowbuf` is scratch the implementation may use (its
+/// contents on entry and exit do not matter; it may be empty). Lengths are the
+/// caller's contract; an implementation must not panic on a mismatch.
+pub trait DenseKernels {
+    /// Forward pass of `batch` samples, bit-identical to [`Portable`].
+    fn dense_forward_batch(
+        &self,
+        layer: &Dense<'_>,
+        xs: &[f32],
+        ys: &mut [f32],
+        batch: usize,
+        rowbuf: &mut [f32],
+    );
+
+    /// VJP with respect to the input of `batch` samples, bit-identical to
+    /// [`Portable`].
+    fn dense_vjp_batch(
+        &self,
+        layer: &Dense<'_>,
+        gys: &[f32],
+        gxs: &mut [f32],
+        batch: usize,
+        rowbuf: &mut [f32],
+    );
+}
+
+/// The core's own kernels: portable Rust with the summation order written out, the
+/// numeric definition every other implementation must match.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Portable;
+
+impl DenseKernels for Portable {
+    fn dense_forward_batch(
+        &self,
+        layer: &Dense<'_>,
+        xs: &[f32],
+        ys: &mut [f32],
+        batch: usize,
+        rowbuf: &mut [f32],
+    ) {
+        layer.forward_batch(xs, ys, batch, rowbuf);
+    }
+
+    fn dense_vjp_batch(
+        &self,
+        layer: &Dense<'_>,
+        gys: &[f32],
+        gxs: &mut [f32],
+        batch: usize,
+        rowbuf: &mut [f32],
+    ) {
+        layer.vjp_batch(gys, gxs, batch, rowbuf);
+    }
+}
