@@ -7,13 +7,16 @@
 #   scripts/gpu-robust-train.sh PURSAMERE DATA_DIR OUT_DIR SECONDS
 #
 # 1. times a tenth of an epoch of the PGD-10 configuration (the probe);
+#    (2026-11-26's run had `trades` — TRADES β 6 — where `max` is now: it tied
+#    with `pgd`; docs/TRAINING.md has its flags and curve)
 # 2. from that speed, picks the number of epochs E that lets the three runs below
 #    finish, side by side on the one GPU, inside SECONDS from the script's start;
 # 3. trains, each into OUT_DIR/NAME/classifier.ckpt (checkpointed every epoch,
 #    so a run cut short keeps its last whole epoch; `pursamere train --resume`
 #    with the same flags continues it):
 #      pgd     — the CNN of docs/EVALUATION.md, PGD-AT (Madry), L∞ 0.3, 10 steps
-#      trades  — the same CNN, TRADES β 6, L∞ 0.3, 10 steps
+#      max     — the same CNN, PGD-AT against L∞ 0.3 and L2 2.0 together
+#                (--adversarial pgd-max; twice the attack cost per epoch)
 #      board   — a CNN of the board's size (the classifier of fixtures/mnist-conv.psm), PGD-AT
 # OUT_DIR gets NAME.ckpt for each run and logs.tar.gz (the logs NAME.log and
 # plan.txt, with the probe's speed and the chosen E), refreshed every minute so
@@ -25,7 +28,7 @@ t0=$(date +%s)
 mkdir -p "$final"
 out=$(mktemp -d)
 publish() {
-  for run in pgd trades board; do
+  for run in pgd max board; do
     [ -f "$out/$run/classifier.ckpt" ] && cp "$out/$run/classifier.ckpt" "$final/$run.ckpt.tmp" &&
       mv "$final/$run.ckpt.tmp" "$final/$run.ckpt"
   done
@@ -64,13 +67,16 @@ epochs=$(awk -v l="$left" -v r="$ips" 'BEGIN { e = int(l * r / (55000 * 2.0 * 1.
 warm=$((epochs >= 4 ? 1 : 0))
 echo "probe $ips img/s alone; $left s left; $epochs epochs, warm-up $warm" | tee "$out/plan.txt"
 # 3. The three runs, side by side.
-for run in pgd trades board; do
+for run in pgd max board; do
   case $run in
     pgd) args=("${big[@]}" --adversarial pgd) ;;
-    trades) args=("${big[@]}" --adversarial trades --trades-beta 6) ;;
+    max) args=("${big[@]}" --adversarial pgd-max --adv-second-eps 2.0) ;;
     board) args=("${board[@]}" --adversarial pgd) ;;
   esac
-  "$bin" train "${common[@]}" "${args[@]}" --cls-epochs "$epochs" --adv-warmup-epochs "$warm" \
+  # pgd-max attacks twice per batch: fewer epochs, so that it ends in time too.
+  e=$epochs
+  [ "$run" = max ] && e=$(((epochs * 6 + 9) / 10))
+  "$bin" train "${common[@]}" "${args[@]}" --cls-epochs "$e" --adv-warmup-epochs "$warm" \
     --out "$out/$run" > "$out/$run.log" 2>&1 &
 done
 # Stop at the budget whatever happens: the checkpoints of whole epochs stay.
