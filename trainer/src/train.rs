@@ -153,7 +153,7 @@ impl AdversarialTraining {
             },
             eps: e2,
             step_size: self.step_size * e2,
-            seed: seed ^ 0x5EC0_4D,
+            seed: seed ^ 0x005E_C04D,
             ..self.pgd_config(eps, seed)
         })
     }
