@@ -25,25 +25,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# The same networks as the attack-cost peer beside this file.
+from peer_attack_cost_jax import mlp, mlp_params
+
 D, H, C, K, M = 784, 256, 10, 20, 8
 SIGMA, ETA, RHO, DELTA = 0.25, 0.05, 0.05, 0.3
 # Nominal multiply-accumulates per image, counted as in BENCHMARKS.md.
 MACS = 2 * K * M * 2 * (D * H + H * H + H * D) + (D * H + H * H + H * C)
-
-
-def mlp_params(rng, dims):
-    return [
-        (rng.standard_normal((i, o)).astype(np.float32) / np.sqrt(i), np.zeros(o, np.float32))
-        for i, o in zip(dims[:-1], dims[1:])
-    ]
-
-
-def mlp(params, x):
-    for i, (w, b) in enumerate(params):
-        x = x @ w + b
-        if i + 1 < len(params):
-            x = jax.nn.relu(x)
-    return x
 
 
 def main():

@@ -425,9 +425,7 @@ fn keep_higher_loss<O: crate::attack::GradientOracle>(
 ) {
     let (za, zb) = (oracle.logits(a), oracle.logits(b));
     let ce = |z: &[f32], y: usize| {
-        let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f32>().ln();
-        lse - z.get(y).copied().unwrap_or(m)
+        crate::attack::loss::loss_and_logit_grad(crate::attack::AttackLoss::CrossEntropy, z, y, 0).0
     };
     for (i, &y) in labels.iter().enumerate() {
         let (Some(ra), Some(rb)) = (
@@ -526,11 +524,10 @@ fn batch_loss(
                     } else {
                         x.clone()
                     };
-                    if let Some(cfg2) = adversarial.second_pgd_config(eps, seed) {
-                        if eps > 0.0 {
-                            let xb = crate::attack::pgd(&oracle, &x, &labels, &cfg2);
-                            keep_higher_loss(&mut xa, &xb, &oracle, &labels, *classes, d);
-                        }
+                    let second = adversarial.second_pgd_config(eps, seed);
+                    if let Some(cfg2) = second.filter(|_| eps > 0.0) {
+                        let xb = crate::attack::pgd(&oracle, &x, &labels, &cfg2);
+                        keep_higher_loss(&mut xa, &xb, &oracle, &labels, *classes, d);
                     }
                     let xa: Batch<f32, Dev> = dev.tensor_from_vec(xa, (b, d));
                     let la = net.forward(xa.leaky_traced());

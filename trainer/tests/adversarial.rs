@@ -189,41 +189,22 @@ fn max_training_raises_accuracy_against_both_threats() {
         let dn = pursamere_trainer::model::DeviceNet::<f32, Dev>::from_float(n, &dev);
         pgd_accuracy(&dev, &dn, a, &val, 200, 99)
     };
-    let standard = train(
-        fresh_checkpoint(Objective::Classifier { classes: 3 }, config(10), net()),
-        &tr,
-        &val,
-        &RunOptions::default(),
-    )
-    .unwrap();
-    let robust = train(
-        fresh_checkpoint(
-            Objective::RobustClassifier {
-                classes: 3,
-                adversarial: both.clone(),
-            },
-            config(10),
-            net(),
-        ),
-        &tr,
-        &val,
-        &RunOptions::default(),
-    )
-    .unwrap();
-    let linf_only = train(
-        fresh_checkpoint(
-            Objective::RobustClassifier {
-                classes: 3,
-                adversarial: at(AdversarialMethod::Pgd),
-            },
-            config(10),
-            net(),
-        ),
-        &tr,
-        &val,
-        &RunOptions::default(),
-    )
-    .unwrap();
+    let fit = |objective: Objective| {
+        train(
+            fresh_checkpoint(objective, config(10), net()),
+            &tr,
+            &val,
+            &RunOptions::default(),
+        )
+        .unwrap()
+    };
+    let robust_to = |adversarial: AdversarialTraining| Objective::RobustClassifier {
+        classes: 3,
+        adversarial,
+    };
+    let standard = fit(Objective::Classifier { classes: 3 });
+    let robust = fit(robust_to(both.clone()));
+    let linf_only = fit(robust_to(at(AdversarialMethod::Pgd)));
     let (base, acc) = (measure(&standard.net, &both), measure(&robust.net, &both));
     let one = measure(&linf_only.net, &both);
     eprintln!("robust to both: max-trained {acc}, L∞-trained {one}, standard {base}");
