@@ -18,7 +18,6 @@ use crate::error::Error;
 use crate::kernels::sum_sq;
 use crate::model::{check_input, check_len, take_scratch, Model};
 use crate::network;
-use crate::noise::fill_standard_normal;
 use crate::purify::PurifierConfig;
 
 /// Scratch of one ERE evaluation, carved from the caller's buffer.
@@ -81,7 +80,7 @@ impl<'s> EreScratch<'s> {
             return;
         }
         for (m, block) in (0u32..).zip(self.noise.chunks_exact_mut(d)) {
-            fill_standard_normal(cfg.seed, m, block);
+            cfg.noise.fill(cfg.seed, m, block);
             for v in block.iter_mut() {
                 *v *= cfg.sigma;
             }

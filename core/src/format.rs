@@ -1,10 +1,10 @@
-//! The `.psm` model file, versions 1 and 2: one definition shared by reader and
+//! The `.psm` model file, versions 1 to 3: one definition shared by reader and
 //! writer.
 //!
 //! ```text
 //! offset  size  field
 //! 0       4     magic "PSMR"
-//! 4       2     format version, u16 little-endian (1 or 2)
+//! 4       2     format version, u16 little-endian (1, 2 or 3)
 //! 6       2     flags, u16 little-endian (= 0; no flags are defined)
 //! 8       4     payload length P, u32 little-endian
 //! 12      P     postcard encoding of `ModelSpec`
@@ -17,12 +17,14 @@
 //! declaration order of the structs below.
 //!
 //! Version 2 only adds layer variants (`Conv2d`, `Upsample2x`) at the end of the
-//! layer enum; the encoding of everything else is unchanged. The writer stamps the
-//! oldest version that can hold the model: a dense-only model is still written as
-//! version 1, byte for byte as before, and a model with a version-2 layer as
-//! version 2, so an older reader rejects it with a version message rather than a
-//! decoding error. The reader accepts both and rejects a version-1 file that holds a
-//! version-2 layer.
+//! layer enum and the L2 purification ball; version 3 changes no byte of the
+//! encoding, only the meaning: its models draw their noise with the f32 Box–Muller
+//! generator ([`crate::noise::NoiseGenerator`]), versions 1 and 2 with the f64 one, so
+//! a model written before keeps its exact purifications. The writer stamps the oldest
+//! version that can hold the model — with the f32 generator, which every new model
+//! has, that is 3 — so an older reader rejects a newer model with a version message
+//! rather than decoding it with the wrong noise or failing to decode. The reader
+//! accepts all three and rejects a version-1 file that holds a version-2 layer.
 
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
@@ -34,7 +36,7 @@ use crate::purify::PurifierConfig;
 /// File magic.
 pub const MAGIC: [u8; 4] = *b"PSMR";
 /// The newest format version this build reads and writes.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// The oldest format version this build reads (and writes, for models that need
 /// nothing newer).
 pub const MIN_FORMAT_VERSION: u16 = 1;
@@ -427,6 +429,7 @@ pub fn required_version(spec: &ModelSpec<'_>) -> u16 {
             crate::purify::Norm::L2 => 2,
             _ => MIN_FORMAT_VERSION,
         })
+        .max(spec.purifier.noise.format_version())
 }
 
 /// Rejects a layer kind newer than the version the file declares.
@@ -567,8 +570,9 @@ pub fn encoded_len(spec: &ModelSpec<'_>) -> Result<usize, FormatError> {
 
 /// Validates `spec` and writes it as a `.psm` file into `out`; returns the number of
 /// bytes written (the file is `&out[..n]`). Use [`encoded_len`] to size `out`. The
-/// prefix carries [`required_version`]`(spec)`: 1 for dense/ReLU models, 2 when a
-/// convolution or upsampling layer is present.
+/// prefix carries [`required_version`]`(spec)`: 3 with the f32 noise generator (every
+/// new model); with the f64 one, 1 for dense/ReLU models and 2 when a convolution,
+/// upsampling layer or L2 ball is present.
 pub fn write_model(spec: &ModelSpec<'_>, out: &mut [u8]) -> Result<usize, FormatError> {
     validate(spec)?;
     let needed = encoded_len(spec)?;

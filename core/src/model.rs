@@ -17,8 +17,10 @@ impl<'a> Model<'a> {
     /// Parses and validates a `.psm` file without copying its tensors.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, FormatError> {
         let (version, payload) = format::unframe(bytes)?;
-        let spec = format::decode(payload)?;
+        let mut spec = format::decode(payload)?;
         format::check_version(&spec, version)?;
+        // The noise generator is not stored: the format version names it.
+        spec.purifier.noise = crate::noise::NoiseGenerator::for_format_version(version);
         Self::from_spec(spec)
     }
 

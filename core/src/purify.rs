@@ -26,6 +26,7 @@ use crate::ere::{ere_eval, EreScratch};
 use crate::error::{ConfigError, Error};
 use crate::kernels::sum_sq;
 use crate::model::{check_input, check_len, Model};
+use crate::noise::NoiseGenerator;
 
 /// Most purification steps a configuration may ask for.
 pub const MAX_ITERS: u32 = 10_000;
@@ -72,6 +73,10 @@ pub struct PurifierConfig {
     pub step: StepRule,
     /// Seed of the noise vectors.
     pub seed: u64,
+    /// The noise generator (not stored in the file: its format version names it,
+    /// and the reader sets it; see [`NoiseGenerator`]).
+    #[serde(skip)]
+    pub noise: NoiseGenerator,
 }
 
 impl PurifierConfig {
@@ -150,9 +155,12 @@ impl Model<'_> {
         };
         let (x_tilde, rest) = rest.split_at_mut_checked(d).ok_or(too_small)?;
         let (g, _) = rest.split_at_mut_checked(d).ok_or(too_small)?;
-        ws.fill_noise(cfg, d);
-
         out.copy_from_slice(input);
+        if cfg.iters == 0 {
+            // No step reads the noise: K = 0 is the identity, at no cost.
+            return Ok(());
+        }
+        ws.fill_noise(cfg, d);
         for _ in 0..cfg.iters {
             // After this, `g` holds h = ∇F(x̃).
             if cfg.rho > 0.0 {

@@ -165,7 +165,7 @@ fn ere_of_identity_like_denoiser_is_noise_energy() {
     let mut energy = 0.0f64;
     for m in 0..cfg.noise_samples {
         for i in 0..d as u32 {
-            let e = f64::from(pursamere_core::noise::standard_normal(cfg.seed, m, i) * cfg.sigma);
+            let e = f64::from(cfg.noise.sample(cfg.seed, m, i) * cfg.sigma);
             energy += e * e;
         }
     }

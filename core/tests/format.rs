@@ -6,6 +6,7 @@ use common::{
     fix_crc, frame_raw, frame_unchecked, layer_forward_f64, Op, OwnedAnyModel, OwnedModel,
     OwnedSeq, Rng,
 };
+use pursamere_core::noise::NoiseGenerator;
 use pursamere_core::{
     encoded_len, required_version, write_model, ConfigError, Conv2d, Dense, FormatError, Layer,
     Model, NetworkKind, TensorKind, PREFIX_LEN,
@@ -216,7 +217,7 @@ fn framing_errors_are_distinct() {
         FormatError::BadMagic(*b"XSMR")
     );
     let payload = &bytes[PREFIX_LEN..bytes.len() - 4];
-    for v in [0, 3, 0x0101, u16::MAX] {
+    for v in [0, 4, 0x0101, u16::MAX] {
         let e = Model::parse(&frame_raw(payload, v, 0)).unwrap_err();
         assert_eq!(e, FormatError::UnsupportedVersion(v));
         assert!(e.to_string().contains("re-export"), "{e}");
@@ -401,11 +402,26 @@ fn validation_errors_are_distinct_and_named() {
 // Version 2: convolutions and upsampling.
 
 #[test]
-fn conv_model_round_trips_and_is_stamped_version_2() {
+fn conv_model_round_trips_and_is_stamped_by_its_noise_generator() {
+    // With the f64 generator a conv model needs version 2; with the f32 one, 3.
+    let mut legacy = conv_small();
+    legacy.cfg.noise = NoiseGenerator::BoxMullerF64;
+    let old = legacy.bytes();
+    assert_eq!(u16::from_le_bytes([old[4], old[5]]), 2);
+    assert_eq!(required_version(&legacy.spec()), 2);
+    let back = Model::parse(&old).unwrap();
+    assert_eq!(back.purifier_config().noise, NoiseGenerator::BoxMullerF64);
+    assert_eq!(*back.spec(), legacy.spec());
+
     let owned = conv_small();
     let bytes = owned.bytes();
-    assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 2);
-    assert_eq!(required_version(&owned.spec()), 2);
+    assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 3);
+    assert_eq!(required_version(&owned.spec()), 3);
+    // Version 3 changes no byte of the payload, only the meaning.
+    assert_eq!(
+        old[PREFIX_LEN..old.len() - 4],
+        bytes[PREFIX_LEN..bytes.len() - 4]
+    );
     let model = Model::parse(&bytes).unwrap();
     assert_eq!(*model.spec(), owned.spec());
     let Layer::Conv2d(c) = model.spec().denoiser.layers[0] else {
@@ -423,13 +439,36 @@ fn conv_model_round_trips_and_is_stamped_version_2() {
 }
 
 #[test]
-fn dense_models_are_still_written_as_version_1_and_read_as_either() {
-    let bytes = small().bytes();
+fn dense_models_keep_version_1_with_the_f64_noise_and_the_version_names_the_generator() {
+    let mut legacy = small();
+    legacy.cfg.noise = NoiseGenerator::BoxMullerF64;
+    let bytes = legacy.bytes();
     assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 1);
     let payload = &bytes[PREFIX_LEN..bytes.len() - 4];
+    let v1 = Model::parse(&bytes).unwrap();
     let v2_file = frame_raw(payload, 2, 0);
     let v2 = Model::parse(&v2_file).unwrap();
-    assert_eq!(v2.spec(), Model::parse(&bytes).unwrap().spec());
+    assert_eq!(v2.spec(), v1.spec());
+    assert_eq!(v1.purifier_config().noise, NoiseGenerator::BoxMullerF64);
+    // The same payload stamped 3 is the same model with the f32 generator.
+    let v3_file = frame_raw(payload, 3, 0);
+    let v3 = Model::parse(&v3_file).unwrap();
+    assert_eq!(v3.purifier_config().noise, NoiseGenerator::BoxMullerF32);
+    assert_eq!(*v3.spec(), small().spec());
+    let new = small().bytes();
+    assert_eq!(u16::from_le_bytes([new[4], new[5]]), 3);
+    assert_eq!(new, v3_file);
+    // And the generator is what purification uses: the two files purify differently.
+    let x: Vec<f32> = (0..v1.input_len()).map(|i| (i % 7) as f32 / 7.0).collect();
+    let purify = |m: &Model<'_>| {
+        let mut out = vec![0f32; x.len()];
+        let mut scratch = vec![0f32; m.scratch_len()];
+        m.purify(&x, &m.purifier_config(), &mut out, &mut scratch)
+            .unwrap();
+        out
+    };
+    assert_ne!(purify(&v1), purify(&v3));
+    assert_eq!(purify(&v1), purify(&v2));
 }
 
 #[test]

@@ -8,10 +8,17 @@
 mod common;
 
 use common::{crc32, OwnedModel, Rng};
+use pursamere_core::noise::NoiseGenerator;
 use pursamere_core::{Model, PurifierConfig, StepRule};
 
-fn digest(cfg_edit: impl Fn(&mut PurifierConfig), batch_fast: bool) -> (u32, Vec<usize>) {
-    let owned = OwnedModel::random(77, (8, 8), &[40, 24], true, &[20], 10);
+fn digest(
+    noise: NoiseGenerator,
+    cfg_edit: impl Fn(&mut PurifierConfig),
+    batch_fast: bool,
+) -> (u32, Vec<usize>) {
+    let mut owned = OwnedModel::random(77, (8, 8), &[40, 24], true, &[20], 10);
+    // Through the file: the version the writer stamps names the generator.
+    owned.cfg.noise = noise;
     let bytes = owned.bytes();
     let model = Model::parse(&bytes).unwrap();
     let mut cfg = model.purifier_config();
@@ -48,17 +55,40 @@ fn purified_bytes_are_pinned() {
         c.rho = 0.0;
         c.eta = 0.01;
     };
-    let got = [digest(sam, false), digest(sam, true), digest(sign, true)];
-    for (crc, labels) in &got {
-        println!("{crc:#010x} {labels:?}");
+    // Format version 3 (f32 noise), and versions 1–2 (f64 noise), whose bits must
+    // never change: files of those versions exist.
+    for (noise, pinned_sam, pinned_sign) in [
+        (NoiseGenerator::BoxMullerF32, PINNED_SAM, PINNED_SIGN),
+        (
+            NoiseGenerator::BoxMullerF64,
+            PINNED_SAM_F64_NOISE,
+            PINNED_SIGN_F64_NOISE,
+        ),
+    ] {
+        let got = [
+            digest(noise, sam, false),
+            digest(noise, sam, true),
+            digest(noise, sign, true),
+        ];
+        for (crc, labels) in &got {
+            println!("{noise:?} {crc:#010x} {labels:?}");
+        }
+        assert_eq!(got[0], got[1], "batched and unbatched paths differ");
+        assert_eq!(
+            got[0].0, pinned_sam,
+            "{noise:?}: SAM purification bits changed"
+        );
+        assert_eq!(
+            got[2].0, pinned_sign,
+            "{noise:?}: sign-step purification bits changed"
+        );
     }
-    assert_eq!(got[0], got[1], "batched and unbatched paths differ");
-    assert_eq!(got[0].0, PINNED_SAM, "SAM purification bits changed");
-    assert_eq!(got[2].0, PINNED_SIGN, "sign-step purification bits changed");
 }
 
-const PINNED_SAM: u32 = 0xc4fc5757;
-const PINNED_SIGN: u32 = 0x3168aa22;
+const PINNED_SAM: u32 = 0x488a8f01;
+const PINNED_SIGN: u32 = 0x0cf8e5b8;
+const PINNED_SAM_F64_NOISE: u32 = 0xc4fc5757;
+const PINNED_SIGN_F64_NOISE: u32 = 0x3168aa22;
 
 #[test]
 fn digest_is_crc32_of_little_endian_bytes() {

@@ -9,10 +9,16 @@
 mod common;
 
 use common::{crc32, OwnedAnyModel, Rng};
+use pursamere_core::noise::NoiseGenerator;
 use pursamere_core::{Model, PurifierConfig, StepRule};
 
-fn digest(cfg_edit: impl Fn(&mut PurifierConfig), batch_fast: bool) -> (u32, Vec<usize>) {
-    let owned = OwnedAnyModel::small_conv(78);
+fn digest(
+    noise: NoiseGenerator,
+    cfg_edit: impl Fn(&mut PurifierConfig),
+    batch_fast: bool,
+) -> (u32, Vec<usize>) {
+    let mut owned = OwnedAnyModel::small_conv(78);
+    owned.cfg.noise = noise;
     let bytes = owned.bytes();
     let model = Model::parse(&bytes).unwrap();
     let mut cfg = model.purifier_config();
@@ -49,17 +55,36 @@ fn conv_purified_bytes_are_pinned() {
         c.rho = 0.0;
         c.eta = 0.01;
     };
-    let got = [digest(sam, false), digest(sam, true), digest(sign, true)];
-    for (crc, labels) in &got {
-        println!("{crc:#010x} {labels:?}");
+    // Format version 3 (f32 noise) and version 2 (f64 noise; never changes).
+    for (noise, pinned_sam, pinned_sign) in [
+        (NoiseGenerator::BoxMullerF32, PINNED_SAM, PINNED_SIGN),
+        (
+            NoiseGenerator::BoxMullerF64,
+            PINNED_SAM_F64_NOISE,
+            PINNED_SIGN_F64_NOISE,
+        ),
+    ] {
+        let got = [
+            digest(noise, sam, false),
+            digest(noise, sam, true),
+            digest(noise, sign, true),
+        ];
+        for (crc, labels) in &got {
+            println!("{noise:?} {crc:#010x} {labels:?}");
+        }
+        assert_eq!(got[0], got[1], "batched and unbatched paths differ");
+        assert_eq!(
+            got[0].0, pinned_sam,
+            "{noise:?}: conv SAM purification bits changed"
+        );
+        assert_eq!(
+            got[2].0, pinned_sign,
+            "{noise:?}: conv sign-step purification bits changed"
+        );
     }
-    assert_eq!(got[0], got[1], "batched and unbatched paths differ");
-    assert_eq!(got[0].0, PINNED_SAM, "conv SAM purification bits changed");
-    assert_eq!(
-        got[2].0, PINNED_SIGN,
-        "conv sign-step purification bits changed"
-    );
 }
 
-const PINNED_SAM: u32 = 0x4201948d;
-const PINNED_SIGN: u32 = 0x3f1649eb;
+const PINNED_SAM: u32 = 0x339aa2ef;
+const PINNED_SIGN: u32 = 0x61e0272e;
+const PINNED_SAM_F64_NOISE: u32 = 0x4201948d;
+const PINNED_SIGN_F64_NOISE: u32 = 0x3f1649eb;

@@ -192,13 +192,13 @@ fn bad_input_is_reported_clearly() {
     let o = run(&["inspect", s(&junk)]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("magic"), "{}", text(&o));
-    // Version 3 does not exist yet (1 and 2 do).
-    let mut v3 = b"PSMR".to_vec();
-    v3.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-    std::fs::write(&junk, &v3).unwrap();
+    // Version 4 does not exist yet (1 to 3 do).
+    let mut v4 = b"PSMR".to_vec();
+    v4.extend_from_slice(&[4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    std::fs::write(&junk, &v4).unwrap();
     let o = run(&["inspect", s(&junk)]);
     assert!(
-        text(&o).contains("version 3 is not supported"),
+        text(&o).contains("version 4 is not supported"),
         "{}",
         text(&o)
     );
@@ -1898,4 +1898,99 @@ fn an_unknown_key_in_a_run_file_is_named_as_such() {
         "{t}"
     );
     assert!(!out.exists());
+}
+
+#[test]
+fn upgrade_rewrites_an_older_model_with_the_f32_noise_and_golden_only_follows_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // A copy of the shipped fixtures (model and sample), to regenerate golden.json in.
+    let fx = d.join("fx");
+    std::fs::create_dir_all(fx.join("mnist-sample")).unwrap();
+    for f in ["mnist.psm", "golden.json"] {
+        std::fs::copy(fixtures().join(f), fx.join(f)).unwrap();
+    }
+    for f in ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
+        std::fs::copy(
+            fixtures().join("mnist-sample").join(f),
+            fx.join("mnist-sample").join(f),
+        )
+        .unwrap();
+    }
+    let golden = |dir: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap()
+    };
+    // --golden-only reproduces the committed golden.json of the shipped (f64) model.
+    let o = run(&["fixtures", "--golden-only", "--out", s(&fx)]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("--force"), "{}", text(&o));
+    let o = run(&["fixtures", "--golden-only", "--out", s(&fx), "--force"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(golden(&fx), golden(&fixtures()));
+    assert_eq!(golden(&fx)["noise_generator"], "box-muller-f64");
+
+    // Upgrade: a new file, the same weights, version 3, the f32 generator.
+    let old = fixtures().join("mnist.psm");
+    let new = d.join("up").join("mnist.psm");
+    let o = run(&["upgrade", "--model", s(&old), "--out", s(&d.join("up"))]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("box-muller-f32"), "{}", text(&o));
+    let (a, b) = (std::fs::read(&old).unwrap(), std::fs::read(&new).unwrap());
+    assert_eq!(a.len(), b.len());
+    assert_eq!(&b[4..6], &[3, 0]);
+    assert_eq!(a[12..a.len() - 4], b[12..b.len() - 4], "payload unchanged");
+    let o = run(&["inspect", s(&new), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["format_version"], 3);
+    assert_eq!(v["noise_generator"], "box-muller-f32");
+    // Again: nothing to do. Onto an existing file: only with --force.
+    let o = run(&["upgrade", "--model", s(&new), "--out", s(&d.join("x"))]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("nothing to upgrade"), "{}", text(&o));
+    assert!(!d.join("x").exists());
+    let o = run(&["upgrade", "--model", s(&old), "--out", s(&d.join("up"))]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("--force"), "{}", text(&o));
+    assert_eq!(std::fs::read(&new).unwrap(), b);
+    let junk = d.join("junk.psm");
+    std::fs::write(&junk, b"not a model").unwrap();
+    let o = run(&["upgrade", "--model", s(&junk), "--out", s(&d.join("y"))]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("junk.psm"), "{}", text(&o));
+    assert!(!d.join("y").exists());
+
+    // The upgraded model's golden vectors: other purified bits, the new generator.
+    std::fs::copy(&new, fx.join("mnist.psm")).unwrap();
+    let o = run(&["fixtures", "--golden-only", "--out", s(&fx), "--force"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let g = golden(&fx);
+    assert_eq!(g["noise_generator"], "box-muller-f32");
+    assert_eq!(g["format_version"], 3);
+    let crcs = |v: &serde_json::Value| -> Vec<String> {
+        v["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["purified_crc32"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (was, now) = (crcs(&golden(&fixtures())), crcs(&g));
+    assert_eq!(was.len(), now.len());
+    assert!(was.iter().zip(&now).all(|(a, b)| a != b));
+    // A purification with the upgraded file agrees with its golden vector.
+    let o = run(&[
+        "purify",
+        "--model",
+        s(&new),
+        "--idx",
+        s(&fx.join("mnist-sample/t10k-images-idx3-ubyte.gz")),
+        "--count",
+        "1",
+        "--out",
+        s(&d.join("p")),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["images"][0]["crc32"], g["images"][0]["purified_crc32"]);
 }

@@ -42,6 +42,7 @@ pub const PURIFIER: PurifierConfig = PurifierConfig {
     norm: Norm::Linf,
     step: StepRule::Sign,
     seed: 12,
+    noise: pursamere_core::noise::NoiseGenerator::BoxMullerF32,
 };
 
 const CLASS_NAMES: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];

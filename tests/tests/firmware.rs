@@ -260,10 +260,33 @@ fn check(model_path: &str) {
         "cost {key}: {instructions} instructions per image (K {}, M {})",
         cfg.iters, cfg.noise_samples
     );
+    // The noise generator alone (`noise_ticks <t> values <n> first <bits>`): the
+    // first value must be the host's, and its cost is tracked like the whole.
+    let noise_line = log
+        .lines()
+        .find_map(|l| l.strip_prefix("noise_ticks "))
+        .unwrap_or_else(|| panic!("no noise_ticks line in the firmware output:\n{log}"));
+    let f: Vec<&str> = noise_line.split_whitespace().collect();
+    let [t, "values", n, "first", first] = f[..] else {
+        panic!("bad noise_ticks line: {noise_line}")
+    };
+    let (noise_ticks, values): (u64, u64) = (t.parse().unwrap(), n.parse().unwrap());
+    assert_eq!(
+        first,
+        format!("{:08x}", cfg.noise.sample(cfg.seed, 0, 0).to_bits()),
+        "{key}: the firmware's first noise value differs from the host's"
+    );
+    let noise_per_value = noise_ticks * INSTRUCTIONS_PER_TICK / values;
+    eprintln!(
+        "cost {key}: {noise_per_value} instructions per noise value ({})",
+        cfg.noise.name()
+    );
     let current = serde_json::json!({
         "iters": cfg.iters,
         "noise_samples": cfg.noise_samples,
         "instructions_per_image": instructions,
+        "noise_generator": cfg.noise.name(),
+        "noise_instructions_per_value": noise_per_value,
     });
     let expected = entry(
         &dir.join("cost.json"),
@@ -284,6 +307,17 @@ fn check(model_path: &str) {
         instructions * 100 <= cost0 * 105,
         "{key}: instructions per image grew from {cost0} to {instructions} (> 5 %); if intended, update tests/firmware/cost.json (PURSAMERE_UPDATE_COST=1)"
     );
+    if let Some(noise0) = expected["noise_instructions_per_value"].as_u64() {
+        assert_eq!(
+            expected["noise_generator"].as_str(),
+            Some(cfg.noise.name()),
+            "{key}: tests/firmware/cost.json was measured with another noise generator; update it (PURSAMERE_UPDATE_COST=1)"
+        );
+        assert!(
+            noise_per_value * 100 <= noise0 * 105,
+            "{key}: instructions per noise value grew from {noise0} to {noise_per_value} (> 5 %); if intended, update tests/firmware/cost.json (PURSAMERE_UPDATE_COST=1)"
+        );
+    }
     if instructions * 100 < cost0 * 95 {
         eprintln!("note: {key} got more than 5 % cheaper ({cost0} -> {instructions} instructions per image); tighten tests/firmware/cost.json with PURSAMERE_UPDATE_COST=1");
     }

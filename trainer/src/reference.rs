@@ -40,7 +40,7 @@ impl<E: Dtype + Float, D: NetDevice<E>> Reference<E, D> {
         let m = cfg.noise_samples as usize;
         let mut noise = vec![0f32; m * d];
         for (mi, block) in (0u32..).zip(noise.chunks_mut(d.max(1))) {
-            pursamere_core::noise::fill_standard_normal(cfg.seed, mi, block);
+            cfg.noise.fill(cfg.seed, mi, block);
             for v in block.iter_mut() {
                 *v *= cfg.sigma;
             }

@@ -10,10 +10,13 @@
 //!   = `C,H,W`; `class_names` (JSON array); `{net}.layers` = the layer list, e.g.
 //!   `dense,relu,dense` or `conv2d:s2:p1:28x28,relu,upsample2x:8x14x14` (stride,
 //!   padding and input size of a conv; channels and kernel are in its weight); `{net}.residual` = `true`/`false`; `purifier` (JSON object
-//!   with the fields of `PurifierConfig`).
+//!   with the fields of `PurifierConfig`); `noise_generator` = `box-muller-f32` or
+//!   `box-muller-f64` (absent in files written before it existed, which all used
+//!   the f64 generator).
 
 use std::collections::{BTreeMap, HashMap};
 
+use pursamere_core::noise::NoiseGenerator;
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
 
 use crate::model::{FloatLayer, FloatModel, FloatNet};
@@ -148,6 +151,10 @@ pub fn to_safetensors(model: &FloatModel) -> Result<Vec<u8>, SafetensorsError> {
         "purifier".to_owned(),
         serde_json::to_string(&model.purifier).map_err(json)?,
     );
+    meta.insert(
+        "noise_generator".to_owned(),
+        model.purifier.noise.name().to_owned(),
+    );
     for (name, net) in [
         ("denoiser", &model.denoiser),
         ("classifier", &model.classifier),
@@ -239,7 +246,17 @@ pub fn from_safetensors(bytes: &[u8]) -> Result<FloatModel, SafetensorsError> {
     let json = |k: &str, e: serde_json::Error| SafetensorsError::Content(format!("{k}: {e}"));
     let class_names: Vec<String> =
         serde_json::from_str(&get("class_names")?).map_err(|e| json("class_names", e))?;
-    let purifier = serde_json::from_str(&get("purifier")?).map_err(|e| json("purifier", e))?;
+    let mut purifier: pursamere_core::PurifierConfig =
+        serde_json::from_str(&get("purifier")?).map_err(|e| json("purifier", e))?;
+    // Files written before the key existed all used the f64 generator.
+    purifier.noise = match meta.get("noise_generator") {
+        None => NoiseGenerator::BoxMullerF64,
+        Some(name) => NoiseGenerator::from_name(name).ok_or_else(|| {
+            SafetensorsError::Content(format!(
+                "noise_generator: unknown generator {name:?} (this build knows box-muller-f32 and box-muller-f64)"
+            ))
+        })?,
+    };
     let mut nets = Vec::new();
     for name in ["denoiser", "classifier"] {
         let residual = get(&format!("{name}.residual"))? == "true";

@@ -25,6 +25,7 @@ fn small_purifier() -> (pursamere_core::PurifierConfig, FloatNet) {
         norm: Norm::Linf,
         step: StepRule::Gradient,
         seed: 0,
+        noise: pursamere_core::noise::NoiseGenerator::BoxMullerF32,
     };
     (cfg, FloatNet::mlp(&[36, 24, 36], false, 1.0, 9))
 }
@@ -134,22 +135,27 @@ fn full_gradient_attack_is_at_least_as_strong_as_bpda_here() {
     use pursamere_trainer::attack::{PurifiedOracle, PurifierGradient};
     let (net, x, y) = trained();
     let (cfg, den) = small_purifier();
-    let full = PurifiedOracle::new(&den, &net, 36, cfg, PurifierGradient::Full);
-    let bpda = PurifiedOracle::new(&den, &net, 36, cfg, PurifierGradient::Bpda);
     let (xs, ys) = (&x[..36 * 30], &y[..30]);
-    let correct = |o: &dyn Fn(&[f32]) -> Vec<usize>, adv: &[f32]| {
-        o(adv).iter().zip(ys).filter(|(a, b)| a == b).count()
-    };
-    let pred = |adv: &[f32]| bpda.evaluate(adv, ys, AttackLoss::CrossEntropy).pred;
-    let clean = correct(&pred, xs);
-    let a_full = pgd(&full, xs, ys, &PgdConfig::linf(0.2, 20));
-    let a_bpda = pgd(&bpda, xs, ys, &PgdConfig::linf(0.2, 20));
-    let (r_full, r_bpda) = (correct(&pred, &a_full), correct(&pred, &a_bpda));
+    // Summed over six noise seeds: with 30 images and an untrained purifier, one
+    // seed alone may leave the attack nothing to find at this budget.
+    let (mut clean, mut r_full, mut r_bpda) = (0, 0, 0);
+    for seed in 0..6 {
+        let cfg = pursamere_core::PurifierConfig { seed, ..cfg };
+        let full = PurifiedOracle::new(&den, &net, 36, cfg, PurifierGradient::Full);
+        let bpda = PurifiedOracle::new(&den, &net, 36, cfg, PurifierGradient::Bpda);
+        let correct = |adv: &[f32]| {
+            let pred = bpda.evaluate(adv, ys, AttackLoss::CrossEntropy).pred;
+            pred.iter().zip(ys).filter(|(a, b)| a == b).count()
+        };
+        clean += correct(xs);
+        r_full += correct(&pgd(&full, xs, ys, &PgdConfig::linf(0.2, 20)));
+        r_bpda += correct(&pgd(&bpda, xs, ys, &PgdConfig::linf(0.2, 20)));
+    }
     assert!(
-        r_full < clean,
+        r_full + 5 < clean,
         "the full-gradient attack must find something: {r_full}/{clean}"
     );
-    assert!(r_full <= r_bpda + 2, "full {r_full} vs BPDA {r_bpda}");
+    assert!(r_full <= r_bpda + 4, "full {r_full} vs BPDA {r_bpda}");
 }
 
 #[test]

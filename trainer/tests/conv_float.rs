@@ -33,6 +33,7 @@ fn cfg() -> PurifierConfig {
         norm: Norm::Linf,
         step: StepRule::Gradient,
         seed: 4,
+        noise: pursamere_core::noise::NoiseGenerator::BoxMullerF32,
     }
 }
 

@@ -66,6 +66,7 @@ fn model() -> FloatModel {
             norm: Norm::Linf,
             step: StepRule::Gradient,
             seed: 9,
+            noise: pursamere_core::noise::NoiseGenerator::BoxMullerF32,
         },
     }
 }
@@ -153,6 +154,45 @@ fn safetensors_round_trips_the_float_model() {
     }
     let text = String::from_utf8_lossy(&bytes).to_string();
     assert!(text.contains("pursamere-float-v1"));
+}
+
+#[test]
+fn safetensors_keeps_the_noise_generator_and_older_files_read_as_f64() {
+    use pursamere_core::noise::NoiseGenerator;
+    use pursamere_trainer::safetensors_io::{from_safetensors, to_safetensors};
+    for g in [NoiseGenerator::BoxMullerF64, NoiseGenerator::BoxMullerF32] {
+        let mut fm = model();
+        fm.purifier.noise = g;
+        let back = from_safetensors(&to_safetensors(&fm).unwrap()).unwrap();
+        assert_eq!(back.purifier.noise, g);
+        // And the .psm it exports is stamped with the generator's version.
+        let psm = QuantizedModel::from_float(&back).unwrap().to_psm().unwrap();
+        assert_eq!(Model::parse(&psm).unwrap().purifier_config().noise, g);
+    }
+    // The shipped float file was written before the key existed, with the f64 noise
+    // of the shipped .psm.
+    let old = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/mnist.safetensors"
+    ))
+    .unwrap();
+    assert!(!String::from_utf8_lossy(&old).contains("noise_generator"));
+    assert_eq!(
+        from_safetensors(&old).unwrap().purifier.noise,
+        NoiseGenerator::BoxMullerF64
+    );
+    // An unknown generator is named in the error.
+    let mut fm = model();
+    fm.purifier.noise = NoiseGenerator::BoxMullerF32;
+    let bytes = to_safetensors(&fm).unwrap();
+    let mut bad = bytes.clone();
+    let at = bad
+        .windows(14)
+        .position(|w| w == b"box-muller-f32")
+        .unwrap();
+    bad[at + 12..at + 14].copy_from_slice(b"99");
+    let e = from_safetensors(&bad).unwrap_err().to_string();
+    assert!(e.contains("box-muller-f99"), "{e}");
 }
 
 #[test]

@@ -21,6 +21,7 @@ fn cfg(radius: f32, rho: f32) -> PurifierConfig {
         norm: Norm::L2,
         step: StepRule::Gradient,
         seed: 11,
+        noise: pursamere_core::noise::NoiseGenerator::BoxMullerF32,
     }
 }
 
@@ -44,8 +45,9 @@ fn core_stays_in_the_l2_ball_and_the_reference_tracks_it() {
     for radius in [0.05f32, 0.3, 2.0] {
         let fm = model(radius);
         let bytes = QuantizedModel::from_float(&fm).unwrap().to_psm().unwrap();
-        // An L2 purifier needs format version 2 (bytes 4..6 of the prefix).
-        assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 2);
+        // An L2 purifier needs format version 2 or later (bytes 4..6 of the prefix);
+        // with the f32 noise generator of every new model, 3.
+        assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 3);
         let core = Model::parse(&bytes).unwrap();
         assert_eq!(core.purifier_config().norm, Norm::L2);
         let deq = FloatModel::from_spec(core.spec()).unwrap();

@@ -55,6 +55,7 @@ fn short_mnist_run_exports_and_agrees_with_reference() {
         norm: Norm::Linf,
         step: StepRule::Gradient,
         seed: 0,
+        noise: pursamere_core::noise::NoiseGenerator::BoxMullerF32,
     };
     let fm = FloatModel {
         dataset: "mnist".into(),

@@ -22,6 +22,7 @@ fn cfg() -> PurifierConfig {
         norm: Norm::Linf,
         step: StepRule::Gradient,
         seed: 11,
+        noise: pursamere_core::noise::NoiseGenerator::BoxMullerF32,
     }
 }
 

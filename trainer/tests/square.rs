@@ -96,6 +96,7 @@ fn square_matches_pgd_on_a_smooth_toy_defence() {
         norm: pursamere_core::Norm::Linf,
         step: pursamere_core::StepRule::Gradient,
         seed: 0,
+        noise: pursamere_core::noise::NoiseGenerator::BoxMullerF32,
     };
     let den = pursamere_trainer::model::FloatNet::mlp(&[36, 24, 36], false, 0.5, 9);
     let o = PurifiedOracle::new(&den, &net, 36, cfg_p, PurifierGradient::Full);

@@ -21,6 +21,7 @@ fn cfg(rho: f32, radius: f32, step: StepRule) -> PurifierConfig {
         norm: Norm::Linf,
         step,
         seed: 3,
+        noise: pursamere_core::noise::NoiseGenerator::BoxMullerF32,
     }
 }
 

@@ -124,6 +124,7 @@ pub fn default_config() -> PurifierConfig {
         norm: Norm::Linf,
         step: StepRule::Gradient,
         seed: 7,
+        noise: pursamere_core::noise::NoiseGenerator::BoxMullerF32,
     }
 }
 
@@ -664,7 +665,7 @@ pub fn ere_f64(spec: &ModelSpec<'_>, cfg: &PurifierConfig, x: &[f64]) -> f64 {
     for m in 0..cfg.noise_samples {
         let y: Vec<f64> = (0..d)
             .map(|i| {
-                let e = pursamere_core::noise::standard_normal(cfg.seed, m, i as u32) * cfg.sigma;
+                let e = cfg.noise.sample(cfg.seed, m, i as u32) * cfg.sigma;
                 x[i] + f64::from(e)
             })
             .collect();

@@ -23,6 +23,7 @@ pub const DEFAULT_PURIFIER: PurifierConfig = PurifierConfig {
     norm: Norm::Linf,
     step: StepRule::Gradient,
     seed: 0,
+    noise: pursamere_core::noise::NoiseGenerator::BoxMullerF32,
 };
 
 /// Norm of the purification ball on the command line.
@@ -126,6 +127,8 @@ impl PurifierArgs {
                 Some(BallArg::L2) => Norm::L2,
                 None => base.norm,
             },
+            // The model's generator: its format version fixes it.
+            noise: base.noise,
         };
         cfg.validate().context("invalid purifier setting")?;
         Ok(cfg)
@@ -261,7 +264,12 @@ pub fn run(a: ExportArgs) -> Result<i32> {
         class_names: super::images::class_names_for(&a.dataset, classes),
         denoiser: den,
         classifier: cls.net,
-        purifier: a.purifier.apply(den_cfg.unwrap_or(DEFAULT_PURIFIER))?,
+        // A new model takes the current noise generator, even when its denoiser and
+        // settings come from an older .psm.
+        purifier: a.purifier.apply(PurifierConfig {
+            noise: DEFAULT_PURIFIER.noise,
+            ..den_cfg.unwrap_or(DEFAULT_PURIFIER)
+        })?,
     };
     let q = QuantizedModel::from_float(&fm)?;
     let psm = q.to_psm()?;

@@ -27,8 +27,8 @@ pub const SAMPLE_IMAGES: usize = 256;
 #[derive(Args, Debug)]
 pub struct FixturesArgs {
     /// MNIST directory (IDX files).
-    #[arg(long)]
-    pub data: PathBuf,
+    #[arg(long, required_unless_present = "golden_only")]
+    pub data: Option<PathBuf>,
     /// Output folder (created if missing) for mnist.psm, mnist.safetensors,
     /// mnist-sample/, golden.json and sweep.json. Existing files are overwritten only
     /// with --force (regenerating the shipped fixtures: --out fixtures --force).
@@ -44,6 +44,11 @@ pub struct FixturesArgs {
     /// Validation images (from the TRAIN hold-out) used to choose the purifier settings.
     #[arg(long, default_value_t = 500)]
     pub tune_images: usize,
+    /// Only recompute golden.json from the mnist.psm and mnist-sample/ already in
+    /// --out (after `pursamere upgrade` of the shipped model); needs --force, as it
+    /// replaces golden.json, and neither --data nor a training run.
+    #[arg(long, conflicts_with_all = ["data", "run"])]
+    pub golden_only: bool,
 }
 
 #[derive(Serialize)]
@@ -97,6 +102,12 @@ const FIXTURE_FILES: [&str; 5] = [
 
 pub fn run(a: FixturesArgs) -> Result<i32> {
     let start = Instant::now();
+    if a.golden_only {
+        return golden_only(&a.out, a.force);
+    }
+    let Some(data) = a.data.clone() else {
+        anyhow::bail!("--data is needed (the MNIST folder)");
+    };
     if a.tune_images == 0 {
         anyhow::bail!("--tune-images must be at least 1");
     }
@@ -105,7 +116,7 @@ pub fn run(a: FixturesArgs) -> Result<i32> {
         anyhow::bail!(
             "--run {}: no denoiser.ckpt; train a run first: pursamere train --data {} --out {}",
             a.run.display(),
-            a.data.display(),
+            data.display(),
             a.run.display()
         );
     }
@@ -126,7 +137,7 @@ pub fn run(a: FixturesArgs) -> Result<i32> {
     };
 
     // Tuning data: the TRAIN hold-out (same split and seed as `pursamere train`).
-    let full = load_mnist_dir(&a.data, Split::Train)?;
+    let full = load_mnist_dir(&data, Split::Train)?;
     let (_, val) = full.split_validation(5000, pursamere_trainer::data::HOLDOUT_SEED)?;
     let n = a.tune_images.min(val.len());
     let x: Vec<f32> = (0..n)
@@ -171,9 +182,8 @@ pub fn run(a: FixturesArgs) -> Result<i32> {
     let psm = q.to_psm()?;
     out.write(&out.join("mnist.psm"), &psm)?;
     out.write(&out.join("mnist.safetensors"), &to_safetensors(&fm)?)?;
-    let model = Model::parse(&psm)?;
 
-    let test = load_mnist_dir(&a.data, Split::Test)?;
+    let test = load_mnist_dir(&data, Split::Test)?;
     let idx: Vec<usize> = (0..SAMPLE_IMAGES.min(test.len())).collect();
     let sample = test.select(&idx);
     let sample_dir = out.join("mnist-sample");
@@ -181,25 +191,7 @@ pub fn run(a: FixturesArgs) -> Result<i32> {
     write_idx_gz(&sample_dir, "t10k", &sample)
         .with_context(|| format!("writing {}", sample_dir.display()))?;
 
-    let sx: Vec<f32> = (0..sample.len())
-        .flat_map(|i| sample.image_f32(i).unwrap_or_default())
-        .collect();
-    let clean = core_classify(&model, &sx)?;
-    let (px, labels) = core_purify_classify(&model, &chosen, &sx)?;
-    let images: Vec<_> = px
-        .chunks(784)
-        .enumerate()
-        .map(|(i, p)| {
-            json!({"index": i, "label": sample.labels[i], "clean_prediction": clean[i],
-                   "purified_prediction": labels[i], "purified_crc32": format!("{:08x}", pursamere_core::digest_f32(p))})
-        })
-        .collect();
-    let golden = json!({
-        "about": "Core (host build) outputs for fixtures/mnist-sample with fixtures/mnist.psm and its default purifier configuration. purified_crc32 = CRC-32 of the purified image's f32 little-endian bytes (pursamere_core::digest_f32). Regenerate with `pursamere fixtures`.",
-        "model_crc32": format!("{:08x}", crc32_bytes(&psm)),
-        "purifier": chosen,
-        "images": images,
-    });
+    let golden = golden_json(&psm, &sample)?;
     out.write(
         &out.join("golden.json"),
         serde_json::to_string_pretty(&golden)?.as_bytes(),
@@ -241,7 +233,51 @@ fn choose(rows: &[SweepRow], base_clean: f64) -> PurifierConfig {
         .unwrap_or(DEFAULT_PURIFIER)
 }
 
-fn crc32_bytes(b: &[u8]) -> u32 {
-    const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
-    CRC32.checksum(b)
+/// golden.json: the core's outputs on the sample with the model's own purifier setting.
+fn golden_json(psm: &[u8], sample: &pursamere_trainer::data::Dataset) -> Result<serde_json::Value> {
+    let model = Model::parse(psm)?;
+    let cfg = model.purifier_config();
+    let sx: Vec<f32> = (0..sample.len())
+        .flat_map(|i| sample.image_f32(i).unwrap_or_default())
+        .collect();
+    let clean = core_classify(&model, &sx)?;
+    let (px, labels) = core_purify_classify(&model, &cfg, &sx)?;
+    let images: Vec<_> = px
+        .chunks(model.input_len().max(1))
+        .enumerate()
+        .map(|(i, p)| {
+            json!({"index": i, "label": sample.labels[i], "clean_prediction": clean[i],
+                   "purified_prediction": labels[i], "purified_crc32": format!("{:08x}", pursamere_core::digest_f32(p))})
+        })
+        .collect();
+    Ok(json!({
+        "about": "Core (host build) outputs for fixtures/mnist-sample with fixtures/mnist.psm and its default purifier configuration. purified_crc32 = CRC-32 of the purified image's f32 little-endian bytes (pursamere_core::digest_f32). Regenerate with `pursamere fixtures` (`--golden-only` keeps the model and sample).",
+        // (A CRC-32 of the whole file would be the constant residue 0x2144df1c: the
+        // file ends in its own CRC.)
+        "model_sha256": pursamere_trainer::eval::results::sha256_hex(psm),
+        "format_version": u16::from_le_bytes([psm[4], psm[5]]),
+        "noise_generator": cfg.noise.name(),
+        "purifier": cfg,
+        "images": images,
+    }))
+}
+
+/// `fixtures --golden-only`: golden.json again from the model and sample in `dir`.
+fn golden_only(dir: &std::path::Path, force: bool) -> Result<i32> {
+    let path = dir.join("golden.json");
+    if path.exists() && !force {
+        anyhow::bail!("{} exists; add --force to replace it", path.display());
+    }
+    let psm = super::read_file(&dir.join("mnist.psm"))?;
+    let sample = load_mnist_dir(&dir.join("mnist-sample"), Split::Test)
+        .with_context(|| format!("reading {}", dir.join("mnist-sample").display()))?;
+    let golden = golden_json(&psm, &sample)?;
+    super::write_file(&path, serde_json::to_string_pretty(&golden)?.as_bytes())?;
+    outln!(
+        "wrote {} ({} images, {} model)",
+        path.display(),
+        sample.len(),
+        golden["noise_generator"].as_str().unwrap_or("")
+    )?;
+    Ok(0)
 }

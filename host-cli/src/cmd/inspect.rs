@@ -82,6 +82,8 @@ pub fn run(a: InspectArgs) -> Result<i32> {
         "layers": layers,
         "params": params,
         "purifier": cfg,
+        "format_version": u16::from_le_bytes([bytes[4], bytes[5]]),
+        "noise_generator": cfg.noise.name(),
         "scratch_bytes_min": scratch_min,
         "scratch_bytes_fast": scratch_fast,
         "macs_per_purification": model.purify_macs(&cfg),
@@ -138,6 +140,16 @@ pub fn run(a: InspectArgs) -> Result<i32> {
         cfg.norm,
         cfg.step,
         cfg.seed
+    )?;
+    outln!(
+        "format version {}, noise generator {}{}",
+        u16::from_le_bytes([bytes[4], bytes[5]]),
+        cfg.noise.name(),
+        if cfg.noise == pursamere_core::noise::NoiseGenerator::default() {
+            ""
+        } else {
+            " (an older, slower generator on a microcontroller: `pursamere upgrade` rewrites the model with the current one)"
+        }
     )?;
     outln!("scratch RAM: {scratch_min} bytes minimum (microcontroller), {scratch_fast} bytes for the fastest host path")?;
     outln!(

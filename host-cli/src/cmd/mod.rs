@@ -9,6 +9,7 @@ pub mod images;
 pub mod inspect;
 pub mod purify;
 pub mod train;
+pub mod upgrade;
 pub mod verify;
 
 use std::path::{Path, PathBuf};

@@ -204,6 +204,17 @@ fn run() -> Option<usize> {
     let images = IMAGES.len() / D;
     let per_image = (ticks() - start) / images.max(1) as u64;
     hprintln!("systick_ticks_per_image {}", per_image);
+    // The noise generator alone: one noise vector, as a purification draws M of them
+    // (BENCHMARKS.md, scripts/fw-noise-cost.sh).
+    let start = ticks();
+    cfg.noise.fill(cfg.seed, 0, &mut x);
+    let noise = ticks() - start;
+    hprintln!(
+        "noise_ticks {} values {} first {:08x}",
+        noise,
+        D,
+        x.first().map_or(0, |v| v.to_bits())
+    );
     Some(images)
 }
 
