@@ -1,8 +1,12 @@
 //! The deployed system: the int8 core's predictions, on every thread.
 //!
 //! Every verdict of the evaluation comes from here, never from the float reference
-//! the gradient attacks differentiate.
+//! the gradient attacks differentiate. Purification runs with the host's SIMD
+//! kernels (`pursamere-accel`, chosen at run time), which give the core's bits
+//! exactly (`accel/tests/same_bits.rs`); `PURSAMERE_SIMD=portable` uses the
+//! core's own kernels.
 
+use pursamere_accel::{Accel, AlignedF32};
 use pursamere_core::{Error as CoreError, Model, PurifierConfig};
 
 /// Length of the scratch for the fastest host path of `purify` with `cfg` (all
@@ -52,15 +56,17 @@ pub fn purify_classify(
 ) -> Result<(Vec<f32>, Vec<usize>), CoreError> {
     let d = model.input_len();
     let n = x.len() / d.max(1);
+    let kernels = Accel::detect().prepare(model);
     let rows = parallel_ranges(n, |range| {
-        let mut scratch = vec![0.0; fast_scratch_len(model, cfg)];
+        let mut scratch = AlignedF32::zeroed(fast_scratch_len(model, cfg));
+        let scratch = scratch.as_mut_slice();
         let mut logits = vec![0.0; model.num_classes()];
         let mut out = Vec::with_capacity(range.len());
         for i in range {
             let img = x.get(i * d..(i + 1) * d).unwrap_or(&[]);
             let mut p = vec![0.0; d];
-            model.purify(img, cfg, &mut p, &mut scratch)?;
-            let l = model.classify(&p, &mut logits, &mut scratch)?;
+            model.purify_with(&kernels, img, cfg, &mut p, scratch)?;
+            let l = model.classify(&p, &mut logits, scratch)?;
             out.push((p, l));
             on_image();
         }
@@ -109,6 +115,8 @@ pub fn logits(
     let d = model.input_len();
     let n = x.len() / d.max(1);
     let c = model.num_classes();
+    // Widening the weights once per call costs far less than one purification.
+    let kernels = purifier.map(|_| Accel::detect().prepare(model));
     let rows = parallel_ranges(n, |range| {
         let len = match purifier {
             Some(cfg) => fast_scratch_len(model, cfg),
@@ -116,24 +124,29 @@ pub fn logits(
                 .denoise_scratch_len()
                 .max(model.classify_scratch_len()),
         };
-        let mut scratch = vec![0.0; len];
+        let mut scratch = AlignedF32::zeroed(len);
+        let scratch = scratch.as_mut_slice();
         let mut buf = vec![0.0; d];
         let mut out = Vec::with_capacity(range.len() * c);
         for i in range {
             let img = x.get(i * d..(i + 1) * d).unwrap_or(&[]);
-            let input: &[f32] = match purifier {
-                Some(cfg) => {
-                    model.purify(img, cfg, &mut buf, &mut scratch)?;
+            let input: &[f32] = match (purifier, &kernels) {
+                (Some(cfg), Some(k)) => {
+                    model.purify_with(k, img, cfg, &mut buf, scratch)?;
                     &buf
                 }
-                None if denoise => {
-                    model.denoise(img, &mut buf, &mut scratch)?;
+                (Some(cfg), None) => {
+                    model.purify(img, cfg, &mut buf, scratch)?;
                     &buf
                 }
-                None => img,
+                (None, _) if denoise => {
+                    model.denoise(img, &mut buf, scratch)?;
+                    &buf
+                }
+                (None, _) => img,
             };
             let mut z = vec![0.0; c];
-            model.classify(input, &mut z, &mut scratch)?;
+            model.classify(input, &mut z, scratch)?;
             out.push(z);
         }
         Ok::<_, CoreError>(out)
