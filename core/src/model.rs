@@ -83,7 +83,11 @@ impl<'a> Model<'a> {
 
     /// Scratch floats for [`Model::purify`] with `batch` noise samples evaluated
     /// together (see [`Model::ere_scratch_len_batched`]); `batch = M` is fastest.
+    /// With K = 0 the purifier is the identity and needs none.
     pub fn purify_scratch_len_batched(&self, cfg: &PurifierConfig, batch: usize) -> usize {
+        if cfg.iters == 0 {
+            return 0;
+        }
         self.ere_scratch_len_batched(cfg, batch)
             .saturating_add(2 * self.den.input_len)
     }

@@ -137,6 +137,11 @@ impl Model<'_> {
         let d = self.input_len();
         check_input(input, d, true)?;
         check_len("output", out.len(), d, true)?;
+        if cfg.iters == 0 {
+            // No step: the identity, with no noise and no scratch.
+            out.copy_from_slice(input);
+            return Ok(());
+        }
         let found = scratch.len();
         let needed = self.purify_scratch_len(cfg);
         if found < needed {
@@ -156,10 +161,6 @@ impl Model<'_> {
         let (x_tilde, rest) = rest.split_at_mut_checked(d).ok_or(too_small)?;
         let (g, _) = rest.split_at_mut_checked(d).ok_or(too_small)?;
         out.copy_from_slice(input);
-        if cfg.iters == 0 {
-            // No step reads the noise: K = 0 is the identity, at no cost.
-            return Ok(());
-        }
         ws.fill_noise(cfg, d);
         for _ in 0..cfg.iters {
             // After this, `g` holds h = ∇F(x̃).

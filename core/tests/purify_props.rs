@@ -167,6 +167,11 @@ proptest! {
         let m = model();
         let k0 = PurifierConfig { iters: 0, ..cfg };
         prop_assert_eq!(purify(&m, &x, &k0, f32::NAN), x.clone());
+        // K = 0 needs no scratch at all.
+        prop_assert_eq!(m.purify_scratch_len(&k0), 0);
+        let mut out = vec![f32::NAN; x.len()];
+        m.purify(&x, &k0, &mut out, &mut []).unwrap();
+        prop_assert_eq!(&out, &x);
         let d0 = PurifierConfig { radius: 0.0, ..cfg };
         prop_assert_eq!(purify(&m, &x, &d0, f32::NAN), x);
     }

@@ -254,11 +254,14 @@ fn demo_runs_on_the_shipped_model_without_data() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let t = text(&o);
+    // The shipped default is an adversarially trained CNN with the purifier off
+    // (K = 0): the demo's PGD is white-box on it, and says so.
     assert!(
-        t.contains("classifier alone") && t.contains("purified, then classified"),
+        t.contains("classifier alone") && t.contains("purifier off (K = 0)"),
         "{t}"
     );
-    assert!(t.contains("not a white-box attack"), "{t}");
+    assert!(t.contains("white-box PGD"), "{t}");
+    assert!(!t.contains("purified, then classified"), "{t}");
     // What it defends against, from the measured summary of this very model.
     assert!(
         t.contains("white-box worst case of this system") && t.contains("L-inf 0.3 "),
@@ -302,8 +305,32 @@ fn purify_and_classify_png_and_idx_inputs() {
     );
     let out = d.join("out");
 
-    // PNG in, PNG + raw out, with the shipped model (no --model).
+    // The shipped default (no --model) has the purifier off (K = 0): the image
+    // comes back exactly as it went in.
     let o = run(&["purify", s(&png0), "--out", s(&out), "--raw", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let raw = std::fs::read(out.join("seven.purified.f32")).unwrap();
+    let pixels: Vec<u8> = sample
+        .image(0)
+        .unwrap()
+        .iter()
+        .flat_map(|&p| (f32::from(p) / 255.0).to_le_bytes())
+        .collect();
+    assert_eq!(raw, pixels);
+    // PNG in, PNG + raw out, with the dense purifier model, whose outputs
+    // golden.json holds.
+    let dense = fixtures().join("mnist.psm");
+    let o = run(&[
+        "purify",
+        s(&png0),
+        "--model",
+        s(&dense),
+        "--out",
+        s(&out),
+        "--raw",
+        "--json",
+        "--force",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let golden: serde_json::Value =
@@ -324,6 +351,8 @@ fn purify_and_classify_png_and_idx_inputs() {
     let idx = fixtures().join("mnist-sample/t10k-images-idx3-ubyte.gz");
     let o = run(&[
         "classify",
+        "--model",
+        s(&dense),
         "--idx",
         s(&idx),
         "--start",
@@ -342,6 +371,8 @@ fn purify_and_classify_png_and_idx_inputs() {
     }
     let o = run(&[
         "classify",
+        "--model",
+        s(&dense),
         "--idx",
         s(&idx),
         "--start",
@@ -361,6 +392,8 @@ fn purify_and_classify_png_and_idx_inputs() {
     // Overrides change the result; --iters 0 returns the input unchanged.
     let o = run(&[
         "purify",
+        "--model",
+        s(&dense),
         "--idx",
         s(&idx),
         "--start",
@@ -377,13 +410,8 @@ fn purify_and_classify_png_and_idx_inputs() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["images"][0]["max_abs_change"], 0.0);
 
-    // The psm from a file works the same as the shipped one.
-    let o = run(&[
-        "classify",
-        "--model",
-        s(&fixtures().join("mnist.psm")),
-        s(&png0),
-    ]);
+    // The shipped default classifies the seven too.
+    let o = run(&["classify", s(&png0)]);
     assert!(
         o.status.success() && text(&o).contains("seven"),
         "{}",
@@ -493,6 +521,15 @@ fn purify_rejects_bad_images_models_and_settings() {
     assert!(text(&o).contains("CRC"), "{}", text(&o));
 }
 
+/// `firmware-check` against the dense fixture model (fixtures/mnist.psm), whose
+/// outputs fixtures/golden.json holds.
+fn fw_check(args: &[&str]) -> Output {
+    let model = fixtures().join("mnist.psm");
+    let mut all = vec!["firmware-check", "--model", s(&model)];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
 #[test]
 fn firmware_check_compares_a_board_log_with_the_host() {
     let golden: serde_json::Value =
@@ -511,14 +548,14 @@ fn firmware_check_compares_a_board_log_with_the_host() {
     let tmp = tempfile::tempdir().unwrap();
     let good = tmp.path().join("board.log");
     std::fs::write(&good, &log).unwrap();
-    let o = run(&["firmware-check", "--log", s(&good)]);
+    let o = fw_check(&["--log", s(&good)]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("PASS: 4 images"));
 
     let first_crc = golden["images"][0]["purified_crc32"].as_str().unwrap();
     let bad = tmp.path().join("bad.log");
     std::fs::write(&bad, log.replacen(first_crc, "00000000", 1)).unwrap();
-    let o = run(&["firmware-check", "--log", s(&bad)]);
+    let o = fw_check(&["--log", s(&bad)]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         text(&o).contains("DIFFERENT") && text(&o).contains("FAIL: 1 of 4"),
@@ -570,7 +607,7 @@ fn firmware_check_compares_a_board_log_with_the_host() {
         ),
     ] {
         std::fs::write(&cut, &body).unwrap();
-        let o = run(&["firmware-check", "--log", s(&cut)]);
+        let o = fw_check(&["--log", s(&cut)]);
         assert_eq!(o.status.code(), Some(1), "{why}: {}", text(&o));
         assert!(
             text(&o).contains(why) && !text(&o).contains("PASS"),
@@ -590,11 +627,11 @@ fn firmware_check_compares_a_board_log_with_the_host() {
 
     let junk = tmp.path().join("junk.log");
     std::fs::write(&junk, "image 0 label seven\n").unwrap();
-    let o = run(&["firmware-check", "--log", s(&junk)]);
+    let o = fw_check(&["--log", s(&junk)]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("line 1"), "{}", text(&o));
     std::fs::write(&junk, "hello\n").unwrap();
-    let o = run(&["firmware-check", "--log", s(&junk)]);
+    let o = fw_check(&["--log", s(&junk)]);
     assert!(text(&o).contains("no `image` lines"), "{}", text(&o));
 }
 
@@ -660,6 +697,8 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
     .unwrap();
     let out = tmp.path().join("out");
     let data = fixtures().join("mnist-sample");
+    // The dense purifier model: its purifier is on (the shipped default's is off).
+    let dense = fixtures().join("mnist.psm");
     let eval = |out: &Path, extra: &[&str]| {
         let mut args = vec![
             "eval",
@@ -670,6 +709,9 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
             "--out",
             s(out),
         ];
+        if !extra.contains(&"--model") {
+            args.extend_from_slice(&["--model", s(&dense)]);
+        }
         args.extend_from_slice(extra);
         run(&args)
     };
@@ -1458,7 +1500,7 @@ fn demo_picture_is_annotated_and_labels_are_listed() {
 
 #[test]
 fn inspect_takes_model_flag_or_positional_and_defaults_to_the_shipped_model() {
-    let psm = fixtures().join("mnist.psm");
+    let psm = fixtures().join("mnist-robust.psm");
     let json_of = |args: &[&str]| -> serde_json::Value {
         let o = run(args);
         assert!(o.status.success(), "{}", text(&o));
@@ -1605,10 +1647,21 @@ fn classify_shows_true_labels_and_refuses_purifier_flags_it_would_ignore() {
 }
 
 #[test]
-fn purifier_help_shows_the_shipped_models_values() {
-    let o = run(&["inspect", "--json"]);
+fn purifier_help_shows_the_export_defaults() {
+    // fixtures/mnist.psm was exported with the defaults; the shipped default model
+    // differs only in K = 0 (its purifier is off), which --iters's help names.
+    let o = run(&["inspect", s(&fixtures().join("mnist.psm")), "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let p = &v["purifier"];
+    let o = run(&["inspect", "--json"]);
+    let shipped: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shipped["purifier"]["iters"], 0);
+    let o = run(&["purify", "--help"]);
+    assert!(
+        text(&o).contains("the shipped default model: 0"),
+        "{}",
+        text(&o)
+    );
     for cmd in ["purify", "classify", "verify", "export", "eval"] {
         let o = run(&[cmd, "--help"]);
         let help = text(&o).replace('\n', " ");
@@ -1627,13 +1680,13 @@ fn purifier_help_shows_the_shipped_models_values() {
                 .unwrap_or_else(|| panic!("{cmd} --help lacks {flag}: {help}"));
             let line = &help[at..];
             let value = p[key].as_f64().unwrap();
-            let tag = "shipped model and new exports: ";
+            let tag = "new exports: ";
             let at = line
                 .find(tag)
                 .filter(|&i| i < 300)
                 .unwrap_or_else(|| panic!("{cmd} --help: {flag} shows no default: {line}"));
             let shown: f64 = line[at + tag.len()..]
-                .split([')', ','])
+                .split([')', ',', ';'])
                 .next()
                 .unwrap()
                 .parse()
@@ -1660,7 +1713,7 @@ fn firmware_check_reports_json() {
     let tmp = tempfile::tempdir().unwrap();
     let good = tmp.path().join("board.log");
     std::fs::write(&good, format!("{log}done ok 3 images\n")).unwrap();
-    let o = run(&["firmware-check", "--log", s(&good), "--json"]);
+    let o = fw_check(&["--log", s(&good), "--json"]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["passed"], true);
@@ -1669,7 +1722,7 @@ fn firmware_check_reports_json() {
     // A cut-off log: JSON still, with the reason, and exit 1.
     let cut = tmp.path().join("cut.log");
     std::fs::write(&cut, &log).unwrap();
-    let o = run(&["firmware-check", "--log", s(&cut), "--json"]);
+    let o = fw_check(&["--log", s(&cut), "--json"]);
     assert_eq!(o.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["passed"], false);

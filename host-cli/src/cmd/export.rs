@@ -45,45 +45,45 @@ pub enum StepArg {
 }
 
 /// Purifier overrides; unset flags keep the model's (or the default) value. The
-/// defaults named in the help text are [`DEFAULT_PURIFIER`], which the shipped model
-/// uses (a test checks that they agree).
+/// defaults named in the help text are [`DEFAULT_PURIFIER`], which new exports and the
+/// dense purifier model fixtures/mnist.psm use (a test checks that they agree).
 #[derive(Args, Debug, Clone, Default)]
 pub struct PurifierArgs {
-    /// Noise level σ of the ERE (> 0). Default: the model's own setting (shipped model
-    /// and new exports: 0.5).
+    /// Noise level σ of the ERE (> 0). Default: the model's own setting (new exports:
+    /// 0.5).
     #[arg(long)]
     pub sigma: Option<f32>,
     /// Number M of fixed noise vectors (1..=1024). Default: the model's own setting
-    /// (shipped model and new exports: 4).
+    /// (new exports: 4).
     #[arg(long)]
     pub noise_samples: Option<u32>,
-    /// Number K of SAM steps (0..=10000). Default: the model's own setting (shipped
-    /// model and new exports: 10).
+    /// Number K of SAM steps (0..=10000; 0 = purifier off). Default: the model's own
+    /// setting (new exports: 10; the shipped default model: 0).
     #[arg(long)]
     pub iters: Option<u32>,
-    /// Step size η (> 0). Default: the model's own setting (shipped model and new
-    /// exports: 0.5).
+    /// Step size η (> 0). Default: the model's own setting (new exports:
+    /// 0.5).
     #[arg(long)]
     pub eta: Option<f32>,
     /// SAM radius ρ (≥ 0; 0 = plain projected descent). Default: the model's own
-    /// setting (shipped model and new exports: 0).
+    /// setting (new exports: 0).
     #[arg(long)]
     pub rho: Option<f32>,
     /// Purification radius δ (≥ 0), in the ball's norm (--ball). Default: the
-    /// model's own setting (shipped model and new exports: 0.3).
+    /// model's own setting (new exports: 0.3).
     #[arg(long)]
     pub radius: Option<f32>,
     /// Norm of the purification ball: `linf` (box) or `l2` (needs format version 2,
-    /// which an export with it writes). Default: the model's own setting (shipped
-    /// model and new exports: linf).
+    /// which an export with it writes). Default: the model's own setting (new exports:
+    /// linf).
     #[arg(long, value_enum)]
     pub ball: Option<BallArg>,
-    /// Step rule. Default: the model's own setting (shipped model and new exports:
+    /// Step rule. Default: the model's own setting (new exports:
     /// gradient).
     #[arg(long, value_enum)]
     pub step: Option<StepArg>,
-    /// Seed of the noise vectors. Default: the model's own setting (shipped model and
-    /// new exports: 0).
+    /// Seed of the noise vectors. Default: the model's own setting (new exports:
+    /// 0).
     #[arg(long)]
     pub noise_seed: Option<u64>,
 }

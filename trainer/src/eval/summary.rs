@@ -108,8 +108,10 @@ pub struct MeasuredRow {
 }
 
 /// The rows of a summary file (its JSON text) measured on the model with SHA-256
-/// `model_sha256` with a defence in front (not `none`), L∞ before L2, by ε.
-pub fn defended_rows(summary: &str, model_sha256: &str) -> Vec<MeasuredRow> {
+/// `model_sha256` as it is deployed: with a defence in front (not `none`) when its
+/// purifier is on, the classifier alone (`none`) when it is off (K = 0); L∞ before
+/// L2, by ε.
+pub fn defended_rows(summary: &str, model_sha256: &str, purifier_on: bool) -> Vec<MeasuredRow> {
     let rows = serde_json::from_str::<Value>(summary)
         .ok()
         .and_then(|v| v.get("rows").and_then(Value::as_array).cloned())
@@ -117,7 +119,12 @@ pub fn defended_rows(summary: &str, model_sha256: &str) -> Vec<MeasuredRow> {
     let mut out: Vec<MeasuredRow> = rows
         .iter()
         .filter(|r| r["model_sha256"].as_str() == Some(model_sha256))
-        .filter(|r| r["defence"].as_str().is_some_and(|d| d != "none"))
+        // The model's own system: purified rows, or (purifier off) the classifier's.
+        .filter(|r| {
+            r["defence"]
+                .as_str()
+                .is_some_and(|d| (d != "none") == purifier_on)
+        })
         .filter_map(|r| {
             Some(MeasuredRow {
                 defence: r["defence"].as_str()?.to_owned(),
@@ -148,10 +155,14 @@ mod tests {
             {"model_sha256": "a", "defence": "ere", "norm": "linf", "eps": 0.3, "worst_case": 0.01, "n": 10},
             {"model_sha256": "b", "defence": "ere", "norm": "linf", "eps": 0.1, "worst_case": 0.7, "n": 10}
         ]}"#;
-        let rows = defended_rows(text, "a");
+        let rows = defended_rows(text, "a", true);
         let keys: Vec<(&str, f64)> = rows.iter().map(|r| (r.norm.as_str(), r.eps)).collect();
         assert_eq!(keys, [("linf", 0.3), ("l2", 2.0)]);
-        assert!(defended_rows("not json", "a").is_empty());
+        // Purifier off: the classifier's own rows.
+        let rows = defended_rows(text, "a", false);
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].defence.as_str(), rows[0].worst_case), ("none", 0.0));
+        assert!(defended_rows("not json", "a", true).is_empty());
     }
 }
 
