@@ -79,13 +79,13 @@ enum Command {
     Inspect(cmd::inspect::InspectArgs),
     /// Cross-check the core against the float host reference on test images.
     Verify(cmd::verify::VerifyArgs),
-    /// Run the shipped model on the shipped sample: attack, purify, report (no data needed).
+    /// Run the shipped default model on the shipped sample: attack, purify, report (no data needed).
     Demo(cmd::demo::DemoArgs),
     /// White-box robustness evaluation from a TOML protocol (resumable).
     Eval(cmd::eval::EvalArgs),
     /// Compare a firmware log (QEMU or a real board) with the core on the host.
     FirmwareCheck(cmd::firmware::FirmwareCheckArgs),
-    /// Regenerate fixtures/: shipped model, test-image sample, golden vectors.
+    /// Regenerate fixtures/: the dense purifier model, test-image sample, golden vectors.
     Fixtures(cmd::fixtures::FixturesArgs),
     /// Rewrite a format version 1/2 model with the f32 noise generator of version 3
     /// (about 30× cheaper on a Cortex-M4F; the purifications change slightly).

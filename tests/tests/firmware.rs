@@ -357,7 +357,11 @@ fn shipped_default_under_qemu_is_bit_identical_and_within_the_device_budget() {
         "the shipped default needs {} bytes of flash (budget {SHIPPED_FLASH_BUDGET})",
         m.flash
     );
-    assert!(m.ram <= RAM_BUDGET, "the shipped default needs {} bytes of RAM", m.ram);
+    assert!(
+        m.ram <= RAM_BUDGET,
+        "the shipped default needs {} bytes of RAM",
+        m.ram
+    );
     assert!(
         m.instructions <= SHIPPED_INSTRUCTION_BUDGET,
         "the shipped default executes {} instructions per image (budget {SHIPPED_INSTRUCTION_BUDGET})",

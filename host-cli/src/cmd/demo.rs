@@ -21,8 +21,7 @@ use super::{accuracy, core_classify, core_purify_classify};
 /// system measured that fits the Cortex-M4 budget (fixtures/README.md).
 pub const SHIPPED_PSM: &[u8] = include_bytes!("../../../fixtures/mnist-robust.psm");
 /// Float weights of the shipped model.
-pub const SHIPPED_SAFETENSORS: &[u8] =
-    include_bytes!("../../../fixtures/mnist-robust.safetensors");
+pub const SHIPPED_SAFETENSORS: &[u8] = include_bytes!("../../../fixtures/mnist-robust.safetensors");
 /// The shipped test-image sample (gzipped IDX).
 pub const SAMPLE_IMAGES: &[u8] =
     include_bytes!("../../../fixtures/mnist-sample/t10k-images-idx3-ubyte.gz");
@@ -184,7 +183,11 @@ pub fn run(a: DemoArgs) -> Result<i32> {
             predicted: &adv_plain,
         },
         GridColumn {
-            title: "adversarial, purified",
+            title: if purifier_on {
+                "adversarial, purified"
+            } else {
+                "adversarial, purifier off"
+            },
             subtitle: &subtitles[2],
             pixels: &adv_px,
             predicted: &adv_lab,
@@ -261,9 +264,7 @@ pub fn run(a: DemoArgs) -> Result<i32> {
             "adversarial = PGD L-inf eps {} ({} steps) against the UNDEFENDED float classifier, transferred;",
             a.eps, a.steps
         )?;
-        outln!(
-            "it is not a white-box attack on the purifier, so it does not measure robustness;"
-        )?;
+        outln!("it is not a white-box attack on the purifier, so it does not measure robustness;")?;
     } else {
         outln!()?;
         outln!(
@@ -288,7 +289,11 @@ pub fn run(a: DemoArgs) -> Result<i32> {
         "true",
         "clean",
         "adversarial",
-        "purified adv"
+        if purifier_on {
+            "purified adv"
+        } else {
+            "K = 0 adv"
+        }
     )?;
     let mark = |p: usize, t: usize| if p == t { " " } else { "*" };
     for i in 0..shown {
@@ -305,8 +310,13 @@ pub fn run(a: DemoArgs) -> Result<i32> {
         )?;
     }
     outln!(
-        "wrote {} (columns: clean | adversarial | adversarial purified; under each image: true -> predicted, red = wrong)",
-        picture.display()
+        "wrote {} (columns: clean | adversarial | adversarial {}; under each image: true -> predicted, red = wrong)",
+        picture.display(),
+        if purifier_on {
+            "purified"
+        } else {
+            "after the purifier (off, K = 0)"
+        }
     )?;
     Ok(0)
 }

@@ -1,7 +1,8 @@
-//! `pursamere fixtures`: regenerates everything in `fixtures/` from the MNIST data:
-//! trains (or reuses) a run, chooses the default purifier configuration on a
-//! validation split of the TRAIN set, exports the model, writes the test-image sample
-//! and the golden vectors.
+//! `pursamere fixtures`: regenerates the dense purifier fixture `fixtures/mnist.psm`
+//! from the MNIST data — chooses the default purifier configuration on a validation
+//! split of the TRAIN set for a trained run, exports the model, writes the test-image
+//! sample and the golden vectors. (The shipped default, `mnist-robust.psm`, is made
+//! by `train` and `export`: fixtures/README.md.)
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -161,7 +161,10 @@ mod tests {
         // Purifier off: the classifier's own rows.
         let rows = defended_rows(text, "a", false);
         assert_eq!(rows.len(), 1);
-        assert_eq!((rows[0].defence.as_str(), rows[0].worst_case), ("none", 0.0));
+        assert_eq!(
+            (rows[0].defence.as_str(), rows[0].worst_case),
+            ("none", 0.0)
+        );
         assert!(defended_rows("not json", "a", true).is_empty());
     }
 }
