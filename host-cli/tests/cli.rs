@@ -1460,7 +1460,7 @@ fn demo_picture_is_annotated_and_labels_are_listed() {
     assert_eq!(png_size(&png), (1336, 608));
     let t = text(&o);
     assert!(t.contains("the first 16 images"), "{t}");
-    assert!(t.contains("true") && t.contains("purified adv"), "{t}");
+    assert!(t.contains("true") && t.contains("K = 0 adv"), "{t}");
     // One row per image shown: index and true label (the sample starts 7 2 1 0).
     let rows: Vec<&str> = t
         .lines()
