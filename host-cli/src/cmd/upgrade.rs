@@ -14,8 +14,9 @@ pub struct UpgradeArgs {
     /// The model to upgrade (.psm, format version 1 or 2).
     #[arg(long)]
     pub model: PathBuf,
-    /// Output folder (created if missing) for the upgraded model, under the name of
-    /// --model; the folder --model is in replaces it, which needs --force.
+    /// Output folder (created if missing) for the upgraded model, written under the
+    /// file name of --model; naming the folder --model is in upgrades it in place,
+    /// which needs --force.
     #[arg(long)]
     pub out: PathBuf,
     /// Overwrite the file of that name in --out if it exists.
@@ -54,12 +55,12 @@ pub fn run(a: UpgradeArgs) -> Result<i32> {
     }
     out_dir.write(&path, &out)?;
     out_dir.keep();
-    println!(
+    outln!(
         "wrote {}: the same weights and purifier settings, noise generator {} (format version {}) instead of {}; its purifications differ from the old file's (other noise draws, the same distribution)",
         path.display(),
         new.name(),
         new.format_version(),
         old.name()
-    );
+    )?;
     Ok(0)
 }
