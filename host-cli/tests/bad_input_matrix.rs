@@ -367,6 +367,7 @@ fn missing_files() {
         case(&["classify", "--idx", &idx, "--model", &m], &n),
         case(&["inspect", &m], &n),
         case(&["inspect", "--model", &m], &n),
+        case(&["upgrade", "--model", &m, "--out", "out"], &n),
         case(&["verify", "--model", &m, "--data", &p(&i.sample)], &n),
         case(&["verify", "--float", &m, "--data", &p(&i.sample)], &n),
         case(&["verify", "--data", &m], &n),
@@ -475,6 +476,7 @@ fn empty_files() {
         case(&["classify", "--idx", &e], &n),
         case(&["classify", "--idx", &idx, "--model", &e], &n),
         case(&["inspect", &e], &n),
+        case(&["upgrade", "--model", &e, "--out", "out"], &n),
         case(&["verify", "--model", &e, "--data", &p(&i.sample)], &n),
         case(&["verify", "--float", &e, "--data", &p(&i.sample)], &n),
         case(&["verify", "--data", &ed], &["empty-data"]),
@@ -568,6 +570,8 @@ fn corrupt_and_foreign_files() {
         case(&["classify", "--model", &garbage, &png], &gn),
         case(&["inspect", &png], &pn),
         case(&["inspect", &garbage], &gn),
+        case(&["upgrade", "--model", &png, "--out", "out"], &pn),
+        case(&["upgrade", "--model", &garbage, "--out", "out"], &gn),
         case(&["inspect", &idx], &["t10k-images"]),
         case(&["verify", "--model", &png, "--data", &p(&i.sample)], &pn),
         case(&["verify", "--float", &png, "--data", &p(&i.sample)], &pn),
@@ -878,6 +882,8 @@ fn unwritable_outputs() {
                 &names,
             ),
             case(&["demo", "--out", out], &names),
+            // The dense fixture is format version 1: there is something to upgrade.
+            case(&["upgrade", "--model", &p(&i.psm), "--out", out], &names),
             case(
                 &[
                     "eval",
