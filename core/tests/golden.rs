@@ -7,13 +7,13 @@
 
 mod common;
 
-use common::{crc32, OwnedModel, Rng};
+use common::{assert_golden_pins, crc32, OwnedModel, Rng};
 use pursamere_core::noise::NoiseGenerator;
-use pursamere_core::{Model, PurifierConfig, StepRule};
+use pursamere_core::{Model, PurifierConfig};
 
 fn digest(
     noise: NoiseGenerator,
-    cfg_edit: impl Fn(&mut PurifierConfig),
+    cfg_edit: fn(&mut PurifierConfig),
     batch_fast: bool,
 ) -> (u32, Vec<usize>) {
     let mut owned = OwnedModel::random(77, (8, 8), &[40, 24], true, &[20], 10);
@@ -45,44 +45,20 @@ fn digest(
 
 #[test]
 fn purified_bytes_are_pinned() {
-    let sam = |c: &mut PurifierConfig| {
-        c.iters = 6;
-        c.noise_samples = 5;
-    };
-    let sign = |c: &mut PurifierConfig| {
-        c.iters = 4;
-        c.step = StepRule::Sign;
-        c.rho = 0.0;
-        c.eta = 0.01;
-    };
     // Format version 3 (f32 noise), and versions 1–2 (f64 noise), whose bits must
     // never change: files of those versions exist.
-    for (noise, pinned_sam, pinned_sign) in [
-        (NoiseGenerator::BoxMullerF32, PINNED_SAM, PINNED_SIGN),
-        (
-            NoiseGenerator::BoxMullerF64,
-            PINNED_SAM_F64_NOISE,
-            PINNED_SIGN_F64_NOISE,
-        ),
-    ] {
-        let got = [
-            digest(noise, sam, false),
-            digest(noise, sam, true),
-            digest(noise, sign, true),
-        ];
-        for (crc, labels) in &got {
-            println!("{noise:?} {crc:#010x} {labels:?}");
-        }
-        assert_eq!(got[0], got[1], "batched and unbatched paths differ");
-        assert_eq!(
-            got[0].0, pinned_sam,
-            "{noise:?}: SAM purification bits changed"
-        );
-        assert_eq!(
-            got[2].0, pinned_sign,
-            "{noise:?}: sign-step purification bits changed"
-        );
-    }
+    assert_golden_pins(
+        "dense",
+        digest,
+        [
+            (NoiseGenerator::BoxMullerF32, PINNED_SAM, PINNED_SIGN),
+            (
+                NoiseGenerator::BoxMullerF64,
+                PINNED_SAM_F64_NOISE,
+                PINNED_SIGN_F64_NOISE,
+            ),
+        ],
+    );
 }
 
 const PINNED_SAM: u32 = 0x488a8f01;

@@ -3,6 +3,7 @@
 //! reference of every computation.
 #![allow(dead_code)]
 
+use pursamere_core::noise::NoiseGenerator;
 use pursamere_core::{
     encode_f32_le, encoded_len, quantize::quantize_per_channel, write_model, Conv2d, Dense,
     InputShape, Layer, Metadata, ModelSpec, NetworkSpec, Norm, PurifierConfig, StepRule,
@@ -677,4 +678,48 @@ pub fn ere_f64(spec: &ModelSpec<'_>, cfg: &PurifierConfig, x: &[f64]) -> f64 {
             .sum::<f64>();
     }
     total / f64::from(cfg.noise_samples)
+}
+
+/// The settings the golden pins (`golden.rs`, `golden_conv.rs`) purify with: SAM
+/// steps, then sign steps.
+pub fn golden_sam(c: &mut PurifierConfig) {
+    c.iters = 6;
+    c.noise_samples = 5;
+}
+
+/// See [`golden_sam`].
+pub fn golden_sign(c: &mut PurifierConfig) {
+    c.iters = 4;
+    c.step = StepRule::Sign;
+    c.rho = 0.0;
+    c.eta = 0.01;
+}
+
+/// Checks one model's golden pins: for each `(generator, SAM pin, sign pin)`,
+/// `digest(generator, edit, batched)` gives the pinned CRC, and the batched path the
+/// unbatched one's bits.
+pub fn assert_golden_pins(
+    what: &str,
+    digest: impl Fn(NoiseGenerator, fn(&mut PurifierConfig), bool) -> (u32, Vec<usize>),
+    pins: [(NoiseGenerator, u32, u32); 2],
+) {
+    for (noise, pinned_sam, pinned_sign) in pins {
+        let got = [
+            digest(noise, golden_sam, false),
+            digest(noise, golden_sam, true),
+            digest(noise, golden_sign, true),
+        ];
+        for (crc, labels) in &got {
+            println!("{what} {noise:?} {crc:#010x} {labels:?}");
+        }
+        assert_eq!(got[0], got[1], "{what}: batched and unbatched paths differ");
+        assert_eq!(
+            got[0].0, pinned_sam,
+            "{what} {noise:?}: SAM purification bits changed"
+        );
+        assert_eq!(
+            got[2].0, pinned_sign,
+            "{what} {noise:?}: sign-step purification bits changed"
+        );
+    }
 }

@@ -72,6 +72,8 @@ pub fn run(a: InspectArgs) -> Result<i32> {
     let params: u64 = layers.iter().filter_map(|l| l["params"].as_u64()).sum();
     let scratch_min = model.scratch_len() * 4;
     let scratch_fast = model.scratch_len_fast() * 4;
+    // Bytes 4..6 of the prefix; parsing checked that they are there.
+    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
     let report = json!({
         "file": file,
         "bytes": bytes.len(),
@@ -82,7 +84,7 @@ pub fn run(a: InspectArgs) -> Result<i32> {
         "layers": layers,
         "params": params,
         "purifier": cfg,
-        "format_version": u16::from_le_bytes([bytes[4], bytes[5]]),
+        "format_version": version,
         "noise_generator": cfg.noise.name(),
         "scratch_bytes_min": scratch_min,
         "scratch_bytes_fast": scratch_fast,
@@ -143,7 +145,7 @@ pub fn run(a: InspectArgs) -> Result<i32> {
     )?;
     outln!(
         "format version {}, noise generator {}{}",
-        u16::from_le_bytes([bytes[4], bytes[5]]),
+        version,
         cfg.noise.name(),
         if cfg.noise == pursamere_core::noise::NoiseGenerator::default() {
             ""

@@ -116,10 +116,10 @@ pub fn logits(
     let n = x.len() / d.max(1);
     let c = model.num_classes();
     // Widening the weights once per call costs far less than one purification.
-    let kernels = purifier.map(|_| Accel::detect().prepare(model));
+    let purifier = purifier.map(|cfg| (cfg, Accel::detect().prepare(model)));
     let rows = parallel_ranges(n, |range| {
-        let len = match purifier {
-            Some(cfg) => fast_scratch_len(model, cfg),
+        let len = match &purifier {
+            Some((cfg, _)) => fast_scratch_len(model, cfg),
             None => model
                 .denoise_scratch_len()
                 .max(model.classify_scratch_len()),
@@ -130,20 +130,16 @@ pub fn logits(
         let mut out = Vec::with_capacity(range.len() * c);
         for i in range {
             let img = x.get(i * d..(i + 1) * d).unwrap_or(&[]);
-            let input: &[f32] = match (purifier, &kernels) {
-                (Some(cfg), Some(k)) => {
-                    model.purify_with(k, img, cfg, &mut buf, scratch)?;
+            let input: &[f32] = match &purifier {
+                Some((cfg, kernels)) => {
+                    model.purify_with(kernels, img, cfg, &mut buf, scratch)?;
                     &buf
                 }
-                (Some(cfg), None) => {
-                    model.purify(img, cfg, &mut buf, scratch)?;
-                    &buf
-                }
-                (None, _) if denoise => {
+                None if denoise => {
                     model.denoise(img, &mut buf, scratch)?;
                     &buf
                 }
-                (None, _) => img,
+                None => img,
             };
             let mut z = vec![0.0; c];
             model.classify(input, &mut z, scratch)?;
