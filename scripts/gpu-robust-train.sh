@@ -1,34 +1,43 @@
 #!/usr/bin/env bash
 # Adversarial training of the robust-stack classifiers on one CUDA GPU inside a
-# fixed time budget (docs/EVALUATION.md "Robust stack"), for a lent GPU machine
-# without Rust: the `pursamere` binary is built elsewhere with `--features cuda`
-# (docs/TRAINING.md "GPU").
+# fixed time budget (docs/TRAINING.md "Adversarial training on the GPU"), for a
+# lent GPU machine without Rust: the `pursamere` binary is built elsewhere with
+# `--features cuda` (docs/TRAINING.md "GPU"; scripts/gpu-session.sh sets it up).
 #
-#   scripts/gpu-robust-train.sh PURSAMERE DATA_DIR OUT_DIR SECONDS
+#   scripts/gpu-robust-train.sh PURSAMERE DATA_DIR OUT_DIR SECONDS [RUN...]
 #
-# 1. times a tenth of an epoch of the PGD-10 configuration (the probe);
-#    (2026-11-26's run had `trades` — TRADES β 6 — where `max` is now: it tied
-#    with `pgd`; docs/TRAINING.md has its flags and curve)
-# 2. from that speed, picks the number of epochs E that lets the three runs below
-#    finish, side by side on the one GPU, inside SECONDS from the script's start;
-# 3. trains, each into OUT_DIR/NAME/classifier.ckpt (checkpointed every epoch,
+# 1. times a tenth of an epoch of the first run's configuration (the probe);
+# 2. from that speed, picks the number of epochs E that lets all runs finish,
+#    side by side on the one GPU, inside SECONDS from the script's start (the
+#    learning rate decays over E epochs, so a run cut short is not annealed);
+# 3. trains each RUN into OUT_DIR/RUN/classifier.ckpt (checkpointed every epoch,
 #    so a run cut short keeps its last whole epoch; `pursamere train --resume`
-#    with the same flags continues it):
-#      pgd     — the CNN of docs/EVALUATION.md, PGD-AT (Madry), L∞ 0.3, 10 steps
-#      max     — the same CNN, PGD-AT against L∞ 0.3 and L2 2.0 together
+#    with the same flags continues it). Runs (default: big wide deep deep128):
+#      pgd     — the 197 k-parameter CNN, PGD-AT (Madry), L∞ 0.3, 10 steps
+#      board   — the board-sized CNN (52 k), PGD-AT, L∞ 0.3
+#      big     — the 197 k CNN, PGD-AT against L∞ 0.3 and L2 2.0 together
 #                (--adversarial pgd-max; twice the attack cost per epoch)
-#      board   — a CNN of the board's size (the classifier of fixtures/mnist-conv.psm), PGD-AT
-# OUT_DIR gets NAME.ckpt for each run and logs.tar.gz (the logs NAME.log and
+#      wide    — conv16s2,conv32s2,dense64 (106 k, fits the board), pgd-max
+#      deep    — conv16s2,conv32s2,conv64s2,dense64 (89 k, fits), pgd-max
+#      deep128 — conv16s2,conv32s2,conv64s2,dense128 (156 k, fits), pgd-max
+#      fashion-wide — wide on Fashion-MNIST (DATA_DIR/../fashion-mnist),
+#                pgd-max against L∞ 0.1 and L2 1.0
+#    (2026-11-26's first GPU run trained pgd, TRADES β 6 and board; the second
+#    big, wide, deep, deep128 and fashion-wide: docs/TRAINING.md has their flags and curves.)
+# OUT_DIR gets RUN.ckpt for each run and logs.tar.gz (the logs RUN.log and
 # plan.txt, with the probe's speed and the chosen E), refreshed every minute so
 # that a machine taken back early still leaves them; the runs work in a
 # temporary folder.
 set -u
 bin=$1 data=$2 final=$3 budget=$4
+shift 4
+runs=("$@")
+[ ${#runs[@]} -eq 0 ] && runs=(big wide deep deep128)
 t0=$(date +%s)
 mkdir -p "$final"
 out=$(mktemp -d)
 publish() {
-  for run in pgd max board; do
+  for run in "${runs[@]}"; do
     [ -f "$out/$run/classifier.ckpt" ] && cp "$out/$run/classifier.ckpt" "$final/$run.ckpt.tmp" &&
       mv "$final/$run.ckpt.tmp" "$final/$run.ckpt"
   done
@@ -36,12 +45,30 @@ publish() {
     mv "$final/logs.tar.gz.tmp" "$final/logs.tar.gz"
 }
 elapsed() { echo $(($(date +%s) - t0)); }
-common=(--data "$data" --what classifier --adv-eps 0.3 --adv-steps 10 --adv-step-size 0.25 --seed 7)
-big=(--cls-arch conv32,conv32s2,conv64s2,conv64s2,dense128)
-board=(--cls-arch conv8s2,conv16s2,dense64)
+common=(--what classifier --adv-steps 10 --adv-step-size 0.25 --seed 7)
+# Fashion-MNIST, where a run names it, is DATA_DIR's sibling fashion-mnist/.
+fashion=$(dirname "$data")/fashion-mnist
+mnist=(--data "$data" --adv-eps 0.3)
+max=(--adversarial pgd-max --adv-second-eps 2.0)
+flags() {
+  case $1 in
+    pgd) echo "${mnist[@]}" --cls-arch conv32,conv32s2,conv64s2,conv64s2,dense128 --adversarial pgd ;;
+    board) echo "${mnist[@]}" --cls-arch conv8s2,conv16s2,dense64 --adversarial pgd ;;
+    big) echo "${mnist[@]}" --cls-arch conv32,conv32s2,conv64s2,conv64s2,dense128 "${max[@]}" ;;
+    wide) echo "${mnist[@]}" --cls-arch conv16s2,conv32s2,dense64 "${max[@]}" ;;
+    deep) echo "${mnist[@]}" --cls-arch conv16s2,conv32s2,conv64s2,dense64 "${max[@]}" ;;
+    deep128) echo "${mnist[@]}" --cls-arch conv16s2,conv32s2,conv64s2,dense128 "${max[@]}" ;;
+    # Fashion-MNIST's threats (issue #14): L∞ 0.1 and L2 1.0 together.
+    fashion-wide) echo --data "$fashion" --adv-eps 0.1 --cls-arch conv16s2,conv32s2,dense64 \
+      --adversarial pgd-max --adv-second-eps 1.0 ;;
+    *) echo "unknown run $1" >&2; return 1 ;;
+  esac
+}
+for run in "${runs[@]}"; do flags "$run" > /dev/null || exit 2; done
 
-# 1. Probe: images per second of PGD-10 training of the big CNN, alone on the GPU.
-"$bin" train "${common[@]}" "${big[@]}" --adversarial pgd --cls-epochs 1 \
+# 1. Probe: images per second of the first run's training, alone on the GPU.
+# shellcheck disable=SC2046 # flags are words without spaces
+"$bin" train "${common[@]}" $(flags "${runs[0]}") --cls-epochs 1 \
   --out "$out/probe" > /dev/null 2> "$out/probe.log" &
 probe=$!
 ips=""
@@ -60,23 +87,20 @@ if [ -z "$ips" ] || [ "$ips" -le 0 ]; then
   publish
   exit 1
 fi
-# 2. Epochs: 55,000 training images per epoch, three runs sharing the GPU (taken
-# as 2x slower each; the board CNN is smaller), 10 % for validation passes.
+# 2. Epochs: 55,000 training images per epoch; the runs share the GPU, each
+# slower by 1.6x for three runs (measured 2026-11-26: 3,630 img/s alone, 2,300
+# side by side; small CNNs are no faster, the GPU is launch-bound), taken as
+# 0.4 + 0.4 per run; 10 % for validation passes. The probe's speed includes the
+# kernels' first compilation, which errs on the safe side.
 left=$((budget - $(elapsed) - 20))
-epochs=$(awk -v l="$left" -v r="$ips" 'BEGIN { e = int(l * r / (55000 * 2.0 * 1.1)); if (e < 1) e = 1; if (e > 60) e = 60; print e }')
-warm=$((epochs >= 4 ? 1 : 0))
-echo "probe $ips img/s alone; $left s left; $epochs epochs, warm-up $warm" | tee "$out/plan.txt"
-# 3. The three runs, side by side.
-for run in pgd max board; do
-  case $run in
-    pgd) args=("${big[@]}" --adversarial pgd) ;;
-    max) args=("${big[@]}" --adversarial pgd-max --adv-second-eps 2.0) ;;
-    board) args=("${board[@]}" --adversarial pgd) ;;
-  esac
-  # pgd-max attacks twice per batch: fewer epochs, so that it ends in time too.
-  e=$epochs
-  [ "$run" = max ] && e=$(((epochs * 6 + 9) / 10))
-  "$bin" train "${common[@]}" "${args[@]}" --cls-epochs "$e" --adv-warmup-epochs "$warm" \
+slow=$(awk -v n="${#runs[@]}" 'BEGIN { print 0.4 + 0.4 * n }')
+epochs=$(awk -v l="$left" -v r="$ips" -v s="$slow" 'BEGIN { e = int(l * r / (55000 * s * 1.1)); if (e < 1) e = 1; if (e > 60) e = 60; print e }')
+warm=$((epochs >= 6 ? 2 : epochs >= 4 ? 1 : 0))
+echo "probe (${runs[0]}) $ips img/s alone; ${#runs[@]} runs; $left s left; $epochs epochs, warm-up $warm" | tee "$out/plan.txt"
+# 3. The runs, side by side (all runs in one call cost the same per image).
+for run in "${runs[@]}"; do
+  # shellcheck disable=SC2046
+  "$bin" train "${common[@]}" $(flags "$run") --cls-epochs "$epochs" --adv-warmup-epochs "$warm" \
     --out "$out/$run" > "$out/$run.log" 2>&1 &
 done
 # Stop at the budget whatever happens: the checkpoints of whole epochs stay.
