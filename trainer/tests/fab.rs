@@ -418,3 +418,106 @@ fn deterministic_for_a_seed_and_the_seed_matters() {
     );
     assert_threat_model(&o, &x, &y, &a, AttackNorm::L2, 1.0);
 }
+
+/// `pursamere eval` on the shipped model and sample, undefended, in `out`.
+fn eval_run(
+    protocol: &str,
+    out: &std::path::Path,
+) -> Result<pursamere_trainer::eval::Report, pursamere_trainer::eval::EvalError> {
+    use pursamere_trainer::eval::{self, EvalOptions, Protocol, SilentObserver};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+    let bytes = std::fs::read(root.join("mnist.psm")).unwrap();
+    let model = pursamere_core::Model::parse(&bytes).unwrap();
+    let p = Protocol::from_toml(protocol)?.resolved(None, None)?;
+    let data = pursamere_trainer::data::load_mnist_dir(
+        &root.join("mnist-sample"),
+        pursamere_trainer::data::Split::Test,
+    )
+    .unwrap();
+    let opts = EvalOptions {
+        out: out.to_path_buf(),
+        fresh: false,
+        commit: "test".into(),
+        data_name: "mnist".into(),
+        purifier: model.purifier_config(),
+    };
+    eval::run(&bytes, &data, &p, &opts, &SilentObserver)
+}
+
+#[test]
+fn the_engine_runs_fab_t_in_the_cascade_and_never_mixes_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = "images = 16\nbatch = 16\nsteps = 20\nlinf_eps = [0.04]\ndefences = [\"none\"]\nrestart_check = false\napgd_targets = 3\n";
+    // FAB-T alone: the deployed (int8) system's verdict on its points.
+    let out = tmp.path().join("fab");
+    let report = eval_run(&format!("{base}attacks = [\"fab-t\"]\n"), &out).unwrap();
+    let row = &report.json["rows"][0];
+    let (clean, after) = (
+        row["clean"].as_f64().unwrap(),
+        row["after_attack"]["fab-t"].as_f64().unwrap(),
+    );
+    eprintln!("clean {clean}, after FAB-T {after}");
+    assert!(
+        after < clean - 0.1,
+        "FAB-T breaks nothing in the engine: {row}"
+    );
+
+    // In the cascade it sees exactly the survivors of APGD-T.
+    let out = tmp.path().join("cascade");
+    let report = eval_run(
+        &format!("{base}attacks = [\"fab-t\", \"apgd-t\", \"apgd-ce\"]\n"),
+        &out,
+    )
+    .unwrap();
+    assert_eq!(
+        report.json["protocol"]["attacks"],
+        serde_json::json!(["apgd-ce", "apgd-t", "fab-t"])
+    );
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(out.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 16);
+    for r in &records {
+        let c = &r["correct"];
+        let reached = r["clean_correct"] == true && c["apgd-ce"] == true && c["apgd-t"] == true;
+        assert_eq!(c.get("fab-t").is_some(), reached, "{r}");
+    }
+
+    // A directory written with another attack list is refused, naming it, and so
+    // is one written by another engine version; nothing is appended.
+    let before = std::fs::read(out.join("results.jsonl")).unwrap();
+    let e = eval_run(
+        &format!("{base}attacks = [\"apgd-ce\", \"apgd-t\"]\n"),
+        &out,
+    )
+    .err()
+    .expect("another attack list must be refused")
+    .to_string();
+    assert!(
+        e.contains("protocol.attacks") && e.contains("--fresh"),
+        "{e}"
+    );
+    let settings_path = out.join("settings.json");
+    let mut settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&settings_path).unwrap()).unwrap();
+    let version = settings["engine_version"].as_u64().unwrap();
+    settings["engine_version"] = serde_json::json!(version - 1);
+    std::fs::write(&settings_path, settings.to_string()).unwrap();
+    let e = eval_run(
+        &format!("{base}attacks = [\"fab-t\", \"apgd-t\", \"apgd-ce\"]\n"),
+        &out,
+    )
+    .err()
+    .expect("another engine version must be refused")
+    .to_string();
+    assert!(
+        e.contains(&format!(
+            "engine_version: {} in the directory, {version} now",
+            version - 1
+        )),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(out.join("results.jsonl")).unwrap(), before);
+}
