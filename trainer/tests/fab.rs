@@ -416,6 +416,24 @@ fn deterministic_for_a_seed_and_the_seed_matters() {
         bits(&other),
         "the random starts must depend on the seed"
     );
+    // AutoAttack's first run starts at the clean input: then the seed is unused.
+    let clean_start = FabConfig {
+        restarts: 1,
+        random_first_start: false,
+        ..cfg
+    };
+    assert_eq!(
+        fab_t(&o, &x, &y, &clean_start),
+        fab_t(
+            &o,
+            &x,
+            &y,
+            &FabConfig {
+                seed: 4,
+                ..clean_start
+            }
+        )
+    );
     assert_threat_model(&o, &x, &y, &a, AttackNorm::L2, 1.0);
 }
 
