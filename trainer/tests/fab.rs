@@ -68,10 +68,10 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 /// The projection onto `⟨w, x⟩ = b` within the box by bisection on the level of the
 /// optimality conditions (a solver independent of the sorting one): L∞ moves
 /// every coordinate by `clip(λ sign w_i)`, L2 by `clip(μ w_i)`, clipped to the box.
-fn reference_projection(norm: AttackNorm, t: &[f32], w: &[f32], b: f32) -> Vec<f64> {
+fn reference_projection(norm: AttackNorm, t: &[f32], w: &[f32], b: f64) -> Vec<f64> {
     let t: Vec<f64> = t.iter().map(|&v| f64::from(v)).collect();
     let w: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
-    let r = f64::from(b) - dot(&w, &t);
+    let r = b - dot(&w, &t);
     let s = r.signum();
     let step = |level: f64| -> Vec<f64> {
         t.iter()
@@ -118,7 +118,7 @@ fn box_projections_match_an_independent_solver() {
         for (a, e) in corner.iter().zip([0.0, 0.5, 0.05]) {
             assert!((a - e).abs() < 1e-6, "{norm:?}: {corner:?}");
         }
-        // On the hyperplane already (up to the rounding of 1.95): no step.
+        // On the hyperplane already (up to the rounding of the f32 inputs): no step.
         let none = project_hyperplane_box(norm, &t, &w, 1.95);
         assert!(none.iter().all(|v| v.abs() < 1e-7), "{norm:?}: {none:?}");
     }
@@ -163,7 +163,7 @@ fn box_projections_match_an_independent_solver() {
         // The reachable range of ⟨w, x⟩ over the box, and a target inside it.
         let lo: f64 = w.iter().map(|&v| f64::from(v.min(0.0))).sum();
         let hi: f64 = w.iter().map(|&v| f64::from(v.max(0.0))).sum();
-        let b = (lo + rng.gen_range(0.0..1.0) * (hi - lo)) as f32;
+        let b = lo + rng.gen_range(0.0..1.0) * (hi - lo);
         for norm in [AttackNorm::Linf, AttackNorm::L2] {
             let dlt = project_hyperplane_box(norm, &t, &w, b);
             let reference = reference_projection(norm, &t, &w, b);
@@ -179,7 +179,7 @@ fn box_projections_match_an_independent_solver() {
             let wf: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
             let scale = 1.0 + wf.iter().map(|v| v.abs()).sum::<f64>();
             assert!(
-                (dot(&wf, &x) - f64::from(b)).abs() < 1e-5 * scale,
+                (dot(&wf, &x) - b).abs() < 1e-5 * scale,
                 "case {case} {norm:?}: off the hyperplane ({} vs {b}, from {wt})",
                 dot(&wf, &x)
             );

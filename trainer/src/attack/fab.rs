@@ -123,6 +123,14 @@ fn distance(norm: AttackNorm, a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
+/// The size of `v` in `norm`.
+fn size(norm: AttackNorm, v: &[f32]) -> f32 {
+    match norm {
+        AttackNorm::Linf => v.iter().fold(0.0, |m, a| m.max(a.abs())),
+        AttackNorm::L2 => v.iter().map(|a| a * a).sum::<f32>().sqrt(),
+    }
+}
+
 /// The smallest step `δ` in `norm` with `⟨w, t + δ⟩ = b` and `t + δ ∈ [0, 1]^d`:
 /// the projection of `t` onto the hyperplane intersected with the box. When the box
 /// does not reach the hyperplane, the step to the corner of the box closest to it
@@ -140,8 +148,9 @@ fn distance(norm: AttackNorm, a: &[f32], b: &[f32]) -> f32 {
 ///
 /// Both left-hand sides are piecewise linear and nondecreasing in the level, with
 /// breakpoints at `room_i` (resp. `room_i / |w_i|`): sorting the breakpoints finds
-/// the segment that holds the solution, `O(d log d)`. Computed in f64.
-pub fn project_hyperplane_box(norm: AttackNorm, t: &[f32], w: &[f32], b: f32) -> Vec<f32> {
+/// the segment that holds the solution, `O(d log d)`. Computed in f64 (`b` too: it
+/// is `⟨w, x⟩ − f`, whose two terms can be much larger than their difference).
+pub fn project_hyperplane_box(norm: AttackNorm, t: &[f32], w: &[f32], b: f64) -> Vec<f32> {
     let mut delta = vec![0.0f32; t.len()];
     let wt: f64 = t
         .iter()
@@ -149,7 +158,7 @@ pub fn project_hyperplane_box(norm: AttackNorm, t: &[f32], w: &[f32], b: f32) ->
         .filter(|(_, wi)| wi.is_finite())
         .map(|(&ti, &wi)| f64::from(ti) * f64::from(wi))
         .sum();
-    let r = f64::from(b) - wt;
+    let r = b - wt;
     if !r.is_finite() || r == 0.0 {
         return delta;
     }
@@ -212,7 +221,7 @@ fn random_start(norm: AttackNorm, radius: f32, x0: &[f32], rng: &mut ChaCha8Rng)
             .map(|_| StandardNormal.sample(&mut *rng))
             .collect(),
     };
-    let n = distance(norm, &t, &vec![0.0; t.len()]).max(1e-12);
+    let n = size(norm, &t).max(1e-12);
     x0.iter()
         .zip(&t)
         .map(|(&a, &v)| (a + radius * v / n).clamp(0.0, 1.0))
@@ -293,13 +302,12 @@ fn single_run<O: GradientOracle + ?Sized>(
                 .map(|(&wi, &xi)| f64::from(wi) * f64::from(xi))
                 .sum::<f64>()
                 - f64::from(f);
-            let b = b as f32;
             let d1 = project_hyperplane_box(cfg.norm, &x1[r.clone()], w, b);
             let d2 = project_hyperplane_box(cfg.norm, &x0[r.clone()], w, b);
-            let zero = vec![0.0f32; d];
-            let a1 = distance(cfg.norm, &d1, &zero).max(1e-8);
-            let a2 = distance(cfg.norm, &d2, &zero).max(1e-8);
-            let alpha = (a1 / (a1 + a2)).clamp(0.0, cfg.alpha_max);
+            let a1 = size(cfg.norm, &d1).max(1e-8);
+            let a2 = size(cfg.norm, &d2).max(1e-8);
+            // max/min rather than clamp: no panic on an odd `alpha_max`.
+            let alpha = (a1 / (a1 + a2)).max(0.0).min(cfg.alpha_max);
             for (i, xi) in x1[r.clone()].iter_mut().enumerate() {
                 let from_x1 = *xi + cfg.eta * d1[i];
                 let from_x0 = x0[j * d + i] + cfg.eta * d2[i];
@@ -338,6 +346,10 @@ fn single_run<O: GradientOracle + ?Sized>(
 /// An example is fooled only by a point in `[0, 1]` within ε of its clean input that
 /// the oracle's logits misclassify; an input the oracle already misclassifies is
 /// fooled as it is.
+///
+/// # Panics
+/// If `x` does not hold `labels.len()` rows of the oracle's input length (an
+/// attack that quietly skipped such a batch would overstate robustness).
 pub fn fab_t<O: GradientOracle + ?Sized>(
     oracle: &O,
     x: &[f32],
@@ -346,6 +358,12 @@ pub fn fab_t<O: GradientOracle + ?Sized>(
 ) -> FabResult {
     let d = oracle.input_len().max(1);
     let b = labels.len();
+    assert_eq!(
+        x.len(),
+        b * d,
+        "fab_t: {} values are not {b} inputs of {d}",
+        x.len()
+    );
     let mut out = FabResult {
         adv: x.to_vec(),
         fooled: vec![false; b],
