@@ -3,6 +3,8 @@
 //! - [`pgd`]: projected gradient descent (fixed or cosine step).
 //! - [`apgd`]: APGD (Croce & Hein 2020): step-size adaptation with checkpoints and
 //!   momentum, with the cross-entropy or the (targeted) DLR loss.
+//! - [`fab`]: FAB-T, the targeted Fast Adaptive Boundary attack (Croce & Hein 2020),
+//!   L∞ and L2: a minimal-distance search along linearised decision boundaries.
 //! - [`square`]: the query-only Square attack (Andriushchenko et al. 2020), L∞ and L2.
 //!
 //! Gradient attacks are written against a [`GradientOracle`] (logits and their
@@ -11,6 +13,7 @@
 //! in [`loss`], so each works through every oracle.
 
 pub mod apgd;
+pub mod fab;
 pub mod loss;
 pub mod oracle;
 pub mod pgd;
@@ -19,6 +22,7 @@ pub mod square;
 use serde::{Deserialize, Serialize};
 
 pub use apgd::{apgd, ApgdConfig};
+pub use fab::{fab_t, project_hyperplane_box, FabConfig, FabResult};
 pub use loss::AttackLoss;
 pub use oracle::{
     argmax, ClassifierOracle, GradientOracle, NetOracle, OracleOutput, PurifiedOracle,

@@ -13,15 +13,17 @@ use super::report::{self, Report};
 use super::results::{sha256_hex, CheckRecord, Record, ResultsDir};
 use super::{EvalError, EvalOptions, Observer};
 use crate::attack::{
-    apgd, gather_rows, pgd, square, ApgdConfig, AttackLoss, AttackNorm, ClassifierOracle,
-    GradientOracle, PgdConfig, PurifiedOracle, PurifierGradient, SquareConfig, StepSchedule,
+    apgd, fab_t, gather_rows, pgd, square, ApgdConfig, AttackLoss, AttackNorm, ClassifierOracle,
+    FabConfig, GradientOracle, PgdConfig, PurifiedOracle, PurifierGradient, SquareConfig,
+    StepSchedule,
 };
 use crate::data::Dataset;
 use crate::model::{DeviceNet, FloatModel, FloatNet};
 
 /// Version of the engine's attack definitions: part of the settings, so results of
 /// an engine that attacks differently are never mixed with this one's.
-pub const ENGINE_VERSION: u32 = 3;
+/// 4: FAB-T (`fab-t`), in the standard preset after APGD-T.
+pub const ENGINE_VERSION: u32 = 4;
 
 /// BPDA for one-shot denoising: the classifier's gradient at `D(x)`.
 struct DenoiseBpda {
@@ -310,7 +312,9 @@ fn survivors(
 }
 
 /// Runs one attack on the examples `alive` (positions in `x`, `y`) and returns
-/// those the deployed system still classifies correctly.
+/// those the deployed system still classifies correctly. `fresh_starts`: every
+/// restart starts at a random point (the restart check), also for FAB-T, whose
+/// first run otherwise starts at the clean input.
 #[allow(clippy::too_many_arguments)]
 fn attack(
     ctx: &Ctx,
@@ -324,6 +328,7 @@ fn attack(
     steps: usize,
     restarts: usize,
     seed: u64,
+    fresh_starts: bool,
 ) -> Result<Vec<usize>, EvalError> {
     let d = ctx.d;
     let mut alive = alive.to_vec();
@@ -362,6 +367,44 @@ fn attack(
         let r = apgd(oracle, &gather_rows(x, d, &alive), &labels(&alive), &cfg);
         survivors(&def.judge, &r.adv, &alive, y)
     };
+    // One target rank per call, judged by the core in between like APGD-T, so an
+    // example whose FAB point the core does not accept meets the next target.
+    let run_fab = |rank: usize, alive: Vec<usize>| -> Result<Vec<usize>, EvalError> {
+        if alive.is_empty() {
+            return Ok(alive);
+        }
+        let cfg = FabConfig {
+            steps,
+            restarts,
+            targets: 1,
+            target_rank: rank,
+            seed: seed.wrapping_add(rank as u64 * 7_919),
+            random_first_start: fresh_starts,
+            ..FabConfig::new(norm, eps)
+        };
+        let r = fab_t(
+            def.full.as_ref(),
+            &gather_rows(x, d, &alive),
+            &labels(&alive),
+            &cfg,
+        );
+        // Only the fooled points go to the core: the others are the clean inputs,
+        // which it already classifies correctly (every example alive is).
+        let fooled: Vec<usize> = (0..alive.len()).filter(|&j| r.fooled[j]).collect();
+        if fooled.is_empty() {
+            return Ok(alive);
+        }
+        let kept = survivors(
+            &def.judge,
+            &gather_rows(&r.adv, d, &fooled),
+            &fooled.iter().map(|&j| alive[j]).collect::<Vec<_>>(),
+            y,
+        )?;
+        Ok((0..alive.len())
+            .filter(|&j| !r.fooled[j] || kept.contains(&alive[j]))
+            .map(|j| alive[j])
+            .collect())
+    };
     match name {
         "transfer" => alive = run_pgd(ctx.undefended, false, alive)?,
         "full" => alive = run_pgd(def.full.as_ref(), true, alive)?,
@@ -377,6 +420,11 @@ fn attack(
         "apgd-t" => {
             for rank in 2..(2 + ctx.p.apgd_targets).min(ctx.classes + 1) {
                 alive = run_apgd(def.full.as_ref(), AttackLoss::DlrTargeted, rank, alive)?;
+            }
+        }
+        "fab-t" => {
+            for rank in 2..(2 + ctx.p.apgd_targets).min(ctx.classes + 1) {
+                alive = run_fab(rank, alive)?;
             }
         }
         "square" => {
@@ -552,6 +600,7 @@ pub fn run(
                     let before = alive.clone();
                     alive = attack(
                         &ctx, name, def, norm, eps, &x, &y, &before, p.steps, p.restarts, seed,
+                        false,
                     )?;
                     let per = t.elapsed().as_secs_f64() / n as f64;
                     for &k in &before {
@@ -668,7 +717,18 @@ pub fn run(
                             continue;
                         }
                         alive = attack(
-                            &ctx, name, def, norm, eps, &x, &y, &alive, steps, restarts, seed,
+                            &ctx,
+                            name,
+                            def,
+                            norm,
+                            eps,
+                            &x,
+                            &y,
+                            &alive,
+                            steps,
+                            restarts,
+                            seed,
+                            check == "restarts",
                         )?;
                     }
                     broken_total += chunk.len() - alive.len();

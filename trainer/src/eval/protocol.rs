@@ -9,10 +9,11 @@ use super::EvalError;
 
 /// Every attack the engine knows, in the order a cascade runs them (cheap,
 /// strong attacks first; Square last, on the survivors of every gradient attack).
-pub const ATTACKS: [&str; 9] = [
+pub const ATTACKS: [&str; 10] = [
     "transfer",
     "apgd-ce",
     "apgd-t",
+    "fab-t",
     "apgd-dlr",
     "full",
     "apgd-bpda",
@@ -29,9 +30,9 @@ pub const DEFENCES: [&str; 4] = ["none", "denoise", "ere", "pursamere"];
 #[serde(deny_unknown_fields)]
 pub struct Protocol {
     /// A named suite that fills in `attacks` (and `losses`) when they are not
-    /// given: "standard" = transfer, APGD-CE and APGD-T (DLR, `apgd_targets`
-    /// targets) through the exact unrolled gradient, APGD-CE through BPDA, the
-    /// surrogate attack where it applies, and Square.
+    /// given: "standard" = transfer, APGD-CE, APGD-T (DLR, `apgd_targets` targets)
+    /// and FAB-T (`apgd_targets` targets) through the exact unrolled gradient,
+    /// APGD-CE through BPDA, the surrogate attack where it applies, and Square.
     #[serde(default)]
     pub preset: Option<String>,
     /// Test images evaluated (from `start`); `--count` on the command line wins.
@@ -75,7 +76,7 @@ pub struct Protocol {
     /// ρ of the "pursamere" defence (the model's own ρ when it is > 0).
     #[serde(default = "rho")]
     pub rho: f32,
-    /// APGD-T: number of target classes (the runner-up first).
+    /// APGD-T and FAB-T: number of target classes (the runner-up first).
     #[serde(default = "nine")]
     pub apgd_targets: usize,
     /// Re-attack the survivors of each norm's largest ε with every gradient attack,
@@ -179,6 +180,7 @@ impl Protocol {
                     "transfer",
                     "apgd-ce",
                     "apgd-t",
+                    "fab-t",
                     "apgd-bpda",
                     "surrogate",
                     "square",
@@ -284,8 +286,10 @@ impl Protocol {
         } else {
             self.square_queries = None;
         }
-        if self.attacks.iter().any(|a| a == "apgd-t") && self.apgd_targets == 0 {
-            return bad("`apgd_targets` must be at least 1".into());
+        if self.attacks.iter().any(|a| a == "apgd-t" || a == "fab-t") && self.apgd_targets == 0 {
+            return bad(
+                "`apgd_targets` (the target classes of apgd-t and fab-t) must be at least 1".into(),
+            );
         }
         if !(self.rho.is_finite() && self.rho >= 0.0) {
             return bad(format!("`rho` {} is not a finite value ≥ 0", self.rho));
@@ -338,5 +342,45 @@ mod tests {
             e.contains("validation_seed") && e.contains("\"test\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_standard_preset_runs_fab_t_after_apgd_t_and_unknown_attacks_are_refused() {
+        let base = "linf_eps = [0.3]\ndefences = [\"none\"]\nimages = 10\n";
+        let p = resolved(&format!("preset = \"standard\"\n{base}")).unwrap();
+        assert_eq!(
+            p.attacks,
+            [
+                "transfer",
+                "apgd-ce",
+                "apgd-t",
+                "fab-t",
+                "apgd-bpda",
+                "surrogate",
+                "square"
+            ]
+        );
+        // AutoAttack's order (APGD-CE, APGD-T, FAB-T, Square) whatever the order given.
+        let p = resolved(&format!(
+            "attacks = [\"square\", \"fab-t\", \"apgd-t\", \"apgd-ce\"]\n{base}"
+        ))
+        .unwrap();
+        assert_eq!(p.attacks, ["apgd-ce", "apgd-t", "fab-t", "square"]);
+        let e = resolved(&format!("attacks = [\"fab\"]\n{base}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown attack `fab`") && e.contains("fab-t"),
+            "{e}"
+        );
+        // FAB-T takes its target count from `apgd_targets`, which must be ≥ 1.
+        let e = resolved(&format!("attacks = [\"fab-t\"]\napgd_targets = 0\n{base}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("apgd_targets"), "{e}");
+        assert!(resolved(&format!(
+            "attacks = [\"apgd-ce\"]\napgd_targets = 0\n{base}"
+        ))
+        .is_ok());
     }
 }
