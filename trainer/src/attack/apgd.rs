@@ -19,7 +19,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use super::oracle::{evaluate_rows, GradientOracle};
-use super::{project, AttackLoss, AttackNorm};
+use super::{classes_by_logit, project, AttackLoss, AttackNorm};
 
 /// APGD settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -149,9 +149,8 @@ pub fn apgd<O: GradientOracle + ?Sized>(
         let c = z.len() / b.max(1);
         z.chunks(c.max(1))
             .map(|zr| {
-                let mut idx: Vec<usize> = (0..zr.len()).collect();
-                idx.sort_by(|&i, &j| zr[j].total_cmp(&zr[i]).then(i.cmp(&j)));
-                idx.get(cfg.target_rank.max(2) - 1)
+                classes_by_logit(zr)
+                    .get(cfg.target_rank.max(2) - 1)
                     .copied()
                     .unwrap_or(usize::MAX)
             })

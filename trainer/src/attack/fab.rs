@@ -32,7 +32,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use super::oracle::{argmax, GradientOracle};
-use super::{gather_rows, project, AttackNorm};
+use super::{classes_by_logit, distance, gather_rows, project, AttackNorm};
 
 /// FAB-T settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -103,24 +103,6 @@ pub struct FabResult {
     pub min_dist: Vec<f32>,
     /// Oracle rows evaluated (forward passes and gradients: the cost).
     pub rows_evaluated: usize,
-}
-
-/// Distance of `a` from `b` in `norm` (the L2 sum in the same order as
-/// [`project`], so a point within ε by this measure is left alone by it).
-fn distance(norm: AttackNorm, a: &[f32], b: &[f32]) -> f32 {
-    match norm {
-        AttackNorm::Linf => a
-            .iter()
-            .zip(b)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0.0, f32::max),
-        AttackNorm::L2 => a
-            .iter()
-            .zip(b)
-            .map(|(p, q)| (p - q) * (p - q))
-            .sum::<f32>()
-            .sqrt(),
-    }
 }
 
 /// The size of `v` in `norm`.
@@ -378,14 +360,7 @@ pub fn fab_t<O: GradientOracle + ?Sized>(
     out.rows_evaluated += b;
     let c = z.len() / b;
     // Classes by decreasing clean logit (ties by index, as APGD-T ranks them).
-    let order: Vec<Vec<usize>> = z
-        .chunks(c.max(1))
-        .map(|zr| {
-            let mut idx: Vec<usize> = (0..zr.len()).collect();
-            idx.sort_by(|&i, &j| zr[j].total_cmp(&zr[i]).then(i.cmp(&j)));
-            idx
-        })
-        .collect();
+    let order: Vec<Vec<usize>> = z.chunks(c.max(1)).map(classes_by_logit).collect();
     for (k, o) in order.iter().enumerate() {
         if o.first() != Some(&labels[k]) {
             out.fooled[k] = true;

@@ -57,15 +57,36 @@ pub fn gather_rows(x: &[f32], d: usize, idx: &[usize]) -> Vec<f32> {
         .collect()
 }
 
+/// Distance of `a` from `b` in `norm` ([`project`] measures the L2 ball with it, so a
+/// point within ε by this measure is left alone there).
+pub(crate) fn distance(norm: AttackNorm, a: &[f32], b: &[f32]) -> f32 {
+    match norm {
+        AttackNorm::Linf => a
+            .iter()
+            .zip(b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max),
+        AttackNorm::L2 => a
+            .iter()
+            .zip(b)
+            .map(|(p, q)| (p - q) * (p - q))
+            .sum::<f32>()
+            .sqrt(),
+    }
+}
+
+/// The classes of one row of logits by decreasing logit, ties by index: the target
+/// ranking of APGD-T and FAB-T (rank 2, the runner-up, is `[1]`).
+pub(crate) fn classes_by_logit(z: &[f32]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..z.len()).collect();
+    idx.sort_by(|&i, &j| z[j].total_cmp(&z[i]).then(i.cmp(&j)));
+    idx
+}
+
 /// Projects `x` onto the ε-ball around `x0` (in `norm`) and then onto `[0, 1]`.
 pub(crate) fn project(norm: AttackNorm, eps: f32, x0: &[f32], x: &mut [f32]) {
     if norm == AttackNorm::L2 {
-        let n = x
-            .iter()
-            .zip(x0)
-            .map(|(a, b)| (a - b) * (a - b))
-            .sum::<f32>()
-            .sqrt();
+        let n = distance(norm, x, x0);
         if n > eps {
             let s = eps / n;
             for (a, &b) in x.iter_mut().zip(x0) {

@@ -405,6 +405,8 @@ fn attack(
             .map(|j| alive[j])
             .collect())
     };
+    // The target classes of APGD-T and FAB-T, by rank (2 = the runner-up).
+    let target_ranks = 2..(2 + ctx.p.apgd_targets).min(ctx.classes + 1);
     match name {
         "transfer" => alive = run_pgd(ctx.undefended, false, alive)?,
         "full" => alive = run_pgd(def.full.as_ref(), true, alive)?,
@@ -418,12 +420,12 @@ fn attack(
         "apgd-dlr" => alive = run_apgd(def.full.as_ref(), AttackLoss::Dlr, 2, alive)?,
         "apgd-bpda" => alive = run_apgd(def.bpda.as_ref(), AttackLoss::CrossEntropy, 2, alive)?,
         "apgd-t" => {
-            for rank in 2..(2 + ctx.p.apgd_targets).min(ctx.classes + 1) {
+            for rank in target_ranks {
                 alive = run_apgd(def.full.as_ref(), AttackLoss::DlrTargeted, rank, alive)?;
             }
         }
         "fab-t" => {
-            for rank in 2..(2 + ctx.p.apgd_targets).min(ctx.classes + 1) {
+            for rank in target_ranks {
                 alive = run_fab(rank, alive)?;
             }
         }
