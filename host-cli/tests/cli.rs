@@ -2047,3 +2047,36 @@ fn upgrade_rewrites_an_older_model_with_the_f32_noise_and_golden_only_follows_it
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["images"][0]["crc32"], g["images"][0]["purified_crc32"]);
 }
+
+#[test]
+fn eval_denoise_defence_runs_with_a_residual_denoiser() {
+    // The board conv model's denoiser has a residual skip (`x + r(x)`); the one-shot
+    // denoise defence used to be refused for it.
+    let tmp = tempfile::tempdir().unwrap();
+    let proto = tmp.path().join("p.toml");
+    std::fs::write(
+        &proto,
+        "images = 2\nsteps = 3\nrestart_check = false\nlinf_eps = [0.3]\nattacks = [\"full\", \"bpda\"]\ndefences = [\"none\", \"denoise\"]\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let o = run(&[
+        "eval",
+        "--protocol",
+        s(&proto),
+        "--data",
+        s(&fixtures().join("mnist-sample")),
+        "--model",
+        s(&fixtures().join("mnist-conv.psm")),
+        "--out",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let denoise = rows.iter().find(|r| r["defence"] == "denoise").unwrap();
+    assert_eq!(denoise["n"], 2);
+    assert!(denoise["clean"].as_f64().unwrap() > 0.0, "{denoise}");
+    assert!(denoise["after_attack"]["full"].is_number(), "{denoise}");
+}
