@@ -31,7 +31,9 @@
 //! element; neighbouring elements are independent chains. The forward pass keeps a
 //! block of 4 output channels × 8 adjacent output columns in registers and runs
 //! every `(ci, ky, kx)` over it (one input window load feeds 32 multiply–adds, the
-//! 8 lanes are one AVX or two SSE registers). The VJP loops `o, ci, ky, kx, row`
+//! 8 lanes are one AVX or two SSE registers). The windows of one input row are read
+//! from a small zero-padded copy of the positions the block needs (or, on a host,
+//! from the row itself when none of them is padding), so no lane tests its bounds. The VJP loops `o, ci, ky, kx, row`
 //! and runs its innermost loop along a row of inputs (`gx[ix0..] += w · c[ox0..]`,
 //! contiguous with stride 1). Neither reorders any element's sum, so both give
 //! the documented bits (`core/tests/conv.rs` checks them against a plain
@@ -227,6 +229,9 @@ impl Conv2d<'_> {
         {
             let o0 = blk * OBLK;
             let wb: [&[u8]; OBLK] = core::array::from_fn(|b| self.channel_weights(o0 + b, &g));
+            // Padded input positions one chunk's windows read, over every kx.
+            let need = ((CHUNK - 1) * g.s + g.k).min(SEGMENT);
+            let mut seg = [0.0f32; SEGMENT];
             for oy in 0..g.oh {
                 let mut ox0 = 0;
                 while ox0 < g.ow {
@@ -239,8 +244,26 @@ impl Conv2d<'_> {
                                 continue;
                             };
                             let xrow = xplane.get(iy * g.w..(iy + 1) * g.w).unwrap_or(&[]);
+                            // The padded positions the chunk's windows read: on a
+                            // host straight from the row when they are all inside
+                            // it, else (and always on the Cortex-M4F, where reading
+                            // a stack array is cheaper: measured under QEMU) copied
+                            // once, zero-padded, for every kx.
+                            let base = ox0 * g.s;
+                            let inside = if cfg!(target_arch = "arm") {
+                                None
+                            } else {
+                                base.checked_sub(g.p).and_then(|a| xrow.get(a..a + need))
+                            };
+                            let src: &[f32] = match inside {
+                                Some(inside) => inside,
+                                None => {
+                                    fill_segment(&mut seg, xrow, base, g.p, need);
+                                    seg.get(..need).unwrap_or(&seg)
+                                }
+                            };
                             for kx in 0..g.k {
-                                let win = window(xrow, ox0 * g.s + kx, g.p, g.s);
+                                let win = window(src, kx, g.s);
                                 let at = ci * kk + ky * g.k + kx;
                                 let wv: [f32; OBLK] =
                                     wb.map(|wo| wo.get(at).map_or(0.0, |&v| f32::from(v as i8)));
@@ -316,27 +339,53 @@ const OBLK: usize = 4;
 /// Adjacent columns accumulated together (one register block).
 const CHUNK: usize = 8;
 
-/// `win[l] = row[(j0 + l·s) − p]`, 0 where that position is outside `row`
-/// (`j0 = ox0·s + kx` is the first output column's position in padded
-/// coordinates).
+/// Padded input positions one chunk reads: `(CHUNK − 1)·s + k` with `s ≤ 2` and
+/// `k ≤ MAX_KERNEL` (validation bounds both).
+const SEGMENT: usize = (CHUNK - 1) * 2 + MAX_KERNEL as usize;
+
+/// `seg[t] = row[base + t − p]` for `t < need`, 0 where that position is padding:
+/// the chunk's input once, so that every window is read without a bounds test per
+/// lane. (`base = ox0·s` is the chunk's first window in padded coordinates.)
 #[inline(always)]
-fn window(row: &[f32], j0: usize, p: usize, s: usize) -> [f32; CHUNK] {
+fn fill_segment(seg: &mut [f32; SEGMENT], row: &[f32], base: usize, p: usize, need: usize) {
+    let need = need.min(SEGMENT);
+    // Inside the row: padded positions p .. p + len.
+    let t0 = p.saturating_sub(base).min(need);
+    let t1 = (p + row.len()).saturating_sub(base).clamp(t0, need);
+    let (head, rest) = seg.split_at_mut(t0);
+    head.fill(0.0);
+    let (mid, tail) = rest.split_at_mut(t1 - t0);
+    let src = (base + t0)
+        .checked_sub(p)
+        .and_then(|a| row.get(a..a + mid.len()));
+    match src {
+        Some(src) => mid.copy_from_slice(src),
+        None => mid.fill(0.0),
+    }
+    if let Some(tail) = tail.get_mut(..need - t1) {
+        tail.fill(0.0);
+    }
+}
+
+/// `win[l] = seg[kx + l·s]` (the window of kernel column `kx`; 0 past the segment).
+#[inline(always)]
+fn window(seg: &[f32], kx: usize, s: usize) -> [f32; CHUNK] {
     if s == 1 {
-        if let Some(full) = j0
-            .checked_sub(p)
-            .and_then(|a| row.get(a..a + CHUNK))
+        if let Some(w) = seg
+            .get(kx..kx + CHUNK)
             .and_then(|v| <&[f32; CHUNK]>::try_from(v).ok())
         {
-            return *full;
+            return *w;
+        }
+    } else if s == 2 {
+        if let Some(w) = seg
+            .get(kx..kx + 2 * CHUNK - 1)
+            .and_then(|v| <&[f32; 2 * CHUNK - 1]>::try_from(v).ok())
+        {
+            return core::array::from_fn(|l| w.get(2 * l).copied().unwrap_or(0.0));
         }
     }
-    core::array::from_fn(|l| {
-        (j0 + l * s)
-            .checked_sub(p)
-            .and_then(|i| row.get(i))
-            .copied()
-            .unwrap_or(0.0)
-    })
+    core::array::from_fn(|l| seg.get(kx + l * s).copied().unwrap_or(0.0))
 }
 
 /// `gx[j·s] += w · (sc · gy[j])` for every `j` of `gy`.
