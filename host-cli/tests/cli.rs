@@ -2080,3 +2080,153 @@ fn eval_denoise_defence_runs_with_a_residual_denoiser() {
     assert!(denoise["clean"].as_f64().unwrap() > 0.0, "{denoise}");
     assert!(denoise["after_attack"]["full"].is_number(), "{denoise}");
 }
+
+#[test]
+fn train_behind_a_purifier_fine_tunes_resumes_and_rejects_bad_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    data_dir(&data);
+    let base = tmp.path().join("base");
+    let common = |out: &Path| {
+        vec![
+            "train".to_owned(),
+            "--data".into(),
+            s(&data).into(),
+            "--out".into(),
+            s(out).into(),
+            "--validation".into(),
+            "50".into(),
+            "--batch-size".into(),
+            "32".into(),
+            "--quiet".into(),
+        ]
+    };
+    let run_owned = |args: Vec<String>| run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut args = common(&base);
+    args.extend(
+        [
+            "--den-epochs",
+            "1",
+            "--cls-epochs",
+            "2",
+            "--den-hidden",
+            "16",
+            "--cls-hidden",
+            "16",
+        ]
+        .map(String::from),
+    );
+    let o = run_owned(args);
+    assert!(o.status.success(), "{}", text(&o));
+    // Two purifiers of the same denoiser (K 2 and K 3), and one with K 0 (off).
+    let export = |iters: &str, name: &str| {
+        let out = tmp.path().join(name);
+        let o = run(&[
+            "export",
+            "--run",
+            s(&base),
+            "--side",
+            "8",
+            "--dataset",
+            "bands",
+            "--iters",
+            iters,
+            "--noise-samples",
+            "1",
+            "--out",
+            s(&out),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        out.join("model.psm")
+    };
+    let (k2, k3, off) = (export("2", "k2"), export("3", "k3"), export("0", "off"));
+    let ckpt = base.join("classifier.ckpt");
+    let behind = tmp.path().join("behind");
+    let fine_tune = |psm: &Path, extra: &[&str]| {
+        let mut args = common(&behind);
+        args.extend(
+            [
+                "--what",
+                "classifier",
+                "--purified-by",
+                s(psm),
+                "--init-classifier",
+                s(&ckpt),
+                "--adversarial",
+                "pgd",
+                "--adv-eps",
+                "0.2",
+                "--adv-steps",
+                "2",
+                "--cls-epochs",
+                "1",
+            ]
+            .map(String::from),
+        );
+        args.extend(extra.iter().map(|v| v.to_string()));
+        run_owned(args)
+    };
+    let o = fine_tune(&k2, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(behind.join("classifier.ckpt").exists());
+    // Fine-tuning keeps the starting classifier's architecture and exports as usual.
+    let o = run(&[
+        "export",
+        "--run",
+        s(&behind),
+        "--denoiser",
+        s(&k2),
+        "--side",
+        "8",
+        "--dataset",
+        "bands",
+        "--iters",
+        "2",
+        "--noise-samples",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Resuming behind another purifier is refused, naming the flag.
+    let o = fine_tune(&k3, &["--resume"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--purified-by"), "{}", text(&o));
+    // A purifier that is off, the wrong --what, and --cls-arch with --init-classifier.
+    let o = fine_tune(&off, &["--force"]);
+    assert!(
+        !o.status.success() && text(&o).contains("purifier is off"),
+        "{}",
+        text(&o)
+    );
+    let mut args = common(&tmp.path().join("x"));
+    args.extend(["--purified-by", s(&k2)].map(String::from));
+    let o = run_owned(args);
+    assert!(
+        !o.status.success() && text(&o).contains("--what classifier"),
+        "{}",
+        text(&o)
+    );
+    let o = fine_tune(&k2, &["--force", "--cls-arch", "dense8"]);
+    assert!(
+        !o.status.success() && text(&o).contains("drop --cls-arch"),
+        "{}",
+        text(&o)
+    );
+    // No --init-classifier from a denoiser checkpoint.
+    let mut args = common(&tmp.path().join("y"));
+    args.extend(
+        [
+            "--what",
+            "classifier",
+            "--init-classifier",
+            s(&base.join("denoiser.ckpt")),
+        ]
+        .map(String::from),
+    );
+    let o = run_owned(args);
+    assert!(
+        !o.status.success() && text(&o).contains("not a 10-class classifier"),
+        "{}",
+        text(&o)
+    );
+}

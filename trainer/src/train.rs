@@ -50,6 +50,73 @@ pub enum Objective {
         /// How the adversarial examples are made and used.
         adversarial: AdversarialTraining,
     },
+    /// Classifier trained behind a fixed purifier, on what the purifier makes of its
+    /// inputs: `C(P(x))`, or with `adversarial`, `C(P(x'))` where `x'` attacks the
+    /// whole defended system `C ∘ P` through the exact unrolled gradient of the
+    /// purification (the same oracle as the evaluation's `apgd-ce`). The purifier
+    /// does not depend on the classifier's weights, so only the classifier learns.
+    /// (Last variant: checkpoints of the others decode as before.)
+    PurifiedClassifier {
+        /// Number of classes.
+        classes: usize,
+        /// Adversarial training through the purifier (`None`: purified clean inputs).
+        adversarial: Option<AdversarialTraining>,
+        /// The purifier in front.
+        purifier: InLoopPurifier,
+    },
+}
+
+/// A fixed purifier in front of a classifier being trained (the denoiser and the
+/// settings of a `.psm`; kept in the checkpoint, so a resumed run cannot change it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InLoopPurifier {
+    /// The denoiser (dequantised from the model file).
+    denoiser: FloatNet,
+    /// The purification settings (their `noise` field is not serialised: see
+    /// `noise_f64`).
+    config: pursamere_core::PurifierConfig,
+    /// Whether the noise generator is Box–Muller in f64 (model formats 1 and 2)
+    /// rather than in f32.
+    noise_f64: bool,
+}
+
+impl InLoopPurifier {
+    /// The purifier `denoiser` with `config` (the noise generator included).
+    pub fn new(denoiser: FloatNet, config: pursamere_core::PurifierConfig) -> Self {
+        InLoopPurifier {
+            denoiser,
+            config,
+            noise_f64: config.noise == pursamere_core::noise::NoiseGenerator::BoxMullerF64,
+        }
+    }
+
+    /// The denoiser.
+    pub fn denoiser(&self) -> &FloatNet {
+        &self.denoiser
+    }
+
+    /// The purification settings, with their noise generator.
+    pub fn config(&self) -> pursamere_core::PurifierConfig {
+        pursamere_core::PurifierConfig {
+            noise: if self.noise_f64 {
+                pursamere_core::noise::NoiseGenerator::BoxMullerF64
+            } else {
+                pursamere_core::noise::NoiseGenerator::BoxMullerF32
+            },
+            ..self.config
+        }
+    }
+
+    /// The float reference of this purifier for inputs of length `d`.
+    fn reference(&self, d: usize) -> crate::reference::Reference<f32, Cpu> {
+        crate::reference::Reference::new(&Cpu::default(), &self.denoiser, d, self.config())
+    }
+}
+
+impl PartialEq for InLoopPurifier {
+    fn eq(&self, other: &Self) -> bool {
+        self.denoiser == other.denoiser && self.config() == other.config()
+    }
 }
 
 impl Objective {
@@ -57,9 +124,18 @@ impl Objective {
     pub fn classes(&self) -> Option<usize> {
         match self {
             Objective::Denoiser { .. } => None,
-            Objective::Classifier { classes } | Objective::RobustClassifier { classes, .. } => {
-                Some(*classes)
-            }
+            Objective::Classifier { classes }
+            | Objective::RobustClassifier { classes, .. }
+            | Objective::PurifiedClassifier { classes, .. } => Some(*classes),
+        }
+    }
+
+    /// The adversarial-training settings, if the objective has them.
+    pub fn adversarial(&self) -> Option<&AdversarialTraining> {
+        match self {
+            Objective::RobustClassifier { adversarial, .. } => Some(adversarial),
+            Objective::PurifiedClassifier { adversarial, .. } => adversarial.as_ref(),
+            _ => None,
         }
     }
 }
@@ -502,72 +578,140 @@ fn batch_loss(
             classes,
             adversarial,
         } => {
-            let labels: Vec<usize> = idx
-                .iter()
-                .map(|&i| usize::from(data.labels.get(i).copied().unwrap_or(0)))
-                .collect();
-            let t: Batch<f32, Dev> =
-                dev.tensor_from_vec(one_hot(data, idx, *classes), (b, *classes));
             let oracle = crate::attack::NetOracle { dev, net, d };
-            let (eps, seed) = adv;
-            let cfg = adversarial.pgd_config(eps, seed);
-            let mut stats = AdversarialBatch {
-                images: b,
-                ..Default::default()
-            };
-            let loss = match adversarial.method {
-                AdversarialMethod::Pgd | AdversarialMethod::PgdMax { .. } => {
-                    // One forward pass without the tape for the clean accuracy.
-                    stats.clean_correct = correct(&oracle.logits(&x), &labels, *classes);
-                    let mut xa = if eps > 0.0 {
-                        crate::attack::pgd(&oracle, &x, &labels, &cfg)
-                    } else {
-                        x.clone()
-                    };
-                    let second = adversarial.second_pgd_config(eps, seed);
-                    if let Some(cfg2) = second.filter(|_| eps > 0.0) {
-                        let xb = crate::attack::pgd(&oracle, &x, &labels, &cfg2);
-                        keep_higher_loss(&mut xa, &xb, &oracle, &labels, *classes, d);
-                    }
-                    let xa: Batch<f32, Dev> = dev.tensor_from_vec(xa, (b, d));
-                    let la = net.forward(xa.leaky_traced());
-                    stats.adversarial_correct = correct(&la.as_vec(), &labels, *classes);
-                    cross_entropy_with_logits_loss(la, t)
-                }
-                AdversarialMethod::Trades { beta } => {
-                    // The clean prediction is the reference of the KL attack.
-                    let clean = oracle.logits(&x);
-                    stats.clean_correct = correct(&clean, &labels, *classes);
-                    let soft: Vec<f32> = clean
-                        .chunks(*classes)
-                        .flat_map(|z| {
-                            let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                            let e: Vec<f32> = z.iter().map(|&v| (v - m).exp()).collect();
-                            let s: f32 = e.iter().sum();
-                            e.into_iter().map(move |v| v / s)
-                        })
-                        .collect();
-                    let xa = if eps > 0.0 {
-                        crate::attack::pgd_soft(&oracle, &x, &labels, &soft, &cfg)
-                    } else {
-                        x.clone()
-                    };
-                    let xc: Batch<f32, Dev> = dev.tensor_from_vec(x, (b, d));
-                    let xa: Batch<f32, Dev> = dev.tensor_from_vec(xa, (b, d));
-                    let lc = net.forward(xc.leaky_traced());
-                    let la = net.forward(xa.leaky_traced());
-                    stats.adversarial_correct = correct(&la.as_vec(), &labels, *classes);
-                    // KL(p_c ‖ p_a) with gradients through both, as in TRADES.
-                    let pc = lc.with_empty_tape().softmax::<Axis<1>>();
-                    let log_pc = lc.with_empty_tape().log_softmax::<Axis<1>>();
-                    let log_pa = la.log_softmax::<Axis<1>>();
-                    let kl = (pc * (log_pc - log_pa)).sum::<Rank0, _>() / b as f32;
-                    cross_entropy_with_logits_loss(lc, t) + kl * beta
-                }
-            };
+            let (loss, stats) = robust_loss(
+                dev,
+                net,
+                &oracle,
+                &|v: &[f32]| v.to_vec(),
+                Some(adversarial),
+                data,
+                idx,
+                *classes,
+                adv,
+            );
             (loss, Some(stats))
         }
+        Objective::PurifiedClassifier {
+            classes,
+            adversarial,
+            purifier,
+        } => {
+            // The attack differentiates the whole system at the current weights.
+            let classifier = net.to_float();
+            let oracle = crate::attack::PurifiedOracle::new(
+                &purifier.denoiser,
+                &classifier,
+                d,
+                purifier.config(),
+                crate::attack::PurifierGradient::Full,
+            );
+            let reference = purifier.reference(d);
+            let (loss, stats) = robust_loss(
+                dev,
+                net,
+                &oracle,
+                &|v: &[f32]| reference.purify(v),
+                adversarial.as_ref(),
+                data,
+                idx,
+                *classes,
+                adv,
+            );
+            (loss, adversarial.is_some().then_some(stats))
+        }
     }
+}
+
+/// The loss of a classifier that sees `view(x)` (the input itself, or what a
+/// purifier makes of it) at the adversarial examples of `oracle` (the system being
+/// attacked: the classifier, or the purifier and the classifier), and the batch's
+/// clean and adversarial accuracy. Without `adversarial`, cross-entropy at
+/// `view(x)`.
+#[allow(clippy::too_many_arguments)]
+fn robust_loss<O: GradientOracle>(
+    dev: &Dev,
+    net: &DeviceNet<f32, Dev>,
+    oracle: &O,
+    view: &dyn Fn(&[f32]) -> Vec<f32>,
+    adversarial: Option<&AdversarialTraining>,
+    data: &Dataset,
+    idx: &[usize],
+    classes: usize,
+    adv: (f32, u64),
+) -> (TapedLoss, AdversarialBatch) {
+    let b = idx.len();
+    let d = data.image_len();
+    let x = batch_pixels(data, idx);
+    let labels: Vec<usize> = idx
+        .iter()
+        .map(|&i| usize::from(data.labels.get(i).copied().unwrap_or(0)))
+        .collect();
+    let t: Batch<f32, Dev> = dev.tensor_from_vec(one_hot(data, idx, classes), (b, classes));
+    let (eps, seed) = adv;
+    let mut stats = AdversarialBatch {
+        images: b,
+        ..Default::default()
+    };
+    let Some(adversarial) = adversarial else {
+        let xv: Batch<f32, Dev> = dev.tensor_from_vec(view(&x), (b, d));
+        let lc = net.forward(xv.leaky_traced());
+        stats.clean_correct = correct(&lc.as_vec(), &labels, classes);
+        stats.adversarial_correct = stats.clean_correct;
+        return (cross_entropy_with_logits_loss(lc, t), stats);
+    };
+    let cfg = adversarial.pgd_config(eps, seed);
+    let loss = match adversarial.method {
+        AdversarialMethod::Pgd | AdversarialMethod::PgdMax { .. } => {
+            // One forward pass without the tape for the clean accuracy.
+            stats.clean_correct = correct(&oracle.logits(&x), &labels, classes);
+            let mut xa = if eps > 0.0 {
+                crate::attack::pgd(oracle, &x, &labels, &cfg)
+            } else {
+                x.clone()
+            };
+            let second = adversarial.second_pgd_config(eps, seed);
+            if let Some(cfg2) = second.filter(|_| eps > 0.0) {
+                let xb = crate::attack::pgd(oracle, &x, &labels, &cfg2);
+                keep_higher_loss(&mut xa, &xb, oracle, &labels, classes, d);
+            }
+            let xa: Batch<f32, Dev> = dev.tensor_from_vec(view(&xa), (b, d));
+            let la = net.forward(xa.leaky_traced());
+            stats.adversarial_correct = correct(&la.as_vec(), &labels, classes);
+            cross_entropy_with_logits_loss(la, t)
+        }
+        AdversarialMethod::Trades { beta } => {
+            // The clean prediction is the reference of the KL attack.
+            let clean = oracle.logits(&x);
+            stats.clean_correct = correct(&clean, &labels, classes);
+            let soft: Vec<f32> = clean
+                .chunks(classes)
+                .flat_map(|z| {
+                    let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let e: Vec<f32> = z.iter().map(|&v| (v - m).exp()).collect();
+                    let s: f32 = e.iter().sum();
+                    e.into_iter().map(move |v| v / s)
+                })
+                .collect();
+            let xa = if eps > 0.0 {
+                crate::attack::pgd_soft(oracle, &x, &labels, &soft, &cfg)
+            } else {
+                x.clone()
+            };
+            let xc: Batch<f32, Dev> = dev.tensor_from_vec(view(&x), (b, d));
+            let xa: Batch<f32, Dev> = dev.tensor_from_vec(view(&xa), (b, d));
+            let lc = net.forward(xc.leaky_traced());
+            let la = net.forward(xa.leaky_traced());
+            stats.adversarial_correct = correct(&la.as_vec(), &labels, classes);
+            // KL(p_c ‖ p_a) with gradients through both, as in TRADES.
+            let pc = lc.with_empty_tape().softmax::<Axis<1>>();
+            let log_pc = lc.with_empty_tape().log_softmax::<Axis<1>>();
+            let log_pa = la.log_softmax::<Axis<1>>();
+            let kl = (pc * (log_pc - log_pa)).sum::<Rank0, _>() / b as f32;
+            cross_entropy_with_logits_loss(lc, t) + kl * beta
+        }
+    };
+    (loss, stats)
 }
 
 /// Validation figures: (loss, accuracy). The denoiser's loss is the ERE at the first
@@ -584,9 +728,17 @@ pub fn evaluate(
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (mut loss, mut correct) = (0.0f64, 0usize);
     let all: Vec<usize> = (0..n).collect();
+    // A classifier behind a purifier is validated on purified images.
+    let reference = match objective {
+        Objective::PurifiedClassifier { purifier, .. } => Some(purifier.reference(d)),
+        _ => None,
+    };
     for idx in all.chunks(512) {
         let b = idx.len();
-        let x = batch_pixels(data, idx);
+        let mut x = batch_pixels(data, idx);
+        if let Some(r) = &reference {
+            x = r.purify(&x);
+        }
         match objective {
             Objective::Denoiser { sigmas } => {
                 let s = sigmas.first().copied().unwrap_or(0.5);
@@ -598,7 +750,9 @@ pub fn evaluate(
                 let x: Batch<f32, Dev> = dev.tensor_from_vec(x, (b, d));
                 loss += f64::from((out - x).square().sum::<Rank0, _>().array());
             }
-            Objective::Classifier { classes } | Objective::RobustClassifier { classes, .. } => {
+            Objective::Classifier { classes }
+            | Objective::RobustClassifier { classes, .. }
+            | Objective::PurifiedClassifier { classes, .. } => {
                 let logits = net.forward(dev.tensor_from_vec(x, (b, d)));
                 let lv = logits.as_vec();
                 for (row, &i) in lv.chunks(*classes).zip(idx) {
@@ -681,8 +835,24 @@ pub fn train(
             "batch size and training set must be non-empty".into(),
         ));
     }
-    if let Objective::RobustClassifier { adversarial, .. } = &ck.objective {
+    if let Some(adversarial) = ck.objective.adversarial() {
         adversarial.validate()?;
+    }
+    if let Objective::PurifiedClassifier { purifier, .. } = &ck.objective {
+        purifier
+            .config()
+            .validate()
+            .map_err(|e| TrainError::Config(format!("the purifier in front: {e}")))?;
+        let out = purifier
+            .denoiser
+            .check(train_set.image_len())
+            .map_err(|e| TrainError::Config(format!("the purifier's denoiser: {e}")))?;
+        if out != train_set.image_len() {
+            return Err(TrainError::Config(format!(
+                "the purifier's denoiser returns {out} values for {}-pixel images",
+                train_set.image_len()
+            )));
+        }
     }
     if let Objective::Denoiser { sigmas } = &ck.objective {
         if sigmas.is_empty() || sigmas.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
@@ -721,12 +891,12 @@ pub fn train(
                     + (1.0 - cfg.lr_final_fraction)
                         * 0.5
                         * (1.0 + (std::f32::consts::PI * progress).cos()));
-            let adv = match &ck.objective {
-                Objective::RobustClassifier { adversarial, .. } => (
+            let adv = match ck.objective.adversarial() {
+                Some(adversarial) => (
                     adversarial.eps_at(global, steps_per_epoch),
                     epoch_seed(cfg.seed, epoch, 3) ^ (step as u64).wrapping_mul(0x9E37_79B9),
                 ),
-                _ => (0.0, 0),
+                None => (0.0, 0),
             };
             let (loss, adv_stats) =
                 batch_loss(&dev, &net, &ck.objective, train_set, idx, &mut rng, adv);

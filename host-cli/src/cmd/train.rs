@@ -8,10 +8,11 @@ use pursamere_trainer::arch::{build_arch, parse_arch, ArchOutput};
 use pursamere_trainer::attack::AttackNorm;
 use pursamere_trainer::core::InputShape;
 use pursamere_trainer::data::{load_dataset_dir, Split, HOLDOUT_SEED};
+use pursamere_trainer::model::FloatModel;
 use pursamere_trainer::model::{FloatLayer, FloatNet};
 use pursamere_trainer::train::{
     fresh_checkpoint, load_checkpoint, train, AdversarialMethod, AdversarialTraining, Checkpoint,
-    Objective, RunOptions, TrainConfig,
+    InLoopPurifier, Objective, RunOptions, TrainConfig,
 };
 
 /// How the classifier is trained.
@@ -141,6 +142,20 @@ pub struct TrainArgs {
     /// against L∞ 0.3 and L2 2.0 together).
     #[arg(long, default_value_t = 2.0)]
     pub adv_second_eps: f32,
+    /// Train the classifier behind the purifier of this model file (its denoiser and
+    /// its stored purifier settings; export one with the settings you want, e.g.
+    /// `export --iters 5 --ball l2 --radius 0.5`): on purified images, and with
+    /// --adversarial on adversarial examples crafted through the whole purifier with
+    /// its exact unrolled gradient (slow: every attack step purifies and
+    /// differentiates the purification). Export the result with the same denoiser
+    /// and settings.
+    #[arg(long, value_name = "PSM")]
+    pub purified_by: Option<PathBuf>,
+    /// Start the classifier from the weights of this classifier checkpoint (e.g.
+    /// runs/x/classifier.ckpt) instead of random ones: fine-tuning. Its architecture
+    /// replaces --cls-arch / --cls-hidden.
+    #[arg(long, value_name = "CKPT")]
+    pub init_classifier: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -216,6 +231,17 @@ fn check_flags(a: &TrainArgs) -> Result<()> {
             bail!("--adversarial trains the classifier: use --what classifier or both");
         }
     }
+    for (flag, given) in [
+        ("--purified-by", a.purified_by.is_some()),
+        ("--init-classifier", a.init_classifier.is_some()),
+    ] {
+        if given && a.what != What::Classifier {
+            bail!("{flag} trains the classifier alone: add --what classifier");
+        }
+    }
+    if a.init_classifier.is_some() && a.cls_arch.is_some() {
+        bail!("--init-classifier takes the architecture of its checkpoint: drop --cls-arch");
+    }
     let nets = [
         (
             a.what != What::Classifier,
@@ -272,6 +298,91 @@ fn shape_of(net: &FloatNet) -> (String, usize, usize) {
     (hidden.join(","), input, output)
 }
 
+/// The purifier of the model file `path` as the classifier's fixed front end.
+fn in_loop_purifier(path: &Path, shape: InputShape) -> Result<InLoopPurifier> {
+    let context = || format!("--purified-by {}", path.display());
+    let bytes = super::read_file(path).with_context(context)?;
+    let model = super::images::parse_model(&bytes, &Some(path.to_owned())).with_context(context)?;
+    let config = model.purifier_config();
+    if config.iters == 0 {
+        bail!(
+            "--purified-by {}: its purifier is off (K = 0); export the model with the \
+             settings to train behind (e.g. `pursamere export ... --iters 5 --ball l2 \
+             --radius 0.5`)",
+            path.display()
+        );
+    }
+    let want = usize::from(shape.channels) * usize::from(shape.height) * usize::from(shape.width);
+    if model.input_len() != want {
+        bail!(
+            "--purified-by {}: the model takes {}-pixel images, the data has {want}",
+            path.display(),
+            model.input_len()
+        );
+    }
+    let fm = FloatModel::from_spec(model.spec()).with_context(context)?;
+    Ok(InLoopPurifier::new(fm.denoiser, config))
+}
+
+/// Records `flag now` when it differs from the checkpoint's `then`.
+fn differ(out: &mut Vec<String>, flag: String, now: String, then: String) {
+    if now != then {
+        out.push(format!("{flag} {now} (the checkpoint has {then})"));
+    }
+}
+
+/// The adversarial-training flags that differ between a run and its checkpoint.
+fn adversarial_differences(
+    out: &mut Vec<String>,
+    n: &AdversarialTraining,
+    t: &AdversarialTraining,
+) {
+    let describe = |x: &AdversarialTraining| match x.method {
+        AdversarialMethod::Pgd => "pgd".to_string(),
+        AdversarialMethod::Trades { beta } => format!("trades --trades-beta {beta}"),
+        AdversarialMethod::PgdMax { second_eps } => {
+            format!("pgd-max --adv-second-eps {second_eps}")
+        }
+    };
+    differ(out, "--adversarial".into(), describe(n), describe(t));
+    differ(
+        out,
+        "--adv-norm".into(),
+        format!("{:?}", n.norm).to_lowercase(),
+        format!("{:?}", t.norm).to_lowercase(),
+    );
+    differ(
+        out,
+        "--adv-eps".into(),
+        n.eps.to_string(),
+        t.eps.to_string(),
+    );
+    differ(
+        out,
+        "--adv-steps".into(),
+        n.steps.to_string(),
+        t.steps.to_string(),
+    );
+    differ(
+        out,
+        "--adv-step-size".into(),
+        n.step_size.to_string(),
+        t.step_size.to_string(),
+    );
+    differ(
+        out,
+        "--adv-no-random-start".into(),
+        (!n.random_start).to_string(),
+        (!t.random_start).to_string(),
+    );
+    differ(
+        out,
+        "--adv-warmup-epochs".into(),
+        n.warmup_epochs.to_string(),
+        t.warmup_epochs.to_string(),
+    );
+}
+
 /// What a run is asked to do, to compare with a checkpoint on `--resume`.
 struct Wanted<'a> {
     prefix: &'static str,
@@ -283,11 +394,6 @@ struct Wanted<'a> {
 /// Every flag whose value differs from the checkpoint's, as `--flag X (checkpoint: Y)`.
 fn differences(w: &Wanted<'_>, ck: &Checkpoint) -> Vec<String> {
     let mut out = Vec::new();
-    fn differ(out: &mut Vec<String>, flag: String, now: String, then: String) {
-        if now != then {
-            out.push(format!("{flag} {now} (the checkpoint has {then})"));
-        }
-    }
     let p = w.prefix;
     let (hidden, input, output) = shape_of(w.net);
     let (ck_hidden, ck_input, ck_output) = shape_of(&ck.net);
@@ -327,54 +433,47 @@ fn differences(w: &Wanted<'_>, ck: &Checkpoint) -> Vec<String> {
         // The class count is the output width, compared above.
         (Objective::Classifier { .. }, Objective::Classifier { .. }) => {}
         (
+            Objective::PurifiedClassifier {
+                adversarial: n,
+                purifier: pn,
+                ..
+            },
+            Objective::PurifiedClassifier {
+                adversarial: t,
+                purifier: pt,
+                ..
+            },
+        ) => {
+            if pn != pt {
+                out.push(
+                    "--purified-by with another denoiser or other purifier settings (the \
+                     checkpoint keeps the purifier it was trained behind)"
+                        .into(),
+                );
+            }
+            match (n, t) {
+                (Some(n), Some(t)) => adversarial_differences(&mut out, n, t),
+                (None, None) => {}
+                (Some(_), None) => out.push(
+                    "--adversarial (the checkpoint's classifier was trained without it)".into(),
+                ),
+                (None, Some(_)) => out.push(
+                    "no --adversarial (the checkpoint's classifier is adversarially trained)"
+                        .into(),
+                ),
+            }
+        }
+        (Objective::PurifiedClassifier { .. }, _) => out.push(
+            "--purified-by (the checkpoint's classifier was trained without a purifier in front)"
+                .into(),
+        ),
+        (_, Objective::PurifiedClassifier { .. }) => out.push(
+            "no --purified-by (the checkpoint's classifier was trained behind a purifier)".into(),
+        ),
+        (
             Objective::RobustClassifier { adversarial: n, .. },
             Objective::RobustClassifier { adversarial: t, .. },
-        ) => {
-            let describe = |x: &AdversarialTraining| match x.method {
-                AdversarialMethod::Pgd => "pgd".to_string(),
-                AdversarialMethod::Trades { beta } => format!("trades --trades-beta {beta}"),
-                AdversarialMethod::PgdMax { second_eps } => {
-                    format!("pgd-max --adv-second-eps {second_eps}")
-                }
-            };
-            differ(&mut out, "--adversarial".into(), describe(n), describe(t));
-            differ(
-                &mut out,
-                "--adv-norm".into(),
-                format!("{:?}", n.norm).to_lowercase(),
-                format!("{:?}", t.norm).to_lowercase(),
-            );
-            differ(
-                &mut out,
-                "--adv-eps".into(),
-                n.eps.to_string(),
-                t.eps.to_string(),
-            );
-            differ(
-                &mut out,
-                "--adv-steps".into(),
-                n.steps.to_string(),
-                t.steps.to_string(),
-            );
-            differ(
-                &mut out,
-                "--adv-step-size".into(),
-                n.step_size.to_string(),
-                t.step_size.to_string(),
-            );
-            differ(
-                &mut out,
-                "--adv-no-random-start".into(),
-                (!n.random_start).to_string(),
-                (!t.random_start).to_string(),
-            );
-            differ(
-                &mut out,
-                "--adv-warmup-epochs".into(),
-                n.warmup_epochs.to_string(),
-                t.warmup_epochs.to_string(),
-            );
-        }
+        ) => adversarial_differences(&mut out, n, t),
         (Objective::RobustClassifier { .. }, Objective::Classifier { .. }) => {
             out.push("--adversarial (the checkpoint's classifier was trained without it)".into())
         }
@@ -539,37 +638,54 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         ));
     }
     if a.what != What::Denoiser {
-        let objective = match a.adversarial {
-            Adversarial::None => Objective::Classifier { classes: 10 },
-            m => Objective::RobustClassifier {
-                classes: 10,
-                adversarial: AdversarialTraining {
-                    method: match m {
-                        Adversarial::Trades => AdversarialMethod::Trades {
-                            beta: a.trades_beta,
-                        },
-                        Adversarial::PgdMax => AdversarialMethod::PgdMax {
-                            second_eps: a.adv_second_eps,
-                        },
-                        _ => AdversarialMethod::Pgd,
+        let adversarial = match a.adversarial {
+            Adversarial::None => None,
+            m => Some(AdversarialTraining {
+                method: match m {
+                    Adversarial::Trades => AdversarialMethod::Trades {
+                        beta: a.trades_beta,
                     },
-                    norm: match a.adv_norm {
-                        NormArg::Linf => AttackNorm::Linf,
-                        NormArg::L2 => AttackNorm::L2,
+                    Adversarial::PgdMax => AdversarialMethod::PgdMax {
+                        second_eps: a.adv_second_eps,
                     },
-                    eps: a.adv_eps,
-                    steps: a.adv_steps,
-                    step_size: a.adv_step_size,
-                    random_start: !a.adv_no_random_start,
-                    warmup_epochs: a.adv_warmup_epochs,
+                    _ => AdversarialMethod::Pgd,
                 },
+                norm: match a.adv_norm {
+                    NormArg::Linf => AttackNorm::Linf,
+                    NormArg::L2 => AttackNorm::L2,
+                },
+                eps: a.adv_eps,
+                steps: a.adv_steps,
+                step_size: a.adv_step_size,
+                random_start: !a.adv_no_random_start,
+                warmup_epochs: a.adv_warmup_epochs,
+            }),
+        };
+        let objective = match (&a.purified_by, adversarial) {
+            (Some(path), adversarial) => Objective::PurifiedClassifier {
+                classes: 10,
+                adversarial,
+                purifier: in_loop_purifier(path, shape)?,
+            },
+            (None, None) => Objective::Classifier { classes: 10 },
+            (None, Some(adversarial)) => Objective::RobustClassifier {
+                classes: 10,
+                adversarial,
             },
         };
-        jobs.push((
-            "classifier",
-            "cls",
-            objective,
-            build(
+        let net = match &a.init_classifier {
+            Some(path) => {
+                let init = load_checkpoint(path)
+                    .with_context(|| format!("--init-classifier {}", path.display()))?;
+                if init.objective.classes() != Some(10) {
+                    bail!(
+                        "--init-classifier {}: not a 10-class classifier checkpoint",
+                        path.display()
+                    );
+                }
+                init.net
+            }
+            None => build(
                 &a.cls_arch,
                 &a.cls_hidden,
                 ArchOutput::Classes(10),
@@ -577,8 +693,8 @@ pub fn run(a: TrainArgs) -> Result<i32> {
                 1.0,
                 a.seed.wrapping_add(1),
             )?,
-            a.cls_epochs,
-        ));
+        };
+        jobs.push(("classifier", "cls", objective, net, a.cls_epochs));
     }
     // The data split is not in the checkpoints: a side file records it.
     let split = RunData {
