@@ -130,6 +130,14 @@ impl Objective {
         }
     }
 
+    /// The purifier in front of the classifier, if the objective has one.
+    pub fn purifier(&self) -> Option<&InLoopPurifier> {
+        match self {
+            Objective::PurifiedClassifier { purifier, .. } => Some(purifier),
+            _ => None,
+        }
+    }
+
     /// The adversarial-training settings, if the objective has them.
     pub fn adversarial(&self) -> Option<&AdversarialTraining> {
         match self {
@@ -585,6 +593,7 @@ fn batch_loss(
                 &oracle,
                 &|v: &[f32]| v.to_vec(),
                 Some(adversarial),
+                x,
                 data,
                 idx,
                 *classes,
@@ -600,19 +609,19 @@ fn batch_loss(
             // The attack differentiates the whole system at the current weights.
             let classifier = net.to_float();
             let oracle = crate::attack::PurifiedOracle::new(
-                &purifier.denoiser,
+                purifier.denoiser(),
                 &classifier,
                 d,
                 purifier.config(),
                 crate::attack::PurifierGradient::Full,
             );
-            let reference = purifier.reference(d);
             let (loss, stats) = robust_loss(
                 dev,
                 net,
                 &oracle,
-                &|v: &[f32]| reference.purify(v),
+                &|v: &[f32]| oracle.purify(v),
                 adversarial.as_ref(),
+                x,
                 data,
                 idx,
                 *classes,
@@ -627,7 +636,7 @@ fn batch_loss(
 /// purifier makes of it) at the adversarial examples of `oracle` (the system being
 /// attacked: the classifier, or the purifier and the classifier), and the batch's
 /// clean and adversarial accuracy. Without `adversarial`, cross-entropy at
-/// `view(x)`.
+/// `view(x)`. `x` is the batch `idx` of `data` in `[0, 1]`.
 #[allow(clippy::too_many_arguments)]
 fn robust_loss<O: GradientOracle>(
     dev: &Dev,
@@ -635,6 +644,7 @@ fn robust_loss<O: GradientOracle>(
     oracle: &O,
     view: &dyn Fn(&[f32]) -> Vec<f32>,
     adversarial: Option<&AdversarialTraining>,
+    x: Vec<f32>,
     data: &Dataset,
     idx: &[usize],
     classes: usize,
@@ -642,7 +652,6 @@ fn robust_loss<O: GradientOracle>(
 ) -> (TapedLoss, AdversarialBatch) {
     let b = idx.len();
     let d = data.image_len();
-    let x = batch_pixels(data, idx);
     let labels: Vec<usize> = idx
         .iter()
         .map(|&i| usize::from(data.labels.get(i).copied().unwrap_or(0)))

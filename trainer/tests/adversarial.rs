@@ -81,28 +81,16 @@ fn adversarial_training_raises_pgd_accuracy() {
 fn resumed_adversarial_training_gives_identical_weights() {
     let data = common::synthetic(300, 6, 3, 6);
     let (tr, val) = data.split_validation(60, 0).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("ck");
-    let start = || {
-        fresh_checkpoint(
-            Objective::RobustClassifier {
-                classes: 3,
-                adversarial: at(AdversarialMethod::Trades { beta: 3.0 }),
-            },
-            config(3),
-            FloatNet::mlp(&[36, 16, 3], false, 1.0, 3),
-        )
-    };
-    let whole = train(start(), &tr, &val, &RunOptions::default()).unwrap();
-    let opts = RunOptions {
-        checkpoint: Some(path.clone()),
-        stop_after: Some(1),
-        progress: false,
-    };
-    train(start(), &tr, &val, &opts).unwrap();
-    let ck = pursamere_trainer::train::load_checkpoint(&path).unwrap();
+    let start = fresh_checkpoint(
+        Objective::RobustClassifier {
+            classes: 3,
+            adversarial: at(AdversarialMethod::Trades { beta: 3.0 }),
+        },
+        config(3),
+        FloatNet::mlp(&[36, 16, 3], false, 1.0, 3),
+    );
+    let (whole, ck, resumed) = common::whole_and_resumed(&start, &tr, &val);
     assert_eq!(ck.epochs_done, 1);
-    let resumed = train(ck, &tr, &val, &RunOptions::default()).unwrap();
     assert_eq!(resumed.net, whole.net);
     assert_eq!(resumed.adam_t, whole.adam_t);
     // Every figure of the history but the measured throughput.

@@ -12,8 +12,8 @@ use pursamere_trainer::attack::{
 };
 use pursamere_trainer::model::{DeviceNet, FloatNet};
 use pursamere_trainer::train::{
-    evaluate, fresh_checkpoint, load_checkpoint, train, AdversarialMethod, AdversarialTraining,
-    Dev, InLoopPurifier, Objective, RunOptions, TrainConfig, TrainError,
+    evaluate, fresh_checkpoint, train, AdversarialMethod, AdversarialTraining, Dev, InLoopPurifier,
+    Objective, RunOptions, TrainConfig, TrainError,
 };
 
 /// A residual denoiser on 6×6 images and a short L∞ purification.
@@ -150,31 +150,19 @@ fn adversarial_training_through_the_purifier_makes_the_defended_system_more_robu
 fn resumed_training_behind_the_purifier_gives_identical_weights() {
     let data = common::synthetic(240, 6, 3, 6);
     let (tr, val) = data.split_validation(60, 0).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("ck");
-    let start = || {
-        fresh_checkpoint(
-            Objective::PurifiedClassifier {
-                classes: 3,
-                adversarial: Some(at()),
-                purifier: purifier(),
-            },
-            config(2),
-            FloatNet::mlp(&[36, 16, 3], false, 1.0, 3),
-        )
-    };
-    let whole = train(start(), &tr, &val, &RunOptions::default()).unwrap();
-    let opts = RunOptions {
-        checkpoint: Some(path.clone()),
-        stop_after: Some(1),
-        progress: false,
-    };
-    train(start(), &tr, &val, &opts).unwrap();
-    let ck = load_checkpoint(&path).unwrap();
+    let start = fresh_checkpoint(
+        Objective::PurifiedClassifier {
+            classes: 3,
+            adversarial: Some(at()),
+            purifier: purifier(),
+        },
+        config(2),
+        FloatNet::mlp(&[36, 16, 3], false, 1.0, 3),
+    );
+    let (whole, ck, resumed) = common::whole_and_resumed(&start, &tr, &val);
     assert_eq!(ck.epochs_done, 1);
     // The purifier comes back from the checkpoint as it went in.
-    assert_eq!(ck.objective, start().objective);
-    let resumed = train(ck, &tr, &val, &RunOptions::default()).unwrap();
+    assert_eq!(ck.objective, start.objective);
     assert_eq!(resumed.net, whole.net);
     assert_eq!(resumed.adam_t, whole.adam_t);
 }

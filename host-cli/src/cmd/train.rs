@@ -430,28 +430,29 @@ fn differences(w: &Wanted<'_>, ck: &Checkpoint) -> Vec<String> {
         (Objective::Denoiser { sigmas }, Objective::Denoiser { sigmas: then }) => {
             differ(&mut out, "--sigmas".into(), list(sigmas), list(then));
         }
-        // The class count is the output width, compared above.
-        (Objective::Classifier { .. }, Objective::Classifier { .. }) => {}
-        (
-            Objective::PurifiedClassifier {
-                adversarial: n,
-                purifier: pn,
-                ..
-            },
-            Objective::PurifiedClassifier {
-                adversarial: t,
-                purifier: pt,
-                ..
-            },
-        ) => {
-            if pn != pt {
-                out.push(
+        (Objective::Denoiser { .. }, _) | (_, Objective::Denoiser { .. }) => {
+            out.push("a different network (the checkpoint trains the other one)".into())
+        }
+        // Two classifiers (the class count is the output width, compared above): the
+        // purifier in front, then adversarial training.
+        (now, then) => {
+            match (now.purifier(), then.purifier()) {
+                (Some(n), Some(t)) if n != t => out.push(
                     "--purified-by with another denoiser or other purifier settings (the \
                      checkpoint keeps the purifier it was trained behind)"
                         .into(),
-                );
+                ),
+                (Some(_), None) => out.push(
+                    "--purified-by (the checkpoint's classifier was trained without a purifier in front)"
+                        .into(),
+                ),
+                (None, Some(_)) => out.push(
+                    "no --purified-by (the checkpoint's classifier was trained behind a purifier)"
+                        .into(),
+                ),
+                _ => {}
             }
-            match (n, t) {
+            match (now.adversarial(), then.adversarial()) {
                 (Some(n), Some(t)) => adversarial_differences(&mut out, n, t),
                 (None, None) => {}
                 (Some(_), None) => out.push(
@@ -463,23 +464,6 @@ fn differences(w: &Wanted<'_>, ck: &Checkpoint) -> Vec<String> {
                 ),
             }
         }
-        (Objective::PurifiedClassifier { .. }, _) => out.push(
-            "--purified-by (the checkpoint's classifier was trained without a purifier in front)"
-                .into(),
-        ),
-        (_, Objective::PurifiedClassifier { .. }) => out.push(
-            "no --purified-by (the checkpoint's classifier was trained behind a purifier)".into(),
-        ),
-        (
-            Objective::RobustClassifier { adversarial: n, .. },
-            Objective::RobustClassifier { adversarial: t, .. },
-        ) => adversarial_differences(&mut out, n, t),
-        (Objective::RobustClassifier { .. }, Objective::Classifier { .. }) => {
-            out.push("--adversarial (the checkpoint's classifier was trained without it)".into())
-        }
-        (Objective::Classifier { .. }, Objective::RobustClassifier { .. }) => out
-            .push("no --adversarial (the checkpoint's classifier is adversarially trained)".into()),
-        _ => out.push("a different network (the checkpoint trains the other one)".into()),
     }
     let (c, k) = (w.config, &ck.config);
     differ(

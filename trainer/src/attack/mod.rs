@@ -25,8 +25,8 @@ pub use apgd::{apgd, ApgdConfig};
 pub use fab::{fab_t, project_hyperplane_box, FabConfig, FabResult};
 pub use loss::AttackLoss;
 pub use oracle::{
-    argmax, ClassifierOracle, GradientOracle, NetOracle, OracleOutput, PurifiedOracle,
-    PurifierGradient,
+    argmax, ClassifierOracle, DenoisedOracle, GradientOracle, NetOracle, OracleOutput,
+    PurifiedOracle, PurifierGradient,
 };
 pub use pgd::{pgd, pgd_soft, PgdConfig, StepSchedule};
 pub use square::{square, SquareConfig, SquareResult};

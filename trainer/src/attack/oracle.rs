@@ -3,7 +3,8 @@
 //! An oracle maps a batch of inputs to logits and gives the vector–Jacobian product
 //! of those logits with the input. Losses live in [`super::loss`], so every loss
 //! works through every oracle: the undefended classifier ([`ClassifierOracle`]),
-//! BPDA and the exact unrolled gradient through the purifier ([`PurifiedOracle`]).
+//! BPDA and the exact unrolled gradient through the purifier ([`PurifiedOracle`]),
+//! one-shot denoising ([`DenoisedOracle`]).
 
 use dfdx::prelude::*;
 
@@ -143,9 +144,21 @@ fn net_logits_vjp<D: NetDevice<f32>>(
     x: &[f32],
     weights: &mut dyn FnMut(&[f32]) -> Vec<f32>,
 ) -> (Vec<f32>, Vec<f32>) {
+    logits_vjp_through(dev, d, x, |t| net.forward(t), weights)
+}
+
+/// Logits `forward(x)` of a batch and the input gradient of `Σ ⟨weights(z), z⟩`, by
+/// reverse-mode autodiff through whatever `forward` computes.
+fn logits_vjp_through<D: NetDevice<f32>>(
+    dev: &D,
+    d: usize,
+    x: &[f32],
+    forward: impl Fn(Batch<f32, D, OwnedTape<f32, D>>) -> Batch<f32, D, OwnedTape<f32, D>>,
+    weights: &mut dyn FnMut(&[f32]) -> Vec<f32>,
+) -> (Vec<f32>, Vec<f32>) {
     let b = x.len() / d.max(1);
     let x0: Batch<f32, D> = dev.tensor_from_vec(x.to_vec(), (b, d));
-    let logits = net.forward(x0.leaky_trace());
+    let logits = forward(x0.leaky_trace());
     let z = logits.retaped::<NoneTape>().as_vec();
     let c = z.len() / b.max(1);
     let mut w = weights(&z);
@@ -238,6 +251,11 @@ impl PurifiedOracle {
             mode,
         }
     }
+
+    /// What the purifier makes of a batch (what the classifier then sees).
+    pub fn purify(&self, x: &[f32]) -> Vec<f32> {
+        self.reference.purify(x)
+    }
 }
 
 impl GradientOracle for PurifiedOracle {
@@ -246,7 +264,7 @@ impl GradientOracle for PurifiedOracle {
     }
 
     fn logits(&self, x: &[f32]) -> Vec<f32> {
-        self.classifier.logits(&self.reference.purify(x))
+        self.classifier.logits(&self.purify(x))
     }
 
     fn logits_vjp(
@@ -255,14 +273,74 @@ impl GradientOracle for PurifiedOracle {
         weights: &mut dyn FnMut(&[f32]) -> Vec<f32>,
     ) -> (Vec<f32>, Vec<f32>) {
         match self.mode {
-            PurifierGradient::Bpda => self
-                .classifier
-                .logits_vjp(&self.reference.purify(x), weights),
+            PurifierGradient::Bpda => self.classifier.logits_vjp(&self.purify(x), weights),
             PurifierGradient::Full => {
                 let t = self.reference.purify_trajectory(x);
                 let (z, g) = self.classifier.logits_vjp(t.output(), weights);
                 (z, self.reference.purify_vjp(&t, &g))
             }
+        }
+    }
+}
+
+/// One-shot denoising, then the classifier: `C(D(x))`, differentiated by `mode`
+/// (BPDA: the classifier's gradient at `D(x)`; full: through both networks, the
+/// denoiser's residual skip included).
+pub struct DenoisedOracle {
+    dev: Cpu,
+    denoiser: DeviceNet<f32, Cpu>,
+    classifier: DeviceNet<f32, Cpu>,
+    d: usize,
+    mode: PurifierGradient,
+}
+
+impl DenoisedOracle {
+    /// `denoiser` once, then `classifier`, differentiated by `mode`.
+    pub fn new(
+        denoiser: &FloatNet,
+        classifier: &FloatNet,
+        d: usize,
+        mode: PurifierGradient,
+    ) -> Self {
+        let dev = Cpu::default();
+        DenoisedOracle {
+            denoiser: DeviceNet::from_float(denoiser, &dev),
+            classifier: DeviceNet::from_float(classifier, &dev),
+            dev,
+            d,
+            mode,
+        }
+    }
+}
+
+impl GradientOracle for DenoisedOracle {
+    fn input_len(&self) -> usize {
+        self.d
+    }
+
+    fn logits(&self, x: &[f32]) -> Vec<f32> {
+        let b = x.len() / self.d.max(1);
+        let x = self.dev.tensor_from_vec(x.to_vec(), (b, self.d));
+        self.classifier.forward(self.denoiser.forward(x)).as_vec()
+    }
+
+    fn logits_vjp(
+        &self,
+        x: &[f32],
+        weights: &mut dyn FnMut(&[f32]) -> Vec<f32>,
+    ) -> (Vec<f32>, Vec<f32>) {
+        match self.mode {
+            PurifierGradient::Bpda => {
+                let denoised = net_logits(&self.dev, &self.denoiser, self.d, x);
+                net_logits_vjp(&self.dev, &self.classifier, self.d, &denoised, weights)
+            }
+            PurifierGradient::Full => logits_vjp_through(
+                &self.dev,
+                self.d,
+                x,
+                |t| self.classifier.forward(self.denoiser.forward(t)),
+                weights,
+            ),
         }
     }
 }

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use dfdx::prelude::{Backward, Cpu, NoneTape, Rank0, SumTo, TensorFromVec, Trace};
 use pursamere_core::{Model, PurifierConfig, StepRule};
 use serde_json::{json, Value};
 
@@ -14,87 +13,16 @@ use super::results::{sha256_hex, CheckRecord, Record, ResultsDir};
 use super::{EvalError, EvalOptions, Observer};
 use crate::attack::{
     apgd, fab_t, gather_rows, pgd, square, ApgdConfig, AttackLoss, AttackNorm, ClassifierOracle,
-    FabConfig, GradientOracle, PgdConfig, PurifiedOracle, PurifierGradient, SquareConfig,
-    StepSchedule,
+    DenoisedOracle, FabConfig, GradientOracle, PgdConfig, PurifiedOracle, PurifierGradient,
+    SquareConfig, StepSchedule,
 };
 use crate::data::Dataset;
-use crate::model::{Batch, DeviceNet, FloatModel};
+use crate::model::FloatModel;
 
 /// Version of the engine's attack definitions: part of the settings, so results of
 /// an engine that attacks differently are never mixed with this one's.
 /// 4: FAB-T (`fab-t`), in the standard preset after APGD-T.
 pub const ENGINE_VERSION: u32 = 4;
-
-/// BPDA for one-shot denoising: the classifier's gradient at `D(x)`.
-struct DenoiseBpda {
-    dev: Cpu,
-    denoiser: DeviceNet<f32, Cpu>,
-    classifier: ClassifierOracle,
-    d: usize,
-}
-
-impl DenoiseBpda {
-    fn denoise(&self, x: &[f32]) -> Vec<f32> {
-        let b = x.len() / self.d.max(1);
-        self.denoiser
-            .forward(self.dev.tensor_from_vec(x.to_vec(), (b, self.d)))
-            .as_vec()
-    }
-}
-
-impl GradientOracle for DenoiseBpda {
-    fn input_len(&self) -> usize {
-        self.d
-    }
-    fn logits(&self, x: &[f32]) -> Vec<f32> {
-        self.classifier.logits(&self.denoise(x))
-    }
-    fn logits_vjp(
-        &self,
-        x: &[f32],
-        weights: &mut dyn FnMut(&[f32]) -> Vec<f32>,
-    ) -> (Vec<f32>, Vec<f32>) {
-        self.classifier.logits_vjp(&self.denoise(x), weights)
-    }
-}
-
-/// One-shot denoising, exactly: the gradient of `C(D(x))` through both networks
-/// (the denoiser's residual skip included, when it has one).
-struct DenoiseExact {
-    dev: Cpu,
-    denoiser: DeviceNet<f32, Cpu>,
-    classifier: DeviceNet<f32, Cpu>,
-    d: usize,
-}
-
-impl GradientOracle for DenoiseExact {
-    fn input_len(&self) -> usize {
-        self.d
-    }
-    fn logits(&self, x: &[f32]) -> Vec<f32> {
-        let b = x.len() / self.d.max(1);
-        let x = self.dev.tensor_from_vec(x.to_vec(), (b, self.d));
-        self.classifier.forward(self.denoiser.forward(x)).as_vec()
-    }
-    fn logits_vjp(
-        &self,
-        x: &[f32],
-        weights: &mut dyn FnMut(&[f32]) -> Vec<f32>,
-    ) -> (Vec<f32>, Vec<f32>) {
-        let b = x.len() / self.d.max(1);
-        let x0: Batch<f32, Cpu> = self.dev.tensor_from_vec(x.to_vec(), (b, self.d));
-        let logits = self
-            .classifier
-            .forward(self.denoiser.forward(x0.leaky_trace()));
-        let z = logits.retaped::<NoneTape>().as_vec();
-        let c = z.len() / b.max(1);
-        let mut w = weights(&z);
-        w.resize(b * c, 0.0);
-        let w: Batch<f32, Cpu> = self.dev.tensor_from_vec(w, (b, c));
-        let grads = (logits * w).sum::<Rank0, _>().backward();
-        (z, grads.get(&x0).as_vec())
-    }
-}
 
 /// The core's verdict (predicted labels) for one defence.
 #[derive(Clone, Copy)]
@@ -156,7 +84,6 @@ fn build_defences<'m>(
     base: &PurifierConfig,
 ) -> Result<Vec<Defence<'m>>, EvalError> {
     let d = model.input_len();
-    let dev = Cpu::default();
     let mut out = Vec::new();
     for name in &p.defences {
         let cfg = purifier_for(name, base, p);
@@ -183,18 +110,18 @@ fn build_defences<'m>(
                 )),
             ),
             None if name == "denoise" => (
-                Box::new(DenoiseBpda {
-                    dev: dev.clone(),
-                    denoiser: DeviceNet::from_float(&fm.denoiser, &dev),
-                    classifier: ClassifierOracle::new(&fm.classifier, d),
+                Box::new(DenoisedOracle::new(
+                    &fm.denoiser,
+                    &fm.classifier,
                     d,
-                }),
-                Box::new(DenoiseExact {
-                    dev: dev.clone(),
-                    denoiser: DeviceNet::from_float(&fm.denoiser, &dev),
-                    classifier: DeviceNet::from_float(&fm.classifier, &dev),
+                    PurifierGradient::Bpda,
+                )),
+                Box::new(DenoisedOracle::new(
+                    &fm.denoiser,
+                    &fm.classifier,
                     d,
-                }),
+                    PurifierGradient::Full,
+                )),
             ),
             None => (
                 Box::new(ClassifierOracle::new(&fm.classifier, d)),
@@ -804,63 +731,4 @@ pub fn run(
         &threats,
         wall.elapsed().as_secs_f64(),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::FloatNet;
-
-    /// The exact one-shot-denoise oracle on a residual denoiser: its logits are the
-    /// classifier's at `D(x) = x + r(x)` (what BPDA and the core compute), and its
-    /// gradient agrees with central finite differences, skip path included.
-    #[test]
-    fn exact_denoise_gradient_matches_finite_differences_with_a_residual_denoiser() {
-        let d = 12;
-        let dev = Cpu::default();
-        let denoiser = FloatNet::mlp(&[d, 16, d], true, 1.0, 3);
-        let classifier = FloatNet::mlp(&[d, 8, 4], false, 1.0, 4);
-        let exact = DenoiseExact {
-            dev: dev.clone(),
-            denoiser: DeviceNet::from_float(&denoiser, &dev),
-            classifier: DeviceNet::from_float(&classifier, &dev),
-            d,
-        };
-        let bpda = DenoiseBpda {
-            dev: dev.clone(),
-            denoiser: DeviceNet::from_float(&denoiser, &dev),
-            classifier: ClassifierOracle::new(&classifier, d),
-            d,
-        };
-        let x: Vec<f32> = (0..2 * d).map(|i| ((i * 7 % 11) as f32) / 11.0).collect();
-        assert_eq!(exact.logits(&x), bpda.logits(&x));
-        let w = [0.3f32, -1.0, 0.5, 0.7, -0.2, 0.9, -0.4, 0.1];
-        let (_, grad) = exact.logits_vjp(&x, &mut |_| w.to_vec());
-        let (_, bpda_grad) = bpda.logits_vjp(&x, &mut |_| w.to_vec());
-        let f = |x: &[f32]| -> f64 {
-            exact
-                .logits(x)
-                .iter()
-                .zip(w)
-                .map(|(&z, w)| f64::from(z) * f64::from(w))
-                .sum()
-        };
-        let h = 1e-2f32;
-        let mut worst = 0.0f64;
-        for i in 0..x.len() {
-            let (mut up, mut down) = (x.clone(), x.clone());
-            up[i] += h;
-            down[i] -= h;
-            let fd = (f(&up) - f(&down)) / (2.0 * f64::from(h));
-            worst = worst.max((fd - f64::from(grad[i])).abs());
-        }
-        assert!(worst < 2e-3, "largest finite-difference gap {worst}");
-        // The denoiser's Jacobian is not the identity, so BPDA's gradient differs.
-        let gap: f32 = grad
-            .iter()
-            .zip(&bpda_grad)
-            .map(|(a, b)| (a - b).abs())
-            .sum();
-        assert!(gap > 1e-2, "exact and BPDA gradients coincide ({gap})");
-    }
 }

@@ -33,3 +33,29 @@ pub fn trained_classifier() -> (pursamere_trainer::model::FloatNet, Vec<f32>, Ve
     let y = val.labels.iter().map(|&l| usize::from(l)).collect();
     (net, x, y)
 }
+
+/// A run from `start` trained whole, and the same run stopped after one epoch,
+/// checkpointed and resumed: `(whole, checkpoint after one epoch, resumed)`.
+pub fn whole_and_resumed(
+    start: &pursamere_trainer::train::Checkpoint,
+    tr: &Dataset,
+    val: &Dataset,
+) -> (
+    pursamere_trainer::train::Checkpoint,
+    pursamere_trainer::train::Checkpoint,
+    pursamere_trainer::train::Checkpoint,
+) {
+    use pursamere_trainer::train::{load_checkpoint, train, RunOptions};
+    let whole = train(start.clone(), tr, val, &RunOptions::default()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("ck");
+    let opts = RunOptions {
+        checkpoint: Some(path.clone()),
+        stop_after: Some(1),
+        progress: false,
+    };
+    train(start.clone(), tr, val, &opts).unwrap();
+    let ck = load_checkpoint(&path).unwrap();
+    let resumed = train(ck.clone(), tr, val, &RunOptions::default()).unwrap();
+    (whole, ck, resumed)
+}
