@@ -62,7 +62,7 @@ fn bench(c: &mut Criterion) {
                         .purify_with(kernels, &x, &cfg, &mut out, scratch)
                         .expect("purify");
                     model
-                        .classify(&out, &mut logits, scratch)
+                        .classify_with(kernels, &out, &mut logits, scratch)
                         .expect("classify")
                 })
             });

@@ -58,7 +58,7 @@ fn main() {
                 .purify_with(k, &x, &cfg, &mut out, scratch)
                 .expect("purify");
             model
-                .classify(&out, &mut logits, scratch)
+                .classify_with(k, &out, &mut logits, scratch)
                 .expect("classify");
         };
         run();

@@ -239,15 +239,17 @@ impl AlignedF32 {
 }
 
 impl Accel {
-    /// Widens the dense weights of `model`'s denoiser (the layers a purification
-    /// runs through these kernels) for the SIMD level in use; at the portable level
+    /// Widens the dense weights of `model`'s denoiser and classifier (the layers a
+    /// purification and a classification run through these kernels) for the SIMD
+    /// level in use; at the portable level
     /// nothing is widened (the core's kernels read int8).
     pub fn prepare<'a>(self, model: &Model<'a>) -> Prepared<'a> {
-        let weights: Vec<&'a [u8]> = model
-            .spec()
+        let spec = model.spec();
+        let weights: Vec<&'a [u8]> = spec
             .denoiser
             .layers
             .iter()
+            .chain(&spec.classifier.layers)
             .filter_map(|l| match l {
                 Layer::Dense(d) => Some(d.weights),
                 _ => None,

@@ -79,6 +79,49 @@ pub(crate) mod avx512 {
         _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
     }
 
+    /// [`tree`] of eight vectors at once, with the same additions in the same operand
+    /// order: the first level per vector (256-bit halves), the next three across
+    /// pairs of vectors, so that eight sums cost about half the operations of eight
+    /// trees — they weigh when the rows are short (256 inputs: 16 products per sum).
+    /// `v[j]`'s sum lands in lane `[0, 4, 1, 5, 2, 6, 3, 7][j]`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn tree8(v: &[__m512; 8]) -> __m256 {
+        // Lanes k and k + 8.
+        let mut h = [_mm256_setzero_ps(); 8];
+        for (hj, &vj) in h.iter_mut().zip(v) {
+            let lo = _mm512_castps512_ps256(vj);
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(vj), 1));
+            *hj = _mm256_add_ps(lo, hi);
+        }
+        // Lanes k and k + 4: [h₂ⱼ | h₂ⱼ₊₁], one 128-bit half each.
+        let mut q = [_mm256_setzero_ps(); 4];
+        for (j, qj) in q.iter_mut().enumerate() {
+            let (a, b) = (h[2 * j], h[2 * j + 1]);
+            *qj = _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(a, b),
+                _mm256_permute2f128_ps::<0x31>(a, b),
+            );
+        }
+        // Lanes k and k + 2.
+        let mut r = [_mm256_setzero_ps(); 2];
+        for (j, rj) in r.iter_mut().enumerate() {
+            let (a, b) = (_mm256_castps_pd(q[2 * j]), _mm256_castps_pd(q[2 * j + 1]));
+            *rj = _mm256_add_ps(
+                _mm256_castpd_ps(_mm256_unpacklo_pd(a, b)),
+                _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)),
+            );
+        }
+        // Lanes 0 and 1.
+        _mm256_add_ps(
+            _mm256_shuffle_ps::<0x88>(r[0], r[1]),
+            _mm256_shuffle_ps::<0xDD>(r[0], r[1]),
+        )
+    }
+
+    /// Where [`tree8`] leaves the sum of its input `j`.
+    const TREE8_LANE: [usize; 8] = [0, 4, 1, 5, 2, 6, 3, 7];
+
     /// Dot products of `R` rows (at `w`, stride `n`) with `S` samples (at `xs`,
     /// stride `n`): `out[r][s]`.
     #[inline]
@@ -87,7 +130,10 @@ pub(crate) mod avx512 {
         w: *const E,
         n: usize,
         xs: *const f32,
-    ) -> [[f32; S]; R] {
+        layer: &Dense<'_>,
+        o: usize,
+        ys: *mut f32,
+    ) {
         let mut acc = [[_mm512_setzero_ps(); S]; R];
         let chunks = n / 16;
         for k in 0..chunks {
@@ -118,13 +164,32 @@ pub(crate) mod avx512 {
                 }
             }
         }
-        let mut out = [[0.0f32; S]; R];
+        let m = layer.outputs as usize;
         for r in 0..R {
-            for s in 0..S {
-                out[r][s] = tree(acc[r][s]);
+            let scale = f32_at(layer.scales.as_ptr(), o + r);
+            let bias = f32_at(layer.bias.as_ptr(), o + r);
+            let y = ys.add(o + r);
+            if S == 8 {
+                // `dot · scale + bias` for the eight samples at once: a multiply then
+                // an add, lane by lane, as the core does.
+                let mut v = [_mm512_setzero_ps(); 8];
+                v.copy_from_slice(&acc[r][..8]);
+                let dots = tree8(&v);
+                let out = _mm256_add_ps(
+                    _mm256_mul_ps(dots, _mm256_set1_ps(scale)),
+                    _mm256_set1_ps(bias),
+                );
+                let mut lanes = [0.0f32; 8];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), out);
+                for (s, &lane) in TREE8_LANE.iter().enumerate() {
+                    *y.add(s * m) = lanes[lane];
+                }
+            } else {
+                for s in 0..S {
+                    *y.add(s * m) = tree(acc[r][s]) * scale + bias;
+                }
             }
         }
-        out
     }
 
     /// Little-endian f32 number `k` of `bytes` (in bounds: checked by the caller).
@@ -133,26 +198,6 @@ pub(crate) mod avx512 {
         f32::from_le_bytes(core::ptr::read_unaligned(
             bytes.add(4 * k).cast::<[u8; 4]>(),
         ))
-    }
-
-    /// Writes a tile of dot products as `dot · scale[o] + bias[o]` (a multiply then
-    /// an add, as the core does).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512vl")]
-    unsafe fn store_tile<const R: usize, const S: usize>(
-        out: &[[f32; S]; R],
-        layer: &Dense<'_>,
-        o: usize,
-        m: usize,
-        ys: *mut f32,
-    ) {
-        for (r, row) in out.iter().enumerate() {
-            let scale = f32_at(layer.scales.as_ptr(), o + r);
-            let bias = f32_at(layer.bias.as_ptr(), o + r);
-            for (s, &v) in row.iter().enumerate() {
-                *ys.add(s * m + o + r) = v * scale + bias;
-            }
-        }
     }
 
     /// Forward of `S` samples starting at `xs`/`ys`.
@@ -167,18 +212,15 @@ pub(crate) mod avx512 {
         let (n, m) = (layer.inputs as usize, layer.outputs as usize);
         let mut o = 0;
         while o + R <= m {
-            let out = fwd_tile::<E, R, S>(w.add(o * n), n, xs);
-            store_tile(&out, layer, o, m, ys);
+            fwd_tile::<E, R, S>(w.add(o * n), n, xs, layer, o, ys);
             o += R;
         }
         if o + 2 <= m {
-            let out = fwd_tile::<E, 2, S>(w.add(o * n), n, xs);
-            store_tile(&out, layer, o, m, ys);
+            fwd_tile::<E, 2, S>(w.add(o * n), n, xs, layer, o, ys);
             o += 2;
         }
         while o < m {
-            let out = fwd_tile::<E, 1, S>(w.add(o * n), n, xs);
-            store_tile(&out, layer, o, m, ys);
+            fwd_tile::<E, 1, S>(w.add(o * n), n, xs, layer, o, ys);
             o += 1;
         }
     }
@@ -231,14 +273,19 @@ pub(crate) mod avx512 {
         gx: *mut f32,
         mask: __mmask16,
         tail: usize,
+        first: bool,
     ) {
+        // The first block of rows starts from +0 in registers, the others from what
+        // the earlier blocks left in `gx` (the same sums either way).
         let mut acc = [[_mm512_setzero_ps(); T]; S];
-        for (s, a) in acc.iter_mut().enumerate() {
-            for (t, v) in a.iter_mut().enumerate() {
-                *v = _mm512_maskz_loadu_ps(
-                    if t + 1 == T { mask } else { !0 },
-                    gx.add(s * n + 16 * t),
-                );
+        if !first {
+            for (s, a) in acc.iter_mut().enumerate() {
+                for (t, v) in a.iter_mut().enumerate() {
+                    *v = _mm512_maskz_loadu_ps(
+                        if t + 1 == T { mask } else { !0 },
+                        gx.add(s * n + 16 * t),
+                    );
+                }
             }
         }
         for (&o, c) in idx.iter().zip(cs) {
@@ -278,9 +325,6 @@ pub(crate) mod avx512 {
         gxs: *mut f32,
     ) {
         let (n, m) = (layer.inputs as usize, layer.outputs as usize);
-        for s in 0..S {
-            core::ptr::write_bytes(gxs.add(s * n), 0, n);
-        }
         let mut idx = [0u32; CHUNK];
         let mut cs = [[0.0f32; S_MAX]; CHUNK];
         let mut o0 = 0;
@@ -305,21 +349,27 @@ pub(crate) mod avx512 {
             }
             let (idx, cs) = (&idx[..cnt], &cs[..cnt]);
             let mut i = 0;
+            if S <= 4 {
+                while i + 96 <= n {
+                    vjp_tile::<E, 6, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16, o0 == 0);
+                    i += 96;
+                }
+            }
             while i + 48 <= n {
-                vjp_tile::<E, 3, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16);
+                vjp_tile::<E, 3, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16, o0 == 0);
                 i += 48;
             }
             if i + 32 <= n {
-                vjp_tile::<E, 2, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16);
+                vjp_tile::<E, 2, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16, o0 == 0);
                 i += 32;
             }
             if i + 16 <= n {
-                vjp_tile::<E, 1, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16);
+                vjp_tile::<E, 1, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16, o0 == 0);
                 i += 16;
             }
             if i < n {
                 let t = n - i;
-                vjp_tile::<E, 1, S>(w.add(i), n, idx, cs, gxs.add(i), (1u16 << t) - 1, t);
+                vjp_tile::<E, 1, S>(w.add(i), n, idx, cs, gxs.add(i), (1u16 << t) - 1, t, o0 == 0);
             }
             o0 = end;
         }
@@ -343,10 +393,7 @@ pub(crate) mod avx512 {
         while s0 < batch {
             let (gy, gx) = (gys.as_ptr().add(s0 * m), gxs.as_mut_ptr().add(s0 * n));
             let left = batch - s0;
-            s0 += if left >= S_MAX {
-                vjp_group::<E, S_MAX>(layer, w, gy, gx);
-                S_MAX
-            } else if left >= 4 {
+            s0 += if left >= 4 {
                 vjp_group::<E, 4>(layer, w, gy, gx);
                 4
             } else if left >= 2 {

@@ -161,13 +161,25 @@ impl<'a> Model<'a> {
         logits: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<usize, Error> {
+        self.classify_with(&crate::backend::Portable, input, logits, scratch)
+    }
+
+    /// [`Model::classify`] with other dense kernels (see [`crate::DenseKernels`]);
+    /// the same bits when they keep their contract.
+    pub fn classify_with<K: crate::DenseKernels + ?Sized>(
+        &self,
+        kernels: &K,
+        input: &[f32],
+        logits: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<usize, Error> {
         check_input(input, self.input_len(), false)?;
         check_len("logits", logits.len(), self.num_classes(), true)?;
         let acts = take_scratch(scratch, self.cls.acts_len)?;
         let (head, _) = acts.split_at_mut(self.cls.input_len);
         head.copy_from_slice(input);
         crate::network::forward(
-            &crate::backend::Portable,
+            kernels,
             &self.spec.classifier,
             &self.cls,
             acts,

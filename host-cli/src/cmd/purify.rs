@@ -119,11 +119,11 @@ pub fn run_purify(a: PurifyArgs) -> Result<i32> {
     let mut out = vec![0.0; model.input_len()];
     let mut report = Vec::new();
     for inp in &inputs {
-        let before = model.classify(&inp.pixels, &mut logits, scratch)?;
+        let before = model.classify_with(&kernels, &inp.pixels, &mut logits, scratch)?;
         model
             .purify_with(&kernels, &inp.pixels, &cfg, &mut out, scratch)
             .with_context(|| format!("purifying {}", inp.name))?;
-        let after = model.classify(&out, &mut logits, scratch)?;
+        let after = model.classify_with(&kernels, &out, &mut logits, scratch)?;
         let mut files = Vec::new();
         if !a.no_png {
             let px: Vec<u8> = out
@@ -228,7 +228,7 @@ pub fn run_classify(a: ClassifyArgs) -> Result<i32> {
         } else {
             &inp.pixels
         };
-        let label = model.classify(x, &mut logits, scratch)?;
+        let label = model.classify_with(&kernels, x, &mut logits, scratch)?;
         let mut r = json!({"input": inp.name, "label": label, "class": name(label),
             "confidence": softmax_max(&logits), "logits": logits.clone()});
         if let Some(t) = inp.label {

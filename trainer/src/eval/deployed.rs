@@ -66,7 +66,7 @@ pub fn purify_classify(
             let img = x.get(i * d..(i + 1) * d).unwrap_or(&[]);
             let mut p = vec![0.0; d];
             model.purify_with(&kernels, img, cfg, &mut p, scratch)?;
-            let l = model.classify(&p, &mut logits, scratch)?;
+            let l = model.classify_with(&kernels, &p, &mut logits, scratch)?;
             out.push((p, l));
             on_image();
         }
