@@ -15,6 +15,9 @@ pub(crate) mod avx512 {
     const S_MAX: usize = 8;
     /// Rows of a VJP block whose coefficients are gathered at once.
     const CHUNK: usize = 512;
+    /// Room for a block's coefficients and row indices, and for the last full-width
+    /// store of their packing.
+    const CS_LEN: usize = CHUNK + 16;
 
     /// Sixteen int8 weights at `p` as f32 (exact).
     #[inline]
@@ -269,7 +272,7 @@ pub(crate) mod avx512 {
         w: *const E,
         n: usize,
         idx: &[u32],
-        cs: &[[f32; S_MAX]],
+        cs: &[[f32; CS_LEN]; S_MAX],
         gx: *mut f32,
         mask: __mmask16,
         tail: usize,
@@ -288,7 +291,7 @@ pub(crate) mod avx512 {
                 }
             }
         }
-        for (&o, c) in idx.iter().zip(cs) {
+        for (j, &o) in idx.iter().enumerate() {
             let row = w.add(o as usize * n);
             let mut wv = [_mm512_setzero_ps(); T];
             for (t, v) in wv.iter_mut().enumerate() {
@@ -299,7 +302,7 @@ pub(crate) mod avx512 {
                 };
             }
             for s in 0..S {
-                let cb = _mm512_set1_ps(c[s]);
+                let cb = _mm512_set1_ps(*cs[s].get_unchecked(j));
                 for t in 0..T {
                     acc[s][t] = _mm512_add_ps(acc[s][t], _mm512_mul_ps(wv[t], cb));
                 }
@@ -325,51 +328,84 @@ pub(crate) mod avx512 {
         gxs: *mut f32,
     ) {
         let (n, m) = (layer.inputs as usize, layer.outputs as usize);
-        let mut idx = [0u32; CHUNK];
-        let mut cs = [[0.0f32; S_MAX]; CHUNK];
+        let mut idx = [0u32; CS_LEN];
+        let mut cs = [[0.0f32; CS_LEN]; S_MAX];
         let mut o0 = 0;
         while o0 < m {
             let end = (o0 + CHUNK).min(m);
-            // The rows of this block with a non-zero coefficient for some sample
-            // (skipping the others changes no bit: see `DenseKernels`).
+            // The rows of this block with a non-zero coefficient `scale · gy` for some
+            // sample (skipping the others changes no bit: see `DenseKernels`), sixteen
+            // rows at a time, packed by a compress (the full-width stores may write up
+            // to 15 lanes past the count: `CS_LEN` leaves room).
             let mut cnt = 0;
-            for o in o0..end {
-                let scale = f32_at(layer.scales.as_ptr(), o);
-                let mut c = [0.0f32; S_MAX];
-                let mut any = false;
-                for (s, cv) in c.iter_mut().enumerate().take(S) {
-                    *cv = scale * *gys.add(s * m + o);
-                    any |= *cv != 0.0;
+            let mut o = o0;
+            while o < end {
+                let valid: __mmask16 = if end - o >= 16 {
+                    !0
+                } else {
+                    (1u16 << (end - o)) - 1
+                };
+                let scale = _mm512_maskz_loadu_ps(valid, layer.scales.as_ptr().add(4 * o).cast());
+                let mut c = [_mm512_setzero_ps(); S];
+                // The bits of every coefficient but the sign, or-ed over the samples:
+                // non-zero exactly where some `c != 0.0` (a NaN counts, ±0 does not).
+                let mut bits = _mm512_setzero_si512();
+                for (s, cv) in c.iter_mut().enumerate() {
+                    let gy = _mm512_maskz_loadu_ps(valid, gys.add(s * m + o));
+                    *cv = _mm512_mul_ps(scale, gy);
+                    bits = _mm512_or_si512(bits, _mm512_castps_si512(*cv));
                 }
-                if any {
-                    idx[cnt] = o as u32;
-                    cs[cnt] = c;
-                    cnt += 1;
+                let magnitude = _mm512_and_si512(bits, _mm512_set1_epi32(0x7fff_ffff));
+                let any = _mm512_mask_test_epi32_mask(valid, magnitude, magnitude);
+                for (s, cv) in c.iter().enumerate() {
+                    _mm512_storeu_ps(
+                        cs[s].as_mut_ptr().add(cnt),
+                        _mm512_maskz_compress_ps(any, *cv),
+                    );
                 }
+                let rows = _mm512_add_epi32(
+                    _mm512_set1_epi32(o as i32),
+                    _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                );
+                _mm512_storeu_si512(
+                    idx.as_mut_ptr().add(cnt).cast(),
+                    _mm512_maskz_compress_epi32(any, rows),
+                );
+                cnt += any.count_ones() as usize;
+                o += 16;
             }
-            let (idx, cs) = (&idx[..cnt], &cs[..cnt]);
+            let idx = &idx[..cnt];
             let mut i = 0;
             if S <= 4 {
                 while i + 96 <= n {
-                    vjp_tile::<E, 6, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16, o0 == 0);
+                    vjp_tile::<E, 6, S>(w.add(i), n, idx, &cs, gxs.add(i), !0, 16, o0 == 0);
                     i += 96;
                 }
             }
             while i + 48 <= n {
-                vjp_tile::<E, 3, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16, o0 == 0);
+                vjp_tile::<E, 3, S>(w.add(i), n, idx, &cs, gxs.add(i), !0, 16, o0 == 0);
                 i += 48;
             }
             if i + 32 <= n {
-                vjp_tile::<E, 2, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16, o0 == 0);
+                vjp_tile::<E, 2, S>(w.add(i), n, idx, &cs, gxs.add(i), !0, 16, o0 == 0);
                 i += 32;
             }
             if i + 16 <= n {
-                vjp_tile::<E, 1, S>(w.add(i), n, idx, cs, gxs.add(i), !0, 16, o0 == 0);
+                vjp_tile::<E, 1, S>(w.add(i), n, idx, &cs, gxs.add(i), !0, 16, o0 == 0);
                 i += 16;
             }
             if i < n {
                 let t = n - i;
-                vjp_tile::<E, 1, S>(w.add(i), n, idx, cs, gxs.add(i), (1u16 << t) - 1, t, o0 == 0);
+                vjp_tile::<E, 1, S>(
+                    w.add(i),
+                    n,
+                    idx,
+                    &cs,
+                    gxs.add(i),
+                    (1u16 << t) - 1,
+                    t,
+                    o0 == 0,
+                );
             }
             o0 = end;
         }

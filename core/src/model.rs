@@ -178,14 +178,7 @@ impl<'a> Model<'a> {
         let acts = take_scratch(scratch, self.cls.acts_len)?;
         let (head, _) = acts.split_at_mut(self.cls.input_len);
         head.copy_from_slice(input);
-        crate::network::forward(
-            kernels,
-            &self.spec.classifier,
-            &self.cls,
-            acts,
-            1,
-            &mut [],
-        );
+        crate::network::forward(kernels, &self.spec.classifier, &self.cls, acts, 1, &mut []);
         logits.copy_from_slice(crate::network::output(&self.cls, acts, 1));
         Ok(argmax(logits))
     }
