@@ -263,9 +263,9 @@ pub(crate) mod avx512 {
         }
     }
 
-    /// `gx[s][i..i + 16·T] += Σ_j w[idx[j]][i..] · c[j][s]` in increasing `j`, for a
-    /// tile of `T` vectors (`mask` limits the last vector's lanes; `tail` is the
-    /// number of valid weights in it when below 16).
+    /// `gx[s][i..i + 16·T] += Σ_j w[idx[j]][i..] · cs[s][j]` in increasing `j`, for a
+    /// tile of `T` vectors (`tail` < 16 limits the last vector to that many lanes;
+    /// `first`: `gx` holds nothing yet, the sums start from +0).
     #[inline]
     #[target_feature(enable = "avx512f,avx512vl")]
     unsafe fn vjp_tile<E: Elem, const T: usize, const S: usize>(
@@ -274,10 +274,10 @@ pub(crate) mod avx512 {
         idx: &[u32],
         cs: &[[f32; CS_LEN]; S_MAX],
         gx: *mut f32,
-        mask: __mmask16,
         tail: usize,
         first: bool,
     ) {
+        let mask: __mmask16 = if tail >= 16 { !0 } else { (1u16 << tail) - 1 };
         // The first block of rows starts from +0 in registers, the others from what
         // the earlier blocks left in `gx` (the same sums either way).
         let mut acc = [[_mm512_setzero_ps(); T]; S];
@@ -378,34 +378,25 @@ pub(crate) mod avx512 {
             let mut i = 0;
             if S <= 4 {
                 while i + 96 <= n {
-                    vjp_tile::<E, 6, S>(w.add(i), n, idx, &cs, gxs.add(i), !0, 16, o0 == 0);
+                    vjp_tile::<E, 6, S>(w.add(i), n, idx, &cs, gxs.add(i), 16, o0 == 0);
                     i += 96;
                 }
             }
             while i + 48 <= n {
-                vjp_tile::<E, 3, S>(w.add(i), n, idx, &cs, gxs.add(i), !0, 16, o0 == 0);
+                vjp_tile::<E, 3, S>(w.add(i), n, idx, &cs, gxs.add(i), 16, o0 == 0);
                 i += 48;
             }
             if i + 32 <= n {
-                vjp_tile::<E, 2, S>(w.add(i), n, idx, &cs, gxs.add(i), !0, 16, o0 == 0);
+                vjp_tile::<E, 2, S>(w.add(i), n, idx, &cs, gxs.add(i), 16, o0 == 0);
                 i += 32;
             }
             if i + 16 <= n {
-                vjp_tile::<E, 1, S>(w.add(i), n, idx, &cs, gxs.add(i), !0, 16, o0 == 0);
+                vjp_tile::<E, 1, S>(w.add(i), n, idx, &cs, gxs.add(i), 16, o0 == 0);
                 i += 16;
             }
             if i < n {
                 let t = n - i;
-                vjp_tile::<E, 1, S>(
-                    w.add(i),
-                    n,
-                    idx,
-                    &cs,
-                    gxs.add(i),
-                    (1u16 << t) - 1,
-                    t,
-                    o0 == 0,
-                );
+                vjp_tile::<E, 1, S>(w.add(i), n, idx, &cs, gxs.add(i), t, o0 == 0);
             }
             o0 = end;
         }

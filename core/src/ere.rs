@@ -20,10 +20,9 @@ use crate::model::{check_input, check_len, take_scratch, Model};
 use crate::network;
 use crate::purify::PurifierConfig;
 
-/// Scratch of one ERE evaluation, carved from the caller's buffer.
+/// Scratch of one ERE evaluation, carved from the caller's buffer (the noise block
+/// is handed out beside it: [`EreScratch::split`]).
 pub(crate) struct EreScratch<'s> {
-    /// `M × d`: `σ ε_m` for every `m`.
-    pub noise: &'s mut [f32],
     /// Noise samples evaluated together.
     batch: usize,
     /// `batch × d`: the residuals `r_m`.
@@ -36,13 +35,14 @@ pub(crate) struct EreScratch<'s> {
 
 impl<'s> EreScratch<'s> {
     /// Splits `scratch` for a noise batch of `batch` (its length must be at least
-    /// [`Model::ere_scratch_len_batched`]) and returns the rest of it.
+    /// [`Model::ere_scratch_len_batched`]): the `M × d` noise block, the evaluation's
+    /// buffers and the rest of `scratch`.
     pub(crate) fn split(
         model: &Model<'_>,
         cfg: &PurifierConfig,
         batch: usize,
         scratch: &'s mut [f32],
-    ) -> Result<(Self, &'s mut [f32]), Error> {
+    ) -> Result<(&'s mut [f32], Self, &'s mut [f32]), Error> {
         let needed = model.ere_scratch_len_batched(cfg, batch);
         let found = scratch.len();
         let Some((mine, rest)) = scratch.split_at_mut_checked(needed) else {
@@ -61,8 +61,8 @@ impl<'s> EreScratch<'s> {
         let (ping, mine) = mine.split_at_mut(b * w);
         let (pong, rowbuf) = mine.split_at_mut(b * w);
         Ok((
+            noise,
             EreScratch {
-                noise,
                 batch: b,
                 r,
                 acts,
@@ -73,28 +73,117 @@ impl<'s> EreScratch<'s> {
             rest,
         ))
     }
+}
 
-    /// Fills the noise block with `σ ε_m` for `m = 0..M`.
-    pub(crate) fn fill_noise(&mut self, cfg: &PurifierConfig, d: usize) {
-        if d == 0 {
-            return;
-        }
-        for (m, block) in (0u32..).zip(self.noise.chunks_exact_mut(d)) {
-            cfg.noise.fill(cfg.seed, m, block);
-            for v in block.iter_mut() {
-                *v *= cfg.sigma;
-            }
+/// The noise of a purifier configuration, `σ ε_m` for `m = 0..M` (`M × d` floats),
+/// generated once and reused by every purification with the same settings — it
+/// depends on the seed, σ, M, the generator and the input length, never on the
+/// image. Made by [`Model::noise_table`] into a buffer the caller owns, which it
+/// borrows immutably, so the values cannot change under it; used by
+/// [`Model::purify_with_noise`], which refuses a table made for other settings.
+/// The same bits as generating the noise inside every call (on the host this saves
+/// the generator's time per image; on a device, RAM is usually worth more).
+#[derive(Debug, Clone, Copy)]
+pub struct NoiseTable<'n> {
+    noise: &'n [f32],
+    key: NoiseKey,
+}
+
+/// What a [`NoiseTable`]'s values depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NoiseKey {
+    seed: u64,
+    sigma_bits: u32,
+    samples: u32,
+    generator: crate::noise::NoiseGenerator,
+    input_len: usize,
+}
+
+impl NoiseKey {
+    fn of(model: &Model<'_>, cfg: &PurifierConfig) -> Self {
+        NoiseKey {
+            seed: cfg.seed,
+            sigma_bits: cfg.sigma.to_bits(),
+            samples: cfg.noise_samples,
+            generator: cfg.noise,
+            input_len: model.den.input_len,
         }
     }
 }
 
-/// `F(x)` and `∇F(x)` into `grad`, with the noise already in `ws`. Shapes are
-/// guaranteed by the callers.
+impl<'n> NoiseTable<'n> {
+    /// The values, `M × d` (`σ ε_m` for sample `m` at `m·d..(m+1)·d`).
+    pub fn values(&self) -> &'n [f32] {
+        self.noise
+    }
+
+    /// The table's values if it was made for `model` with `cfg`'s noise settings.
+    pub(crate) fn for_config(
+        &self,
+        model: &Model<'_>,
+        cfg: &PurifierConfig,
+    ) -> Result<&'n [f32], Error> {
+        if self.key == NoiseKey::of(model, cfg) {
+            Ok(self.noise)
+        } else {
+            Err(Error::NoiseTableMismatch)
+        }
+    }
+}
+
+impl Model<'_> {
+    /// Floats a [`NoiseTable`] for `cfg` needs: `M × d`.
+    pub fn noise_table_len(&self, cfg: &PurifierConfig) -> usize {
+        (cfg.noise_samples as usize).saturating_mul(self.den.input_len)
+    }
+
+    /// Generates the noise of `cfg` (its seed, σ, M and generator) into the start of
+    /// `buf` (at least [`Model::noise_table_len`] floats) and returns it as a table
+    /// for [`Model::purify_with_noise`].
+    pub fn noise_table<'n>(
+        &self,
+        cfg: &PurifierConfig,
+        buf: &'n mut [f32],
+    ) -> Result<NoiseTable<'n>, Error> {
+        cfg.validate()?;
+        let len = self.noise_table_len(cfg);
+        let found = buf.len();
+        let Some(noise) = buf.get_mut(..len) else {
+            return Err(Error::BufferLength {
+                buffer: "noise table",
+                expected: len,
+                found,
+            });
+        };
+        fill_noise(cfg, self.den.input_len, noise);
+        Ok(NoiseTable {
+            noise,
+            key: NoiseKey::of(self, cfg),
+        })
+    }
+}
+
+/// Fills `noise` (`M × d`) with `σ ε_m` for `m = 0..M`.
+pub(crate) fn fill_noise(cfg: &PurifierConfig, d: usize, noise: &mut [f32]) {
+    if d == 0 {
+        return;
+    }
+    for (m, block) in (0u32..).zip(noise.chunks_exact_mut(d)) {
+        cfg.noise.fill(cfg.seed, m, block);
+        for v in block.iter_mut() {
+            *v *= cfg.sigma;
+        }
+    }
+}
+
+/// `F(x)` and `∇F(x)` into `grad`, for the noise `σ ε_m` in `noise` (`M × d`).
+/// Shapes are guaranteed by the callers.
 pub(crate) fn ere_eval<K: DenseKernels + ?Sized>(
     kernels: &K,
     model: &Model<'_>,
     cfg: &PurifierConfig,
     ws: &mut EreScratch<'_>,
+    noise: &[f32],
     x: &[f32],
     grad: &mut [f32],
 ) -> f32 {
@@ -109,7 +198,7 @@ pub(crate) fn ere_eval<K: DenseKernels + ?Sized>(
     }
     // Noise samples in chunks of `batch`; within and across chunks everything is
     // summed in increasing m, so the batch size never changes the bits.
-    for noise_chunk in ws.noise.chunks(ws.batch * d) {
+    for noise_chunk in noise.chunks(ws.batch * d) {
         let nb = noise_chunk.len() / d;
         // y_m = x + σ ε_m into the network input slots.
         for (a, sigma_eps) in ws.acts.chunks_exact_mut(d).zip(noise_chunk.chunks_exact(d)) {
@@ -119,12 +208,13 @@ pub(crate) fn ere_eval<K: DenseKernels + ?Sized>(
         }
         network::forward(kernels, net, info, ws.acts, nb, ws.rowbuf);
         let outs = network::output(info, ws.acts, nb);
-        // r = D(y) − x.
-        for ((r, out), y) in
-            ws.r.chunks_exact_mut(d)
-                .zip(outs.chunks_exact(d))
-                .zip(ws.acts.chunks_exact(d))
-                .take(nb)
+        // r = D(y) − x, written where the VJP reads its seed (`ping`); a plain
+        // network also keeps it in `r` for the `− r` term of its gradient.
+        let seeds = ws.ping.chunks_exact_mut(d);
+        for ((r, out), y) in seeds
+            .zip(outs.chunks_exact(d))
+            .zip(ws.acts.chunks_exact(d))
+            .take(nb)
         {
             for (((ri, &o), &yi), &xi) in r.iter_mut().zip(out).zip(y).zip(x) {
                 let dy = if residual { yi + o } else { o };
@@ -132,10 +222,12 @@ pub(crate) fn ere_eval<K: DenseKernels + ?Sized>(
             }
             value += sum_sq(r);
         }
-        // v = J_netᵀ r for every sample of the chunk.
-        if let (Some(dst), Some(src)) = (ws.ping.get_mut(..nb * d), ws.r.get(..nb * d)) {
-            dst.copy_from_slice(src);
+        if !residual {
+            if let (Some(dst), Some(src)) = (ws.r.get_mut(..nb * d), ws.ping.get(..nb * d)) {
+                dst.copy_from_slice(src);
+            }
         }
+        // v = J_netᵀ r for every sample of the chunk.
         let in_ping = network::vjp(kernels, net, info, ws.acts, ws.ping, ws.pong, nb, ws.rowbuf);
         let vs: &[f32] = if in_ping { ws.ping } else { ws.pong };
         for (v, r) in vs.chunks_exact(d).zip(ws.r.chunks_exact(d)).take(nb) {
@@ -190,8 +282,8 @@ impl Model<'_> {
         check_len("gradient", grad.len(), d, true)?;
         take_scratch(scratch, self.ere_scratch_len(cfg))?;
         let batch = self.batch_for(cfg, scratch.len(), 0);
-        let (mut ws, _) = EreScratch::split(self, cfg, batch, scratch)?;
-        ws.fill_noise(cfg, d);
-        Ok(ere_eval(kernels, self, cfg, &mut ws, x, grad))
+        let (noise, mut ws, _) = EreScratch::split(self, cfg, batch, scratch)?;
+        fill_noise(cfg, d, noise);
+        Ok(ere_eval(kernels, self, cfg, &mut ws, noise, x, grad))
     }
 }

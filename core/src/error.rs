@@ -454,6 +454,9 @@ pub enum Error {
     },
     /// A purifier override is out of range.
     Config(ConfigError),
+    /// A [`crate::NoiseTable`] was made for other noise settings (seed, σ, M,
+    /// generator) or for a model with another input length.
+    NoiseTableMismatch,
 }
 
 impl fmt::Display for Error {
@@ -477,6 +480,10 @@ impl fmt::Display for Error {
                 "{buffer} buffer has {found} elements, {expected} required"
             ),
             Error::Config(e) => e.fmt(f),
+            Error::NoiseTableMismatch => f.write_str(
+                "the noise table was made for other noise settings (seed, sigma, \
+                 noise samples, generator) or another model",
+            ),
         }
     }
 }

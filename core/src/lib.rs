@@ -84,6 +84,7 @@ pub fn digest_f32(values: &[f32]) -> u32 {
 
 pub use backend::{DenseKernels, Portable};
 pub use conv::MAX_KERNEL;
+pub use ere::NoiseTable;
 pub use format::{
     encode_f32_le, encoded_len, required_version, write_model, InputShape, Metadata, ModelSpec,
     NetworkSpec, CRC_LEN, FORMAT_VERSION, MAGIC, MAX_CLASSES, MAX_DIM, MAX_LAYERS,

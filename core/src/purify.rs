@@ -22,7 +22,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{DenseKernels, Portable};
-use crate::ere::{ere_eval, EreScratch};
+use crate::ere::{ere_eval, fill_noise, EreScratch, NoiseTable};
 use crate::error::{ConfigError, Error};
 use crate::kernels::sum_sq;
 use crate::model::{check_input, check_len, Model};
@@ -133,7 +133,36 @@ impl Model<'_> {
         out: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), Error> {
+        self.purify_impl(kernels, input, cfg, None, out, scratch)
+    }
+
+    /// [`Model::purify_with`] with the noise generated beforehand
+    /// ([`Model::noise_table`]) instead of inside the call: the same bits, without
+    /// the generator's cost per image. `Error::NoiseTableMismatch` if the table was
+    /// made for other noise settings. `scratch` as for [`Model::purify`].
+    pub fn purify_with_noise<K: DenseKernels + ?Sized>(
+        &self,
+        kernels: &K,
+        input: &[f32],
+        cfg: &PurifierConfig,
+        noise: &NoiseTable<'_>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<(), Error> {
+        self.purify_impl(kernels, input, cfg, Some(noise), out, scratch)
+    }
+
+    fn purify_impl<K: DenseKernels + ?Sized>(
+        &self,
+        kernels: &K,
+        input: &[f32],
+        cfg: &PurifierConfig,
+        table: Option<&NoiseTable<'_>>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<(), Error> {
         cfg.validate()?;
+        let given = table.map(|t| t.for_config(self, cfg)).transpose()?;
         let d = self.input_len();
         check_input(input, d, true)?;
         check_len("output", out.len(), d, true)?;
@@ -152,7 +181,7 @@ impl Model<'_> {
             });
         }
         let batch = self.batch_for(cfg, found, 2 * d);
-        let (mut ws, rest) = EreScratch::split(self, cfg, batch, scratch)?;
+        let (noise_buf, mut ws, rest) = EreScratch::split(self, cfg, batch, scratch)?;
         let too_small = Error::BufferLength {
             buffer: "scratch",
             expected: needed,
@@ -161,22 +190,28 @@ impl Model<'_> {
         let (x_tilde, rest) = rest.split_at_mut_checked(d).ok_or(too_small)?;
         let (g, _) = rest.split_at_mut_checked(d).ok_or(too_small)?;
         out.copy_from_slice(input);
-        ws.fill_noise(cfg, d);
+        let noise: &[f32] = match given {
+            Some(values) => values,
+            None => {
+                fill_noise(cfg, d, noise_buf);
+                noise_buf
+            }
+        };
         for _ in 0..cfg.iters {
             // After this, `g` holds h = ∇F(x̃).
             if cfg.rho > 0.0 {
-                ere_eval(kernels, self, cfg, &mut ws, out, g);
+                ere_eval(kernels, self, cfg, &mut ws, noise, out, g);
                 let n = libm::sqrtf(sum_sq(g));
                 if n > 0.0 && n.is_finite() {
                     let s = cfg.rho / n;
                     for ((t, &xi), &gi) in x_tilde.iter_mut().zip(out.iter()).zip(g.iter()) {
                         *t = xi + gi * s;
                     }
-                    ere_eval(kernels, self, cfg, &mut ws, x_tilde, g);
+                    ere_eval(kernels, self, cfg, &mut ws, noise, x_tilde, g);
                 }
                 // else: flat point, x̃ = x and g = ∇F(x) already.
             } else {
-                ere_eval(kernels, self, cfg, &mut ws, out, g);
+                ere_eval(kernels, self, cfg, &mut ws, noise, out, g);
             }
             step_and_project(cfg, input, out, g);
         }

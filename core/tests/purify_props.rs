@@ -163,6 +163,22 @@ proptest! {
     }
 
     #[test]
+    fn a_noise_table_gives_the_same_bytes(x in image(), cfg in config()) {
+        let m = model();
+        let a = purify(&m, &x, &cfg, f32::NAN);
+        let mut buf = vec![f32::NAN; m.noise_table_len(&cfg) + 3];
+        let table = m.noise_table(&cfg, &mut buf).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for batch in [1, cfg.noise_samples as usize] {
+            let mut out = vec![-1.0; D];
+            let mut scratch = vec![7.0e20; m.purify_scratch_len_batched(&cfg, batch)];
+            m.purify_with_noise(&pursamere_core::Portable, &x, &cfg, &table, &mut out, &mut scratch)
+                .unwrap();
+            prop_assert_eq!(bits(&a), bits(&out), "batch {}", batch);
+        }
+    }
+
+    #[test]
     fn zero_steps_or_zero_radius_return_the_input(x in image(), cfg in config()) {
         let m = model();
         let k0 = PurifierConfig { iters: 0, ..cfg };
@@ -313,4 +329,115 @@ fn bad_calls_are_errors_not_panics() {
     let label = m.classify(&x, &mut logits, &mut scratch).unwrap();
     let best = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     assert_eq!(logits[label], best);
+}
+
+#[test]
+fn a_noise_table_holds_sigma_times_the_generator_and_refuses_other_settings() {
+    let m = model();
+    let cfg = PurifierConfig {
+        noise_samples: 3,
+        iters: 2,
+        ..m.purifier_config()
+    };
+    assert_eq!(m.noise_table_len(&cfg), 3 * D);
+    let mut short = vec![0.0; 3 * D - 1];
+    assert_eq!(
+        m.noise_table(&cfg, &mut short).err(),
+        Some(Error::BufferLength {
+            buffer: "noise table",
+            expected: 3 * D,
+            found: 3 * D - 1
+        })
+    );
+    let bad = PurifierConfig { sigma: -1.0, ..cfg };
+    let mut buf = vec![0.0; 3 * D];
+    assert!(matches!(
+        m.noise_table(&bad, &mut buf),
+        Err(Error::Config(_))
+    ));
+    let table = m.noise_table(&cfg, &mut buf).unwrap();
+    for (k, &v) in table.values().iter().enumerate() {
+        let (mm, i) = ((k / D) as u32, (k % D) as u32);
+        let expected = cfg.sigma * cfg.noise.sample(cfg.seed, mm, i);
+        assert_eq!(v.to_bits(), expected.to_bits(), "sample {mm}, index {i}");
+    }
+    let x = vec![0.25f32; D];
+    let mut out = vec![0.0; D];
+    let mut scratch = vec![0.0; m.purify_scratch_len(&cfg)];
+    for other in [
+        PurifierConfig {
+            seed: cfg.seed ^ 1,
+            ..cfg
+        },
+        PurifierConfig {
+            sigma: cfg.sigma * 0.5,
+            ..cfg
+        },
+        PurifierConfig {
+            noise_samples: 2,
+            ..cfg
+        },
+    ] {
+        let mut scratch = vec![0.0; m.purify_scratch_len(&other)];
+        assert_eq!(
+            m.purify_with_noise(
+                &pursamere_core::Portable,
+                &x,
+                &other,
+                &table,
+                &mut out,
+                &mut scratch
+            ),
+            Err(Error::NoiseTableMismatch),
+            "{other:?}"
+        );
+    }
+    // Settings the noise does not depend on may differ.
+    let steps = PurifierConfig {
+        iters: 4,
+        eta: cfg.eta * 2.0,
+        ..cfg
+    };
+    let mut a = vec![0.0; D];
+    m.purify(&x, &steps, &mut a, &mut scratch).unwrap();
+    m.purify_with_noise(
+        &pursamere_core::Portable,
+        &x,
+        &steps,
+        &table,
+        &mut out,
+        &mut scratch,
+    )
+    .unwrap();
+    assert_eq!(a, out);
+    // Another model with another input length.
+    let bytes = OwnedModel::random(22, (2, 3), &[5], true, &[4], 3).bytes();
+    let small = Model::parse(&bytes).unwrap();
+    let small_cfg = PurifierConfig {
+        noise_samples: 3,
+        ..small.purifier_config()
+    };
+    let (mut o, mut sc) = (
+        vec![0.0; 6],
+        vec![0.0; small.purify_scratch_len(&small_cfg)],
+    );
+    let shared = PurifierConfig {
+        seed: small_cfg.seed,
+        sigma: small_cfg.sigma,
+        noise: small_cfg.noise,
+        ..small_cfg
+    };
+    let mut buf2 = vec![0.0; m.noise_table_len(&shared)];
+    let foreign = m.noise_table(&shared, &mut buf2).unwrap();
+    assert_eq!(
+        small.purify_with_noise(
+            &pursamere_core::Portable,
+            &[0.5; 6],
+            &shared,
+            &foreign,
+            &mut o,
+            &mut sc
+        ),
+        Err(Error::NoiseTableMismatch)
+    );
 }

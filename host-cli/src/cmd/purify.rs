@@ -115,13 +115,16 @@ pub fn run_purify(a: PurifyArgs) -> Result<i32> {
     let scratch = aligned.as_mut_slice();
     // SIMD dense kernels chosen for this CPU (same bits as the core's own).
     let kernels = pursamere_accel::Accel::detect().prepare(&model);
+    // The noise depends on the settings, not the image: generated once.
+    let mut noise_buf = vec![0.0; model.noise_table_len(&cfg)];
+    let noise = model.noise_table(&cfg, &mut noise_buf)?;
     let mut logits = vec![0.0; model.num_classes()];
     let mut out = vec![0.0; model.input_len()];
     let mut report = Vec::new();
     for inp in &inputs {
         let before = model.classify_with(&kernels, &inp.pixels, &mut logits, scratch)?;
         model
-            .purify_with(&kernels, &inp.pixels, &cfg, &mut out, scratch)
+            .purify_with_noise(&kernels, &inp.pixels, &cfg, &noise, &mut out, scratch)
             .with_context(|| format!("purifying {}", inp.name))?;
         let after = model.classify_with(&kernels, &out, &mut logits, scratch)?;
         let mut files = Vec::new();
@@ -218,12 +221,26 @@ pub fn run_classify(a: ClassifyArgs) -> Result<i32> {
     let scratch = aligned.as_mut_slice();
     // SIMD dense kernels chosen for this CPU (same bits as the core's own).
     let kernels = pursamere_accel::Accel::detect().prepare(&model);
+    // The noise depends on the settings, not the image: generated once.
+    let mut noise_buf = vec![
+        0.0;
+        if a.purify {
+            model.noise_table_len(&cfg)
+        } else {
+            0
+        }
+    ];
+    let noise = if a.purify {
+        Some(model.noise_table(&cfg, &mut noise_buf)?)
+    } else {
+        None
+    };
     let mut logits = vec![0.0; model.num_classes()];
     let mut out = vec![0.0; model.input_len()];
     let mut report = Vec::new();
     for inp in &inputs {
-        let x = if a.purify {
-            model.purify_with(&kernels, &inp.pixels, &cfg, &mut out, scratch)?;
+        let x = if let Some(noise) = &noise {
+            model.purify_with_noise(&kernels, &inp.pixels, &cfg, noise, &mut out, scratch)?;
             &out
         } else {
             &inp.pixels

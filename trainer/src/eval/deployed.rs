@@ -57,6 +57,9 @@ pub fn purify_classify(
     let d = model.input_len();
     let n = x.len() / d.max(1);
     let kernels = Accel::detect().prepare(model);
+    // The noise depends on the settings only: generated once for every image.
+    let mut noise_buf = vec![0.0; model.noise_table_len(cfg)];
+    let noise = model.noise_table(cfg, &mut noise_buf)?;
     let rows = parallel_ranges(n, |range| {
         let mut scratch = AlignedF32::zeroed(fast_scratch_len(model, cfg));
         let scratch = scratch.as_mut_slice();
@@ -65,7 +68,7 @@ pub fn purify_classify(
         for i in range {
             let img = x.get(i * d..(i + 1) * d).unwrap_or(&[]);
             let mut p = vec![0.0; d];
-            model.purify_with(&kernels, img, cfg, &mut p, scratch)?;
+            model.purify_with_noise(&kernels, img, cfg, &noise, &mut p, scratch)?;
             let l = model.classify_with(&kernels, &p, &mut logits, scratch)?;
             out.push((p, l));
             on_image();
@@ -115,11 +118,20 @@ pub fn logits(
     let d = model.input_len();
     let n = x.len() / d.max(1);
     let c = model.num_classes();
-    // Widening the weights once per call costs far less than one purification.
-    let purifier = purifier.map(|cfg| (cfg, Accel::detect().prepare(model)));
+    // Widening the weights and generating the noise once per call cost far less
+    // than one purification.
+    let mut noise_buf = purifier.map_or_else(Vec::new, |cfg| vec![0.0; model.noise_table_len(cfg)]);
+    let purifier = match purifier {
+        Some(cfg) => Some((
+            cfg,
+            Accel::detect().prepare(model),
+            model.noise_table(cfg, &mut noise_buf)?,
+        )),
+        None => None,
+    };
     let rows = parallel_ranges(n, |range| {
         let len = match &purifier {
-            Some((cfg, _)) => fast_scratch_len(model, cfg),
+            Some((cfg, _, _)) => fast_scratch_len(model, cfg),
             None => model
                 .denoise_scratch_len()
                 .max(model.classify_scratch_len()),
@@ -131,8 +143,8 @@ pub fn logits(
         for i in range {
             let img = x.get(i * d..(i + 1) * d).unwrap_or(&[]);
             let input: &[f32] = match &purifier {
-                Some((cfg, kernels)) => {
-                    model.purify_with(kernels, img, cfg, &mut buf, scratch)?;
+                Some((cfg, kernels, noise)) => {
+                    model.purify_with_noise(kernels, img, cfg, noise, &mut buf, scratch)?;
                     &buf
                 }
                 None if denoise => {
