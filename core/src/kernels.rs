@@ -87,6 +87,32 @@ pub(crate) fn dot<W: Weight>(wr: &[W], x: &[f32]) -> f32 {
     tree_sum(&acc)
 }
 
+/// [`dot`] for a core with few float registers (the Cortex-M4F has 32): the sixteen
+/// lanes in two passes of eight over the row, so the partial sums, the weights and
+/// the inputs of a pass fit the register file. Each lane still adds its elements in
+/// increasing order, and lanes never mix before the tree: the same bits.
+#[inline]
+pub(crate) fn dot_two_passes<W: Weight>(wr: &[W], x: &[f32]) -> f32 {
+    const HALF: usize = LANES / 2;
+    let mut acc = [0.0f32; LANES];
+    let (wc, wt) = wr.as_chunks::<LANES>();
+    let (xc, xt) = x.as_chunks::<LANES>();
+    for (pass, out) in acc.chunks_exact_mut(HALF).enumerate() {
+        let mut a = [0.0f32; HALF];
+        for (wk, xk) in wc.iter().zip(xc) {
+            let lanes = wk.iter().zip(xk).skip(pass * HALF);
+            for (al, (&wi, &xi)) in a.iter_mut().zip(lanes) {
+                *al += w(wi) * xi;
+            }
+        }
+        out.copy_from_slice(&a);
+    }
+    for ((a, &wi), &xi) in acc.iter_mut().zip(wt).zip(xt) {
+        *a += w(wi) * xi;
+    }
+    tree_sum(&acc)
+}
+
 /// Four rows at once: each result is bit-identical to [`dot`] of that row; the
 /// block only gives the CPU four independent dependency chains.
 #[inline]
@@ -163,4 +189,37 @@ pub(crate) fn sum_sq(x: &[f32]) -> f32 {
 pub(crate) fn f32_at(bytes: &[u8], k: usize) -> f32 {
     let (chunks, _) = bytes.as_chunks::<4>();
     chunks.get(k).map_or(0.0, |c| f32::from_le_bytes(*c))
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::{dot, dot_two_passes};
+
+    /// The firmware's dot product (two passes of eight lanes) gives the bits of the
+    /// one-pass definition, for lengths around the lane count and with tails.
+    #[test]
+    fn two_pass_dot_has_the_bits_of_dot() {
+        let mut state = 0x9E37_79B9_u32;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        for n in (0..70).chain([255, 256, 257, 784]) {
+            let w: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+            // Mixed magnitudes so that the order of additions shows in the bits.
+            let x: Vec<f32> = (0..n)
+                .map(|_| (next() >> 8) as f32 * f32::powi(2.0, (next() % 40) as i32 - 40))
+                .collect();
+            assert_eq!(
+                dot_two_passes(&w, &x).to_bits(),
+                dot(&w, &x).to_bits(),
+                "length {n}"
+            );
+        }
+    }
 }

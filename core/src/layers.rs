@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::DenseKernels;
 pub use crate::conv::{Conv2d, Upsample2x};
-use crate::kernels::{axpy, axpy4, dot, dot4, f32_at, widen_row};
+use crate::kernels::{axpy, axpy4, dot, dot4, dot_two_passes, f32_at, widen_row};
 
 /// One layer of a network.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -76,6 +76,16 @@ impl Dense<'_> {
             return;
         }
         let mut rows = self.weights.chunks_exact(n);
+        // On a 32-bit Arm core (the Cortex-M4F has 32 single-precision registers) one
+        // row's 16 partial sums stay in registers where four rows' 64 would live in
+        // memory; elsewhere four rows share each load of `x`. The same bits.
+        if cfg!(target_arch = "arm") {
+            for (yo, row) in y.iter_mut().zip(rows) {
+                *yo = dot_two_passes(row, x);
+            }
+            self.apply_scale_bias(y);
+            return;
+        }
         let mut blocks = y.chunks_exact_mut(4);
         for yb in &mut blocks {
             let (Some(r0), Some(r1), Some(r2), Some(r3)) =

@@ -178,6 +178,8 @@ fn run() -> Option<usize> {
     let mut out = [0.0f32; D];
     let mut logits = [0.0f32; CLASSES];
     let start = ticks();
+    #[cfg(feature = "layer-profile")]
+    pursamere_phase_mark();
     for (i, (img, &label)) in IMAGES.chunks_exact(D).zip(LABELS).enumerate() {
         for (v, &p) in x.iter_mut().zip(img) {
             *v = f32::from(p) / 255.0;
@@ -201,6 +203,8 @@ fn run() -> Option<usize> {
             digest_f32(&out)
         );
     }
+    #[cfg(feature = "layer-profile")]
+    pursamere_phase_mark();
     let images = IMAGES.len() / D;
     let per_image = (ticks() - start) / images.max(1) as u64;
     hprintln!("systick_ticks_per_image {}", per_image);
@@ -215,7 +219,81 @@ fn run() -> Option<usize> {
         D,
         x.first().map_or(0, |v| v.to_bits())
     );
+    #[cfg(feature = "layer-profile")]
+    profile_layers(&model, &mut scratch);
     Some(images)
+}
+
+/// Times every layer of both networks on its own at batch 1 (the path a
+/// purification with the minimum scratch takes), forward then VJP, on fixed
+/// pseudo-random inputs, and prints
+///
+/// `layer <network> <index> <kind> macs <n> forward_ticks <t> vjp_ticks <t>`
+///
+/// (one tick = 40 instructions under QEMU). The VJP's output gradient is the
+/// forward's output, so no row of a dense VJP is skipped as zero: the full cost.
+#[cfg(feature = "layer-profile")]
+fn profile_layers(model: &Model<'_>, scratch: &mut [f32]) {
+    let spec = model.spec();
+    for (name, net) in [
+        ("denoiser", &spec.denoiser),
+        ("classifier", &spec.classifier),
+    ] {
+        let mut len = D;
+        for (i, layer) in net.layers.iter().enumerate() {
+            let out_len = layer.output_len(len);
+            let Some((x, rest)) = scratch.split_at_mut_checked(len) else {
+                hprintln!("layer {} {} skipped: scratch too small", name, i);
+                break;
+            };
+            let Some((y, rest)) = rest.split_at_mut_checked(out_len) else {
+                hprintln!("layer {} {} skipped: scratch too small", name, i);
+                break;
+            };
+            let Some((gx, _)) = rest.split_at_mut_checked(len) else {
+                hprintln!("layer {} {} skipped: scratch too small", name, i);
+                break;
+            };
+            let mut state = 0x2545_f491_u32 ^ (i as u32);
+            for v in x.iter_mut() {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                *v = (state >> 8) as f32 * (1.0 / 16_777_216.0);
+            }
+            let t0 = ticks();
+            layer.forward(x, y);
+            let t1 = ticks();
+            layer.vjp(x, y, gx);
+            let t2 = ticks();
+            // Again between phase marks, for scripts/fw_cycle_estimate.py.
+            pursamere_phase_mark();
+            layer.forward(x, y);
+            pursamere_phase_mark();
+            layer.vjp(x, y, gx);
+            pursamere_phase_mark();
+            hprintln!(
+                "layer {} {} {} macs {} forward_ticks {} vjp_ticks {}",
+                name,
+                i,
+                layer.kind_name(),
+                layer.macs(),
+                t1 - t0,
+                t2 - t1
+            );
+            len = out_len;
+        }
+    }
+}
+
+/// Does nothing, visibly: QEMU's execution trace shows each call, and
+/// scripts/fw_cycle_estimate.py prices the instructions between consecutive calls
+/// (the image loop, then each layer's forward and VJP).
+#[cfg(feature = "layer-profile")]
+#[no_mangle]
+#[inline(never)]
+extern "C" fn pursamere_phase_mark() {
+    cortex_m::asm::nop();
 }
 
 #[panic_handler]
