@@ -44,7 +44,10 @@
 //! the SAM loop in `purify`, sizes and classification in `model`,
 //! quantisation rules in [`quantize`], and the seam through which a host-side crate
 //! (`pursamere-accel`) substitutes SIMD dense kernels with the same bits in
-//! [`DenseKernels`].
+//! [`DenseKernels`]. A host that purifies many images with one configuration can
+//! generate the noise once ([`Model::noise_table`], [`NoiseTable`],
+//! [`Model::purify_with_noise`]: the same bits); a device keeps generating it inside
+//! each call, which needs no extra RAM.
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
