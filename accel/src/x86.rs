@@ -302,6 +302,8 @@ pub(crate) mod avx512 {
                 };
             }
             for s in 0..S {
+                // `j < idx.len() ≤ CHUNK < CS_LEN`: in bounds (the caller packs at
+                // most `CHUNK` rows).
                 let cb = _mm512_set1_ps(*cs[s].get_unchecked(j));
                 for t in 0..T {
                     acc[s][t] = _mm512_add_ps(acc[s][t], _mm512_mul_ps(wv[t], cb));
