@@ -272,7 +272,7 @@ pub(crate) mod avx512 {
         w: *const E,
         n: usize,
         idx: &[u32],
-        cs: &[[f32; CS_LEN]; S_MAX],
+        cs: &[[f32; CS_LEN]; S],
         gx: *mut f32,
         tail: usize,
         first: bool,
@@ -331,7 +331,8 @@ pub(crate) mod avx512 {
     ) {
         let (n, m) = (layer.inputs as usize, layer.outputs as usize);
         let mut idx = [0u32; CS_LEN];
-        let mut cs = [[0.0f32; CS_LEN]; S_MAX];
+        // One row per sample of this group (zeroed per call: no more than needed).
+        let mut cs = [[0.0f32; CS_LEN]; S];
         let mut o0 = 0;
         while o0 < m {
             let end = (o0 + CHUNK).min(m);

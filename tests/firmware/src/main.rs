@@ -242,15 +242,12 @@ fn profile_layers(model: &Model<'_>, scratch: &mut [f32]) {
         let mut len = D;
         for (i, layer) in net.layers.iter().enumerate() {
             let out_len = layer.output_len(len);
-            let Some((x, rest)) = scratch.split_at_mut_checked(len) else {
-                hprintln!("layer {} {} skipped: scratch too small", name, i);
-                break;
-            };
-            let Some((y, rest)) = rest.split_at_mut_checked(out_len) else {
-                hprintln!("layer {} {} skipped: scratch too small", name, i);
-                break;
-            };
-            let Some((gx, _)) = rest.split_at_mut_checked(len) else {
+            let buffers = scratch.split_at_mut_checked(len).and_then(|(x, rest)| {
+                let (y, rest) = rest.split_at_mut_checked(out_len)?;
+                let (gx, _) = rest.split_at_mut_checked(len)?;
+                Some((x, y, gx))
+            });
+            let Some((x, y, gx)) = buffers else {
                 hprintln!("layer {} {} skipped: scratch too small", name, i);
                 break;
             };
@@ -261,16 +258,15 @@ fn profile_layers(model: &Model<'_>, scratch: &mut [f32]) {
                 state ^= state << 5;
                 *v = (state >> 8) as f32 * (1.0 / 16_777_216.0);
             }
+            // Phase marks around each half for scripts/fw_cycle_estimate.py (the few
+            // instructions of a mark or a timer read fall inside the windows).
+            pursamere_phase_mark();
             let t0 = ticks();
             layer.forward(x, y);
             let t1 = ticks();
+            pursamere_phase_mark();
             layer.vjp(x, y, gx);
             let t2 = ticks();
-            // Again between phase marks, for scripts/fw_cycle_estimate.py.
-            pursamere_phase_mark();
-            layer.forward(x, y);
-            pursamere_phase_mark();
-            layer.vjp(x, y, gx);
             pursamere_phase_mark();
             hprintln!(
                 "layer {} {} {} macs {} forward_ticks {} vjp_ticks {}",
