@@ -298,6 +298,28 @@ pub enum FormatError {
         /// Version in the file prefix.
         declared: u16,
     },
+    /// An int8-activation layer in the denoiser, which must be exactly
+    /// differentiable.
+    Int8InDenoiser {
+        /// Layer index.
+        layer: usize,
+    },
+    /// An int8-activation layer's input multiplier is not finite and positive.
+    BadInputMultiplier {
+        /// Network.
+        network: NetworkKind,
+        /// Layer index.
+        layer: usize,
+    },
+    /// An int8-activation layer's fan-in could overflow its `i32` sums.
+    FanInTooLarge {
+        /// Network.
+        network: NetworkKind,
+        /// Layer index.
+        layer: usize,
+        /// Inputs per output.
+        fan_in: u32,
+    },
 }
 
 impl fmt::Display for FormatError {
@@ -409,6 +431,19 @@ impl fmt::Display for FormatError {
             NormVersion { declared } => write!(
                 f,
                 "the purifier uses the L2 ball, which needs format version 2, but the file declares version {declared}"
+            ),
+            Int8InDenoiser { layer } => write!(
+                f,
+                "denoiser layer {layer} has int8 activations; only a classifier may (the purifier needs the denoiser's exact gradient)"
+            ),
+            BadInputMultiplier { network, layer } => write!(
+                f,
+                "{network} layer {layer}: the int8 input multiplier must be finite and > 0"
+            ),
+            FanInTooLarge { network, layer, fan_in } => write!(
+                f,
+                "{network} layer {layer}: fan-in {fan_in} is too large for int8 activations (at most {}, so that integer sums fit 32 bits)",
+                crate::int8::MAX_FAN_IN
             ),
         }
     }

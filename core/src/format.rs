@@ -36,7 +36,7 @@ use crate::purify::PurifierConfig;
 /// File magic.
 pub const MAGIC: [u8; 4] = *b"PSMR";
 /// The newest format version this build reads and writes.
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
 /// The oldest format version this build reads (and writes, for models that need
 /// nothing newer).
 pub const MIN_FORMAT_VERSION: u16 = 1;
@@ -257,109 +257,23 @@ fn validate_layer(
     prev: Shape,
 ) -> Result<Shape, FormatError> {
     match l {
-        Layer::Dense(d) => {
-            for dim in [d.inputs, d.outputs] {
-                if dim == 0 || dim > MAX_DIM {
-                    return Err(FormatError::LayerDimension {
-                        network: kind,
-                        layer,
-                        dim,
-                    });
-                }
-            }
-            if d.inputs as usize != prev.len() {
-                return Err(FormatError::LayerShape {
-                    network: kind,
-                    layer,
-                    expected: prev.len(),
-                    found: d.inputs as usize,
-                });
-            }
-            let rows = d.outputs as usize;
-            // u64: on 32-bit targets the product of two large dimensions overflows usize.
-            let weight_len = u64::from(d.outputs) * u64::from(d.inputs);
-            check_tensors(
-                kind,
-                layer,
-                [
-                    (TensorKind::Weights, d.weights.len(), weight_len),
-                    (TensorKind::Scales, d.scales.len(), rows as u64 * 4),
-                    (TensorKind::Bias, d.bias.len(), rows as u64 * 4),
-                ],
-                rows,
-                |r| d.scale(r),
-                |r| d.bias(r),
-            )?;
-            Ok(Shape::Flat(rows))
-        }
+        Layer::Dense(d) => validate_dense(d, kind, layer, prev),
         Layer::Relu => Ok(prev),
-        Layer::Conv2d(c) => {
-            check_map_input(kind, layer, prev, (c.in_channels, c.height, c.width))?;
-            if c.out_channels == 0 {
-                return Err(FormatError::LayerDimension {
-                    network: kind,
-                    layer,
-                    dim: 0,
-                });
-            }
-            if c.kernel == 0 || c.kernel > crate::conv::MAX_KERNEL {
-                return Err(FormatError::KernelSize {
-                    network: kind,
-                    layer,
-                    kernel: c.kernel,
-                });
-            }
-            if !matches!(c.stride, 1 | 2) {
-                return Err(FormatError::Stride {
-                    network: kind,
-                    layer,
-                    stride: c.stride,
-                });
-            }
-            if 2 * u32::from(c.padding) > u32::from(c.kernel) {
-                return Err(FormatError::Padding {
-                    network: kind,
-                    layer,
-                    padding: c.padding,
-                    kernel: c.kernel,
-                });
-            }
-            let (oh, ow) = (c.out_height(), c.out_width());
-            if oh == 0 || ow == 0 {
-                return Err(FormatError::KernelExceedsInput {
-                    network: kind,
-                    layer,
-                    kernel: c.kernel,
-                    padding: c.padding,
-                    input: [usize::from(c.height), usize::from(c.width)],
-                });
-            }
-            let rows = usize::from(c.out_channels);
-            let out_len = rows as u64 * oh as u64 * ow as u64;
-            if out_len > u64::from(MAX_DIM) {
-                return Err(FormatError::LayerDimension {
-                    network: kind,
-                    layer,
-                    dim: dim32(out_len),
-                });
-            }
-            check_tensors(
+        Layer::Conv2d(c) => validate_conv(c, kind, layer, prev),
+        Layer::Int8Dense(q) => {
+            check_int8(kind, layer, q.input_multiplier, q.dense.inputs.into())?;
+            validate_dense(&q.dense, kind, layer, prev)
+        }
+        Layer::Int8Conv2d(q) => {
+            let c = &q.conv;
+            let k = u64::from(c.kernel);
+            check_int8(
                 kind,
                 layer,
-                [
-                    (TensorKind::Weights, c.weights.len(), c.weight_len()),
-                    (TensorKind::Scales, c.scales.len(), rows as u64 * 4),
-                    (TensorKind::Bias, c.bias.len(), rows as u64 * 4),
-                ],
-                rows,
-                |r| c.scale(r),
-                |r| c.bias(r),
+                q.input_multiplier,
+                u64::from(c.in_channels) * k * k,
             )?;
-            Ok(Shape::Map {
-                c: rows,
-                h: oh,
-                w: ow,
-            })
+            validate_conv(c, kind, layer, prev)
         }
         Layer::Upsample2x(u) => {
             check_map_input(kind, layer, prev, (u.channels, u.height, u.width))?;
@@ -378,6 +292,148 @@ fn validate_layer(
             })
         }
     }
+}
+
+/// The rules an int8-activation layer adds to its float counterpart's: classifier
+/// only, a finite positive input multiplier, a fan-in whose integer sums fit `i32`.
+fn check_int8(
+    kind: NetworkKind,
+    layer: usize,
+    multiplier: f32,
+    fan_in: u64,
+) -> Result<(), FormatError> {
+    if kind != NetworkKind::Classifier {
+        return Err(FormatError::Int8InDenoiser { layer });
+    }
+    if !(multiplier.is_finite() && multiplier > 0.0) {
+        return Err(FormatError::BadInputMultiplier {
+            network: kind,
+            layer,
+        });
+    }
+    if fan_in > u64::from(crate::int8::MAX_FAN_IN) {
+        return Err(FormatError::FanInTooLarge {
+            network: kind,
+            layer,
+            fan_in: dim32(fan_in),
+        });
+    }
+    Ok(())
+}
+
+fn validate_dense(
+    d: &crate::layers::Dense<'_>,
+    kind: NetworkKind,
+    layer: usize,
+    prev: Shape,
+) -> Result<Shape, FormatError> {
+    for dim in [d.inputs, d.outputs] {
+        if dim == 0 || dim > MAX_DIM {
+            return Err(FormatError::LayerDimension {
+                network: kind,
+                layer,
+                dim,
+            });
+        }
+    }
+    if d.inputs as usize != prev.len() {
+        return Err(FormatError::LayerShape {
+            network: kind,
+            layer,
+            expected: prev.len(),
+            found: d.inputs as usize,
+        });
+    }
+    let rows = d.outputs as usize;
+    // u64: on 32-bit targets the product of two large dimensions overflows usize.
+    let weight_len = u64::from(d.outputs) * u64::from(d.inputs);
+    check_tensors(
+        kind,
+        layer,
+        [
+            (TensorKind::Weights, d.weights.len(), weight_len),
+            (TensorKind::Scales, d.scales.len(), rows as u64 * 4),
+            (TensorKind::Bias, d.bias.len(), rows as u64 * 4),
+        ],
+        rows,
+        |r| d.scale(r),
+        |r| d.bias(r),
+    )?;
+    Ok(Shape::Flat(rows))
+}
+
+fn validate_conv(
+    c: &crate::layers::Conv2d<'_>,
+    kind: NetworkKind,
+    layer: usize,
+    prev: Shape,
+) -> Result<Shape, FormatError> {
+    check_map_input(kind, layer, prev, (c.in_channels, c.height, c.width))?;
+    if c.out_channels == 0 {
+        return Err(FormatError::LayerDimension {
+            network: kind,
+            layer,
+            dim: 0,
+        });
+    }
+    if c.kernel == 0 || c.kernel > crate::conv::MAX_KERNEL {
+        return Err(FormatError::KernelSize {
+            network: kind,
+            layer,
+            kernel: c.kernel,
+        });
+    }
+    if !matches!(c.stride, 1 | 2) {
+        return Err(FormatError::Stride {
+            network: kind,
+            layer,
+            stride: c.stride,
+        });
+    }
+    if 2 * u32::from(c.padding) > u32::from(c.kernel) {
+        return Err(FormatError::Padding {
+            network: kind,
+            layer,
+            padding: c.padding,
+            kernel: c.kernel,
+        });
+    }
+    let (oh, ow) = (c.out_height(), c.out_width());
+    if oh == 0 || ow == 0 {
+        return Err(FormatError::KernelExceedsInput {
+            network: kind,
+            layer,
+            kernel: c.kernel,
+            padding: c.padding,
+            input: [usize::from(c.height), usize::from(c.width)],
+        });
+    }
+    let rows = usize::from(c.out_channels);
+    let out_len = rows as u64 * oh as u64 * ow as u64;
+    if out_len > u64::from(MAX_DIM) {
+        return Err(FormatError::LayerDimension {
+            network: kind,
+            layer,
+            dim: dim32(out_len),
+        });
+    }
+    check_tensors(
+        kind,
+        layer,
+        [
+            (TensorKind::Weights, c.weights.len(), c.weight_len()),
+            (TensorKind::Scales, c.scales.len(), rows as u64 * 4),
+            (TensorKind::Bias, c.bias.len(), rows as u64 * 4),
+        ],
+        rows,
+        |r| c.scale(r),
+        |r| c.bias(r),
+    )?;
+    Ok(Shape::Map {
+        c: rows,
+        h: oh,
+        w: ow,
+    })
 }
 
 fn validate_network(
@@ -570,9 +626,10 @@ pub fn encoded_len(spec: &ModelSpec<'_>) -> Result<usize, FormatError> {
 
 /// Validates `spec` and writes it as a `.psm` file into `out`; returns the number of
 /// bytes written (the file is `&out[..n]`). Use [`encoded_len`] to size `out`. The
-/// prefix carries [`required_version`]`(spec)`: 3 with the f32 noise generator (every
-/// new model); with the f64 one, 1 for dense/ReLU models and 2 when a convolution,
-/// upsampling layer or L2 ball is present.
+/// prefix carries [`required_version`]`(spec)`: 4 when the classifier has an
+/// int8-activation layer, else 3 with the f32 noise generator (every new model); with
+/// the f64 one, 1 for dense/ReLU models and 2 when a convolution, upsampling layer or
+/// L2 ball is present.
 pub fn write_model(spec: &ModelSpec<'_>, out: &mut [u8]) -> Result<usize, FormatError> {
     validate(spec)?;
     let needed = encoded_len(spec)?;

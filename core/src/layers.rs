@@ -9,12 +9,14 @@
 //!
 //! Variant order is the file encoding (postcard writes the variant index): `Dense`
 //! = 0 and `Relu` = 1 since format version 1, `Conv2d` = 2 and `Upsample2x` = 3
-//! since version 2. New variants go at the end.
+//! since version 2, `Int8Dense` = 4 and `Int8Conv2d` = 5 since version 4. New
+//! variants go at the end.
 
 use serde::{Deserialize, Serialize};
 
 use crate::backend::DenseKernels;
 pub use crate::conv::{Conv2d, Upsample2x};
+pub use crate::int8::{Int8Conv2d, Int8Dense};
 use crate::kernels::{axpy, axpy4, dot, dot4, dot_two_passes, f32_at, widen_row};
 
 /// One layer of a network.
@@ -30,6 +32,12 @@ pub enum Layer<'a> {
     Conv2d(#[serde(borrow)] Conv2d<'a>),
     /// Nearest-neighbour upsampling by two (format version 2).
     Upsample2x(Upsample2x),
+    /// Dense layer on int8-quantised inputs, integer accumulation (format version
+    /// 4; classifier only; see `int8`).
+    Int8Dense(#[serde(borrow)] Int8Dense<'a>),
+    /// Convolution on int8-quantised inputs, integer accumulation (format version
+    /// 4; classifier only).
+    Int8Conv2d(#[serde(borrow)] Int8Conv2d<'a>),
 }
 
 /// A dense layer with int8 weights, one f32 scale per output row and an f32 bias,
@@ -287,6 +295,8 @@ impl Layer<'_> {
             Layer::Relu => input_len,
             Layer::Conv2d(c) => c.output_len(),
             Layer::Upsample2x(u) => u.output_len(),
+            Layer::Int8Dense(q) => q.dense.outputs as usize,
+            Layer::Int8Conv2d(q) => q.conv.output_len(),
         }
     }
 
@@ -296,6 +306,8 @@ impl Layer<'_> {
             Layer::Dense(d) => u64::from(d.inputs) * u64::from(d.outputs),
             Layer::Relu | Layer::Upsample2x(_) => 0,
             Layer::Conv2d(c) => c.macs(),
+            Layer::Int8Dense(q) => u64::from(q.dense.inputs) * u64::from(q.dense.outputs),
+            Layer::Int8Conv2d(q) => q.conv.macs(),
         }
     }
 
@@ -307,6 +319,11 @@ impl Layer<'_> {
             }
             Layer::Relu | Layer::Upsample2x(_) => 0,
             Layer::Conv2d(c) => c.weight_len() + 2 * u64::from(c.out_channels),
+            Layer::Int8Dense(q) => {
+                let d = &q.dense;
+                u64::from(d.inputs) * u64::from(d.outputs) + 2 * u64::from(d.outputs) + 1
+            }
+            Layer::Int8Conv2d(q) => q.conv.weight_len() + 2 * u64::from(q.conv.out_channels) + 1,
         }
     }
 
@@ -323,6 +340,8 @@ impl Layer<'_> {
             }
             Layer::Conv2d(c) => c.forward(x, y),
             Layer::Upsample2x(u) => u.forward(x, y),
+            Layer::Int8Dense(q) => q.forward(x, y),
+            Layer::Int8Conv2d(q) => q.forward(x, y),
         }
     }
 
@@ -340,8 +359,12 @@ impl Layer<'_> {
             // Elementwise: the batch is one long vector.
             Layer::Relu => self.forward(xs, ys),
             // Every weight is already reused for every output pixel: one sample at a
-            // time (bit-identical by construction).
-            Layer::Conv2d(_) | Layer::Upsample2x(_) => {
+            // time (bit-identical by construction). The int8 layers run in classifiers,
+            // one sample at a time.
+            Layer::Conv2d(_)
+            | Layer::Upsample2x(_)
+            | Layer::Int8Dense(_)
+            | Layer::Int8Conv2d(_) => {
                 let (n, m) = (self.input_len_hint(), self.output_len(0));
                 if n == 0 || m == 0 {
                     return;
@@ -366,7 +389,10 @@ impl Layer<'_> {
         match self {
             Layer::Dense(d) => kernels.dense_vjp_batch(d, gys, gxs, batch, rowbuf),
             Layer::Relu => self.vjp(xs, gys, gxs),
-            Layer::Conv2d(_) | Layer::Upsample2x(_) => {
+            Layer::Conv2d(_)
+            | Layer::Upsample2x(_)
+            | Layer::Int8Dense(_)
+            | Layer::Int8Conv2d(_) => {
                 let (n, m) = (self.input_len_hint(), self.output_len(0));
                 if n == 0 || m == 0 {
                     return;
@@ -390,6 +416,8 @@ impl Layer<'_> {
             }
             Layer::Conv2d(c) => c.vjp(gy, gx),
             Layer::Upsample2x(u) => u.vjp(gy, gx),
+            Layer::Int8Dense(q) => q.vjp(gy, gx),
+            Layer::Int8Conv2d(q) => q.vjp(gy, gx),
         }
     }
 
@@ -400,6 +428,8 @@ impl Layer<'_> {
             Layer::Relu => 0,
             Layer::Conv2d(c) => c.input_len(),
             Layer::Upsample2x(u) => u.input_len(),
+            Layer::Int8Dense(q) => q.dense.inputs as usize,
+            Layer::Int8Conv2d(q) => q.conv.input_len(),
         }
     }
 
@@ -408,17 +438,20 @@ impl Layer<'_> {
         match self {
             Layer::Dense(_) | Layer::Relu => 1,
             Layer::Conv2d(_) | Layer::Upsample2x(_) => 2,
+            Layer::Int8Dense(_) | Layer::Int8Conv2d(_) => 4,
         }
     }
 
     /// Short lowercase name of the layer kind (`dense`, `relu`, `conv2d`,
-    /// `upsample2x`), for messages and listings.
+    /// `upsample2x`, `int8-dense`, `int8-conv2d`), for messages and listings.
     pub fn kind_name(&self) -> &'static str {
         match self {
             Layer::Dense(_) => "dense",
             Layer::Relu => "relu",
             Layer::Conv2d(_) => "conv2d",
             Layer::Upsample2x(_) => "upsample2x",
+            Layer::Int8Dense(_) => "int8-dense",
+            Layer::Int8Conv2d(_) => "int8-conv2d",
         }
     }
 }

@@ -65,6 +65,7 @@ mod conv;
 mod ere;
 mod error;
 mod format;
+mod int8;
 mod kernels;
 mod layers;
 mod model;
@@ -93,6 +94,7 @@ pub use format::{
     NetworkSpec, CRC_LEN, FORMAT_VERSION, MAGIC, MAX_CLASSES, MAX_DIM, MAX_LAYERS,
     MIN_FORMAT_VERSION, PREFIX_LEN,
 };
-pub use layers::{Conv2d, Dense, Layer, Upsample2x};
+pub use int8::{quantize_activation, MAX_FAN_IN};
+pub use layers::{Conv2d, Dense, Int8Conv2d, Int8Dense, Layer, Upsample2x};
 pub use model::Model;
 pub use purify::{Norm, PurifierConfig, StepRule, MAX_ITERS, MAX_NOISE_SAMPLES};

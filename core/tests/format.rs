@@ -217,7 +217,7 @@ fn framing_errors_are_distinct() {
         FormatError::BadMagic(*b"XSMR")
     );
     let payload = &bytes[PREFIX_LEN..bytes.len() - 4];
-    for v in [0, 4, 0x0101, u16::MAX] {
+    for v in [0, pursamere_core::FORMAT_VERSION + 1, 0x0101, u16::MAX] {
         let e = Model::parse(&frame_raw(payload, v, 0)).unwrap_err();
         assert_eq!(e, FormatError::UnsupportedVersion(v));
         assert!(e.to_string().contains("re-export"), "{e}");

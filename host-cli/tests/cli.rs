@@ -192,13 +192,13 @@ fn bad_input_is_reported_clearly() {
     let o = run(&["inspect", s(&junk)]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("magic"), "{}", text(&o));
-    // Version 4 does not exist yet (1 to 3 do).
-    let mut v4 = b"PSMR".to_vec();
-    v4.extend_from_slice(&[4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-    std::fs::write(&junk, &v4).unwrap();
+    // Version 5 does not exist yet (1 to 4 do).
+    let mut v5 = b"PSMR".to_vec();
+    v5.extend_from_slice(&[5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    std::fs::write(&junk, &v5).unwrap();
     let o = run(&["inspect", s(&junk)]);
     assert!(
-        text(&o).contains("version 4 is not supported"),
+        text(&o).contains("version 5 is not supported"),
         "{}",
         text(&o)
     );

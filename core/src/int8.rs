@@ -1,0 +1,259 @@
+//! Layers with int8 activations (format version 4): the integer path for a
+//! classifier on a microcontroller.
+//!
+//! A float layer multiplies int8 weights by f32 activations; on a Cortex-M4 every
+//! multiply–accumulate then costs an int8 → f32 conversion and an FPU multiply and
+//! add (5–6 cycles at best). An int8-activation layer quantises its *input* to int8
+//! and accumulates exact integer products in `i32`, which the M4's DSP instructions
+//! do two at a time. Because integer sums are exact, every summation order gives the
+//! same result: any kernel, on any target, is bit-identical by construction.
+//!
+//! The numeric definition, for a layer with input multiplier `m` (stored in the file,
+//! the reciprocal of the input's quantisation step) and the stored per-row `scale`
+//! and `bias` of the wrapped [`Dense`] or [`Conv2d`]:
+//!
+//! * input: `q = quantize_activation(x, m)`: `v = x · m` clamped to `[−127, 127]`,
+//!   then `(v + 127.5)` truncated toward zero, minus 127 (round half up, each step
+//!   one IEEE binary32 operation); NaN gives 0;
+//! * `acc[o] = Σ w[o][i] · q[i]` in `i32` (exact: validation bounds the fan-in by
+//!   [`MAX_FAN_IN`], so no sum can overflow); zero padding of a convolution is `q = 0`;
+//! * output: `y[o] = (acc[o] as f32) · scale[o] + bias[o]` (round to nearest, then a
+//!   separate multiply and add).
+//!
+//! So `scale[o]` is the product of the row's weight scale and the input step `1/m`:
+//! the converter folds it in. The layer's output is f32 again, so it feeds ReLU, the
+//! next layer, or the logits like any other.
+//!
+//! These layers belong to a classifier only: a denoiser must be differentiable
+//! exactly (the purifier descends its gradient), and rounding has no useful
+//! derivative. Their [`Layer::vjp`](crate::Layer::vjp) is the straight-through
+//! estimator — the VJP of the float layer `y = scale ⊙ (W · m x) + bias`, as if the
+//! rounding were the identity — which is what an attacker differentiates instead of
+//! the zero-almost-everywhere true gradient.
+
+use serde::{Deserialize, Serialize};
+
+use crate::conv::{conv_out, Conv2d, MAX_KERNEL};
+use crate::layers::Dense;
+
+/// Largest fan-in (inputs per output) of an int8-activation layer:
+/// `127 · 127 · MAX_FAN_IN < 2³¹`, so no accumulator can overflow.
+pub const MAX_FAN_IN: u32 = (i32::MAX as u32) / (127 * 127);
+
+/// The quantised activation `q(x) ∈ [−127, 127]` (see the module documentation).
+#[inline]
+pub fn quantize_activation(x: f32, multiplier: f32) -> i32 {
+    let v = x * multiplier;
+    if v.is_nan() {
+        return 0;
+    }
+    let v = v.clamp(-127.0, 127.0);
+    // v + 127.5 ∈ [0.5, 254.5]: truncation is the floor, and `as` cannot saturate.
+    (v + 127.5) as i32 - 127
+}
+
+/// A dense layer whose input is quantised to int8 (format version 4).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Int8Dense<'a> {
+    /// Input multiplier `m` (finite, > 0): `q = round(x · m)`.
+    pub input_multiplier: f32,
+    /// Weights, output scales (weight scale × `1/m`) and biases.
+    #[serde(borrow)]
+    pub dense: Dense<'a>,
+}
+
+/// A convolution whose input is quantised to int8 (format version 4).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Int8Conv2d<'a> {
+    /// Input multiplier `m` (finite, > 0): `q = round(x · m)`.
+    pub input_multiplier: f32,
+    /// Geometry, weights, output scales (weight scale × `1/m`) and biases.
+    #[serde(borrow)]
+    pub conv: Conv2d<'a>,
+}
+
+/// Inputs quantised together by the dense kernel (a stack buffer).
+const DENSE_CHUNK: usize = 32;
+/// Output rows accumulated together by the dense kernel.
+const DENSE_ROWS: usize = 4;
+
+impl Int8Dense<'_> {
+    /// Forward pass (validated shapes assumed; a mismatch computes on the common
+    /// prefix and never panics). Four rows at a time; each chunk of inputs is
+    /// quantised once per block of rows.
+    pub(crate) fn forward(&self, x: &[f32], y: &mut [f32]) {
+        let d = &self.dense;
+        let n = (d.inputs as usize).min(x.len());
+        let cols = d.inputs as usize;
+        if cols == 0 {
+            return;
+        }
+        let m = self.input_multiplier;
+        let mut rows = d.weights.chunks_exact(cols);
+        let mut o = 0usize;
+        for yb in y.chunks_mut(DENSE_ROWS) {
+            let block: [&[u8]; DENSE_ROWS] = core::array::from_fn(|j| {
+                if j < yb.len() {
+                    rows.next().unwrap_or(&[])
+                } else {
+                    &[]
+                }
+            });
+            let mut acc = [0i32; DENSE_ROWS];
+            let mut q = [0i32; DENSE_CHUNK];
+            for (c, xc) in x.get(..n).unwrap_or(x).chunks(DENSE_CHUNK).enumerate() {
+                for (qi, &xi) in q.iter_mut().zip(xc) {
+                    *qi = quantize_activation(xi, m);
+                }
+                let start = c * DENSE_CHUNK;
+                for (a, row) in acc.iter_mut().zip(&block) {
+                    let wc = row.get(start..start + xc.len()).unwrap_or(&[]);
+                    for (&wb, &qi) in wc.iter().zip(&q) {
+                        *a = a.wrapping_add(i32::from(wb as i8) * qi);
+                    }
+                }
+            }
+            for (j, (yo, &a)) in yb.iter_mut().zip(&acc).enumerate() {
+                *yo = dequantize(a, d.scale(o + j), d.bias(o + j));
+            }
+            o += yb.len();
+        }
+    }
+
+    /// Straight-through VJP: `gx = m · Wᵀ (scale ⊙ gy)`.
+    pub(crate) fn vjp(&self, gy: &[f32], gx: &mut [f32]) {
+        self.dense.vjp(gy, gx);
+        for g in gx.iter_mut() {
+            *g *= self.input_multiplier;
+        }
+    }
+}
+
+/// `y = (acc as f32) · scale + bias`.
+#[inline(always)]
+fn dequantize(acc: i32, scale: f32, bias: f32) -> f32 {
+    acc as f32 * scale + bias
+}
+
+/// Output channels accumulated together by the conv kernel.
+const CONV_OBLK: usize = 4;
+/// Adjacent output columns accumulated together by the conv kernel.
+const CONV_CHUNK: usize = 4;
+/// Padded input positions one chunk reads: `(CONV_CHUNK − 1)·s + k`, `s ≤ 2`.
+const CONV_SEGMENT: usize = (CONV_CHUNK - 1) * 2 + MAX_KERNEL as usize;
+
+impl Int8Conv2d<'_> {
+    /// Forward pass (validated shapes assumed; a mismatch computes what fits and
+    /// never panics). A block of output channels × adjacent output columns is
+    /// accumulated over every `(ci, ky, kx)`; the input positions a chunk reads are
+    /// quantised once per `(ci, ky)` into a zero-padded segment.
+    pub(crate) fn forward(&self, x: &[f32], y: &mut [f32]) {
+        let c = &self.conv;
+        let (cin, cout) = (usize::from(c.in_channels), usize::from(c.out_channels));
+        let (h, w) = (usize::from(c.height), usize::from(c.width));
+        let (k, s, p) = (
+            usize::from(c.kernel),
+            usize::from(c.stride),
+            usize::from(c.padding),
+        );
+        let (oh, ow) = (conv_out(h, k, s, p), conv_out(w, k, s, p));
+        let (in_plane, out_plane, kk) = (h * w, oh * ow, k * k);
+        if in_plane == 0 || out_plane == 0 || kk == 0 || s == 0 {
+            return;
+        }
+        let m = self.input_multiplier;
+        let wlen = cin * kk;
+        let need = ((CONV_CHUNK - 1) * s + k).min(CONV_SEGMENT);
+        for (blk, yblock) in y
+            .chunks_mut(CONV_OBLK * out_plane)
+            .enumerate()
+            .take(cout.div_ceil(CONV_OBLK))
+        {
+            let o0 = blk * CONV_OBLK;
+            let wb: [&[u8]; CONV_OBLK] = core::array::from_fn(|b| {
+                c.weights
+                    .get((o0 + b) * wlen..(o0 + b + 1) * wlen)
+                    .unwrap_or(&[])
+            });
+            for oy in 0..oh {
+                let mut ox0 = 0;
+                while ox0 < ow {
+                    let lanes = CONV_CHUNK.min(ow - ox0);
+                    let mut acc = [[0i32; CONV_CHUNK]; CONV_OBLK];
+                    for (ci, xplane) in x.chunks_exact(in_plane).enumerate().take(cin) {
+                        for ky in 0..k {
+                            let Some(iy) = (oy * s + ky).checked_sub(p).filter(|&v| v < h) else {
+                                continue;
+                            };
+                            let xrow = xplane.get(iy * w..(iy + 1) * w).unwrap_or(&[]);
+                            let mut seg = [0i32; CONV_SEGMENT];
+                            let base = ox0 * s;
+                            for (t, q) in seg.iter_mut().enumerate().take(need) {
+                                *q = (base + t)
+                                    .checked_sub(p)
+                                    .and_then(|ix| xrow.get(ix))
+                                    .map_or(0, |&v| quantize_activation(v, m));
+                            }
+                            for kx in 0..k {
+                                let at = ci * kk + ky * k + kx;
+                                for (a, wo) in acc.iter_mut().zip(&wb) {
+                                    let wv = wo.get(at).map_or(0, |&v| i32::from(v as i8));
+                                    for (l, al) in a.iter_mut().enumerate() {
+                                        *al = al.wrapping_add(
+                                            wv * seg.get(l * s + kx).copied().unwrap_or(0),
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    for (b, (yplane, a)) in yblock.chunks_exact_mut(out_plane).zip(&acc).enumerate()
+                    {
+                        let (sc, bias) = (c.scale(o0 + b), c.bias(o0 + b));
+                        let start = oy * ow + ox0;
+                        if let Some(dst) = yplane.get_mut(start..start + lanes) {
+                            for (d, &v) in dst.iter_mut().zip(a) {
+                                *d = dequantize(v, sc, bias);
+                            }
+                        }
+                    }
+                    ox0 += lanes;
+                }
+            }
+        }
+    }
+
+    /// Straight-through VJP: the float convolution's VJP, times `m`.
+    pub(crate) fn vjp(&self, gy: &[f32], gx: &mut [f32]) {
+        self.conv.vjp(gy, gx);
+        for g in gx.iter_mut() {
+            *g *= self.input_multiplier;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantize_activation_rounds_half_up_and_clamps() {
+        let m = 127.0;
+        assert_eq!(quantize_activation(0.0, m), 0);
+        assert_eq!(quantize_activation(1.0, m), 127);
+        assert_eq!(quantize_activation(2.0, m), 127);
+        assert_eq!(quantize_activation(-3.0, m), -127);
+        assert_eq!(quantize_activation(f32::NAN, m), 0);
+        assert_eq!(quantize_activation(f32::INFINITY, m), 127);
+        assert_eq!(quantize_activation(0.5, 1.0), 1);
+        assert_eq!(quantize_activation(-0.5, 1.0), 0);
+        assert_eq!(quantize_activation(1.49, 1.0), 1);
+        assert_eq!(quantize_activation(-1.51, 1.0), -2);
+    }
+
+    #[test]
+    fn max_fan_in_cannot_overflow() {
+        assert!(i64::from(MAX_FAN_IN) * 127 * 127 <= i64::from(i32::MAX));
+        assert!(i64::from(MAX_FAN_IN + 1) * 127 * 127 > i64::from(i32::MAX));
+    }
+}
