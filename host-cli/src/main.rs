@@ -90,6 +90,9 @@ enum Command {
     /// Rewrite a format version 1/2 model with the f32 noise generator of version 3
     /// (about 30× cheaper on a Cortex-M4F; the purifications change slightly).
     Upgrade(cmd::upgrade::UpgradeArgs),
+    /// Convert a model's classifier to int8 activations (format version 4: integer
+    /// sums, the fast path on a Cortex-M4), calibrated on TRAIN images.
+    Int8(cmd::int8::Int8Args),
 }
 
 /// Expands `train --config FILE`: the TOML file's keys become flags placed before
@@ -207,6 +210,7 @@ fn main() {
         Command::Eval(a) => cmd::eval::run(a),
         Command::FirmwareCheck(a) => cmd::firmware::run(a),
         Command::Upgrade(a) => cmd::upgrade::run(a),
+        Command::Int8(a) => cmd::int8::run(a),
     };
     // Flush here so that a failed final write is reported, not lost at exit.
     let result = result.and_then(|code| {

@@ -2230,3 +2230,115 @@ fn train_behind_a_purifier_fine_tunes_resumes_and_rejects_bad_flags() {
         text(&o)
     );
 }
+
+#[test]
+fn int8_converts_the_classifier_reports_accuracy_and_refuses_what_it_cannot_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // 28 × 28 generated images in the MNIST layout, for the shipped model.
+    let data = d.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let n = 300u32;
+    let ds = synthetic_bands(n as usize, 28, 10, 3);
+    write_idx_gz(
+        &data.join("train-images-idx3-ubyte.gz"),
+        0x803,
+        &[n, 28, 28],
+        &ds.pixels,
+    );
+    write_idx_gz(
+        &data.join("train-labels-idx1-ubyte.gz"),
+        0x801,
+        &[n],
+        &ds.labels,
+    );
+    let model = fixtures().join("mnist-robust.psm");
+    let out = d.join("q");
+    let args = |extra: &[&str]| {
+        let mut v = vec![
+            "int8",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--out",
+            s(&out),
+            "--calibration",
+            "50",
+            "--validation",
+            "100",
+        ];
+        v.extend_from_slice(extra);
+        v.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let runv = |v: Vec<String>| bin().args(v).output().unwrap();
+    let o = runv(args(&[]));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("format version 4"), "{}", text(&o));
+    assert!(
+        text(&o).contains("100 TRAIN hold-out images"),
+        "{}",
+        text(&o)
+    );
+    let q = out.join("mnist-robust-int8.psm");
+    let written = std::fs::read(&q).unwrap();
+    assert_eq!(u16::from_le_bytes([written[4], written[5]]), 4);
+
+    // The converted model inspects and classifies.
+    let o = run(&["inspect", s(&q)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(text(&o).matches("int8 input").count(), 4, "{}", text(&o));
+    let o = run(&[
+        "classify",
+        "--model",
+        s(&q),
+        "--idx",
+        s(&data.join("train-images-idx3-ubyte.gz")),
+        "--count",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // No silent overwrite; --force overwrites.
+    let o = runv(args(&[]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("--force"), "{}", text(&o));
+    let o = runv(args(&["--force"]));
+    assert!(o.status.success(), "{}", text(&o));
+
+    // An int8 model has nothing left to convert; the output folder stays clean.
+    let again = d.join("again");
+    let o = run(&[
+        "int8",
+        "--model",
+        s(&q),
+        "--data",
+        s(&data),
+        "--out",
+        s(&again),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("already int8"), "{}", text(&o));
+    assert!(!again.join("mnist-robust-int8-int8.psm").exists());
+
+    // Images of another size are refused by name.
+    let small = d.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    data_dir(&small);
+    let o = run(&[
+        "int8",
+        "--model",
+        s(&model),
+        "--data",
+        s(&small),
+        "--out",
+        s(&again),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("64 values"), "{}", text(&o));
+
+    // The float reference (eval, verify) refuses int8 layers by name.
+    let o = run(&["verify", "--model", s(&q), "--data", s(&data)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("int8-conv2d"), "{}", text(&o));
+}

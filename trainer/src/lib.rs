@@ -2,7 +2,8 @@
 //!
 //! Host-side tooling for PurSAMERE: data loaders ([`data`]), architectures
 //! ([`arch`]), training ([`train`]),
-//! quantised export ([`export`]), the batched float reference purifier
+//! quantised export ([`export`]), conversion of a classifier to int8 activations
+//! ([`int8`]), the batched float reference purifier
 //! ([`reference`], [`unrolled`]), attacks ([`attack`]) and the white-box robustness
 //! evaluation ([`eval`]).
 #![deny(missing_docs)]
@@ -13,6 +14,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod gather;
+pub mod int8;
 pub mod model;
 pub mod reference;
 pub mod safetensors_io;

@@ -43,17 +43,10 @@ pub fn run(a: InspectArgs) -> Result<i32> {
             let kind = match l {
                 Layer::Dense(_) => "dense int8".to_owned(),
                 Layer::Relu => "relu".to_owned(),
-                // Kernel, stride, padding and the output map (the input is
-                // the previous layer's).
-                Layer::Conv2d(c) => format!(
-                    "conv{k}x{k}/s{}/p{} -> {}x{}x{}",
-                    c.stride,
-                    c.padding,
-                    c.out_channels,
-                    c.out_height(),
-                    c.out_width(),
-                    k = c.kernel
-                ),
+                Layer::Conv2d(c) => conv_kind(c),
+                // Integer sums on int8 inputs (format version 4).
+                Layer::Int8Dense(_) => "dense int8, int8 input".to_owned(),
+                Layer::Int8Conv2d(q) => format!("{}, int8 input", conv_kind(&q.conv)),
                 Layer::Upsample2x(u) => format!(
                     "upsample2x -> {}x{}x{}",
                     u.channels,
@@ -160,4 +153,18 @@ pub fn run(a: InspectArgs) -> Result<i32> {
         model.classifier_macs()
     )?;
     Ok(0)
+}
+
+/// Kernel, stride, padding and the output map of a convolution (the input is the
+/// previous layer's).
+fn conv_kind(c: &pursamere_core::Conv2d<'_>) -> String {
+    format!(
+        "conv{k}x{k}/s{}/p{} -> {}x{}x{}",
+        c.stride,
+        c.padding,
+        c.out_channels,
+        c.out_height(),
+        c.out_width(),
+        k = c.kernel
+    )
 }

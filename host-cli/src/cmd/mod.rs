@@ -7,6 +7,7 @@ pub mod firmware;
 pub mod fixtures;
 pub mod images;
 pub mod inspect;
+pub mod int8;
 pub mod purify;
 pub mod train;
 pub mod upgrade;
