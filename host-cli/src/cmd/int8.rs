@@ -70,7 +70,7 @@ pub fn run(a: Int8Args) -> Result<i32> {
             .with_context(|| format!("--model {}", a.model.display()));
     }
     let name = format!("{stem}-int8.psm");
-    let out_dir = super::OutDir::prepare(&a.out, "--out", &[name.clone()], a.force)?;
+    let out_dir = super::OutDir::prepare(&a.out, "--out", std::slice::from_ref(&name), a.force)?;
     let full = load_dataset_dir(&a.data, Split::Train)?;
     if full.image_len() != model.input_len() {
         bail!(
