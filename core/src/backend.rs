@@ -19,7 +19,7 @@
 //! feature detection); [`crate::Model::purify_with`] and
 //! [`crate::Model::ere_value_and_grad_with`] take another implementation.
 
-use crate::layers::Dense;
+use crate::layers::{Dense, Int8Conv2d, Int8Dense, Layer};
 
 /// Batched kernels of a dense layer. `xs`/`gxs` hold `batch` samples of
 /// `layer.inputs` floats one after another, `ys`/`gys` `batch` samples of
@@ -47,6 +47,19 @@ pub trait DenseKernels {
         batch: usize,
         rowbuf: &mut [f32],
     );
+
+    /// Forward pass of one sample through an int8-activation dense layer (its
+    /// integer sums are exact, so any summation order gives the core's bits).
+    /// Default: the core's kernel.
+    fn int8_dense_forward(&self, layer: &Int8Dense<'_>, x: &[f32], y: &mut [f32]) {
+        Layer::Int8Dense(*layer).forward(x, y);
+    }
+
+    /// Forward pass of one sample through an int8-activation convolution. Default:
+    /// the core's kernel.
+    fn int8_conv_forward(&self, layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) {
+        Layer::Int8Conv2d(*layer).forward(x, y);
+    }
 }
 
 /// The core's own kernels: portable Rust with the summation order written out, the

@@ -12,9 +12,12 @@
 //! the reciprocal of the input's quantisation step) and the stored per-row `scale`
 //! and `bias` of the wrapped [`Dense`] or [`Conv2d`]:
 //!
-//! * input: `q = quantize_activation(x, m)`: `v = x · m` clamped to `[−127, 127]`,
-//!   then `(v + 127.5)` truncated toward zero, minus 127 (round half up, each step
-//!   one IEEE binary32 operation); NaN gives 0;
+//! * input: `q = quantize_activation(x, m)`: `t = x · m + 127.5` (two IEEE
+//!   binary32 operations), converted to an integer the way Rust's `as i32` does
+//!   (toward zero, saturating, NaN → 0), clamped to `[0, 254]`, minus 127: round
+//!   half up of `x · m` clamped to `[−127, 127]`; NaN gives −127. (Four
+//!   instructions on a Cortex-M4: `VMUL`, `VADD`, `VCVT`, which saturates, and a
+//!   clamp);
 //! * `acc[o] = Σ w[o][i] · q[i]` in `i32` (exact: validation bounds the fan-in by
 //!   [`MAX_FAN_IN`], so no sum can overflow); zero padding of a convolution is `q = 0`;
 //! * output: `y[o] = (acc[o] as f32) · scale[o] + bias[o]` (round to nearest, then a
@@ -43,13 +46,9 @@ pub const MAX_FAN_IN: u32 = (i32::MAX as u32) / (127 * 127);
 /// The quantised activation `q(x) ∈ [−127, 127]` (see the module documentation).
 #[inline]
 pub fn quantize_activation(x: f32, multiplier: f32) -> i32 {
-    let v = x * multiplier;
-    if v.is_nan() {
-        return 0;
-    }
-    let v = v.clamp(-127.0, 127.0);
-    // v + 127.5 ∈ [0.5, 254.5]: truncation is the floor, and `as` cannot saturate.
-    (v + 127.5) as i32 - 127
+    // `as` truncates toward zero, saturates, and maps NaN to 0 on every target; the
+    // clamp after it equals clamping `x · m` to [−127, 127] first.
+    ((x * multiplier + 127.5) as i32).clamp(0, 254) - 127
 }
 
 /// A dense layer whose input is quantised to int8 (format version 4).
@@ -243,7 +242,10 @@ mod tests {
         assert_eq!(quantize_activation(1.0, m), 127);
         assert_eq!(quantize_activation(2.0, m), 127);
         assert_eq!(quantize_activation(-3.0, m), -127);
-        assert_eq!(quantize_activation(f32::NAN, m), 0);
+        assert_eq!(quantize_activation(f32::NAN, m), -127);
+        assert_eq!(quantize_activation(f32::NEG_INFINITY, m), -127);
+        assert_eq!(quantize_activation(1e30, m), 127);
+        assert_eq!(quantize_activation(-1.0001, m), -127);
         assert_eq!(quantize_activation(f32::INFINITY, m), 127);
         assert_eq!(quantize_activation(0.5, 1.0), 1);
         assert_eq!(quantize_activation(-0.5, 1.0), 0);

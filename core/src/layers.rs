@@ -358,13 +358,28 @@ impl Layer<'_> {
             Layer::Dense(d) => kernels.dense_forward_batch(d, xs, ys, batch, rowbuf),
             // Elementwise: the batch is one long vector.
             Layer::Relu => self.forward(xs, ys),
+            // The int8 layers run in classifiers, one sample at a time.
+            Layer::Int8Dense(q) => {
+                let (n, m) = (self.input_len_hint(), self.output_len(0));
+                if n == 0 || m == 0 {
+                    return;
+                }
+                for (x, y) in xs.chunks_exact(n).zip(ys.chunks_exact_mut(m)).take(batch) {
+                    kernels.int8_dense_forward(q, x, y);
+                }
+            }
+            Layer::Int8Conv2d(q) => {
+                let (n, m) = (self.input_len_hint(), self.output_len(0));
+                if n == 0 || m == 0 {
+                    return;
+                }
+                for (x, y) in xs.chunks_exact(n).zip(ys.chunks_exact_mut(m)).take(batch) {
+                    kernels.int8_conv_forward(q, x, y);
+                }
+            }
             // Every weight is already reused for every output pixel: one sample at a
-            // time (bit-identical by construction). The int8 layers run in classifiers,
-            // one sample at a time.
-            Layer::Conv2d(_)
-            | Layer::Upsample2x(_)
-            | Layer::Int8Dense(_)
-            | Layer::Int8Conv2d(_) => {
+            // time (bit-identical by construction).
+            Layer::Conv2d(_) | Layer::Upsample2x(_) => {
                 let (n, m) = (self.input_len_hint(), self.output_len(0));
                 if n == 0 || m == 0 {
                     return;

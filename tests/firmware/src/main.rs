@@ -188,7 +188,8 @@ fn run() -> Option<usize> {
             hprintln!("image {} purify error: {}", i, e);
             return None;
         }
-        let l = match model.classify(&out, &mut logits, &mut scratch) {
+        let l = match model.classify_with(&pursamere_m4::M4Kernels, &out, &mut logits, &mut scratch)
+        {
             Ok(l) => l,
             Err(e) => {
                 hprintln!("image {} classify error: {}", i, e);
@@ -262,7 +263,15 @@ fn profile_layers(model: &Model<'_>, scratch: &mut [f32]) {
             // instructions of a mark or a timer read fall inside the windows).
             pursamere_phase_mark();
             let t0 = ticks();
-            layer.forward(x, y);
+            // The kernels a classification runs (the int8 layers on the DSP path).
+            {
+                use pursamere_core::{DenseKernels, Layer};
+                match layer {
+                    Layer::Int8Dense(q) => pursamere_m4::M4Kernels.int8_dense_forward(q, x, y),
+                    Layer::Int8Conv2d(q) => pursamere_m4::M4Kernels.int8_conv_forward(q, x, y),
+                    other => other.forward(x, y),
+                }
+            }
             let t1 = ticks();
             pursamere_phase_mark();
             layer.vjp(x, y, gx);

@@ -1,0 +1,283 @@
+//! # pursamere-m4
+//!
+//! Cortex-M4 kernels for the core's int8-activation layers (`Int8Dense`,
+//! `Int8Conv2d`, format version 4), plugged in through [`pursamere_core::DenseKernels`]:
+//!
+//! ```ignore
+//! let label = model.classify_with(&pursamere_m4::M4Kernels, &image, &mut logits, &mut scratch)?;
+//! ```
+//!
+//! An int8 layer's sums are exact integers, so every summation order gives the
+//! core's bits: these kernels reorder freely and stay bit-identical (the firmware
+//! test compares every image's digest with the host). The M4's `SMLAD` multiplies
+//! two pairs of signed halfwords and adds both products in one cycle; `SXTB16`
+//! unpacks bytes 0 and 2 (or 1 and 3) of a word into such a pair. Four int8 weights
+//! of a row, loaded as one word, meet four quantised inputs, loaded as one word,
+//! in two `SMLAD`s after four `SXTB16`s (CMSIS-NN's scheme); the inputs' unpacking
+//! is shared by four rows.
+//!
+//! The layer input (f32) is quantised once per call into a stack buffer of at most
+//! [`MAX_INPUT`] bytes (a convolution also builds each output position's patch, at
+//! most [`MAX_PATCH`] bytes); a larger layer falls back to the core's own kernel.
+//! Float layers (the purifier's denoiser, float classifiers) run the core's portable
+//! kernels. Elsewhere than on an Armv7E-M target the three DSP instructions are
+//! emulated, so the host tests run the same algorithm.
+#![no_std]
+#![deny(missing_docs)]
+
+mod dsp;
+
+use dsp::{dot2_steps, smlad, sxtb16, sxtb16_ror8, word};
+use pursamere_core::{
+    quantize_activation, Dense, DenseKernels, Int8Conv2d, Int8Dense, Layer, Portable,
+};
+
+/// Largest int8-layer input (values) quantised on the stack; a larger layer runs the
+/// core's kernel.
+pub const MAX_INPUT: usize = 4096;
+/// Largest convolution fan-in (`in_channels × kernel²`) these kernels take.
+pub const MAX_PATCH: usize = 1024;
+/// Output channels whose scale and bias a convolution decodes once per call.
+const CACHED: usize = 64;
+
+/// The device kernels: the int8 layers on the DSP instructions, everything else the
+/// core's [`Portable`] kernels.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct M4Kernels;
+
+impl DenseKernels for M4Kernels {
+    fn dense_forward_batch(
+        &self,
+        layer: &Dense<'_>,
+        xs: &[f32],
+        ys: &mut [f32],
+        batch: usize,
+        rowbuf: &mut [f32],
+    ) {
+        Portable.dense_forward_batch(layer, xs, ys, batch, rowbuf);
+    }
+
+    fn dense_vjp_batch(
+        &self,
+        layer: &Dense<'_>,
+        gys: &[f32],
+        gxs: &mut [f32],
+        batch: usize,
+        rowbuf: &mut [f32],
+    ) {
+        Portable.dense_vjp_batch(layer, gys, gxs, batch, rowbuf);
+    }
+
+    fn int8_dense_forward(&self, layer: &Int8Dense<'_>, x: &[f32], y: &mut [f32]) {
+        if !int8_dense(layer, x, y) {
+            Layer::Int8Dense(*layer).forward(x, y);
+        }
+    }
+
+    fn int8_conv_forward(&self, layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) {
+        if !int8_conv(layer, x, y) {
+            Layer::Int8Conv2d(*layer).forward(x, y);
+        }
+    }
+}
+
+/// Quantises `x` into `q` (one two's-complement byte per value).
+fn quantize_into(x: &[f32], m: f32, q: &mut [u8]) {
+    for (b, &v) in q.iter_mut().zip(x) {
+        *b = quantize_activation(v, m) as i8 as u8;
+    }
+}
+
+/// Two products of four int8 weights (one word) with four quantised inputs (one
+/// word, already unpacked into bytes 0, 2 and bytes 1, 3), added to `acc`.
+#[inline(always)]
+fn mac4(w: u32, xa: u32, xb: u32, acc: i32) -> i32 {
+    smlad(sxtb16_ror8(w), xb, smlad(sxtb16(w), xa, acc))
+}
+
+/// `[Σ_i w_0[i] · q[i], Σ_i w_1[i] · q[i]]` over `q` (rows at least as long as
+/// `q`; a shorter row gives 0). Two rows share each unpacked input word; eight
+/// inputs per step keep both rows' pointers, both sums and two input words in
+/// the M4's registers.
+#[inline(always)]
+fn dot2(r0: &[u8], r1: &[u8], q: &[u8]) -> [i32; 2] {
+    let n8 = q.len() / 8 * 8;
+    let (Some((h0, t0)), Some((h1, t1))) = (r0.split_at_checked(n8), r1.split_at_checked(n8))
+    else {
+        return [0, 0];
+    };
+    let (qh, qt) = q.split_at(n8);
+    let [mut a0, mut a1] = dot2_steps(qh, h0, h1, n8 / 8, [0, 0]);
+    for (i, &xb) in qt.iter().enumerate() {
+        let x = i32::from(xb as i8);
+        a0 = a0.wrapping_add(t0.get(i).map_or(0, |&b| i32::from(b as i8)) * x);
+        a1 = a1.wrapping_add(t1.get(i).map_or(0, |&b| i32::from(b as i8)) * x);
+    }
+    [a0, a1]
+}
+
+/// `Σ_i w[i] · q[i]` for one row at least as long as `q` (0 when shorter).
+#[inline(always)]
+fn dot1(row: &[u8], q: &[u8]) -> i32 {
+    let Some(row) = row.get(..q.len()) else {
+        return 0;
+    };
+    let n4 = q.len() / 4 * 4;
+    let (qh, qt) = q.split_at(n4);
+    let (h0, t0) = row.split_at(n4);
+    let mut a = 0i32;
+    for (xq, w0) in qh.chunks_exact(4).zip(h0.chunks_exact(4)) {
+        let xw = word(xq);
+        a = mac4(word(w0), sxtb16(xw), sxtb16_ror8(xw), a);
+    }
+    for (&xb, &wb) in qt.iter().zip(t0) {
+        a = a.wrapping_add(i32::from(wb as i8) * i32::from(xb as i8));
+    }
+    a
+}
+
+/// `dst = src` for a kernel row (k ≤ 7 bytes): the common 3×3 case as three byte
+/// moves (a loop here becomes a `memcpy` call, which costs more than the copy).
+#[inline(always)]
+fn copy_small(dst: &mut [u8], src: &[u8]) {
+    match (dst, src) {
+        ([d0, d1, d2], [s0, s1, s2]) => (*d0, *d1, *d2) = (*s0, *s1, *s2),
+        (dst, src) => {
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = v;
+            }
+        }
+    }
+}
+
+/// The dequantised output `(acc as f32) · scale + bias`, as the core defines it.
+#[inline(always)]
+fn dequantize(acc: i32, scale: f32, bias: f32) -> f32 {
+    acc as f32 * scale + bias
+}
+
+/// The int8 dense layer on the DSP path; `false` when it is too large for it.
+fn int8_dense(layer: &Int8Dense<'_>, x: &[f32], y: &mut [f32]) -> bool {
+    let d = &layer.dense;
+    let n = d.inputs as usize;
+    if n == 0 || n > MAX_INPUT || x.len() < n {
+        return false;
+    }
+    let mut qbuf = [0u8; MAX_INPUT];
+    let Some(q) = qbuf.get_mut(..n) else {
+        return false;
+    };
+    quantize_into(x, layer.input_multiplier, q);
+    let q = &*q;
+    let mut rows = d.weights.chunks_exact(n);
+    let mut o = 0usize;
+    let mut pairs = y.chunks_exact_mut(2);
+    for yp in &mut pairs {
+        let (Some(r0), Some(r1)) = (rows.next(), rows.next()) else {
+            return true;
+        };
+        for (j, (yo, a)) in yp.iter_mut().zip(dot2(r0, r1, q)).enumerate() {
+            *yo = dequantize(a, d.scale(o + j), d.bias(o + j));
+        }
+        o += 2;
+    }
+    for (yo, row) in pairs.into_remainder().iter_mut().zip(rows) {
+        *yo = dequantize(dot1(row, q), d.scale(o), d.bias(o));
+    }
+    true
+}
+
+/// The int8 convolution on the DSP path (im2col per output position, then four
+/// output channels at a time); `false` when it is too large for it.
+fn int8_conv(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) -> bool {
+    let c = &layer.conv;
+    let (cin, cout) = (usize::from(c.in_channels), usize::from(c.out_channels));
+    let (h, width) = (usize::from(c.height), usize::from(c.width));
+    let (k, s, p) = (
+        usize::from(c.kernel),
+        usize::from(c.stride),
+        usize::from(c.padding),
+    );
+    let (oh, ow) = (c.out_height(), c.out_width());
+    let (in_len, fan, out_plane) = (cin * h * width, cin * k * k, oh * ow);
+    // The quantised input with its zero border: every patch row is then one plain
+    // copy of k bytes.
+    let (hp, wp) = (h + 2 * p, width + 2 * p);
+    let padded_len = cin * hp * wp;
+    if in_len == 0 || padded_len > MAX_INPUT || fan == 0 || fan > MAX_PATCH || x.len() < in_len {
+        return false;
+    }
+    if y.len() < cout * out_plane {
+        return false;
+    }
+    let mut qbuf = [0u8; MAX_INPUT];
+    for (xrow, r) in x.chunks_exact(width).take(cin * h).zip(0..) {
+        let (ci, iy) = (r / h, r % h);
+        let start = (ci * hp + iy + p) * wp + p;
+        if let Some(dst) = qbuf.get_mut(start..start + width) {
+            quantize_into(xrow, layer.input_multiplier, dst);
+        }
+    }
+    let qin = &qbuf[..padded_len];
+    // The patch, zero-padded to a multiple of eight bytes: a row's last words may
+    // then read past its end (into the next row's weights, times zero) instead of
+    // taking a byte-by-byte tail.
+    let fan8 = fan.div_ceil(8) * 8;
+    let mut pbuf = [0u8; MAX_PATCH + 8];
+    let Some(patch) = pbuf.get_mut(..fan8) else {
+        return false;
+    };
+    let w = |o: usize, len: usize| c.weights.get(o * fan..o * fan + len);
+    // The output channels' scales and biases, decoded once (up to CACHED channels).
+    let (mut sbuf, mut bbuf) = ([0.0f32; CACHED], [0.0f32; CACHED]);
+    let cached = cout.min(CACHED);
+    for (o, (sv, bv)) in sbuf.iter_mut().zip(&mut bbuf).enumerate().take(cached) {
+        (*sv, *bv) = (c.scale(o), c.bias(o));
+    }
+    let (scales, biases) = (&sbuf[..cached], &bbuf[..cached]);
+    for oy in 0..oh {
+        for ox in 0..ow {
+            // The patch in the weights' (ci, ky, kx) order.
+            let mut at = 0usize;
+            for ci in 0..cin {
+                for ky in 0..k {
+                    let src = (ci * hp + oy * s + ky) * wp + ox * s;
+                    if let (Some(dst), Some(src)) =
+                        (patch.get_mut(at..at + k), qin.get(src..src + k))
+                    {
+                        copy_small(dst, src);
+                    }
+                    at += k;
+                }
+            }
+            let padded = &*patch;
+            let exact = padded.get(..fan).unwrap_or(padded);
+            let pos = oy * ow + ox;
+            let mut out = |o: usize, a: i32| {
+                if let Some(yo) = y.get_mut(o * out_plane + pos) {
+                    *yo = match (scales.get(o), biases.get(o)) {
+                        (Some(&sc), Some(&b)) => dequantize(a, sc, b),
+                        _ => dequantize(a, c.scale(o), c.bias(o)),
+                    };
+                }
+            };
+            let mut o = 0usize;
+            while o + 2 <= cout {
+                let [a0, a1] = match (w(o, fan8), w(o + 1, fan8)) {
+                    (Some(r0), Some(r1)) => dot2(r0, r1, padded),
+                    _ => [
+                        w(o, fan).map_or(0, |r| dot1(r, exact)),
+                        w(o + 1, fan).map_or(0, |r| dot1(r, exact)),
+                    ],
+                };
+                out(o, a0);
+                out(o + 1, a1);
+                o += 2;
+            }
+            if o < cout {
+                out(o, w(o, fan).map_or(0, |r| dot1(r, exact)));
+            }
+        }
+    }
+    true
+}

@@ -1,0 +1,150 @@
+//! The device kernels give the core's bits (on the host, with the DSP instructions
+//! emulated): random int8 layers of many shapes, dirty output buffers.
+
+use pursamere_core::{Conv2d, Dense, DenseKernels, Int8Conv2d, Int8Dense, Layer};
+use pursamere_m4::{M4Kernels, MAX_INPUT};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+    fn f32s(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| lo + (hi - lo) * (self.next() >> 40) as f32 / (1u64 << 24) as f32)
+            .collect()
+    }
+    fn le(&mut self, n: usize, lo: f32, hi: f32) -> Vec<u8> {
+        self.f32s(n, lo, hi)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect()
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn int8_dense_is_bit_identical_to_the_core() {
+    let mut rng = Rng(1);
+    for &(n, m) in &[
+        (1, 1),
+        (3, 2),
+        (4, 4),
+        (5, 7),
+        (8, 3),
+        (31, 9),
+        (64, 10),
+        (257, 5),
+        (1568, 64),
+        (MAX_INPUT, 3),
+        (MAX_INPUT + 3, 2), // too large: the core's kernel
+    ] {
+        let (w, sc, b) = (
+            rng.bytes(n * m),
+            rng.le(m, 1e-4, 1e-2),
+            rng.le(m, -1.0, 1.0),
+        );
+        // Inputs past the clamp on both sides, and a NaN.
+        let mut x = rng.f32s(n, -2.0, 3.0);
+        x[n / 2] = f32::NAN;
+        let layer = Int8Dense {
+            input_multiplier: 60.0,
+            dense: Dense {
+                inputs: n as u32,
+                outputs: m as u32,
+                weights: &w,
+                scales: &sc,
+                bias: &b,
+            },
+        };
+        let mut want = vec![-7.5f32; m];
+        Layer::Int8Dense(layer).forward(&x, &mut want);
+        let mut got = vec![1e30f32; m];
+        M4Kernels.int8_dense_forward(&layer, &x, &mut got);
+        assert_eq!(bits(&got), bits(&want), "{n} → {m}");
+    }
+}
+
+#[test]
+fn int8_conv_is_bit_identical_to_the_core() {
+    let mut rng = Rng(2);
+    // (cin, h, w, cout, k, s, p)
+    for &(cin, h, w, cout, k, s, p) in &[
+        (1, 28, 28, 16, 3, 2, 1),
+        (16, 14, 14, 32, 3, 2, 1),
+        (1, 8, 8, 4, 3, 1, 1),
+        (3, 9, 7, 5, 3, 2, 1),
+        (2, 6, 11, 7, 1, 1, 0),
+        (4, 5, 5, 3, 5, 1, 2),
+        (2, 9, 10, 6, 7, 2, 3),
+        (5, 4, 4, 9, 2, 2, 0),
+        (21, 14, 14, 2, 7, 1, 3), // fan-in 1,029 > MAX_PATCH: the core's kernel
+        (30, 12, 12, 2, 3, 1, 1), // input 4,320 > MAX_INPUT: the core's kernel
+    ] {
+        let fan = cin * k * k;
+        let (wts, sc, b) = (
+            rng.bytes(cout * fan),
+            rng.le(cout, 1e-4, 1e-2),
+            rng.le(cout, -1.0, 1.0),
+        );
+        let mut x = rng.f32s(cin * h * w, -0.5, 1.5);
+        x[0] = f32::INFINITY;
+        let layer = Int8Conv2d {
+            input_multiplier: 127.0,
+            conv: Conv2d {
+                in_channels: cin as u16,
+                out_channels: cout as u16,
+                height: h as u16,
+                width: w as u16,
+                kernel: k as u16,
+                stride: s as u16,
+                padding: p as u16,
+                weights: &wts,
+                scales: &sc,
+                bias: &b,
+            },
+        };
+        let len = layer.conv.output_len();
+        let mut want = vec![-7.5f32; len];
+        Layer::Int8Conv2d(layer).forward(&x, &mut want);
+        let mut got = vec![1e30f32; len];
+        M4Kernels.int8_conv_forward(&layer, &x, &mut got);
+        assert_eq!(
+            bits(&got),
+            bits(&want),
+            "{cin}x{h}x{w} → {cout}, k {k} s {s} p {p}"
+        );
+    }
+}
+
+#[test]
+fn mismatched_buffers_never_panic() {
+    let w = [1u8; 12];
+    let f = 1.0f32.to_le_bytes().repeat(3);
+    let layer = Int8Dense {
+        input_multiplier: 1.0,
+        dense: Dense {
+            inputs: 4,
+            outputs: 3,
+            weights: &w,
+            scales: &f,
+            bias: &f,
+        },
+    };
+    for (xn, yn) in [(0, 0), (2, 3), (4, 1), (9, 9)] {
+        let x = vec![0.5f32; xn];
+        let mut y = vec![0.0f32; yn];
+        M4Kernels.int8_dense_forward(&layer, &x, &mut y);
+    }
+}
