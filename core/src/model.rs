@@ -107,9 +107,10 @@ impl<'a> Model<'a> {
         self.den.acts_len
     }
 
-    /// Scratch floats [`Model::classify`] needs.
+    /// Scratch floats [`Model::classify`] needs: two buffers as wide as the widest
+    /// classifier layer (classification keeps no activations for a gradient).
     pub fn classify_scratch_len(&self) -> usize {
-        self.cls.acts_len
+        2 * self.cls.max_width
     }
 
     /// Scratch floats that suffice for every entry point with the file's default
@@ -175,11 +176,20 @@ impl<'a> Model<'a> {
     ) -> Result<usize, Error> {
         check_input(input, self.input_len(), false)?;
         check_len("logits", logits.len(), self.num_classes(), true)?;
-        let acts = take_scratch(scratch, self.cls.acts_len)?;
-        let (head, _) = acts.split_at_mut(self.cls.input_len);
+        let w = self.cls.max_width;
+        let (a, b) = take_scratch(scratch, 2 * w)?.split_at_mut(w);
+        let (head, _) = a.split_at_mut(self.cls.input_len);
         head.copy_from_slice(input);
-        crate::network::forward(kernels, &self.spec.classifier, &self.cls, acts, 1, &mut []);
-        logits.copy_from_slice(crate::network::output(&self.cls, acts, 1));
+        let out = crate::network::forward_pingpong(kernels, &self.spec.classifier, &self.cls, a, b);
+        if out.len() != logits.len() {
+            // Unreachable for a validated model (its output length is the class count).
+            return Err(Error::BufferLength {
+                buffer: "logits",
+                expected: out.len(),
+                found: logits.len(),
+            });
+        }
+        logits.copy_from_slice(out);
         Ok(argmax(logits))
     }
 

@@ -37,6 +37,32 @@ pub(crate) fn forward<K: DenseKernels + ?Sized>(
     }
 }
 
+/// Forward pass of one sample that keeps no activations (classification): the
+/// layers alternate between two buffers of [`NetInfo::max_width`] floats each,
+/// `a` holding the input on entry. Returns the output (`output_len` floats, in `a`
+/// or `b`). The same layer calls on the same values as [`forward`], so the same
+/// bits, in `2 × max_width` floats instead of `acts_len`.
+pub(crate) fn forward_pingpong<'s, K: DenseKernels + ?Sized>(
+    kernels: &K,
+    net: &NetworkSpec<'_>,
+    info: &NetInfo,
+    a: &'s mut [f32],
+    b: &'s mut [f32],
+) -> &'s [f32] {
+    let mut len = info.input_len;
+    let (mut src, mut dst) = (a, b);
+    for layer in &net.layers {
+        let out_len = layer.output_len(len);
+        let (Some(xs), Some(ys)) = (src.get(..len), dst.get_mut(..out_len)) else {
+            return &[];
+        };
+        layer.forward_batch(kernels, xs, ys, 1, &mut []);
+        core::mem::swap(&mut src, &mut dst);
+        len = out_len;
+    }
+    src.get(..len).unwrap_or(&[])
+}
+
 /// The network outputs (`batch × output_len`) inside a forward-filled buffer.
 pub(crate) fn output<'b>(info: &NetInfo, acts: &'b [f32], batch: usize) -> &'b [f32] {
     acts.get(batch * (info.acts_len - info.output_len)..batch * info.acts_len)

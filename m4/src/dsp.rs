@@ -98,6 +98,88 @@ mod imp {
         [a0, a1]
     }
 
+    /// `steps` steps of eight inputs against four interleaved rows (see the
+    /// portable version).
+    #[inline(always)]
+    pub fn dot4i_steps(x: &[u8], w: &[u8], steps: usize, acc: [i32; 4]) -> [i32; 4] {
+        let bytes = steps.saturating_mul(8);
+        if steps == 0 || x.len() < bytes || w.len() < 4 * bytes {
+            return super::portable_dot4i_steps(x, w, steps, acc);
+        }
+        let [mut a0, mut a1, mut a2, mut a3] = acc;
+        // SAFETY: `xp` advances by 8 bytes and `wp` by 32 per step, reading only the
+        // bytes they pass over; the slices hold at least `8 · steps` and `32 · steps`
+        // bytes (checked above) and `steps ≥ 1`. Unaligned single-word LDRs are
+        // allowed on the M4 (see `dot2_steps`). No stack, no writes to memory.
+        unsafe {
+            core::arch::asm!(
+                "2:",
+                "ldr {x}, [{xp}], #4",
+                "ldr {w}, [{wp}], #4",
+                "ldr {v}, [{wp}], #4",
+                "sxtb16 {xa}, {x}",
+                "sxtb16 {xb}, {x}, ror #8",
+                "sxtb16 {x}, {w}",
+                "smlad {a0}, {x}, {xa}, {a0}",
+                "sxtb16 {w}, {w}, ror #8",
+                "smlad {a0}, {w}, {xb}, {a0}",
+                "sxtb16 {x}, {v}",
+                "smlad {a1}, {x}, {xa}, {a1}",
+                "sxtb16 {v}, {v}, ror #8",
+                "smlad {a1}, {v}, {xb}, {a1}",
+                "ldr {w}, [{wp}], #4",
+                "ldr {v}, [{wp}], #4",
+                "sxtb16 {x}, {w}",
+                "smlad {a2}, {x}, {xa}, {a2}",
+                "sxtb16 {w}, {w}, ror #8",
+                "smlad {a2}, {w}, {xb}, {a2}",
+                "sxtb16 {x}, {v}",
+                "smlad {a3}, {x}, {xa}, {a3}",
+                "sxtb16 {v}, {v}, ror #8",
+                "smlad {a3}, {v}, {xb}, {a3}",
+                "ldr {x}, [{xp}], #4",
+                "ldr {w}, [{wp}], #4",
+                "ldr {v}, [{wp}], #4",
+                "sxtb16 {xa}, {x}",
+                "sxtb16 {xb}, {x}, ror #8",
+                "sxtb16 {x}, {w}",
+                "smlad {a0}, {x}, {xa}, {a0}",
+                "sxtb16 {w}, {w}, ror #8",
+                "smlad {a0}, {w}, {xb}, {a0}",
+                "sxtb16 {x}, {v}",
+                "smlad {a1}, {x}, {xa}, {a1}",
+                "sxtb16 {v}, {v}, ror #8",
+                "smlad {a1}, {v}, {xb}, {a1}",
+                "ldr {w}, [{wp}], #4",
+                "ldr {v}, [{wp}], #4",
+                "sxtb16 {x}, {w}",
+                "smlad {a2}, {x}, {xa}, {a2}",
+                "sxtb16 {w}, {w}, ror #8",
+                "smlad {a2}, {w}, {xb}, {a2}",
+                "sxtb16 {x}, {v}",
+                "smlad {a3}, {x}, {xa}, {a3}",
+                "sxtb16 {v}, {v}, ror #8",
+                "smlad {a3}, {v}, {xb}, {a3}",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                xp = inout(reg) x.as_ptr() => _,
+                wp = inout(reg) w.as_ptr() => _,
+                n = inout(reg) steps => _,
+                a0 = inout(reg) a0,
+                a1 = inout(reg) a1,
+                a2 = inout(reg) a2,
+                a3 = inout(reg) a3,
+                x = out(reg) _,
+                w = out(reg) _,
+                v = out(reg) _,
+                xa = out(reg) _,
+                xb = out(reg) _,
+                options(nostack, readonly),
+            );
+        }
+        [a0, a1, a2, a3]
+    }
+
     #[inline(always)]
     pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
         let r: i32;
@@ -136,9 +218,33 @@ mod imp {
     }
 
     pub(crate) use super::portable_dot2_steps as dot2_steps;
+    pub(crate) use super::portable_dot4i_steps as dot4i_steps;
 }
 
-pub(crate) use imp::{dot2_steps, smlad, sxtb16, sxtb16_ror8};
+pub(crate) use imp::{dot2_steps, dot4i_steps, smlad, sxtb16, sxtb16_ror8};
+
+/// `acc[r] + Σ_{i < 8·steps} w_r[i] · x[i]` for four rows stored interleaved by
+/// word (`w` = row 0 bytes 0–3, row 1 bytes 0–3, row 2, row 3, then bytes 4–7 of
+/// each row, …): one weight pointer for four rows, so that the M4's `asm!` loop
+/// keeps four sums, both pointers and the unpacked input in its twelve free
+/// registers (46 instructions per 32 multiply–accumulates).
+#[inline(always)]
+pub(crate) fn portable_dot4i_steps(x: &[u8], w: &[u8], steps: usize, acc: [i32; 4]) -> [i32; 4] {
+    let mut acc = acc;
+    for (xq, wg) in x.chunks_exact(4).zip(w.chunks_exact(16)).take(2 * steps) {
+        let xw = word(xq);
+        let (xa, xb) = (imp::sxtb16(xw), imp::sxtb16_ror8(xw));
+        for (a, wr) in acc.iter_mut().zip(wg.chunks_exact(4)) {
+            let ww = word(wr);
+            *a = imp::smlad(
+                imp::sxtb16_ror8(ww),
+                xb,
+                imp::smlad(imp::sxtb16(ww), xa, *a),
+            );
+        }
+    }
+    acc
+}
 
 /// Four little-endian bytes as a word (`0` past the end).
 #[inline(always)]

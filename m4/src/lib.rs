@@ -27,7 +27,7 @@
 
 mod dsp;
 
-use dsp::{dot2_steps, smlad, sxtb16, sxtb16_ror8, word};
+use dsp::{dot2_steps, dot4i_steps, smlad, sxtb16, sxtb16_ror8, word};
 use pursamere_core::{
     quantize_activation, Dense, DenseKernels, Int8Conv2d, Int8Dense, Layer, Portable,
 };
@@ -39,6 +39,9 @@ pub const MAX_INPUT: usize = 4096;
 pub const MAX_PATCH: usize = 1024;
 /// Output channels whose scale and bias a convolution decodes once per call.
 const CACHED: usize = 64;
+/// Bytes of convolution weights regrouped, four output channels interleaved by
+/// word, on the stack per call (a larger layer takes two channels at a time).
+const MAX_INTERLEAVED: usize = 8192;
 
 /// The device kernels: the int8 layers on the DSP instructions, everything else the
 /// core's [`Portable`] kernels.
@@ -68,12 +71,16 @@ impl DenseKernels for M4Kernels {
         Portable.dense_vjp_batch(layer, gys, gxs, batch, rowbuf);
     }
 
+    // Not inlined: their stack buffers then exist only while an int8 layer runs, not
+    // in the frame of every caller (a float model's firmware pays no RAM for them).
+    #[inline(never)]
     fn int8_dense_forward(&self, layer: &Int8Dense<'_>, x: &[f32], y: &mut [f32]) {
         if !int8_dense(layer, x, y) {
             Layer::Int8Dense(*layer).forward(x, y);
         }
     }
 
+    #[inline(never)]
     fn int8_conv_forward(&self, layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) {
         if !int8_conv(layer, x, y) {
             Layer::Int8Conv2d(*layer).forward(x, y);
@@ -235,6 +242,25 @@ fn int8_conv(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) -> bool {
         (*sv, *bv) = (c.scale(o), c.bias(o));
     }
     let (scales, biases) = (&sbuf[..cached], &bbuf[..cached]);
+    // Blocks of four output channels, their rows interleaved word by word (bytes
+    // past a row's end are the next row's or 0: they meet the patch's zero padding).
+    let mut ibuf = [0u8; MAX_INTERLEAVED];
+    let quads = if cout / 4 * 4 * fan8 <= MAX_INTERLEAVED {
+        cout / 4
+    } else {
+        0
+    };
+    for (q, block) in ibuf.chunks_exact_mut(4 * fan8).take(quads).enumerate() {
+        for (g, group) in block.chunks_exact_mut(16).enumerate() {
+            for (r, dst) in group.chunks_exact_mut(4).enumerate() {
+                let src = (4 * q + r) * fan + 4 * g;
+                for (t, d) in dst.iter_mut().enumerate() {
+                    *d = c.weights.get(src + t).copied().unwrap_or(0);
+                }
+            }
+        }
+    }
+    let interleaved = &ibuf[..quads * 4 * fan8];
     for oy in 0..oh {
         for ox in 0..ow {
             // The patch in the weights' (ci, ky, kx) order.
@@ -261,7 +287,13 @@ fn int8_conv(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) -> bool {
                     };
                 }
             };
-            let mut o = 0usize;
+            for (q, block) in interleaved.chunks_exact(4 * fan8).enumerate() {
+                let acc = dot4i_steps(padded, block, fan8 / 8, [0; 4]);
+                for (r, a) in acc.into_iter().enumerate() {
+                    out(4 * q + r, a);
+                }
+            }
+            let mut o = 4 * quads;
             while o + 2 <= cout {
                 let [a0, a1] = match (w(o, fan8), w(o + 1, fan8)) {
                     (Some(r0), Some(r1)) => dot2(r0, r1, padded),

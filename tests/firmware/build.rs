@@ -227,9 +227,22 @@ fn run() -> Res<()> {
             cfg.iters, cfg.noise_samples
         )
     })?;
-    let scratch = model
+    let mut scratch = model
         .purify_scratch_len(&cfg)
         .max(model.classify_scratch_len());
+    // The layer profile runs each layer on its own: input, output and input
+    // gradient side by side in the scratch buffer.
+    if env("CARGO_FEATURE_LAYER_PROFILE").is_some() {
+        let spec = model.spec();
+        for net in [&spec.denoiser, &spec.classifier] {
+            let mut len = model.input_len();
+            for layer in &net.layers {
+                let out = layer.output_len(len);
+                scratch = scratch.max(2 * len + out);
+                len = out;
+            }
+        }
+    }
 
     // Images and labels.
     let images_path = resolve(ENV_IDX_IMAGES, DEFAULT_IDX_IMAGES)?;
