@@ -1,5 +1,7 @@
 //! The on-target check: builds `tests/firmware` for the Cortex-M4F once per model —
-//! the shipped dense model `fixtures/mnist.psm`, the trained convolutional pair
+//! the shipped default `fixtures/mnist-robust.psm`, its int8-activation form
+//! `fixtures/mnist-robust-int8.psm` (the DSP kernels of `pursamere-m4`), the dense
+//! purifier model `fixtures/mnist.psm`, the trained convolutional pair
 //! `fixtures/mnist-conv.psm` and the random-weight `fixtures/tiny-conv.psm` (strided
 //! convs, ×2 upsampling, residual) — runs each
 //! under QEMU (mps2-an386), and asserts for each that every purified image's digest
@@ -367,6 +369,18 @@ fn shipped_default_under_qemu_is_bit_identical_and_within_the_device_budget() {
         "the shipped default executes {} instructions per image (budget {SHIPPED_INSTRUCTION_BUDGET})",
         m.instructions
     );
+}
+
+#[test]
+fn int8_classifier_under_qemu_is_bit_identical_with_host_and_within_the_device_budget() {
+    // The shipped default with its classifier in int8 form (`pursamere int8`): the
+    // firmware runs its layers on the M4's SMLAD/SXTB16 `asm!` kernels, the host on
+    // the core's portable integer kernels; the digests must agree.
+    let Some(m) = check("fixtures/mnist-robust-int8.psm") else {
+        return;
+    };
+    assert!(m.flash <= SHIPPED_FLASH_BUDGET, "{} bytes of flash", m.flash);
+    assert!(m.ram <= RAM_BUDGET, "{} bytes of RAM", m.ram);
 }
 
 #[test]
