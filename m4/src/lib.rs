@@ -41,7 +41,7 @@ pub const MAX_PATCH: usize = 1024;
 const CACHED: usize = 64;
 /// Bytes of convolution weights regrouped, four output channels interleaved by
 /// word, on the stack per call (a larger layer takes two channels at a time).
-const MAX_INTERLEAVED: usize = 8192;
+const MAX_INTERLEAVED: usize = 4608;
 
 /// The device kernels: the int8 layers on the DSP instructions, everything else the
 /// core's [`Portable`] kernels.
@@ -90,7 +90,18 @@ impl DenseKernels for M4Kernels {
 
 /// Quantises `x` into `q` (one two's-complement byte per value).
 fn quantize_into(x: &[f32], m: f32, q: &mut [u8]) {
-    for (b, &v) in q.iter_mut().zip(x) {
+    // Four at a time: the M4 then overlaps one value's conversion with the next.
+    let mut qc = q.chunks_exact_mut(4);
+    let mut xc = x.chunks_exact(4);
+    for (b, v) in (&mut qc).zip(&mut xc) {
+        if let ([b0, b1, b2, b3], [v0, v1, v2, v3]) = (b, v) {
+            *b0 = quantize_activation(*v0, m) as i8 as u8;
+            *b1 = quantize_activation(*v1, m) as i8 as u8;
+            *b2 = quantize_activation(*v2, m) as i8 as u8;
+            *b3 = quantize_activation(*v3, m) as i8 as u8;
+        }
+    }
+    for (b, &v) in qc.into_remainder().iter_mut().zip(xc.remainder()) {
         *b = quantize_activation(v, m) as i8 as u8;
     }
 }
@@ -141,6 +152,18 @@ fn dot1(row: &[u8], q: &[u8]) -> i32 {
         a = a.wrapping_add(i32::from(wb as i8) * i32::from(xb as i8));
     }
     a
+}
+
+/// Up to four little-endian bytes as a word, zero-filled past the end of `c`.
+#[inline(always)]
+fn word_padded(c: &[u8]) -> u32 {
+    match *c {
+        [a, b, c, d, ..] => u32::from_le_bytes([a, b, c, d]),
+        [a, b, c] => u32::from_le_bytes([a, b, c, 0]),
+        [a, b] => u32::from_le_bytes([a, b, 0, 0]),
+        [a] => u32::from(a),
+        [] => 0,
+    }
 }
 
 /// `dst = src` for a kernel row (k ≤ 7 bytes): the common 3×3 case as three byte
@@ -253,27 +276,21 @@ fn int8_conv(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) -> bool {
     for (q, block) in ibuf.chunks_exact_mut(4 * fan8).take(quads).enumerate() {
         for (g, group) in block.chunks_exact_mut(16).enumerate() {
             for (r, dst) in group.chunks_exact_mut(4).enumerate() {
-                let src = (4 * q + r) * fan + 4 * g;
-                for (t, d) in dst.iter_mut().enumerate() {
-                    *d = c.weights.get(src + t).copied().unwrap_or(0);
-                }
+                let src = c.weights.get((4 * q + r) * fan + 4 * g..).unwrap_or(&[]);
+                dst.copy_from_slice(&word_padded(src).to_le_bytes());
             }
         }
     }
     let interleaved = &ibuf[..quads * 4 * fan8];
     for oy in 0..oh {
         for ox in 0..ow {
-            // The patch in the weights' (ci, ky, kx) order.
-            let mut at = 0usize;
-            for ci in 0..cin {
-                for ky in 0..k {
-                    let src = (ci * hp + oy * s + ky) * wp + ox * s;
-                    if let (Some(dst), Some(src)) =
-                        (patch.get_mut(at..at + k), qin.get(src..src + k))
-                    {
-                        copy_small(dst, src);
-                    }
-                    at += k;
+            // The patch in the weights' (ci, ky, kx) order: for each input channel,
+            // k rows of k bytes from the padded plane.
+            let corner = (oy * s) * wp + ox * s;
+            for (plane, rows) in qin.chunks_exact(hp * wp).zip(patch.chunks_exact_mut(k * k)) {
+                let window = plane.get(corner..).unwrap_or(&[]);
+                for (src, dst) in window.chunks(wp).zip(rows.chunks_exact_mut(k)) {
+                    copy_small(dst, src.get(..k).unwrap_or(&[]));
                 }
             }
             let padded = &*patch;
