@@ -287,10 +287,25 @@ fn int8_conv(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) -> bool {
             // The patch in the weights' (ci, ky, kx) order: for each input channel,
             // k rows of k bytes from the padded plane.
             let corner = (oy * s) * wp + ox * s;
-            for (plane, rows) in qin.chunks_exact(hp * wp).zip(patch.chunks_exact_mut(k * k)) {
-                let window = plane.get(corner..).unwrap_or(&[]);
-                for (src, dst) in window.chunks(wp).zip(rows.chunks_exact_mut(k)) {
-                    copy_small(dst, src.get(..k).unwrap_or(&[]));
+            let planes = qin.chunks_exact(hp * wp).zip(patch.chunks_exact_mut(k * k));
+            if k == 3 {
+                // The common 3×3 kernel: nine byte moves per channel, three range checks.
+                let (r1, r2) = (corner + wp, corner + 2 * wp);
+                for (plane, dst) in planes {
+                    if let (Some([a, b, c]), Some([d, e, f]), Some([g, h, i])) = (
+                        plane.get(corner..corner + 3),
+                        plane.get(r1..r1 + 3),
+                        plane.get(r2..r2 + 3),
+                    ) {
+                        dst.copy_from_slice(&[*a, *b, *c, *d, *e, *f, *g, *h, *i]);
+                    }
+                }
+            } else {
+                for (plane, rows) in planes {
+                    let window = plane.get(corner..).unwrap_or(&[]);
+                    for (src, dst) in window.chunks(wp).zip(rows.chunks_exact_mut(k)) {
+                        copy_small(dst, src.get(..k).unwrap_or(&[]));
+                    }
                 }
             }
             let padded = &*patch;
