@@ -379,7 +379,11 @@ fn int8_classifier_under_qemu_is_bit_identical_with_host_and_within_the_device_b
     let Some(m) = check("fixtures/mnist-robust-int8.psm") else {
         return;
     };
-    assert!(m.flash <= SHIPPED_FLASH_BUDGET, "{} bytes of flash", m.flash);
+    assert!(
+        m.flash <= SHIPPED_FLASH_BUDGET,
+        "{} bytes of flash",
+        m.flash
+    );
     assert!(m.ram <= RAM_BUDGET, "{} bytes of RAM", m.ram);
 }
 
