@@ -109,6 +109,13 @@ fn quantize_net(
                 .map_err(|_| shape_err(format!("dimension {v} does not fit the format")))
         };
         match l {
+            FloatLayer::QuantizeInput { .. } => {
+                return Err(shape_err(
+                    "an int8 input quantisation (a float mirror of an int8-activation model) \
+                     is not exported; export the float model and convert it with `pursamere int8`"
+                        .to_owned(),
+                ))
+            }
             FloatLayer::Relu => out.push(QLayer::Relu),
             FloatLayer::Dense {
                 inputs,

@@ -46,6 +46,15 @@ pub enum FloatLayer {
         /// Input width.
         width: usize,
     },
+    /// The input quantisation of the core's int8-activation layers (which mirror as
+    /// this, then the float layer): forward `q(x) / m` with the core's
+    /// `quantize_activation`, backward the identity (the straight-through
+    /// estimator: rounding has no useful gradient, so attacks differentiate the
+    /// float layer as if the rounding were not there).
+    QuantizeInput {
+        /// The layer's input multiplier `m`.
+        multiplier: f32,
+    },
 }
 
 /// Shape parameters of a convolution, as the core's `Conv2d` declares them.
@@ -152,6 +161,39 @@ pub fn upsample2x_index(channels: usize, height: usize, width: usize) -> Vec<usi
     idx
 }
 
+/// The float mirror of a dense layer: weights `w · scale · gain`.
+fn float_dense(d: &pursamere_core::Dense<'_>, gain: f32) -> FloatLayer {
+    let (n, m) = (d.inputs as usize, d.outputs as usize);
+    FloatLayer::Dense {
+        inputs: n,
+        outputs: m,
+        weights: dequantise(m, n, |o, i| f32::from(d.weight(o, i)) * (d.scale(o) * gain)),
+        bias: (0..m).map(|o| d.bias(o)).collect(),
+    }
+}
+
+/// The float mirror of a convolution: weights `w · scale · gain`.
+fn float_conv(c: &pursamere_core::Conv2d<'_>, gain: f32) -> FloatLayer {
+    let geometry = ConvGeometry {
+        in_channels: usize::from(c.in_channels),
+        out_channels: usize::from(c.out_channels),
+        height: usize::from(c.height),
+        width: usize::from(c.width),
+        kernel: usize::from(c.kernel),
+        stride: usize::from(c.stride),
+        padding: usize::from(c.padding),
+    };
+    let k = geometry.kernel.max(1);
+    FloatLayer::Conv2d {
+        geometry,
+        weights: dequantise(geometry.out_channels, geometry.fan_in(), |o, j| {
+            let (ci, ky, kx) = (j / (k * k), (j / k) % k, j % k);
+            f32::from(c.weight(o, ci, ky, kx)) * (c.scale(o) * gain)
+        }),
+        bias: (0..geometry.out_channels).map(|o| c.bias(o)).collect(),
+    }
+}
+
 impl FloatLayer {
     /// The length of this layer's output for an input of `input_len` values
     /// (dense and conv layers declare theirs; ReLU keeps the length).
@@ -165,6 +207,7 @@ impl FloatLayer {
                 height,
                 width,
             } => 4 * channels * height * width,
+            FloatLayer::QuantizeInput { .. } => input_len,
         }
     }
 
@@ -179,6 +222,7 @@ impl FloatLayer {
                 height,
                 width,
             } => Some(channels * height * width),
+            FloatLayer::QuantizeInput { .. } => None,
         }
     }
 
@@ -193,17 +237,20 @@ impl FloatLayer {
                     * geometry.out_height()
                     * geometry.out_width()
             }
-            FloatLayer::Relu | FloatLayer::Upsample2x { .. } => 0,
+            FloatLayer::Relu | FloatLayer::Upsample2x { .. } | FloatLayer::QuantizeInput { .. } => {
+                0
+            }
         }
     }
 
-    /// Short name (`dense`, `relu`, `conv2d`, `upsample2x`).
+    /// Short name (`dense`, `relu`, `conv2d`, `upsample2x`, `quantize-input`).
     pub fn kind_name(&self) -> &'static str {
         match self {
             FloatLayer::Dense { .. } => "dense",
             FloatLayer::Relu => "relu",
             FloatLayer::Conv2d { .. } => "conv2d",
             FloatLayer::Upsample2x { .. } => "upsample2x",
+            FloatLayer::QuantizeInput { .. } => "quantize-input",
         }
     }
 }
@@ -275,68 +322,43 @@ impl FloatNet {
 
     /// Dequantised copy of a network from a `.psm` file; `network` names it in the
     /// error for a layer kind without a float mirror (guessing would make every
-    /// reference, attack and verification of the model silently wrong).
+    /// reference, attack and verification of the model silently wrong). An
+    /// int8-activation layer becomes [`FloatLayer::QuantizeInput`] followed by the
+    /// float layer with weights `w · scale · m` (its stored scale includes `1/m`).
     pub fn from_spec(
         spec: &NetworkSpec<'_>,
         network: &'static str,
     ) -> Result<Self, UnsupportedLayer> {
-        let layers = spec
-            .layers
-            .iter()
-            .enumerate()
-            .map(|(index, l)| {
-                Ok(match l {
-                    Layer::Dense(d) => {
-                        let (n, m) = (d.inputs as usize, d.outputs as usize);
-                        FloatLayer::Dense {
-                            inputs: n,
-                            outputs: m,
-                            weights: dequantise(m, n, |o, i| {
-                                f32::from(d.weight(o, i)) * d.scale(o)
-                            }),
-                            bias: (0..m).map(|o| d.bias(o)).collect(),
-                        }
-                    }
-                    Layer::Relu => FloatLayer::Relu,
-                    Layer::Conv2d(c) => {
-                        let geometry = ConvGeometry {
-                            in_channels: usize::from(c.in_channels),
-                            out_channels: usize::from(c.out_channels),
-                            height: usize::from(c.height),
-                            width: usize::from(c.width),
-                            kernel: usize::from(c.kernel),
-                            stride: usize::from(c.stride),
-                            padding: usize::from(c.padding),
-                        };
-                        let k = geometry.kernel.max(1);
-                        FloatLayer::Conv2d {
-                            geometry,
-                            weights: dequantise(
-                                geometry.out_channels,
-                                geometry.fan_in(),
-                                |o, j| {
-                                    let (ci, ky, kx) = (j / (k * k), (j / k) % k, j % k);
-                                    f32::from(c.weight(o, ci, ky, kx)) * c.scale(o)
-                                },
-                            ),
-                            bias: (0..geometry.out_channels).map(|o| c.bias(o)).collect(),
-                        }
-                    }
-                    Layer::Upsample2x(u) => FloatLayer::Upsample2x {
-                        channels: usize::from(u.channels),
-                        height: usize::from(u.height),
-                        width: usize::from(u.width),
-                    },
-                    other => {
-                        return Err(UnsupportedLayer {
-                            network,
-                            index,
-                            kind: other.kind_name(),
-                        })
-                    }
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut layers = Vec::with_capacity(spec.layers.len());
+        for (index, l) in spec.layers.iter().enumerate() {
+            match l {
+                Layer::Dense(d) => layers.push(float_dense(d, 1.0)),
+                Layer::Relu => layers.push(FloatLayer::Relu),
+                Layer::Conv2d(c) => layers.push(float_conv(c, 1.0)),
+                Layer::Upsample2x(u) => layers.push(FloatLayer::Upsample2x {
+                    channels: usize::from(u.channels),
+                    height: usize::from(u.height),
+                    width: usize::from(u.width),
+                }),
+                Layer::Int8Dense(q) => {
+                    let m = q.input_multiplier;
+                    layers.push(FloatLayer::QuantizeInput { multiplier: m });
+                    layers.push(float_dense(&q.dense, m));
+                }
+                Layer::Int8Conv2d(q) => {
+                    let m = q.input_multiplier;
+                    layers.push(FloatLayer::QuantizeInput { multiplier: m });
+                    layers.push(float_conv(&q.conv, m));
+                }
+                other => {
+                    return Err(UnsupportedLayer {
+                        network,
+                        index,
+                        kind: other.kind_name(),
+                    })
+                }
+            }
+        }
         Ok(FloatNet {
             residual: spec.residual,
             layers,
@@ -384,7 +406,9 @@ impl FloatNet {
             .map(|l| match l {
                 FloatLayer::Dense { weights, bias, .. }
                 | FloatLayer::Conv2d { weights, bias, .. } => weights.len() + bias.len(),
-                FloatLayer::Relu | FloatLayer::Upsample2x { .. } => 0,
+                FloatLayer::Relu
+                | FloatLayer::Upsample2x { .. }
+                | FloatLayer::QuantizeInput { .. } => 0,
             })
             .sum()
     }
@@ -447,6 +471,14 @@ impl FloatNet {
                         Some((weights.len(), g.out_channels * g.fan_in())),
                         Some((bias.len(), g.out_channels)),
                     )
+                }
+                FloatLayer::QuantizeInput { multiplier } => {
+                    if !(multiplier.is_finite() && *multiplier > 0.0) {
+                        return Err(format!(
+                            "layer {i}: input multiplier {multiplier} must be finite and > 0"
+                        ));
+                    }
+                    (None, None)
                 }
                 FloatLayer::Relu | FloatLayer::Upsample2x { .. } => (None, None),
             };
@@ -565,6 +597,9 @@ pub enum DeviceLayer<E: Dtype, D: Device<E>> {
     /// Nearest-neighbour ×2 upsampling: `(channels, height, width)` of the input
     /// and the gather.
     Upsample((usize, usize, usize), RowIndex<E, D>),
+    /// The input quantisation of an int8-activation layer, with the straight-through
+    /// gradient (see [`FloatLayer::QuantizeInput`]): the multiplier.
+    QuantizeInput(f32),
 }
 
 impl<E: Dtype, D: Device<E>> DeviceLayer<E, D> {
@@ -603,6 +638,33 @@ pub struct DeviceNet<E: Dtype, D: Device<E>> {
 
 /// A dfdx batch: `[batch, features]`.
 pub type Batch<E, D, T = NoneTape> = Tensor<(usize, usize), E, D, T>;
+
+/// `x + (q(x)/m − x)` with the correction carried as a constant: the forward value is
+/// the core's quantised input `q(x)/m` (`pursamere_core::quantize_activation`, in
+/// f32), the gradient that of the identity (straight-through). With `bias = false`
+/// (the linear part of a layer) it is the identity.
+fn quantize_input<E, D, T>(a: Batch<E, D, T>, m: f32, bias: bool) -> Batch<E, D, T>
+where
+    E: Dtype + num_traits::Float,
+    D: NetDevice<E>,
+    T: Tape<E, D> + Merge<NoneTape>,
+{
+    if !bias {
+        return a;
+    }
+    let shape = *a.shape();
+    let delta: Vec<E> = a
+        .as_vec()
+        .into_iter()
+        .map(|x| {
+            let xf = x.to_f32().unwrap_or(0.0);
+            let q = pursamere_core::quantize_activation(xf, m) as f32 / m;
+            E::from(q).unwrap_or(E::zero()) - x
+        })
+        .collect();
+    let delta = a.device().tensor_from_vec(delta, shape);
+    a + delta
+}
 
 impl<E: Dtype + num_traits::Float, D: NetDevice<E>> DeviceNet<E, D> {
     /// Uploads a float network.
@@ -655,6 +717,7 @@ impl<E: Dtype + num_traits::Float, D: NetDevice<E>> DeviceNet<E, D> {
                         RowIndex::new(dev, idx.into_iter().map(Some).collect()),
                     )
                 }
+                FloatLayer::QuantizeInput { multiplier } => DeviceLayer::QuantizeInput(*multiplier),
             })
             .collect();
         DeviceNet {
@@ -693,6 +756,7 @@ impl<E: Dtype + num_traits::Float, D: NetDevice<E>> DeviceNet<E, D> {
                         height: *height,
                         width: *width,
                     },
+                    DeviceLayer::QuantizeInput(m) => FloatLayer::QuantizeInput { multiplier: *m },
                 })
                 .collect(),
         }
@@ -751,6 +815,7 @@ impl<E: Dtype + num_traits::Float, D: NetDevice<E>> DeviceNet<E, D> {
                     }
                 }
                 DeviceLayer::Relu => a.relu(),
+                DeviceLayer::QuantizeInput(m) => quantize_input(a, *m, bias),
                 // A network with these layers is spatial.
                 DeviceLayer::Conv(_) | DeviceLayer::Upsample(..) => a,
             };
@@ -790,6 +855,7 @@ impl<E: Dtype + num_traits::Float, D: NetDevice<E>> DeviceNet<E, D> {
                 y.reshape_like(&(out * positions, batch))
             }
             DeviceLayer::Upsample(_, index) => D::gather_rows(a, index),
+            DeviceLayer::QuantizeInput(m) => quantize_input(a, *m, bias),
         }
     }
 

@@ -58,6 +58,7 @@ fn net_layers(net: &FloatNet) -> String {
                 height,
                 width,
             } => format!("upsample2x:{channels}x{height}x{width}"),
+            FloatLayer::QuantizeInput { multiplier } => format!("quantize-input:{multiplier}"),
         })
         .collect::<Vec<_>>()
         .join(",")
@@ -203,6 +204,11 @@ pub fn to_safetensors(model: &FloatModel) -> Result<Vec<u8>, SafetensorsError> {
                     ));
                 }
                 FloatLayer::Relu | FloatLayer::Upsample2x { .. } => {}
+                FloatLayer::QuantizeInput { .. } => {
+                    return Err(SafetensorsError::Content(format!(
+                        "the {name} has int8-activation layers, which have no float safetensors form"
+                    )))
+                }
             }
         }
     }

@@ -286,7 +286,7 @@ fn shape_of(net: &FloatNet) -> (String, usize, usize) {
                 (k, s) => format!("conv{}x{k}s{s}", g.out_channels),
             }),
             FloatLayer::Upsample2x { .. } => Some("up".to_owned()),
-            FloatLayer::Relu => None,
+            FloatLayer::Relu | FloatLayer::QuantizeInput { .. } => None,
         })
         .collect();
     let input = net

@@ -1,0 +1,88 @@
+//! The float mirror of the core's int8-activation layers: the reference classifies
+//! the int8 fixture as the core does, and its input quantisation passes gradients
+//! straight through.
+
+use dfdx::prelude::*;
+use pursamere_core::Model;
+use pursamere_trainer::data::{load_mnist_dir, Split};
+use pursamere_trainer::model::{Batch, DeviceNet, FloatLayer, FloatModel, FloatNet};
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(name)
+}
+
+#[test]
+fn int8_reference_classifies_like_the_core() {
+    let bytes = std::fs::read(fixture("mnist-robust-int8.psm")).unwrap();
+    let core = Model::parse(&bytes).unwrap();
+    let fm = FloatModel::from_spec(core.spec()).unwrap();
+    // Each int8 layer mirrors as its input quantisation and the float layer.
+    let kinds: Vec<&str> = fm
+        .classifier
+        .layers
+        .iter()
+        .map(FloatLayer::kind_name)
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "quantize-input").count(),
+        4,
+        "{kinds:?}"
+    );
+    let sample = load_mnist_dir(&fixture("mnist-sample"), Split::Test).unwrap();
+    let n = 64;
+    let d = core.input_len();
+    let x: Vec<f32> = (0..n).flat_map(|i| sample.image_f32(i).unwrap()).collect();
+    let dev = Cpu::default();
+    let cls = DeviceNet::<f32, Cpu>::from_float(&fm.classifier, &dev);
+    let logits = cls.forward(dev.tensor_from_vec(x.clone(), (n, d))).as_vec();
+    let mut scratch = vec![0.0; core.classify_scratch_len()];
+    let mut z = vec![0.0f32; 10];
+    let (mut worst, mut span) = (0.0f32, 0.0f32);
+    for (b, row) in x.chunks(d).enumerate() {
+        let label = core.classify(row, &mut z, &mut scratch).unwrap();
+        let r = &logits[b * 10..(b + 1) * 10];
+        let rl = (0..10).fold(0, |m, k| if r[k] > r[m] { k } else { m });
+        assert_eq!(label, rl, "image {b}: core {z:?}, reference {r:?}");
+        for (a, c) in z.iter().zip(r) {
+            worst = worst.max((a - c).abs());
+            span = span.max(a.abs());
+        }
+    }
+    // Float sums in another order may move a hidden value across a rounding step
+    // now and then; the logits stay close.
+    assert!(
+        worst <= 1e-2 * span,
+        "max |core − reference| {worst}, logit span {span}"
+    );
+}
+
+#[test]
+fn quantize_input_passes_gradients_straight_through() {
+    let net = FloatNet {
+        residual: false,
+        layers: vec![
+            FloatLayer::QuantizeInput { multiplier: 10.0 },
+            FloatLayer::Dense {
+                inputs: 3,
+                outputs: 1,
+                weights: vec![1.0, 2.0, -3.0],
+                bias: vec![0.5],
+            },
+        ],
+    };
+    let dev = Cpu::default();
+    let dn = DeviceNet::<f64, Cpu>::from_float(&net, &dev);
+    let x: Batch<f64, Cpu> = dev.tensor_from_vec(vec![0.123, -0.456, 20.0], (1, 3));
+    let y = dn.forward(x.leaky_trace());
+    // Forward: the core's quantisation, q(x) / m = 0.1, −0.5 (−4.56 rounds half up
+    // to −5), 12.7 (clamped).
+    let v = y.as_vec()[0];
+    let want = 0.1f32 as f64 * 1.0 + (-0.5f32) as f64 * 2.0 - 12.7f32 as f64 * 3.0 + 0.5;
+    assert!((v - want).abs() < 1e-6, "{v} vs {want}");
+    // Backward: the identity through the quantisation.
+    let grads = y.sum::<Rank0, _>().backward();
+    let g = grads.get(&x).as_vec();
+    assert_eq!(g, vec![1.0, 2.0, -3.0]);
+}
