@@ -3,8 +3,23 @@
 //! Cortex-M4 kernels for the core's int8-activation layers (`Int8Dense`,
 //! `Int8Conv2d`, format version 4), plugged in through [`pursamere_core::DenseKernels`]:
 //!
-//! ```ignore
+//! ```
+//! use pursamere_core::Model;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let bytes = std::fs::read("fixtures/mnist-robust-int8.psm")
+//!     .or_else(|_| std::fs::read("../fixtures/mnist-robust-int8.psm"))?;
+//! let model = Model::parse(&bytes)?;
+//! let image = vec![0.5f32; model.input_len()];
+//! let mut logits = vec![0.0f32; model.num_classes()];
+//! let mut scratch = vec![0.0f32; model.classify_scratch_len()];
 //! let label = model.classify_with(&pursamere_m4::M4Kernels, &image, &mut logits, &mut scratch)?;
+//! // The same bits as the core's own kernels (exact integer sums).
+//! let mut core_logits = vec![0.0f32; model.num_classes()];
+//! assert_eq!(label, model.classify(&image, &mut core_logits, &mut scratch)?);
+//! assert_eq!(logits, core_logits);
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! An int8 layer's sums are exact integers, so every summation order gives the
