@@ -1,6 +1,6 @@
-//! Pluggable dense kernels: the seam where a host-side crate may substitute faster
+//! Pluggable kernels: the seam where a host-side or device crate may substitute faster
 //! implementations (e.g. SIMD chosen at run time) of the batched dense layer, which
-//! is nearly all of a purification's arithmetic.
+//! is nearly all of a purification's arithmetic, and of the int8-activation layers.
 //!
 //! The numeric definition does not move: an implementation must give, for every
 //! input, exactly the bits of [`Portable`] (the kernels in this crate, documented in
@@ -15,9 +15,16 @@
 //!   be skipped or not: the sum starts at `+0`, so it can never be `−0`, and adding
 //!   `±0` to it changes no bit.
 //!
+//! The int8-activation layers (`int8.rs`) go through the same seam, one sample at a
+//! time: their integer sums are exact, so an implementation may sum in any order and
+//! still give the core's bits (`pursamere-m4` runs them on the Cortex-M4's `SMLAD`).
+//! Their methods have default bodies (the core's kernels), so a host crate that only
+//! speeds up the float dense layer implements the two dense methods alone.
+//!
 //! The core itself only ever uses [`Portable`] (it has no `unsafe` and no run-time
-//! feature detection); [`crate::Model::purify_with`] and
-//! [`crate::Model::ere_value_and_grad_with`] take another implementation.
+//! feature detection); [`crate::Model::purify_with`],
+//! [`crate::Model::ere_value_and_grad_with`] and [`crate::Model::classify_with`] take
+//! another implementation.
 
 use crate::layers::{Dense, Int8Conv2d, Int8Dense, Layer};
 
