@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use pursamere_core::Model;
 use pursamere_trainer::data::{load_dataset_dir, Dataset, Split, HOLDOUT_SEED};
+use pursamere_trainer::eval::deployed::classify;
 use pursamere_trainer::int8::{
     calibrate_input_ranges, int8_classifier_model, multiplier_for_range,
 };
@@ -40,14 +41,13 @@ pub struct Int8Args {
 
 /// Accuracy of `model`'s classifier (no purification) on every image of `data`.
 fn accuracy(model: &Model<'_>, data: &Dataset) -> Result<f64> {
-    let mut scratch = vec![0.0f32; model.classify_scratch_len()];
-    let mut logits = vec![0.0f32; model.num_classes()];
-    let mut right = 0usize;
-    for i in 0..data.len() {
-        let x = data.image_f32(i).context("image index out of range")?;
-        let c = model.classify(&x, &mut logits, &mut scratch)?;
-        right += usize::from(data.labels.get(i).is_some_and(|&l| usize::from(l) == c));
-    }
+    let x: Vec<f32> = data.pixels.iter().map(|&v| f32::from(v) / 255.0).collect();
+    let labels = classify(model, &x)?;
+    let right = labels
+        .iter()
+        .zip(&data.labels)
+        .filter(|(&c, &l)| c == usize::from(l))
+        .count();
     Ok(right as f64 / data.len().max(1) as f64)
 }
 
@@ -83,7 +83,8 @@ pub fn run(a: Int8Args) -> Result<i32> {
     let (train, holdout) = if a.validation > 0 {
         full.split_validation(a.validation, HOLDOUT_SEED)?
     } else {
-        (full, full_shape(&model))
+        let empty = full.select(&[]);
+        (full, empty)
     };
     let n = usize::try_from(a.calibration)
         .unwrap_or(usize::MAX)
@@ -125,16 +126,4 @@ pub fn run(a: Int8Args) -> Result<i32> {
         )?;
     }
     Ok(0)
-}
-
-/// An empty data set of the model's input shape.
-fn full_shape(model: &Model<'_>) -> Dataset {
-    let s = model.spec().meta.input_shape;
-    Dataset {
-        channels: usize::from(s.channels),
-        rows: usize::from(s.height),
-        cols: usize::from(s.width),
-        pixels: Vec::new(),
-        labels: Vec::new(),
-    }
 }
