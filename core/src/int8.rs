@@ -47,8 +47,12 @@ pub const MAX_FAN_IN: u32 = (i32::MAX as u32) / (127 * 127);
 #[inline]
 pub fn quantize_activation(x: f32, multiplier: f32) -> i32 {
     // `as` truncates toward zero, saturates, and maps NaN to 0 on every target; the
-    // clamp after it equals clamping `x · m` to [−127, 127] first.
-    ((x * multiplier + 127.5) as i32).clamp(0, 254) - 127
+    // clamp after it equals clamping `x · m` to [−127, 127] first. Written as
+    // `clamp(max(t, 0) − 127, −128, 127)`, the same function as
+    // `clamp(t, 0, 254) − 127` (for t ≥ 0 the value is at least −127), because the
+    // Cortex-M4 does that in two instructions (BIC, SSAT) after the subtraction.
+    let t = (x * multiplier + 127.5) as i32;
+    (t.max(0) - 127).clamp(-128, 127)
 }
 
 /// A dense layer whose input is quantised to int8 (format version 4).
@@ -234,6 +238,27 @@ impl Int8Conv2d<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantize_activation_is_the_clamp_of_the_definition() {
+        // Every truncated value t the clamp can see near its edges, and extremes.
+        let m = 1.0;
+        for t in (-300..=600).chain([i32::MIN / 2, -1 << 24, 1 << 24]) {
+            let x = t as f32 - 127.5 + 0.25;
+            let want = ((x * m + 127.5) as i32).clamp(0, 254) - 127;
+            assert_eq!(quantize_activation(x, m), want, "t = {t}");
+        }
+        for x in [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            -f32::MAX,
+        ] {
+            let want = ((x * m + 127.5) as i32).clamp(0, 254) - 127;
+            assert_eq!(quantize_activation(x, m), want, "x = {x}");
+        }
+    }
 
     #[test]
     fn quantize_activation_rounds_half_up_and_clamps() {

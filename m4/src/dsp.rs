@@ -1,10 +1,11 @@
-//! The three Armv7E-M DSP instructions the kernels use, with portable emulations
+//! The four Armv7E-M DSP instructions the kernels use, with portable emulations
 //! elsewhere (so that the host tests run the same algorithm, lane for lane).
 //!
 //! * `sxtb16(x)`: bytes 0 and 2 of `x`, sign-extended to the low and high halfwords;
 //! * `sxtb16_ror8(x)`: bytes 1 and 3, likewise;
 //! * `smlad(a, b, acc)`: `acc + a.lo · b.lo + a.hi · b.hi` on signed halfwords
-//!   (modulo 2³²; the kernels' sums never wrap: the core bounds the fan-in).
+//!   (modulo 2³²; the kernels' sums never wrap: the core bounds the fan-in);
+//! * `ssat8(x)`: `x` clamped to [−128, 127].
 //!
 //! Stable Rust has no intrinsics for them (`core::arch::arm`'s DSP intrinsics are
 //! unstable), so on Arm they are single `asm!` instructions, marked `pure` and
@@ -180,6 +181,115 @@ mod imp {
         [a0, a1, a2, a3]
     }
 
+    /// The single-channel 3×3 convolution's inner loop (see the portable version):
+    /// four output positions per iteration, five pair words each.
+    #[inline(always)]
+    pub fn pair5_run(patches: &[u32], w: [u32; 5], scale: f32, bias: f32, y: &mut [f32]) {
+        let quads = y.len() / 4;
+        if quads == 0 || patches.len() < 20 * quads {
+            return super::portable_pair5_run(patches, w, scale, bias, y);
+        }
+        let (head, tail) = y.split_at_mut(4 * quads);
+        let [w0, w1, w2, w3, w4] = w;
+        // r0–r3 are named: LDM fills its registers in ascending order, so each
+        // half-iteration's three loads (4 + 3 + 3 words: one position's five, the
+        // next position's five) put every word where the SMLAD chain expects it,
+        // the running sum staying out of the next load's registers; s0–s3 likewise
+        // for VSTM. Scale and bias enter through r0 and r1 and move to s4 and s5
+        // (the `sreg` operand class needs the `vfp2` feature, which this
+        // single-precision FPU lacks).
+        // SAFETY: `xp` advances by 80 bytes and `yp` by 16 per iteration, `quads ≥ 1`
+        // times, so `xp` reads exactly the first `20 · quads` words of `patches`
+        // (checked above to be there) and `yp` writes exactly `head` (`4 · quads`
+        // floats, exclusively borrowed). Word loads are aligned (`u32` slices). No
+        // stack.
+        unsafe {
+            core::arch::asm!(
+                "vmov s4, r0",
+                "vmov s5, r1",
+                "2:",
+                "ldm {xp}!, {{r0, r1, r2, r3}}",
+                "smuad r0, r0, {w0}",
+                "smlad r0, r1, {w1}, r0",
+                "smlad r0, r2, {w2}, r0",
+                "smlad r0, r3, {w3}, r0",
+                "ldm {xp}!, {{r1, r2, r3}}",
+                "smlad r0, r1, {w4}, r0",
+                "smuad r2, r2, {w0}",
+                "smlad r2, r3, {w1}, r2",
+                "vmov s0, r0",
+                "ldm {xp}!, {{r0, r1, r3}}",
+                "smlad r2, r0, {w2}, r2",
+                "smlad r2, r1, {w3}, r2",
+                "smlad r2, r3, {w4}, r2",
+                "vmov s1, r2",
+                "ldm {xp}!, {{r0, r1, r2, r3}}",
+                "smuad r0, r0, {w0}",
+                "smlad r0, r1, {w1}, r0",
+                "smlad r0, r2, {w2}, r0",
+                "smlad r0, r3, {w3}, r0",
+                "ldm {xp}!, {{r1, r2, r3}}",
+                "smlad r0, r1, {w4}, r0",
+                "smuad r2, r2, {w0}",
+                "smlad r2, r3, {w1}, r2",
+                "vmov s2, r0",
+                "ldm {xp}!, {{r0, r1, r3}}",
+                "smlad r2, r0, {w2}, r2",
+                "smlad r2, r1, {w3}, r2",
+                "smlad r2, r3, {w4}, r2",
+                "vmov s3, r2",
+                "vcvt.f32.s32 s0, s0",
+                "vcvt.f32.s32 s1, s1",
+                "vcvt.f32.s32 s2, s2",
+                "vcvt.f32.s32 s3, s3",
+                "vmul.f32 s0, s0, s4",
+                "vmul.f32 s1, s1, s4",
+                "vmul.f32 s2, s2, s4",
+                "vmul.f32 s3, s3, s4",
+                "vadd.f32 s0, s0, s5",
+                "vadd.f32 s1, s1, s5",
+                "vadd.f32 s2, s2, s5",
+                "vadd.f32 s3, s3, s5",
+                "vstmia {yp}!, {{s0, s1, s2, s3}}",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                xp = inout(reg) patches.as_ptr() => _,
+                yp = inout(reg) head.as_mut_ptr() => _,
+                n = inout(reg) quads => _,
+                w0 = in(reg) w0,
+                w1 = in(reg) w1,
+                w2 = in(reg) w2,
+                w3 = in(reg) w3,
+                w4 = in(reg) w4,
+                inout("r0") scale.to_bits() => _,
+                inout("r1") bias.to_bits() => _,
+                out("r2") _,
+                out("r3") _,
+                out("s0") _,
+                out("s1") _,
+                out("s2") _,
+                out("s3") _,
+                out("s4") _,
+                out("s5") _,
+                options(nostack),
+            );
+        }
+        if let Some(rest) = patches.get(20 * quads..) {
+            super::portable_pair5_run(rest, w, scale, bias, tail);
+        }
+    }
+
+    #[inline(always)]
+    pub fn ssat8(x: i32) -> i32 {
+        let r: i32;
+        // SAFETY: as for `sxtb16`. SSAT may set the sticky Q flag (never read here).
+        unsafe {
+            core::arch::asm!("ssat {r}, #8, {x}", r = lateout(reg) r, x = in(reg) x,
+                options(pure, nomem, nostack));
+        }
+        r
+    }
+
     #[inline(always)]
     pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
         let r: i32;
@@ -211,6 +321,11 @@ mod imp {
     }
 
     #[inline(always)]
+    pub fn ssat8(x: i32) -> i32 {
+        x.clamp(-128, 127)
+    }
+
+    #[inline(always)]
     pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
         let lo = i32::from(a as u16 as i16) * i32::from(b as u16 as i16);
         let hi = i32::from((a >> 16) as u16 as i16) * i32::from((b >> 16) as u16 as i16);
@@ -219,9 +334,10 @@ mod imp {
 
     pub(crate) use super::portable_dot2_steps as dot2_steps;
     pub(crate) use super::portable_dot4i_steps as dot4i_steps;
+    pub(crate) use super::portable_pair5_run as pair5_run;
 }
 
-pub(crate) use imp::{dot2_steps, dot4i_steps, smlad, sxtb16, sxtb16_ror8};
+pub(crate) use imp::{dot2_steps, dot4i_steps, pair5_run, smlad, ssat8, sxtb16, sxtb16_ror8};
 
 /// `acc[r] + Σ_{i < 8·steps} w_r[i] · x[i]` for four rows stored interleaved by
 /// word (`w` = row 0 bytes 0–3, row 1 bytes 0–3, row 2, row 3, then bytes 4–7 of
@@ -244,6 +360,28 @@ pub(crate) fn portable_dot4i_steps(x: &[u8], w: &[u8], steps: usize, acc: [i32; 
         }
     }
     acc
+}
+
+/// `y[i] = (Σ_j smlad(patch_i[j], w[j]) as f32) · scale + bias` for the output
+/// positions `i` of one channel, each position's patch five words of two signed
+/// halfwords (`patches` = position 0's five words, position 1's, …): the
+/// single-channel 3×3 convolution, whose nine taps fill five `SMLAD`s (the tenth
+/// product is a zero). The weights stay in registers for a whole run of positions.
+#[inline(always)]
+pub(crate) fn portable_pair5_run(
+    patches: &[u32],
+    w: [u32; 5],
+    scale: f32,
+    bias: f32,
+    y: &mut [f32],
+) {
+    for (p, yo) in patches.chunks_exact(5).zip(y) {
+        let acc = p
+            .iter()
+            .zip(w)
+            .fold(0i32, |a, (&x, wj)| imp::smlad(x, wj, a));
+        *yo = acc as f32 * scale + bias;
+    }
 }
 
 /// Four little-endian bytes as a word (`0` past the end).
@@ -304,5 +442,15 @@ mod tests {
         let a = 0xffff_0003u32; // (3, −1)
         let b = 0x0005_fffeu32; // (−2, 5)
         assert_eq!(smlad(a, b, 100), 100 - 6 - 5);
+        assert_eq!(
+            [
+                ssat8(-129),
+                ssat8(-128),
+                ssat8(5),
+                ssat8(127),
+                ssat8(1 << 20)
+            ],
+            [-128, -128, 5, 127, 127]
+        );
     }
 }

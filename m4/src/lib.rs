@@ -42,14 +42,14 @@
 
 mod dsp;
 
-use dsp::{dot2_steps, dot4i_steps, smlad, sxtb16, sxtb16_ror8, word};
-use pursamere_core::{
-    quantize_activation, Dense, DenseKernels, Int8Conv2d, Int8Dense, Layer, Portable,
-};
+use dsp::{dot2_steps, dot4i_steps, pair5_run, smlad, ssat8, sxtb16, sxtb16_ror8, word};
+use pursamere_core::{Dense, DenseKernels, Int8Conv2d, Int8Dense, Layer, Portable};
 
 /// Largest int8-layer input (values) quantised on the stack; a larger layer runs the
 /// core's kernel.
 pub const MAX_INPUT: usize = 4096;
+/// Largest dense-layer input that gets the small quantisation buffer.
+const SMALL_INPUT: usize = 256;
 /// Largest convolution fan-in (`in_channels × kernel²`) these kernels take.
 pub const MAX_PATCH: usize = 1024;
 /// Output channels whose scale and bias a convolution decodes once per call.
@@ -57,6 +57,12 @@ const CACHED: usize = 64;
 /// Bytes of convolution weights regrouped, four output channels interleaved by
 /// word, on the stack per call (a larger layer takes two channels at a time).
 const MAX_INTERLEAVED: usize = 4608;
+/// Output positions whose patches the single-channel 3×3 convolution builds at once.
+const PATCH_RUN: usize = 64;
+/// Bytes of the single-channel 3×3 convolution's quantised input plane (two per
+/// value, border included): a 32 × 32 image with a one-pixel border takes 2,312. Not
+/// larger, because the whole buffer is zeroed on every call.
+const PLANE_BYTES: usize = 2560;
 
 /// The device kernels: the int8 layers on the DSP instructions, everything else the
 /// core's [`Portable`] kernels.
@@ -97,27 +103,37 @@ impl DenseKernels for M4Kernels {
 
     #[inline(never)]
     fn int8_conv_forward(&self, layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) {
-        if !int8_conv(layer, x, y) {
+        if !int8_conv_single_3x3(layer, x, y) && !int8_conv(layer, x, y) {
             Layer::Int8Conv2d(*layer).forward(x, y);
         }
     }
 }
 
+/// The core's `quantize_activation(v, m)`, the same function (the tests compare them
+/// on NaN, infinities and both clamps), as `ssat8(max(t, 0) − 127)`: BIC, SUB and
+/// SSAT after the conversion on the M4, where the compiler's own clamp takes five.
+#[inline(always)]
+fn quantize(v: f32, m: f32) -> i32 {
+    let t = (v * m + 127.5) as i32;
+    ssat8(t.max(0) - 127)
+}
+
 /// Quantises `x` into `q` (one two's-complement byte per value).
+#[inline(always)]
 fn quantize_into(x: &[f32], m: f32, q: &mut [u8]) {
     // Four at a time: the M4 then overlaps one value's conversion with the next.
     let mut qc = q.chunks_exact_mut(4);
     let mut xc = x.chunks_exact(4);
     for (b, v) in (&mut qc).zip(&mut xc) {
         if let ([b0, b1, b2, b3], [v0, v1, v2, v3]) = (b, v) {
-            *b0 = quantize_activation(*v0, m) as i8 as u8;
-            *b1 = quantize_activation(*v1, m) as i8 as u8;
-            *b2 = quantize_activation(*v2, m) as i8 as u8;
-            *b3 = quantize_activation(*v3, m) as i8 as u8;
+            *b0 = quantize(*v0, m) as i8 as u8;
+            *b1 = quantize(*v1, m) as i8 as u8;
+            *b2 = quantize(*v2, m) as i8 as u8;
+            *b3 = quantize(*v3, m) as i8 as u8;
         }
     }
     for (b, &v) in qc.into_remainder().iter_mut().zip(xc.remainder()) {
-        *b = quantize_activation(v, m) as i8 as u8;
+        *b = quantize(v, m) as i8 as u8;
     }
 }
 
@@ -203,12 +219,24 @@ fn dequantize(acc: i32, scale: f32, bias: f32) -> f32 {
 
 /// The int8 dense layer on the DSP path; `false` when it is too large for it.
 fn int8_dense(layer: &Int8Dense<'_>, x: &[f32], y: &mut [f32]) -> bool {
+    // The buffer is zeroed on every call (safe Rust has no uninitialised arrays):
+    // a small layer gets a small one, or zeroing 4 KiB would cost it more than its
+    // multiply–accumulates (a 64 → 10 output layer: 3,100 cycles against 1,700).
+    if (layer.dense.inputs as usize) <= SMALL_INPUT {
+        int8_dense_buffered::<SMALL_INPUT>(layer, x, y)
+    } else {
+        int8_dense_buffered::<MAX_INPUT>(layer, x, y)
+    }
+}
+
+/// [`int8_dense`] with an `N`-byte quantisation buffer.
+fn int8_dense_buffered<const N: usize>(layer: &Int8Dense<'_>, x: &[f32], y: &mut [f32]) -> bool {
     let d = &layer.dense;
     let n = d.inputs as usize;
-    if n == 0 || n > MAX_INPUT || x.len() < n {
+    if n == 0 || n > N || x.len() < n {
         return false;
     }
-    let mut qbuf = [0u8; MAX_INPUT];
+    let mut qbuf = [0u8; N];
     let Some(q) = qbuf.get_mut(..n) else {
         return false;
     };
@@ -232,8 +260,146 @@ fn int8_dense(layer: &Int8Dense<'_>, x: &[f32], y: &mut [f32]) -> bool {
     true
 }
 
+/// A signed byte as a zero-extended signed halfword (one lane of an `SMLAD` pair).
+#[inline(always)]
+fn lane(b: u8) -> u32 {
+    u32::from(b as i8 as i16 as u16)
+}
+
+/// The single-channel 3×3 convolution (an image classifier's usual first layer) on
+/// the DSP path; `false` when the layer has another shape or is too large for it.
+///
+/// Its fan-in of nine is too short for the general kernel (a third of its 16-byte
+/// steps would be padding, and per-position overhead dominates). Here the input is
+/// quantised once into a zero-bordered plane of signed halfwords, where two
+/// neighbouring taps of a kernel row are already one `SMLAD` operand (one word
+/// load); each position's nine taps become five such words (three row pairs, the
+/// third column's two taps packed, the last tap with a zero), and each output
+/// channel then runs over the positions with its five weight words held in
+/// registers ([`dsp::portable_pair5_run`]).
+#[inline(never)]
+fn int8_conv_single_3x3(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) -> bool {
+    let c = &layer.conv;
+    if c.in_channels != 1 || c.kernel != 3 {
+        return false;
+    }
+    let cout = usize::from(c.out_channels);
+    let (h, width) = (usize::from(c.height), usize::from(c.width));
+    let (s, p) = (usize::from(c.stride), usize::from(c.padding));
+    let (oh, ow) = (c.out_height(), c.out_width());
+    let out_plane = oh * ow;
+    let (hp, wp) = (h + 2 * p, width + 2 * p);
+    if h == 0
+        || width == 0
+        || out_plane == 0
+        || 2 * hp * wp > PLANE_BYTES
+        || ow > PATCH_RUN
+        || cout > CACHED
+        || x.len() < h * width
+        || y.len() < cout * out_plane
+    {
+        return false;
+    }
+    let mut plane = [0u8; PLANE_BYTES];
+    let m = layer.input_multiplier;
+    let half = |v: f32| u32::from(quantize(v, m) as i16 as u16);
+    for (xrow, iy) in x.chunks_exact(width).take(h).zip(0..) {
+        let start = 2 * ((iy + p) * wp + p);
+        if let Some(dst) = plane.get_mut(start..start + 2 * width) {
+            // Two values to a word store.
+            let mut dc = dst.chunks_exact_mut(4);
+            let mut xc = xrow.chunks_exact(2);
+            for (d, v) in (&mut dc).zip(&mut xc) {
+                if let [v0, v1] = *v {
+                    d.copy_from_slice(&(half(v0) | half(v1) << 16).to_le_bytes());
+                }
+            }
+            for (d, &v) in dc.into_remainder().chunks_exact_mut(2).zip(xc.remainder()) {
+                d.copy_from_slice(&(quantize(v, m) as i16).to_le_bytes());
+            }
+        }
+    }
+    // Each channel's weights in the patch words' tap order: (0, 1), (3, 4), (6, 7),
+    // (2, 5), (8, –); its scale and bias decoded once.
+    let mut wbuf = [0u32; 5 * CACHED];
+    let (mut sbuf, mut bbuf) = ([0.0f32; CACHED], [0.0f32; CACHED]);
+    for (o, ((wo, sv), bv)) in wbuf
+        .chunks_exact_mut(5)
+        .zip(&mut sbuf)
+        .zip(&mut bbuf)
+        .take(cout)
+        .enumerate()
+    {
+        let t = |i: usize| c.weights.get(9 * o + i).map_or(0, |&b| lane(b));
+        wo.copy_from_slice(&[
+            t(0) | t(1) << 16,
+            t(3) | t(4) << 16,
+            t(6) | t(7) << 16,
+            t(2) | t(5) << 16,
+            t(8),
+        ]);
+        (*sv, *bv) = (c.scale(o), c.bias(o));
+    }
+    let mut patches = [0u32; 5 * PATCH_RUN];
+    // Runs of whole output rows.
+    let rows_per_run = PATCH_RUN / ow;
+    let mut oy = 0;
+    while oy < oh {
+        let rows = rows_per_run.min(oh - oy);
+        let (start, n) = (oy * ow, rows * ow);
+        for (r, pr) in (oy..oy + rows).zip(patches.chunks_exact_mut(5 * ow)) {
+            // The three plane rows under output row `r`, and each position's taps
+            // 0–2 in them: six bytes (three halfwords) of each row.
+            let b = 2 * r * s * wp;
+            let row = |k: usize| {
+                plane
+                    .get(b + 2 * k * wp..b + 2 * (k + 1) * wp)
+                    .unwrap_or(&[])
+            };
+            let taps = |k: usize| row(k).windows(6).step_by(2 * s);
+            for (pw, ((a, b), c)) in pr
+                .chunks_exact_mut(5)
+                .zip(taps(0).zip(taps(1)).zip(taps(2)))
+            {
+                if let (
+                    &[a0, a1, a2, a3, a4, a5],
+                    &[b0, b1, b2, b3, b4, b5],
+                    &[c0, c1, c2, c3, c4, c5],
+                ) = (a, b, c)
+                {
+                    pw.copy_from_slice(&[
+                        u32::from_le_bytes([a0, a1, a2, a3]),
+                        u32::from_le_bytes([b0, b1, b2, b3]),
+                        u32::from_le_bytes([c0, c1, c2, c3]),
+                        u32::from_le_bytes([a4, a5, b4, b5]),
+                        u32::from_le_bytes([c4, c5, 0, 0]),
+                    ]);
+                }
+            }
+        }
+        let run = &patches[..5 * n];
+        for (o, ((wo, &sc), &b)) in wbuf
+            .chunks_exact(5)
+            .zip(&sbuf)
+            .zip(&bbuf)
+            .take(cout)
+            .enumerate()
+        {
+            let at = o * out_plane + start;
+            if let (Some(yo), &[w0, w1, w2, w3, w4]) = (y.get_mut(at..at + n), wo) {
+                pair5_run(run, [w0, w1, w2, w3, w4], sc, b, yo);
+            }
+        }
+        oy += rows;
+    }
+    true
+}
+
 /// The int8 convolution on the DSP path (im2col per output position, then four
 /// output channels at a time); `false` when it is too large for it.
+// Not inlined: its stack buffers and those of `int8_conv_single_3x3` are then
+// never live at once.
+#[inline(never)]
 fn int8_conv(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) -> bool {
     let c = &layer.conv;
     let (cin, cout) = (usize::from(c.in_channels), usize::from(c.out_channels));

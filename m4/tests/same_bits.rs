@@ -45,6 +45,7 @@ fn int8_dense_is_bit_identical_to_the_core() {
         (8, 3),
         (31, 9),
         (64, 10),
+        (256, 3),
         (257, 5),
         (1568, 64),
         (MAX_INPUT, 3),
@@ -84,6 +85,18 @@ fn int8_conv_is_bit_identical_to_the_core() {
         (1, 28, 28, 16, 3, 2, 1),
         (16, 14, 14, 32, 3, 2, 1),
         (1, 8, 8, 4, 3, 1, 1),
+        // Single-channel 3×3 (its own kernel): odd position counts, no padding,
+        // stride 3, more positions than one patch run, 64 channels, and too large
+        // for its halfword plane (then the general kernel).
+        (1, 7, 5, 3, 3, 1, 0),
+        (1, 9, 13, 5, 3, 3, 1),
+        (1, 20, 17, 2, 3, 1, 1),
+        (1, 6, 6, 64, 3, 1, 1),
+        (1, 6, 6, 65, 3, 2, 1),
+        (1, 3, 3, 1, 3, 1, 0),
+        (1, 32, 32, 4, 3, 1, 1),
+        (1, 3, 140, 2, 3, 2, 1), // a row wider than one patch run: the general kernel
+        (1, 50, 50, 3, 3, 2, 1),
         (3, 9, 7, 5, 3, 2, 1),
         (2, 6, 11, 7, 1, 1, 0),
         (4, 5, 5, 3, 5, 1, 2),

@@ -113,6 +113,14 @@ fn main() -> ! {
     let images = run();
     let used = stack_high_water(bottom, top);
     hprintln!("stack_bytes {}", used);
+    // No painted word left: the stack reached the static RAM below it (and may have
+    // overwritten it, or run past the start of RAM), so nothing above is trusted.
+    let images = if top - used <= (bottom + 3) & !3 {
+        hprintln!("stack overflow: the stack reached the static RAM below it");
+        None
+    } else {
+        images
+    };
     match images {
         Some(n) => {
             hprintln!("done ok {} images", n);
