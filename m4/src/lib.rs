@@ -33,7 +33,11 @@
 //!
 //! The layer input (f32) is quantised once per call into a stack buffer of at most
 //! [`MAX_INPUT`] bytes (a convolution also builds each output position's patch, at
-//! most [`MAX_PATCH`] bytes); a larger layer falls back to the core's own kernel.
+//! most [`MAX_PATCH`] bytes); a larger layer falls back to the core's own kernel. A
+//! single-channel 3×3 convolution (an image classifier's usual first layer, fan-in 9)
+//! has its own kernel: its input becomes a plane of signed halfwords, where two taps
+//! of a kernel row are already one `SMLAD` operand, and each output channel sweeps
+//! the positions with its weights in registers.
 //! Float layers (the purifier's denoiser, float classifiers) run the core's portable
 //! kernels. Elsewhere than on an Armv7E-M target the three DSP instructions are
 //! emulated, so the host tests run the same algorithm.
