@@ -561,6 +561,27 @@ impl FloatModel {
             purifier: spec.purifier,
         })
     }
+
+    /// The float twin of a model whose classifier has int8-activation layers: the
+    /// same weights without the input quantisations (for a float model, a copy). A
+    /// gradient-free attack queries it where the rounding would stall its random
+    /// search on the model itself (the evaluation's `square-twin`).
+    pub fn float_twin(&self) -> FloatModel {
+        let strip = |net: &FloatNet| FloatNet {
+            residual: net.residual,
+            layers: net
+                .layers
+                .iter()
+                .filter(|l| !matches!(l, FloatLayer::QuantizeInput { .. }))
+                .cloned()
+                .collect(),
+        };
+        FloatModel {
+            denoiser: strip(&self.denoiser),
+            classifier: strip(&self.classifier),
+            ..self.clone()
+        }
+    }
 }
 
 /// A dense layer's parameters on a dfdx device: `w` is `[out, in]` like the file.

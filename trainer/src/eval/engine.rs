@@ -64,6 +64,9 @@ struct Defence<'m> {
     bpda: Oracle,
     /// A smooth stand-in for a sign-step purifier.
     surrogate: Option<Oracle>,
+    /// The whole defended system with the classifier's input quantisations
+    /// removed (its float twin), for "square-twin".
+    twin: Option<Oracle>,
 }
 
 fn purifier_for(name: &str, base: &PurifierConfig, p: &Protocol) -> Option<PurifierConfig> {
@@ -77,9 +80,36 @@ fn purifier_for(name: &str, base: &PurifierConfig, p: &Protocol) -> Option<Purif
     }
 }
 
+/// The oracle of the whole defended system `name` (purifier `cfg`) on `fm`, with
+/// the purifier's exact gradient (`Full`) or the identity for it (`Bpda`).
+fn system_oracle(
+    fm: &FloatModel,
+    name: &str,
+    cfg: Option<PurifierConfig>,
+    d: usize,
+    grad: PurifierGradient,
+) -> Oracle {
+    match cfg {
+        Some(c) => Box::new(PurifiedOracle::new(
+            &fm.denoiser,
+            &fm.classifier,
+            d,
+            c,
+            grad,
+        )),
+        None if name == "denoise" => {
+            Box::new(DenoisedOracle::new(&fm.denoiser, &fm.classifier, d, grad))
+        }
+        None => Box::new(ClassifierOracle::new(&fm.classifier, d)),
+    }
+}
+
+/// The defences of the protocol; `twin`, the model's float twin, when an attack
+/// queries it.
 fn build_defences<'m>(
     model: &'m Model<'m>,
     fm: &FloatModel,
+    twin: Option<&FloatModel>,
     p: &Protocol,
     base: &PurifierConfig,
 ) -> Result<Vec<Defence<'m>>, EvalError> {
@@ -92,42 +122,9 @@ fn build_defences<'m>(
             ("denoise", None) => Judge::Denoise(model),
             _ => Judge::Classify(model),
         };
-        let (bpda, full): (Oracle, Oracle) = match cfg {
-            Some(c) => (
-                Box::new(PurifiedOracle::new(
-                    &fm.denoiser,
-                    &fm.classifier,
-                    d,
-                    c,
-                    PurifierGradient::Bpda,
-                )),
-                Box::new(PurifiedOracle::new(
-                    &fm.denoiser,
-                    &fm.classifier,
-                    d,
-                    c,
-                    PurifierGradient::Full,
-                )),
-            ),
-            None if name == "denoise" => (
-                Box::new(DenoisedOracle::new(
-                    &fm.denoiser,
-                    &fm.classifier,
-                    d,
-                    PurifierGradient::Bpda,
-                )),
-                Box::new(DenoisedOracle::new(
-                    &fm.denoiser,
-                    &fm.classifier,
-                    d,
-                    PurifierGradient::Full,
-                )),
-            ),
-            None => (
-                Box::new(ClassifierOracle::new(&fm.classifier, d)),
-                Box::new(ClassifierOracle::new(&fm.classifier, d)),
-            ),
-        };
+        let bpda = system_oracle(fm, name, cfg, d, PurifierGradient::Bpda);
+        let full = system_oracle(fm, name, cfg, d, PurifierGradient::Full);
+        let twin = twin.map(|t| system_oracle(t, name, cfg, d, PurifierGradient::Full));
         let surrogate: Option<Oracle> = match cfg {
             Some(c) if c.step == StepRule::Sign => Some(Box::new(PurifiedOracle::new(
                 &fm.denoiser,
@@ -149,6 +146,7 @@ fn build_defences<'m>(
             full,
             bpda,
             surrogate,
+            twin,
         });
     }
     Ok(out)
@@ -379,44 +377,78 @@ fn attack(
             }
         }
         "square" => {
-            if !alive.is_empty() {
-                let (c, h, w) = ctx.shape;
-                let cfg = SquareConfig {
-                    norm,
-                    eps,
-                    queries: ctx
-                        .p
-                        .square_queries
-                        .unwrap_or(super::protocol::DEFAULT_SQUARE_QUERIES),
-                    p_init: ctx.p.square_p_init,
-                    seed,
-                    channels: c,
-                    height: h,
-                    width: w,
-                };
-                // Queries go to the deployed system itself (the int8 core, batched
-                // over threads) or, with `square_target = "reference"`, to the float
-                // reference of the whole defended system; the verdict is the core's.
-                let failed = std::cell::RefCell::new(None);
-                let query = |b: &[f32]| -> Vec<f32> {
-                    if ctx.p.square_target == "reference" {
-                        return def.full.logits(b);
-                    }
-                    def.judge.logits(b).unwrap_or_else(|e| {
-                        failed.borrow_mut().get_or_insert(e);
-                        vec![f32::NAN; b.len() / d.max(1) * ctx.classes]
-                    })
-                };
-                let r = square(query, &gather_rows(x, d, &alive), &labels(&alive), &cfg);
-                if let Some(e) = failed.into_inner() {
-                    return Err(e);
+            // Queries go to the deployed system itself (the int8 core, batched over
+            // threads) or, with `square_target = "reference"`, to the float
+            // reference of the whole defended system; the verdict is the core's.
+            let failed = std::cell::RefCell::new(None);
+            let query = |b: &[f32]| -> Vec<f32> {
+                if ctx.p.square_target == "reference" {
+                    return def.full.logits(b);
                 }
-                alive = survivors(&def.judge, &r.adv, &alive, y)?;
+                def.judge.logits(b).unwrap_or_else(|e| {
+                    failed.borrow_mut().get_or_insert(e);
+                    vec![f32::NAN; b.len() / d.max(1) * ctx.classes]
+                })
+            };
+            let adv = run_square(ctx, norm, eps, seed, x, y, &alive, query);
+            if let Some(e) = failed.into_inner() {
+                return Err(e);
+            }
+            if let Some(adv) = adv {
+                alive = survivors(&def.judge, &adv, &alive, y)?;
+            }
+        }
+        // Square against the float twin (the input quantisations removed), judged by
+        // the deployed system: rounding hides most of Square's small random changes
+        // from an int8 model, so its search stalls there but not on the twin.
+        "square-twin" => {
+            let Some(twin) = &def.twin else {
+                return Err(EvalError::Protocol(
+                    "square-twin runs without the model's float twin".into(),
+                ));
+            };
+            if let Some(adv) = run_square(ctx, norm, eps, seed, x, y, &alive, |b| twin.logits(b)) {
+                alive = survivors(&def.judge, &adv, &alive, y)?;
             }
         }
         o => return Err(EvalError::Protocol(format!("unknown attack `{o}`"))),
     }
     Ok(alive)
+}
+
+/// Square on the examples `alive` with the protocol's settings, its queries
+/// answered by `query`: the adversarial rows (one per entry of `alive`), or `None`
+/// when none is alive.
+#[allow(clippy::too_many_arguments)]
+fn run_square(
+    ctx: &Ctx,
+    norm: AttackNorm,
+    eps: f32,
+    seed: u64,
+    x: &[f32],
+    y: &[usize],
+    alive: &[usize],
+    query: impl Fn(&[f32]) -> Vec<f32>,
+) -> Option<Vec<f32>> {
+    if alive.is_empty() {
+        return None;
+    }
+    let (c, h, w) = ctx.shape;
+    let cfg = SquareConfig {
+        norm,
+        eps,
+        queries: ctx
+            .p
+            .square_queries
+            .unwrap_or(super::protocol::DEFAULT_SQUARE_QUERIES),
+        p_init: ctx.p.square_p_init,
+        seed,
+        channels: c,
+        height: h,
+        width: w,
+    };
+    let labels: Vec<usize> = alive.iter().map(|&k| y[k]).collect();
+    Some(square(query, &gather_rows(x, ctx.d, alive), &labels, &cfg).adv)
 }
 
 /// Pixels (row-major) and labels of the images `idx`.
@@ -481,7 +513,12 @@ pub fn run(
             opts.purifier.rho
         ));
     }
-    let defences = build_defences(&model, &fm, p, &opts.purifier)?;
+    let twin = p
+        .attacks
+        .iter()
+        .any(|a| a == "square-twin")
+        .then(|| fm.float_twin());
+    let defences = build_defences(&model, &fm, twin.as_ref(), p, &opts.purifier)?;
     let threats: Vec<(AttackNorm, f32)> = p
         .linf_eps
         .iter()
@@ -605,7 +642,7 @@ pub fn run(
     let gradient_attacks: Vec<&String> = p
         .attacks
         .iter()
-        .filter(|a| !["transfer", "square"].contains(&a.as_str()))
+        .filter(|a| !["transfer", "square", "square-twin"].contains(&a.as_str()))
         .collect();
     let mut checks: Vec<(&str, usize, usize, u64)> = Vec::new();
     if p.restart_check && !gradient_attacks.is_empty() {

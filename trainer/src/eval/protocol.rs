@@ -9,7 +9,7 @@ use super::EvalError;
 
 /// Every attack the engine knows, in the order a cascade runs them (cheap,
 /// strong attacks first; Square last, on the survivors of every gradient attack).
-pub const ATTACKS: [&str; 10] = [
+pub const ATTACKS: [&str; 11] = [
     "transfer",
     "apgd-ce",
     "apgd-t",
@@ -20,6 +20,7 @@ pub const ATTACKS: [&str; 10] = [
     "bpda",
     "surrogate",
     "square",
+    "square-twin",
 ];
 
 /// Every defence the engine knows.
@@ -47,12 +48,13 @@ pub struct Protocol {
     /// PGD and APGD restarts.
     #[serde(default = "one")]
     pub restarts: usize,
-    /// Square attack queries per image (only read when "square" runs).
+    /// Square attack queries per image (only read when "square" or "square-twin"
+    /// runs).
     #[serde(default)]
     pub square_queries: Option<usize>,
-    /// What Square queries: "core" (the deployed int8 system) or "reference" (the
+    /// What "square" queries: "core" (the deployed int8 system) or "reference" (the
     /// float pipeline the gradient attacks use; faster). The verdict is always the
-    /// core's.
+    /// core's. ("square-twin" always queries the float twin.)
     #[serde(default = "core_target")]
     pub square_target: String,
     /// Square attack: initial fraction of the image a square covers.
@@ -265,7 +267,11 @@ impl Protocol {
                 return bad(format!("`{key}`: budget {e} is not a finite ε ≥ 0"));
             }
         }
-        if self.attacks.iter().any(|a| a == "square") {
+        if self
+            .attacks
+            .iter()
+            .any(|a| a == "square" || a == "square-twin")
+        {
             let q = self.square_queries.unwrap_or(DEFAULT_SQUARE_QUERIES);
             if q == 0 {
                 return bad("`square_queries` must be at least 1".into());
@@ -366,6 +372,15 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(p.attacks, ["apgd-ce", "apgd-t", "fab-t", "square"]);
+        // Square against the float twin runs after Square, with Square's settings.
+        let p = resolved(&format!(
+            "attacks = [\"square-twin\", \"square\", \"apgd-ce\"]\nsquare_queries = 50\n{base}"
+        ))
+        .unwrap();
+        assert_eq!(p.attacks, ["apgd-ce", "square", "square-twin"]);
+        assert_eq!(p.square_queries, Some(50));
+        let p = resolved(&format!("attacks = [\"square-twin\"]\n{base}")).unwrap();
+        assert_eq!(p.square_queries, Some(super::DEFAULT_SQUARE_QUERIES));
         let e = resolved(&format!("attacks = [\"fab\"]\n{base}"))
             .unwrap_err()
             .to_string();
