@@ -181,6 +181,37 @@ mod imp {
         [a0, a1, a2, a3]
     }
 
+    /// Two positions' sums of the single-channel 3×3 loop (ten pair words from
+    /// `{xp}`, in r0–r3), moved to the FPU registers `$a` and `$b`: LDM fills its
+    /// registers in ascending order, so the three loads (4 + 3 + 3 words) put every
+    /// word where the SMLAD chain expects it, the running sum staying out of the
+    /// next load's registers.
+    macro_rules! pair5_two_positions {
+        ($a:literal, $b:literal) => {
+            concat!(
+                "ldm {xp}!, {{r0, r1, r2, r3}}\n",
+                "smuad r0, r0, {w0}\n",
+                "smlad r0, r1, {w1}, r0\n",
+                "smlad r0, r2, {w2}, r0\n",
+                "smlad r0, r3, {w3}, r0\n",
+                "ldm {xp}!, {{r1, r2, r3}}\n",
+                "smlad r0, r1, {w4}, r0\n",
+                "smuad r2, r2, {w0}\n",
+                "smlad r2, r3, {w1}, r2\n",
+                "vmov ",
+                $a,
+                ", r0\n",
+                "ldm {xp}!, {{r0, r1, r3}}\n",
+                "smlad r2, r0, {w2}, r2\n",
+                "smlad r2, r1, {w3}, r2\n",
+                "smlad r2, r3, {w4}, r2\n",
+                "vmov ",
+                $b,
+                ", r2",
+            )
+        };
+    }
+
     /// The single-channel 3×3 convolution's inner loop (see the portable version):
     /// four output positions per iteration, five pair words each.
     #[inline(always)]
@@ -191,13 +222,10 @@ mod imp {
         }
         let (head, tail) = y.split_at_mut(4 * quads);
         let [w0, w1, w2, w3, w4] = w;
-        // r0–r3 are named: LDM fills its registers in ascending order, so each
-        // half-iteration's three loads (4 + 3 + 3 words: one position's five, the
-        // next position's five) put every word where the SMLAD chain expects it,
-        // the running sum staying out of the next load's registers; s0–s3 likewise
-        // for VSTM. Scale and bias enter through r0 and r1 and move to s4 and s5
-        // (the `sreg` operand class needs the `vfp2` feature, which this
-        // single-precision FPU lacks).
+        // r0–r3 are named for LDM (see `pair5_two_positions`), s0–s3 for VSTM.
+        // Scale and bias enter through r0 and r1 and move to s4 and s5 (the `sreg`
+        // operand class needs the `vfp2` feature, which this single-precision FPU
+        // lacks).
         // SAFETY: `xp` advances by 80 bytes and `yp` by 16 per iteration, `quads ≥ 1`
         // times, so `xp` reads exactly the first `20 · quads` words of `patches`
         // (checked above to be there) and `yp` writes exactly `head` (`4 · quads`
@@ -208,36 +236,8 @@ mod imp {
                 "vmov s4, r0",
                 "vmov s5, r1",
                 "2:",
-                "ldm {xp}!, {{r0, r1, r2, r3}}",
-                "smuad r0, r0, {w0}",
-                "smlad r0, r1, {w1}, r0",
-                "smlad r0, r2, {w2}, r0",
-                "smlad r0, r3, {w3}, r0",
-                "ldm {xp}!, {{r1, r2, r3}}",
-                "smlad r0, r1, {w4}, r0",
-                "smuad r2, r2, {w0}",
-                "smlad r2, r3, {w1}, r2",
-                "vmov s0, r0",
-                "ldm {xp}!, {{r0, r1, r3}}",
-                "smlad r2, r0, {w2}, r2",
-                "smlad r2, r1, {w3}, r2",
-                "smlad r2, r3, {w4}, r2",
-                "vmov s1, r2",
-                "ldm {xp}!, {{r0, r1, r2, r3}}",
-                "smuad r0, r0, {w0}",
-                "smlad r0, r1, {w1}, r0",
-                "smlad r0, r2, {w2}, r0",
-                "smlad r0, r3, {w3}, r0",
-                "ldm {xp}!, {{r1, r2, r3}}",
-                "smlad r0, r1, {w4}, r0",
-                "smuad r2, r2, {w0}",
-                "smlad r2, r3, {w1}, r2",
-                "vmov s2, r0",
-                "ldm {xp}!, {{r0, r1, r3}}",
-                "smlad r2, r0, {w2}, r2",
-                "smlad r2, r1, {w3}, r2",
-                "smlad r2, r3, {w4}, r2",
-                "vmov s3, r2",
+                pair5_two_positions!("s0", "s1"),
+                pair5_two_positions!("s2", "s3"),
                 "vcvt.f32.s32 s0, s0",
                 "vcvt.f32.s32 s1, s1",
                 "vcvt.f32.s32 s2, s2",
