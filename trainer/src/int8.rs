@@ -99,10 +99,25 @@ fn folded_scales(scales: &[u8], m: f32) -> Vec<u8> {
         .collect()
 }
 
+/// `Ok` when `model`'s classifier has a float dense or conv layer to convert (check
+/// it before reading calibration data), [`Int8Error::NothingToConvert`] otherwise.
+pub fn ensure_convertible(model: &Model<'_>) -> Result<(), Int8Error> {
+    let layers = &model.spec().classifier.layers;
+    if layers
+        .iter()
+        .any(|l| matches!(l, Layer::Dense(_) | Layer::Conv2d(_)))
+    {
+        Ok(())
+    } else {
+        Err(Int8Error::NothingToConvert)
+    }
+}
+
 /// Writes `model` with its classifier's dense and conv layers in int8 form, with the
 /// input multipliers of `ranges` (one per classifier layer, from
 /// [`calibrate_input_ranges`]). Returns the new file's bytes (format version 4).
 pub fn int8_classifier_model(model: &Model<'_>, ranges: &[f32]) -> Result<Vec<u8>, Int8Error> {
+    ensure_convertible(model)?;
     let layers = &model.spec().classifier.layers;
     let folded: Vec<(f32, Option<Vec<u8>>)> = layers
         .iter()
@@ -117,9 +132,6 @@ pub fn int8_classifier_model(model: &Model<'_>, ranges: &[f32]) -> Result<Vec<u8
             (m, scales)
         })
         .collect();
-    if folded.iter().all(|(_, s)| s.is_none()) {
-        return Err(Int8Error::NothingToConvert);
-    }
     let mut spec: ModelSpec<'_> = model.spec().clone();
     for (l, (m, scales)) in spec.classifier.layers.iter_mut().zip(&folded) {
         let Some(scales) = scales else { continue };

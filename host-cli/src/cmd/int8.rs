@@ -10,7 +10,7 @@ use pursamere_core::Model;
 use pursamere_trainer::data::{load_dataset_dir, Dataset, Split, HOLDOUT_SEED};
 use pursamere_trainer::eval::deployed::classify;
 use pursamere_trainer::int8::{
-    calibrate_input_ranges, int8_classifier_model, multiplier_for_range,
+    calibrate_input_ranges, ensure_convertible, int8_classifier_model, multiplier_for_range,
 };
 
 use super::read_file;
@@ -58,17 +58,8 @@ pub fn run(a: Int8Args) -> Result<i32> {
     let Some(stem) = a.model.file_stem().and_then(|n| n.to_str()) else {
         bail!("--model {}: not a file name", a.model.display());
     };
-    if !model
-        .spec()
-        .classifier
-        .layers
-        .iter()
-        .any(|l| matches!(l.kind_name(), "dense" | "conv2d"))
-    {
-        // Before reading any data.
-        return Err(pursamere_trainer::int8::Int8Error::NothingToConvert)
-            .with_context(|| format!("--model {}", a.model.display()));
-    }
+    // Before reading any data.
+    ensure_convertible(&model).with_context(|| format!("--model {}", a.model.display()))?;
     let name = format!("{stem}-int8.psm");
     let out_dir = super::OutDir::prepare(&a.out, "--out", std::slice::from_ref(&name), a.force)?;
     let full = load_dataset_dir(&a.data, Split::Train)?;
