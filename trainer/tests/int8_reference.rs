@@ -136,11 +136,20 @@ fn the_float_twin_of_the_int8_fixture_is_the_float_fixture() {
 
 #[test]
 fn square_twin_runs_in_the_evaluation_of_an_int8_model() {
-    use pursamere_trainer::eval::{self, EvalOptions, Protocol, SilentObserver};
+    use pursamere_trainer::eval::{self, EvalOptions, Protocol};
     let bytes = std::fs::read(fixture("mnist-robust-int8.psm")).unwrap();
     let model = Model::parse(&bytes).unwrap();
     let data = load_mnist_dir(&fixture("mnist-sample"), Split::Test).unwrap();
     let tmp = tempfile::tempdir().unwrap();
+    // Collects the engine's notes.
+    struct Notes(std::sync::Mutex<Vec<String>>);
+    impl eval::Observer for Notes {
+        fn progress(&self, _: usize, _: usize, _: &str) {}
+        fn note(&self, m: &str) {
+            self.0.lock().unwrap().push(m.to_owned());
+        }
+    }
+    let notes = Notes(Default::default());
     let run = |attacks: &str, dir: &str| {
         let p = Protocol::from_toml(&format!(
             "images = 8\nbatch = 8\nl2_eps = [3.0]\ndefences = [\"none\"]\nrestart_check = false\n\
@@ -156,9 +165,21 @@ fn square_twin_runs_in_the_evaluation_of_an_int8_model() {
             data_name: "mnist".into(),
             purifier: model.purifier_config(),
         };
-        eval::run(&bytes, &data, &p, &opts, &SilentObserver).unwrap();
+        eval::run(&bytes, &data, &p, &opts, &notes).unwrap();
         std::fs::read_to_string(tmp.path().join(dir).join("results.jsonl")).unwrap()
     };
+    let warned = |notes: &Notes| {
+        notes
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n.contains("add `square-twin`"))
+    };
+    // Square alone on an int8 model: the user is told to add square-twin.
+    run("\"square\"", "core");
+    assert!(warned(&notes), "{:?}", notes.0.lock().unwrap());
+    notes.0.lock().unwrap().clear();
     let text = run("\"square-twin\"", "twin");
     let records: Vec<serde_json::Value> = text
         .lines()
@@ -177,4 +198,5 @@ fn square_twin_runs_in_the_evaluation_of_an_int8_model() {
         met.iter().any(|&c| !c),
         "square-twin broke nothing: {met:?}"
     );
+    assert!(!warned(&notes));
 }

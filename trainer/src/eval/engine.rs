@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use pursamere_core::{Model, PurifierConfig, StepRule};
+use pursamere_core::{Layer, Model, PurifierConfig, StepRule};
 use serde_json::{json, Value};
 
 use super::deployed;
@@ -518,6 +518,19 @@ pub fn run(
         .iter()
         .any(|a| a == "square-twin")
         .then(|| fm.float_twin());
+    let int8 = model
+        .spec()
+        .classifier
+        .layers
+        .iter()
+        .any(|l| matches!(l, Layer::Int8Dense(_) | Layer::Int8Conv2d(_)));
+    if int8 && twin.is_none() && p.attacks.iter().any(|a| a == "square") {
+        obs.note(
+            "warning: the classifier has int8 layers, whose input rounding stalls Square's \
+             random search; add `square-twin` to `attacks` (docs/EVALUATION.md), or the \
+             robust accuracy may be overstated",
+        );
+    }
     let defences = build_defences(&model, &fm, twin.as_ref(), p, &opts.purifier)?;
     let threats: Vec<(AttackNorm, f32)> = p
         .linf_eps
