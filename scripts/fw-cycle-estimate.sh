@@ -6,10 +6,10 @@
 # hundred MB in a temporary directory, deleted afterwards). Needs qemu-system-arm, the
 # thumbv7em-none-eabihf target and python3. About 2 minutes for the shipped CNN.
 #
-#   scripts/fw-cycle-estimate.sh [MODEL.psm]     # default: fixtures/mnist-robust.psm
+#   scripts/fw-cycle-estimate.sh [MODEL.psm]     # default: fixtures/mnist-robust-int8.psm
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-model="$(realpath "${1:-$root/fixtures/mnist-robust.psm}")"
+model="$(realpath "${1:-$root/fixtures/mnist-robust-int8.psm}")"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 (cd "$root/tests/firmware" &&

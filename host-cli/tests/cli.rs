@@ -1500,7 +1500,7 @@ fn demo_picture_is_annotated_and_labels_are_listed() {
 
 #[test]
 fn inspect_takes_model_flag_or_positional_and_defaults_to_the_shipped_model() {
-    let psm = fixtures().join("mnist-robust.psm");
+    let psm = fixtures().join("mnist-robust-int8.psm");
     let json_of = |args: &[&str]| -> serde_json::Value {
         let o = run(args);
         assert!(o.status.success(), "{}", text(&o));

@@ -3,7 +3,7 @@
 //!
 //! | variable | default | what |
 //! | --- | --- | --- |
-//! | `PURSAMERE_MODEL` | `fixtures/mnist-robust.psm` (the shipped default) | the `.psm` model to embed |
+//! | `PURSAMERE_MODEL` | `fixtures/mnist-robust-int8.psm` (the shipped default) | the `.psm` model to embed |
 //! | `PURSAMERE_FW_IMAGES` | `16` | how many images to run |
 //! | `PURSAMERE_FW_IDX_IMAGES` | `fixtures/mnist-sample/t10k-images-idx3-ubyte.gz` | IDX images (gzipped or raw) |
 //! | `PURSAMERE_FW_IDX_LABELS` | `fixtures/mnist-sample/t10k-labels-idx1-ubyte.gz` | their IDX labels |
@@ -30,7 +30,7 @@ const ENV_IDX_LABELS: &str = "PURSAMERE_FW_IDX_LABELS";
 const ENV_ITERS: &str = "PURSAMERE_FW_ITERS";
 const ENV_NOISE: &str = "PURSAMERE_FW_NOISE_SAMPLES";
 
-const DEFAULT_MODEL: &str = "fixtures/mnist-robust.psm";
+const DEFAULT_MODEL: &str = "fixtures/mnist-robust-int8.psm";
 const DEFAULT_IMAGES: usize = 16;
 const DEFAULT_IDX_IMAGES: &str = "fixtures/mnist-sample/t10k-images-idx3-ubyte.gz";
 const DEFAULT_IDX_LABELS: &str = "fixtures/mnist-sample/t10k-labels-idx1-ubyte.gz";
