@@ -56,16 +56,38 @@ pub trait DenseKernels {
     );
 
     /// Forward pass of one sample through an int8-activation dense layer (its
-    /// integer sums are exact, so any summation order gives the core's bits).
-    /// Default: the core's kernel.
-    fn int8_dense_forward(&self, layer: &Int8Dense<'_>, x: &[f32], y: &mut [f32]) {
-        Layer::Int8Dense(*layer).forward(x, y);
+    /// integer sums are exact, so any summation order gives the core's bits); with
+    /// `relu_input`, of `relu(x)`: the ReLU fused into the input quantisation
+    /// ([`crate::quantize_relu_activation`]). Default: the core's kernel.
+    fn int8_dense_forward(
+        &self,
+        layer: &Int8Dense<'_>,
+        x: &[f32],
+        y: &mut [f32],
+        relu_input: bool,
+    ) {
+        if relu_input {
+            layer.forward_relu_input(x, y);
+        } else {
+            Layer::Int8Dense(*layer).forward(x, y);
+        }
     }
 
-    /// Forward pass of one sample through an int8-activation convolution. Default:
-    /// the core's kernel.
-    fn int8_conv_forward(&self, layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) {
-        Layer::Int8Conv2d(*layer).forward(x, y);
+    /// Forward pass of one sample through an int8-activation convolution, of
+    /// `relu(x)` with `relu_input` (as [`DenseKernels::int8_dense_forward`]).
+    /// Default: the core's kernel.
+    fn int8_conv_forward(
+        &self,
+        layer: &Int8Conv2d<'_>,
+        x: &[f32],
+        y: &mut [f32],
+        relu_input: bool,
+    ) {
+        if relu_input {
+            layer.forward_relu_input(x, y);
+        } else {
+            Layer::Int8Conv2d(*layer).forward(x, y);
+        }
     }
 }
 

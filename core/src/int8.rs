@@ -55,6 +55,39 @@ pub fn quantize_activation(x: f32, multiplier: f32) -> i32 {
     (t.max(0) - 127).clamp(-128, 127)
 }
 
+/// `quantize_activation(relu(x), m)` for `m > 0` (every validated model's
+/// multiplier), computed without the ReLU: ReLU maps every `x ≤ 0` and NaN to 0,
+/// which quantises to 0, and quantisation is monotone in `x` with `q(0) = 0`, so the
+/// value is `max(q(x), 0)` — here `clamp(max(t, 0) − 127, 0, 127)`, one saturation
+/// (`USAT`) on a Cortex-M4 in place of `SSAT`. A classification fuses each ReLU that
+/// feeds an int8 layer into this quantisation (`network::forward_pingpong`): the
+/// same bits without the ReLU's pass over memory.
+#[inline]
+pub fn quantize_relu_activation(x: f32, multiplier: f32) -> i32 {
+    let t = (x * multiplier + 127.5) as i32;
+    (t.max(0) - 127).clamp(0, 127)
+}
+
+/// The input quantisation of an int8 layer: of `x` itself (`lowest` = −128: the
+/// clamp of [`quantize_activation`]), or of `relu(x)` (`lowest` = 0:
+/// [`quantize_relu_activation`]). One loop serves both kernels (no second copy of
+/// either in a device's flash).
+#[inline(always)]
+fn quantize_input(x: f32, multiplier: f32, lowest: i32) -> i32 {
+    let t = (x * multiplier + 127.5) as i32;
+    (t.max(0) - 127).max(lowest).min(127)
+}
+
+/// The `lowest` of [`quantize_input`] for a layer whose input is (`relu_input`) or
+/// is not passed through ReLU first.
+fn lowest_quantized(relu_input: bool) -> i32 {
+    if relu_input {
+        0
+    } else {
+        -128
+    }
+}
+
 /// A dense layer whose input is quantised to int8 (format version 4).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Int8Dense<'a> {
@@ -85,6 +118,18 @@ impl Int8Dense<'_> {
     /// prefix and never panics). Four rows at a time; each chunk of inputs is
     /// quantised once per block of rows.
     pub(crate) fn forward(&self, x: &[f32], y: &mut [f32]) {
+        self.forward_with(x, y, false);
+    }
+
+    /// The forward pass of `relu(x)`, the ReLU fused into the input quantisation
+    /// ([`quantize_relu_activation`]; the multiplier must be > 0, as validation
+    /// ensures).
+    pub fn forward_relu_input(&self, x: &[f32], y: &mut [f32]) {
+        self.forward_with(x, y, true);
+    }
+
+    fn forward_with(&self, x: &[f32], y: &mut [f32], relu_input: bool) {
+        let lowest = lowest_quantized(relu_input);
         let d = &self.dense;
         let n = (d.inputs as usize).min(x.len());
         let cols = d.inputs as usize;
@@ -106,7 +151,7 @@ impl Int8Dense<'_> {
             let mut q = [0i32; DENSE_CHUNK];
             for (c, xc) in x.get(..n).unwrap_or(x).chunks(DENSE_CHUNK).enumerate() {
                 for (qi, &xi) in q.iter_mut().zip(xc) {
-                    *qi = quantize_activation(xi, m);
+                    *qi = quantize_input(xi, m, lowest);
                 }
                 let start = c * DENSE_CHUNK;
                 for (a, row) in acc.iter_mut().zip(&block) {
@@ -151,6 +196,18 @@ impl Int8Conv2d<'_> {
     /// accumulated over every `(ci, ky, kx)`; the input positions a chunk reads are
     /// quantised once per `(ci, ky)` into a zero-padded segment.
     pub(crate) fn forward(&self, x: &[f32], y: &mut [f32]) {
+        self.forward_with(x, y, false);
+    }
+
+    /// The forward pass of `relu(x)`, the ReLU fused into the input quantisation
+    /// ([`quantize_relu_activation`]; the multiplier must be > 0, as validation
+    /// ensures).
+    pub fn forward_relu_input(&self, x: &[f32], y: &mut [f32]) {
+        self.forward_with(x, y, true);
+    }
+
+    fn forward_with(&self, x: &[f32], y: &mut [f32], relu_input: bool) {
+        let lowest = lowest_quantized(relu_input);
         let c = &self.conv;
         let (cin, cout) = (usize::from(c.in_channels), usize::from(c.out_channels));
         let (h, w) = (usize::from(c.height), usize::from(c.width));
@@ -195,7 +252,7 @@ impl Int8Conv2d<'_> {
                                 *q = (base + t)
                                     .checked_sub(p)
                                     .and_then(|ix| xrow.get(ix))
-                                    .map_or(0, |&v| quantize_activation(v, m));
+                                    .map_or(0, |&v| quantize_input(v, m, lowest));
                             }
                             for kx in 0..k {
                                 let at = ci * kk + ky * k + kx;
@@ -257,6 +314,72 @@ mod tests {
         ] {
             let want = ((x * m + 127.5) as i32).clamp(0, 254) - 127;
             assert_eq!(quantize_activation(x, m), want, "x = {x}");
+        }
+    }
+
+    #[test]
+    fn quantize_relu_activation_is_the_quantisation_of_the_relu() {
+        // What the classification's fused walk relies on, for every multiplier a
+        // validated model can hold (finite, > 0): edge values and random bit
+        // patterns (NaNs, infinities, subnormals and both signs among them).
+        let relu = |x: f32| if x > 0.0 { x } else { 0.0 };
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let edges = [
+            0.0,
+            -0.0,
+            f32::NAN,
+            -f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            -f32::MAX,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            1e-45,
+            -1e-45,
+            0.5 / 127.0,
+            -0.5 / 127.0,
+            1.0,
+            -1.0,
+        ];
+        for m in [127.0, 1.0, 1e-3, 3.7, 1e-38, 1e30, f32::MAX, 1e-45] {
+            for &x in &edges {
+                assert_eq!(
+                    quantize_relu_activation(x, m),
+                    quantize_activation(relu(x), m),
+                    "x = {x}, m = {m}"
+                );
+            }
+            for _ in 0..20_000 {
+                let r = next();
+                // Half arbitrary bit patterns, half values around the rounding steps.
+                let x = if r & 1 == 0 {
+                    f32::from_bits((r >> 32) as u32)
+                } else {
+                    ((r >> 40) as i32 - (1 << 23)) as f32 / (1u32 << 14) as f32 / m.max(1e-3)
+                };
+                assert_eq!(
+                    quantize_relu_activation(x, m),
+                    quantize_activation(relu(x), m),
+                    "x = {x} ({:#010x}), m = {m}",
+                    x.to_bits()
+                );
+                // The kernels' one loop for both.
+                assert_eq!(
+                    quantize_input(x, m, lowest_quantized(true)),
+                    quantize_relu_activation(x, m)
+                );
+                assert_eq!(
+                    quantize_input(x, m, lowest_quantized(false)),
+                    quantize_activation(x, m)
+                );
+            }
         }
     }
 

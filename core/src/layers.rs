@@ -365,7 +365,7 @@ impl Layer<'_> {
                     return;
                 }
                 for (x, y) in xs.chunks_exact(n).zip(ys.chunks_exact_mut(m)).take(batch) {
-                    kernels.int8_dense_forward(q, x, y);
+                    kernels.int8_dense_forward(q, x, y, false);
                 }
             }
             Layer::Int8Conv2d(q) => {
@@ -374,7 +374,7 @@ impl Layer<'_> {
                     return;
                 }
                 for (x, y) in xs.chunks_exact(n).zip(ys.chunks_exact_mut(m)).take(batch) {
-                    kernels.int8_conv_forward(q, x, y);
+                    kernels.int8_conv_forward(q, x, y, false);
                 }
             }
             // Every weight is already reused for every output pixel: one sample at a

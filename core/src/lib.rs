@@ -94,7 +94,7 @@ pub use format::{
     NetworkSpec, CRC_LEN, FORMAT_VERSION, MAGIC, MAX_CLASSES, MAX_DIM, MAX_LAYERS,
     MIN_FORMAT_VERSION, PREFIX_LEN,
 };
-pub use int8::{quantize_activation, MAX_FAN_IN};
+pub use int8::{quantize_activation, quantize_relu_activation, MAX_FAN_IN};
 pub use layers::{Conv2d, Dense, Int8Conv2d, Int8Dense, Layer, Upsample2x};
 pub use model::Model;
 pub use purify::{Norm, PurifierConfig, StepRule, MAX_ITERS, MAX_NOISE_SAMPLES};

@@ -10,6 +10,7 @@
 
 use crate::backend::DenseKernels;
 use crate::format::{NetInfo, NetworkSpec};
+use crate::layers::Layer;
 
 /// Forward pass. `acts[..batch × input_len]` must hold the inputs; on return the
 /// outputs are [`output`].
@@ -41,7 +42,10 @@ pub(crate) fn forward<K: DenseKernels + ?Sized>(
 /// layers alternate between two buffers of [`NetInfo::max_width`] floats each,
 /// `a` holding the input on entry. Returns the output (`output_len` floats, in `a`
 /// or `b`). The same layer calls on the same values as [`forward`], so the same
-/// bits, in `2 × max_width` floats instead of `acts_len`.
+/// bits, in `2 × max_width` floats instead of `acts_len` — except that a ReLU
+/// feeding an int8 layer is not run: that layer quantises `relu(x)` straight from
+/// `x` ([`crate::quantize_relu_activation`], the same values by construction), which
+/// saves the ReLU's pass over memory.
 pub(crate) fn forward_pingpong<'s, K: DenseKernels + ?Sized>(
     kernels: &K,
     net: &NetworkSpec<'_>,
@@ -51,12 +55,29 @@ pub(crate) fn forward_pingpong<'s, K: DenseKernels + ?Sized>(
 ) -> &'s [f32] {
     let mut len = info.input_len;
     let (mut src, mut dst) = (a, b);
-    for layer in &net.layers {
+    let mut relu_pending = false;
+    let mut layers = net.layers.iter().peekable();
+    while let Some(layer) = layers.next() {
+        if matches!(layer, Layer::Relu)
+            && matches!(
+                layers.peek(),
+                Some(Layer::Int8Dense(_) | Layer::Int8Conv2d(_))
+            )
+        {
+            // Fused into the next layer's input quantisation (ReLU keeps the length).
+            relu_pending = true;
+            continue;
+        }
         let out_len = layer.output_len(len);
         let (Some(xs), Some(ys)) = (src.get(..len), dst.get_mut(..out_len)) else {
             return &[];
         };
-        layer.forward_batch(kernels, xs, ys, 1, &mut []);
+        match layer {
+            Layer::Int8Dense(q) if relu_pending => kernels.int8_dense_forward(q, xs, ys, true),
+            Layer::Int8Conv2d(q) if relu_pending => kernels.int8_conv_forward(q, xs, ys, true),
+            _ => layer.forward_batch(kernels, xs, ys, 1, &mut []),
+        }
+        relu_pending = false;
         core::mem::swap(&mut src, &mut dst);
         len = out_len;
     }

@@ -291,6 +291,39 @@ fn int8_classifier_parses_classifies_and_is_stamped_version_4() {
 }
 
 #[test]
+fn classification_fuses_each_relu_into_the_next_int8_layer_with_the_same_bits() {
+    // `Model::classify` skips a ReLU that feeds an int8 layer (the layer quantises
+    // relu(x) from x); the logits must equal running every layer, ReLUs included.
+    let calibration = images(16, 6);
+    for fixed in [None, Some(127.0), Some(3.0e4)] {
+        let bytes = int8_model_bytes(fixed, false, &calibration);
+        let model = Model::parse(&bytes).unwrap();
+        let layers = &model.spec().classifier.layers;
+        assert!(layers.windows(2).any(|w| matches!(
+            w,
+            [Layer::Relu, Layer::Int8Conv2d(_)] | [Layer::Relu, Layer::Int8Dense(_)]
+        )));
+        let mut scratch = dirty(model.scratch_len(), 1);
+        let mut logits = vec![0.0; 10];
+        let mut rng = Rng(11);
+        // Images, and inputs far outside [0, 1] (both clamps, negative pixels).
+        let inputs = images(8, 8)
+            .into_iter()
+            .chain((0..8).map(|_| rng.vec(64, 50.0)));
+        for x in inputs {
+            model.classify(&x, &mut logits, &mut scratch).unwrap();
+            let mut a = x.clone();
+            for l in layers {
+                let mut y = vec![0.0; l.output_len(a.len())];
+                l.forward(&a, &mut y);
+                a = y;
+            }
+            assert_eq!(bits(&logits), bits(&a), "multiplier {fixed:?}");
+        }
+    }
+}
+
+#[test]
 fn int8_layers_are_refused_where_they_do_not_belong() {
     assert_eq!(
         Model::parse(&int8_model_bytes(Some(127.0), true, &[])).unwrap_err(),

@@ -1,11 +1,12 @@
-//! The four Armv7E-M DSP instructions the kernels use, with portable emulations
+//! The five Armv7E-M DSP instructions the kernels use, with portable emulations
 //! elsewhere (so that the host tests run the same algorithm, lane for lane).
 //!
 //! * `sxtb16(x)`: bytes 0 and 2 of `x`, sign-extended to the low and high halfwords;
 //! * `sxtb16_ror8(x)`: bytes 1 and 3, likewise;
 //! * `smlad(a, b, acc)`: `acc + a.lo · b.lo + a.hi · b.hi` on signed halfwords
 //!   (modulo 2³²; the kernels' sums never wrap: the core bounds the fan-in);
-//! * `ssat8(x)`: `x` clamped to [−128, 127].
+//! * `ssat8(x)`: `x` clamped to [−128, 127];
+//! * `usat7(x)`: `x` clamped to [0, 127] (`USAT #7`).
 //!
 //! Stable Rust has no intrinsics for them (`core::arch::arm`'s DSP intrinsics are
 //! unstable), so on Arm they are single `asm!` instructions, marked `pure` and
@@ -291,6 +292,17 @@ mod imp {
     }
 
     #[inline(always)]
+    pub fn usat7(x: i32) -> i32 {
+        let r: i32;
+        // SAFETY: as for `sxtb16`. USAT may set the sticky Q flag (never read here).
+        unsafe {
+            core::arch::asm!("usat {r}, #7, {x}", r = lateout(reg) r, x = in(reg) x,
+                options(pure, nomem, nostack));
+        }
+        r
+    }
+
+    #[inline(always)]
     pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
         let r: i32;
         // SAFETY: as for `sxtb16`. SMLAD may set the sticky Q flag (never read
@@ -326,6 +338,11 @@ mod imp {
     }
 
     #[inline(always)]
+    pub fn usat7(x: i32) -> i32 {
+        x.clamp(0, 127)
+    }
+
+    #[inline(always)]
     pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
         let lo = i32::from(a as u16 as i16) * i32::from(b as u16 as i16);
         let hi = i32::from((a >> 16) as u16 as i16) * i32::from((b >> 16) as u16 as i16);
@@ -337,7 +354,9 @@ mod imp {
     pub(crate) use super::portable_pair5_run as pair5_run;
 }
 
-pub(crate) use imp::{dot2_steps, dot4i_steps, pair5_run, smlad, ssat8, sxtb16, sxtb16_ror8};
+pub(crate) use imp::{
+    dot2_steps, dot4i_steps, pair5_run, smlad, ssat8, sxtb16, sxtb16_ror8, usat7,
+};
 
 /// `acc[r] + Σ_{i < 8·steps} w_r[i] · x[i]` for four rows stored interleaved by
 /// word (`w` = row 0 bytes 0–3, row 1 bytes 0–3, row 2, row 3, then bytes 4–7 of
@@ -451,6 +470,17 @@ mod tests {
                 ssat8(1 << 20)
             ],
             [-128, -128, 5, 127, 127]
+        );
+        assert_eq!(
+            [
+                usat7(i32::MIN),
+                usat7(-1),
+                usat7(0),
+                usat7(5),
+                usat7(127),
+                usat7(128)
+            ],
+            [0, 0, 0, 5, 127, 127]
         );
     }
 }

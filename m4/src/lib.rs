@@ -46,8 +46,8 @@
 
 mod dsp;
 
-use dsp::{dot2_steps, dot4i_steps, pair5_run, smlad, ssat8, sxtb16, sxtb16_ror8, word};
-use pursamere_core::{Dense, DenseKernels, Int8Conv2d, Int8Dense, Layer, Portable};
+use dsp::{dot2_steps, dot4i_steps, pair5_run, smlad, ssat8, sxtb16, sxtb16_ror8, usat7, word};
+use pursamere_core::{Conv2d, Dense, DenseKernels, Int8Conv2d, Int8Dense, Portable};
 
 /// Largest int8-layer input (values) quantised on the stack; a larger layer runs the
 /// core's kernel.
@@ -99,16 +99,32 @@ impl DenseKernels for M4Kernels {
     // Not inlined: their stack buffers then exist only while an int8 layer runs, not
     // in the frame of every caller (a float model's firmware pays no RAM for them).
     #[inline(never)]
-    fn int8_dense_forward(&self, layer: &Int8Dense<'_>, x: &[f32], y: &mut [f32]) {
-        if !int8_dense(layer, x, y) {
-            Layer::Int8Dense(*layer).forward(x, y);
+    fn int8_dense_forward(
+        &self,
+        layer: &Int8Dense<'_>,
+        x: &[f32],
+        y: &mut [f32],
+        relu_input: bool,
+    ) {
+        if !int8_dense(layer, x, y, relu_input) {
+            Portable.int8_dense_forward(layer, x, y, relu_input);
         }
     }
 
     #[inline(never)]
-    fn int8_conv_forward(&self, layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) {
-        if !int8_conv_single_3x3(layer, x, y) && !int8_conv(layer, x, y) {
-            Layer::Int8Conv2d(*layer).forward(x, y);
+    fn int8_conv_forward(
+        &self,
+        layer: &Int8Conv2d<'_>,
+        x: &[f32],
+        y: &mut [f32],
+        relu_input: bool,
+    ) {
+        // The single-channel kernel serves a network's first layer, which no ReLU
+        // feeds; the general kernel takes any other.
+        let done = (!relu_input && int8_conv_single_3x3(layer, x, y))
+            || int8_conv(layer, x, y, relu_input);
+        if !done {
+            Portable.int8_conv_forward(layer, x, y, relu_input);
         }
     }
 }
@@ -116,28 +132,45 @@ impl DenseKernels for M4Kernels {
 /// The core's `quantize_activation(v, m)`, the same function (the tests compare them
 /// on NaN, infinities and both clamps), as `ssat8(max(t, 0) − 127)`: BIC, SUB and
 /// SSAT after the conversion on the M4, where the compiler's own clamp takes five.
+/// With `RELU`, the core's `quantize_relu_activation(v, m)` (the quantisation of
+/// `relu(v)`), as `usat7(max(t, 0) − 127)`: as cheap, and the ReLU's own pass over
+/// memory is gone.
 #[inline(always)]
-fn quantize(v: f32, m: f32) -> i32 {
+fn quantize<const RELU: bool>(v: f32, m: f32) -> i32 {
     let t = (v * m + 127.5) as i32;
-    ssat8(t.max(0) - 127)
+    if RELU {
+        usat7(t.max(0) - 127)
+    } else {
+        ssat8(t.max(0) - 127)
+    }
 }
 
-/// Quantises `x` into `q` (one two's-complement byte per value).
+/// Quantises `x` (or, with `relu`, `relu(x)`) into `q` (one two's-complement byte
+/// per value). The choice is made once per call, outside the loop.
 #[inline(always)]
-fn quantize_into(x: &[f32], m: f32, q: &mut [u8]) {
+fn quantize_into(x: &[f32], m: f32, q: &mut [u8], relu: bool) {
+    if relu {
+        quantize_into_as::<true>(x, m, q);
+    } else {
+        quantize_into_as::<false>(x, m, q);
+    }
+}
+
+#[inline(always)]
+fn quantize_into_as<const RELU: bool>(x: &[f32], m: f32, q: &mut [u8]) {
     // Four at a time: the M4 then overlaps one value's conversion with the next.
     let mut qc = q.chunks_exact_mut(4);
     let mut xc = x.chunks_exact(4);
     for (b, v) in (&mut qc).zip(&mut xc) {
         if let ([b0, b1, b2, b3], [v0, v1, v2, v3]) = (b, v) {
-            *b0 = quantize(*v0, m) as i8 as u8;
-            *b1 = quantize(*v1, m) as i8 as u8;
-            *b2 = quantize(*v2, m) as i8 as u8;
-            *b3 = quantize(*v3, m) as i8 as u8;
+            *b0 = quantize::<RELU>(*v0, m) as i8 as u8;
+            *b1 = quantize::<RELU>(*v1, m) as i8 as u8;
+            *b2 = quantize::<RELU>(*v2, m) as i8 as u8;
+            *b3 = quantize::<RELU>(*v3, m) as i8 as u8;
         }
     }
     for (b, &v) in qc.into_remainder().iter_mut().zip(xc.remainder()) {
-        *b = quantize(v, m) as i8 as u8;
+        *b = quantize::<RELU>(v, m) as i8 as u8;
     }
 }
 
@@ -221,20 +254,26 @@ fn dequantize(acc: i32, scale: f32, bias: f32) -> f32 {
     acc as f32 * scale + bias
 }
 
-/// The int8 dense layer on the DSP path; `false` when it is too large for it.
-fn int8_dense(layer: &Int8Dense<'_>, x: &[f32], y: &mut [f32]) -> bool {
+/// The int8 dense layer (of `relu(x)` with `relu`) on the DSP path; `false` when it
+/// is too large for it.
+fn int8_dense(layer: &Int8Dense<'_>, x: &[f32], y: &mut [f32], relu: bool) -> bool {
     // The buffer is zeroed on every call (safe Rust has no uninitialised arrays):
     // a small layer gets a small one, or zeroing 4 KiB would cost it more than its
     // multiply–accumulates (a 64 → 10 output layer: 3,100 cycles against 1,700).
     if (layer.dense.inputs as usize) <= SMALL_INPUT {
-        int8_dense_buffered::<SMALL_INPUT>(layer, x, y)
+        int8_dense_buffered::<SMALL_INPUT>(layer, x, y, relu)
     } else {
-        int8_dense_buffered::<MAX_INPUT>(layer, x, y)
+        int8_dense_buffered::<MAX_INPUT>(layer, x, y, relu)
     }
 }
 
 /// [`int8_dense`] with an `N`-byte quantisation buffer.
-fn int8_dense_buffered<const N: usize>(layer: &Int8Dense<'_>, x: &[f32], y: &mut [f32]) -> bool {
+fn int8_dense_buffered<const N: usize>(
+    layer: &Int8Dense<'_>,
+    x: &[f32],
+    y: &mut [f32],
+    relu: bool,
+) -> bool {
     let d = &layer.dense;
     let n = d.inputs as usize;
     if n == 0 || n > N || x.len() < n {
@@ -244,7 +283,7 @@ fn int8_dense_buffered<const N: usize>(layer: &Int8Dense<'_>, x: &[f32], y: &mut
     let Some(q) = qbuf.get_mut(..n) else {
         return false;
     };
-    quantize_into(x, layer.input_multiplier, q);
+    quantize_into(x, layer.input_multiplier, q, relu);
     let q = &*q;
     let mut rows = d.weights.chunks_exact(n);
     let mut o = 0usize;
@@ -268,6 +307,16 @@ fn int8_dense_buffered<const N: usize>(layer: &Int8Dense<'_>, x: &[f32], y: &mut
 #[inline(always)]
 fn lane(b: u8) -> u32 {
     u32::from(b as i8 as i16 as u16)
+}
+
+/// Decodes the first `CACHED` output channels' scales and biases from their stored
+/// bytes, once per call (a kernel reads them for every output position).
+#[inline(always)]
+fn decode_scales(c: &Conv2d<'_>, scales: &mut [f32; CACHED], biases: &mut [f32; CACHED]) {
+    let cout = usize::from(c.out_channels);
+    for (o, (sv, bv)) in scales.iter_mut().zip(biases).enumerate().take(cout) {
+        (*sv, *bv) = (c.scale(o), c.bias(o));
+    }
 }
 
 /// The single-channel 3×3 convolution (an image classifier's usual first layer) on
@@ -306,7 +355,7 @@ fn int8_conv_single_3x3(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) -> boo
     }
     let mut plane = [0u8; PLANE_BYTES];
     let m = layer.input_multiplier;
-    let half = |v: f32| u32::from(quantize(v, m) as i16 as u16);
+    let half = |v: f32| u32::from(quantize::<false>(v, m) as i16 as u16);
     for (xrow, iy) in x.chunks_exact(width).take(h).zip(0..) {
         let start = 2 * ((iy + p) * wp + p);
         if let Some(dst) = plane.get_mut(start..start + 2 * width) {
@@ -319,21 +368,16 @@ fn int8_conv_single_3x3(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) -> boo
                 }
             }
             for (d, &v) in dc.into_remainder().chunks_exact_mut(2).zip(xc.remainder()) {
-                d.copy_from_slice(&(quantize(v, m) as i16).to_le_bytes());
+                d.copy_from_slice(&(quantize::<false>(v, m) as i16).to_le_bytes());
             }
         }
     }
     // Each channel's weights in the patch words' tap order: (0, 1), (3, 4), (6, 7),
-    // (2, 5), (8, –); its scale and bias decoded once.
+    // (2, 5), (8, –).
     let mut wbuf = [0u32; 5 * CACHED];
     let (mut sbuf, mut bbuf) = ([0.0f32; CACHED], [0.0f32; CACHED]);
-    for (o, ((wo, sv), bv)) in wbuf
-        .chunks_exact_mut(5)
-        .zip(&mut sbuf)
-        .zip(&mut bbuf)
-        .take(cout)
-        .enumerate()
-    {
+    decode_scales(c, &mut sbuf, &mut bbuf);
+    for (o, wo) in wbuf.chunks_exact_mut(5).take(cout).enumerate() {
         let t = |i: usize| c.weights.get(9 * o + i).map_or(0, |&b| lane(b));
         wo.copy_from_slice(&[
             t(0) | t(1) << 16,
@@ -342,7 +386,6 @@ fn int8_conv_single_3x3(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) -> boo
             t(2) | t(5) << 16,
             t(8),
         ]);
-        (*sv, *bv) = (c.scale(o), c.bias(o));
     }
     let mut patches = [0u32; 5 * PATCH_RUN];
     // Runs of whole output rows.
@@ -404,7 +447,7 @@ fn int8_conv_single_3x3(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) -> boo
 // Not inlined: its stack buffers and those of `int8_conv_single_3x3` are then
 // never live at once.
 #[inline(never)]
-fn int8_conv(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) -> bool {
+fn int8_conv(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32], relu: bool) -> bool {
     let c = &layer.conv;
     let (cin, cout) = (usize::from(c.in_channels), usize::from(c.out_channels));
     let (h, width) = (usize::from(c.height), usize::from(c.width));
@@ -430,7 +473,7 @@ fn int8_conv(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) -> bool {
         let (ci, iy) = (r / h, r % h);
         let start = (ci * hp + iy + p) * wp + p;
         if let Some(dst) = qbuf.get_mut(start..start + width) {
-            quantize_into(xrow, layer.input_multiplier, dst);
+            quantize_into(xrow, layer.input_multiplier, dst, relu);
         }
     }
     let qin = &qbuf[..padded_len];
@@ -445,10 +488,8 @@ fn int8_conv(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) -> bool {
     let w = |o: usize, len: usize| c.weights.get(o * fan..o * fan + len);
     // The output channels' scales and biases, decoded once (up to CACHED channels).
     let (mut sbuf, mut bbuf) = ([0.0f32; CACHED], [0.0f32; CACHED]);
+    decode_scales(c, &mut sbuf, &mut bbuf);
     let cached = cout.min(CACHED);
-    for (o, (sv, bv)) in sbuf.iter_mut().zip(&mut bbuf).enumerate().take(cached) {
-        (*sv, *bv) = (c.scale(o), c.bias(o));
-    }
     let (scales, biases) = (&sbuf[..cached], &bbuf[..cached]);
     // Blocks of four output channels, their rows interleaved word by word (bytes
     // past a row's end are the next row's or 0: they meet the patch's zero padding).

@@ -34,6 +34,13 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
+/// The core's ReLU.
+fn relu(x: &[f32]) -> Vec<f32> {
+    let mut y = vec![0.0; x.len()];
+    Layer::Relu.forward(x, &mut y);
+    y
+}
+
 #[test]
 fn int8_dense_is_bit_identical_to_the_core() {
     let mut rng = Rng(1);
@@ -69,11 +76,27 @@ fn int8_dense_is_bit_identical_to_the_core() {
                 bias: &b,
             },
         };
-        let mut want = vec![-7.5f32; m];
-        Layer::Int8Dense(layer).forward(&x, &mut want);
-        let mut got = vec![1e30f32; m];
-        M4Kernels.int8_dense_forward(&layer, &x, &mut got);
-        assert_eq!(bits(&got), bits(&want), "{n} → {m}");
+        for relu_input in [false, true] {
+            // With `relu_input`, the layer of relu(x) (the ReLU fused into the
+            // quantisation): the core's fused kernel, and the core's layer on relu(x).
+            let mut want = vec![-7.5f32; m];
+            let mut unfused = vec![-7.5f32; m];
+            if relu_input {
+                layer.forward_relu_input(&x, &mut want);
+                Layer::Int8Dense(layer).forward(&relu(&x), &mut unfused);
+            } else {
+                Layer::Int8Dense(layer).forward(&x, &mut want);
+                Layer::Int8Dense(layer).forward(&x, &mut unfused);
+            }
+            assert_eq!(bits(&want), bits(&unfused));
+            let mut got = vec![1e30f32; m];
+            M4Kernels.int8_dense_forward(&layer, &x, &mut got, relu_input);
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "{n} → {m}, ReLU input {relu_input}"
+            );
+        }
     }
 }
 
@@ -129,15 +152,25 @@ fn int8_conv_is_bit_identical_to_the_core() {
             },
         };
         let len = layer.conv.output_len();
-        let mut want = vec![-7.5f32; len];
-        Layer::Int8Conv2d(layer).forward(&x, &mut want);
-        let mut got = vec![1e30f32; len];
-        M4Kernels.int8_conv_forward(&layer, &x, &mut got);
-        assert_eq!(
-            bits(&got),
-            bits(&want),
-            "{cin}x{h}x{w} → {cout}, k {k} s {s} p {p}"
-        );
+        for relu_input in [false, true] {
+            let mut want = vec![-7.5f32; len];
+            let mut unfused = vec![-7.5f32; len];
+            if relu_input {
+                layer.forward_relu_input(&x, &mut want);
+                Layer::Int8Conv2d(layer).forward(&relu(&x), &mut unfused);
+            } else {
+                Layer::Int8Conv2d(layer).forward(&x, &mut want);
+                Layer::Int8Conv2d(layer).forward(&x, &mut unfused);
+            }
+            assert_eq!(bits(&want), bits(&unfused));
+            let mut got = vec![1e30f32; len];
+            M4Kernels.int8_conv_forward(&layer, &x, &mut got, relu_input);
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "{cin}x{h}x{w} → {cout}, k {k} s {s} p {p}, ReLU input {relu_input}"
+            );
+        }
     }
 }
 
@@ -158,6 +191,7 @@ fn mismatched_buffers_never_panic() {
     for (xn, yn) in [(0, 0), (2, 3), (4, 1), (9, 9)] {
         let x = vec![0.5f32; xn];
         let mut y = vec![0.0f32; yn];
-        M4Kernels.int8_dense_forward(&layer, &x, &mut y);
+        M4Kernels.int8_dense_forward(&layer, &x, &mut y, false);
+        M4Kernels.int8_dense_forward(&layer, &x, &mut y, true);
     }
 }

@@ -196,6 +196,9 @@ fn parse_count(var: &str, what: &str) -> Res<Option<u32>> {
 
 fn run() -> Res<()> {
     let out = PathBuf::from(std::env::var("OUT_DIR").map_err(|e| e.to_string())?);
+    // The `layer-profile` feature: a measuring build, run only under QEMU
+    // (scripts/fw-cycle-estimate.sh), with a larger scratch and stack.
+    let profile = env("CARGO_FEATURE_LAYER_PROFILE").is_some();
     let write = |name: &str, bytes: &[u8]| {
         std::fs::write(out.join(name), bytes)
             .map_err(|e| format!("cannot write {}: {e}", out.join(name).display()))
@@ -232,7 +235,7 @@ fn run() -> Res<()> {
         .max(model.classify_scratch_len());
     // The layer profile runs each layer on its own: input, output and input
     // gradient side by side in the scratch buffer.
-    if env("CARGO_FEATURE_LAYER_PROFILE").is_some() {
+    if profile {
         let spec = model.spec();
         for net in [&spec.denoiser, &spec.classifier] {
             let mut len = model.input_len();
@@ -333,7 +336,6 @@ fn run() -> Res<()> {
     // starts at the top of the emulated board's 4 MiB of data RAM instead (the
     // linker reads memory.x from this directory, so the stack top is moved, not
     // the region). Its RAM is not checked against the budget.
-    let profile = env("CARGO_FEATURE_LAYER_PROFILE").is_some();
     if profile {
         println!("cargo:rustc-link-arg=--defsym=_stack_start=0x20400000");
     }
