@@ -37,6 +37,58 @@ mod imp {
         r
     }
 
+    /// Half a step of `dot2_steps` (four inputs against two rows); a step is two.
+    macro_rules! dot2_half_step {
+        () => {
+            concat!(
+                "ldr {x}, [{xp}], #4\n",
+                "ldr {w0}, [{p0}], #4\n",
+                "ldr {w1}, [{p1}], #4\n",
+                "sxtb16 {xa}, {x}\n",
+                "sxtb16 {xb}, {x}, ror #8\n",
+                "sxtb16 {x}, {w0}\n",
+                "smlad {a0}, {x}, {xa}, {a0}\n",
+                "sxtb16 {w0}, {w0}, ror #8\n",
+                "smlad {a0}, {w0}, {xb}, {a0}\n",
+                "sxtb16 {x}, {w1}\n",
+                "smlad {a1}, {x}, {xa}, {a1}\n",
+                "sxtb16 {w1}, {w1}, ror #8\n",
+                "smlad {a1}, {w1}, {xb}, {a1}\n",
+            )
+        };
+    }
+
+    /// Half a step of `dot4i_steps` (four inputs against four rows); a step is two.
+    macro_rules! dot4i_half_step {
+        () => {
+            concat!(
+                "ldr {x}, [{xp}], #4\n",
+                "ldr {w}, [{wp}], #4\n",
+                "ldr {v}, [{wp}], #4\n",
+                "sxtb16 {xa}, {x}\n",
+                "sxtb16 {xb}, {x}, ror #8\n",
+                "sxtb16 {x}, {w}\n",
+                "smlad {a0}, {x}, {xa}, {a0}\n",
+                "sxtb16 {w}, {w}, ror #8\n",
+                "smlad {a0}, {w}, {xb}, {a0}\n",
+                "sxtb16 {x}, {v}\n",
+                "smlad {a1}, {x}, {xa}, {a1}\n",
+                "sxtb16 {v}, {v}, ror #8\n",
+                "smlad {a1}, {v}, {xb}, {a1}\n",
+                "ldr {w}, [{wp}], #4\n",
+                "ldr {v}, [{wp}], #4\n",
+                "sxtb16 {x}, {w}\n",
+                "smlad {a2}, {x}, {xa}, {a2}\n",
+                "sxtb16 {w}, {w}, ror #8\n",
+                "smlad {a2}, {w}, {xb}, {a2}\n",
+                "sxtb16 {x}, {v}\n",
+                "smlad {a3}, {x}, {xa}, {a3}\n",
+                "sxtb16 {v}, {v}, ror #8\n",
+                "smlad {a3}, {v}, {xb}, {a3}\n",
+            )
+        };
+    }
+
     /// `steps` steps of eight inputs against two rows (see the portable version).
     #[inline(always)]
     pub fn dot2_steps(x: &[u8], r0: &[u8], r1: &[u8], steps: usize, acc: [i32; 2]) -> [i32; 2] {
@@ -55,32 +107,8 @@ mod imp {
         unsafe {
             core::arch::asm!(
                 "2:",
-                "ldr {x}, [{xp}], #4",
-                "ldr {w0}, [{p0}], #4",
-                "ldr {w1}, [{p1}], #4",
-                "sxtb16 {xa}, {x}",
-                "sxtb16 {xb}, {x}, ror #8",
-                "sxtb16 {x}, {w0}",
-                "smlad {a0}, {x}, {xa}, {a0}",
-                "sxtb16 {w0}, {w0}, ror #8",
-                "smlad {a0}, {w0}, {xb}, {a0}",
-                "sxtb16 {x}, {w1}",
-                "smlad {a1}, {x}, {xa}, {a1}",
-                "sxtb16 {w1}, {w1}, ror #8",
-                "smlad {a1}, {w1}, {xb}, {a1}",
-                "ldr {x}, [{xp}], #4",
-                "ldr {w0}, [{p0}], #4",
-                "ldr {w1}, [{p1}], #4",
-                "sxtb16 {xa}, {x}",
-                "sxtb16 {xb}, {x}, ror #8",
-                "sxtb16 {x}, {w0}",
-                "smlad {a0}, {x}, {xa}, {a0}",
-                "sxtb16 {w0}, {w0}, ror #8",
-                "smlad {a0}, {w0}, {xb}, {a0}",
-                "sxtb16 {x}, {w1}",
-                "smlad {a1}, {x}, {xa}, {a1}",
-                "sxtb16 {w1}, {w1}, ror #8",
-                "smlad {a1}, {w1}, {xb}, {a1}",
+                dot2_half_step!(),
+                dot2_half_step!(),
                 "subs {n}, {n}, #1",
                 "bne 2b",
                 xp = inout(reg) x.as_ptr() => _,
@@ -116,52 +144,8 @@ mod imp {
         unsafe {
             core::arch::asm!(
                 "2:",
-                "ldr {x}, [{xp}], #4",
-                "ldr {w}, [{wp}], #4",
-                "ldr {v}, [{wp}], #4",
-                "sxtb16 {xa}, {x}",
-                "sxtb16 {xb}, {x}, ror #8",
-                "sxtb16 {x}, {w}",
-                "smlad {a0}, {x}, {xa}, {a0}",
-                "sxtb16 {w}, {w}, ror #8",
-                "smlad {a0}, {w}, {xb}, {a0}",
-                "sxtb16 {x}, {v}",
-                "smlad {a1}, {x}, {xa}, {a1}",
-                "sxtb16 {v}, {v}, ror #8",
-                "smlad {a1}, {v}, {xb}, {a1}",
-                "ldr {w}, [{wp}], #4",
-                "ldr {v}, [{wp}], #4",
-                "sxtb16 {x}, {w}",
-                "smlad {a2}, {x}, {xa}, {a2}",
-                "sxtb16 {w}, {w}, ror #8",
-                "smlad {a2}, {w}, {xb}, {a2}",
-                "sxtb16 {x}, {v}",
-                "smlad {a3}, {x}, {xa}, {a3}",
-                "sxtb16 {v}, {v}, ror #8",
-                "smlad {a3}, {v}, {xb}, {a3}",
-                "ldr {x}, [{xp}], #4",
-                "ldr {w}, [{wp}], #4",
-                "ldr {v}, [{wp}], #4",
-                "sxtb16 {xa}, {x}",
-                "sxtb16 {xb}, {x}, ror #8",
-                "sxtb16 {x}, {w}",
-                "smlad {a0}, {x}, {xa}, {a0}",
-                "sxtb16 {w}, {w}, ror #8",
-                "smlad {a0}, {w}, {xb}, {a0}",
-                "sxtb16 {x}, {v}",
-                "smlad {a1}, {x}, {xa}, {a1}",
-                "sxtb16 {v}, {v}, ror #8",
-                "smlad {a1}, {v}, {xb}, {a1}",
-                "ldr {w}, [{wp}], #4",
-                "ldr {v}, [{wp}], #4",
-                "sxtb16 {x}, {w}",
-                "smlad {a2}, {x}, {xa}, {a2}",
-                "sxtb16 {w}, {w}, ror #8",
-                "smlad {a2}, {w}, {xb}, {a2}",
-                "sxtb16 {x}, {v}",
-                "smlad {a3}, {x}, {xa}, {a3}",
-                "sxtb16 {v}, {v}, ror #8",
-                "smlad {a3}, {v}, {xb}, {a3}",
+                dot4i_half_step!(),
+                dot4i_half_step!(),
                 "subs {n}, {n}, #1",
                 "bne 2b",
                 xp = inout(reg) x.as_ptr() => _,
