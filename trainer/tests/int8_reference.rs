@@ -200,3 +200,41 @@ fn square_twin_runs_in_the_evaluation_of_an_int8_model() {
     );
     assert!(!warned(&notes));
 }
+
+#[test]
+fn the_standard_preset_adds_square_twin_for_an_int8_classifier_only() {
+    use pursamere_trainer::eval::Protocol;
+    let int8_bytes = std::fs::read(fixture("mnist-robust-int8.psm")).unwrap();
+    let float_bytes = std::fs::read(fixture("mnist-robust.psm")).unwrap();
+    let int8 = Model::parse(&int8_bytes).unwrap();
+    let float = Model::parse(&float_bytes).unwrap();
+    let protocol = |extra: &str| {
+        Protocol::from_toml(&format!(
+            "images = 8\nl2_eps = [2.0]\ndefences = [\"none\"]\n{extra}"
+        ))
+        .unwrap()
+        .resolved(None, None)
+        .unwrap()
+    };
+    // The preset: square-twin right after square for the int8 model, nothing added
+    // for the float one.
+    let preset = protocol("preset = \"standard\"\n");
+    let for_int8 = preset.clone().for_model(&int8).attacks;
+    let at = for_int8.iter().position(|a| a == "square").unwrap();
+    assert_eq!(
+        for_int8.get(at + 1).map(String::as_str),
+        Some("square-twin")
+    );
+    assert_eq!(for_int8.len(), preset.attacks.len() + 1);
+    assert_eq!(preset.clone().for_model(&float).attacks, preset.attacks);
+    // Applying it twice adds nothing more.
+    assert_eq!(
+        preset.clone().for_model(&int8).for_model(&int8).attacks,
+        for_int8
+    );
+    // A protocol that lists its attacks keeps them (the engine warns instead).
+    let listed = protocol("attacks = [\"apgd-ce\", \"square\"]\n");
+    assert_eq!(listed.clone().for_model(&int8).attacks, listed.attacks);
+    let listed = protocol("preset = \"standard\"\nattacks = [\"apgd-ce\", \"square\"]\n");
+    assert_eq!(listed.clone().for_model(&int8).attacks, listed.attacks);
+}

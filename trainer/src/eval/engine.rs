@@ -162,6 +162,17 @@ fn purifier_json(c: &PurifierConfig) -> Value {
 
 /// The settings a result depends on (everything but the image range, the batch
 /// size and the output directory).
+/// Whether the classifier has int8-activation layers (a model converted by
+/// `pursamere int8`), whose input rounding Square cannot see through.
+pub(crate) fn has_int8_classifier(model: &Model<'_>) -> bool {
+    model
+        .spec()
+        .classifier
+        .layers
+        .iter()
+        .any(|l| matches!(l, Layer::Int8Dense(_) | Layer::Int8Conv2d(_)))
+}
+
 fn settings(model_bytes: &[u8], p: &Protocol, opts: &EvalOptions) -> Value {
     let mut proto = serde_json::to_value(p).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut proto {
@@ -474,6 +485,7 @@ pub fn run(
 ) -> Result<Report, EvalError> {
     let wall = Instant::now();
     let model = Model::parse(model_bytes)?;
+    let p = &p.clone().for_model(&model);
     opts.purifier
         .validate()
         .map_err(|e| EvalError::Protocol(format!("purifier settings: {e}")))?;
@@ -518,12 +530,7 @@ pub fn run(
         .iter()
         .any(|a| a == "square-twin")
         .then(|| fm.float_twin());
-    let int8 = model
-        .spec()
-        .classifier
-        .layers
-        .iter()
-        .any(|l| matches!(l, Layer::Int8Dense(_) | Layer::Int8Conv2d(_)));
+    let int8 = has_int8_classifier(&model);
     if int8 && twin.is_none() && p.attacks.iter().any(|a| a == "square") {
         obs.note(
             "warning: the classifier has int8 layers, whose input rounding stalls Square's \

@@ -70,6 +70,10 @@ pub struct Protocol {
     /// each attack only sees the examples every earlier one failed to break.
     #[serde(default)]
     pub attacks: Vec<String>,
+    /// Set when the `standard` preset filled in `attacks`: the suite then follows
+    /// the model ([`Protocol::for_model`]). Not a key of the file.
+    #[serde(skip)]
+    attacks_from_preset: bool,
     /// Defences: any of "none", "denoise", "ere" (ρ = 0), "pursamere" (ρ = `rho`).
     pub defences: Vec<String>,
     /// PGD losses ("transfer", "full", "bpda"): "ce", "margin", "dlr".
@@ -162,6 +166,28 @@ fn surrogate_eta() -> f32 {
 pub const DEFAULT_SQUARE_QUERIES: usize = 5000;
 
 impl Protocol {
+    /// The suite for the model it evaluates: when the `standard` preset chose the
+    /// attacks and the classifier has int8 layers, `square-twin` (Square against
+    /// the float twin) joins after `square` — the input rounding of int8 layers
+    /// stalls Square's random search on the model itself, so the preset alone would
+    /// overstate such a model's robustness (docs/EVALUATION.md). A protocol that
+    /// lists its attacks keeps them (the engine warns when they lack it).
+    pub fn for_model(mut self, model: &pursamere_core::Model<'_>) -> Self {
+        let twin = "square-twin";
+        if self.attacks_from_preset
+            && super::engine::has_int8_classifier(model)
+            && !self.attacks.iter().any(|a| a == twin)
+        {
+            let at = self
+                .attacks
+                .iter()
+                .position(|a| a == "square")
+                .map_or(self.attacks.len(), |i| i + 1);
+            self.attacks.insert(at, twin.to_owned());
+        }
+        self
+    }
+
     /// Parses a TOML protocol.
     pub fn from_toml(text: &str) -> Result<Self, EvalError> {
         toml::from_str(text).map_err(|e| EvalError::Protocol(e.to_string()))
@@ -189,6 +215,7 @@ impl Protocol {
                 ]
                 .map(String::from)
                 .to_vec();
+                self.attacks_from_preset = true;
             }
             Some("standard") => {}
             Some(o) => return bad(format!("unknown preset `{o}` (standard)")),
