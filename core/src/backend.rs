@@ -26,7 +26,7 @@
 //! [`crate::Model::ere_value_and_grad_with`] and [`crate::Model::classify_with`] take
 //! another implementation.
 
-use crate::layers::{Dense, Int8Conv2d, Int8Dense, Layer};
+use crate::layers::{Dense, Int8Conv2d, Int8Dense};
 
 /// Batched kernels of a dense layer. `xs`/`gxs` hold `batch` samples of
 /// `layer.inputs` floats one after another, `ys`/`gys` `batch` samples of
@@ -66,11 +66,7 @@ pub trait DenseKernels {
         y: &mut [f32],
         relu_input: bool,
     ) {
-        if relu_input {
-            layer.forward_relu_input(x, y);
-        } else {
-            Layer::Int8Dense(*layer).forward(x, y);
-        }
+        layer.forward_with(x, y, relu_input);
     }
 
     /// Forward pass of one sample through an int8-activation convolution, of
@@ -83,11 +79,7 @@ pub trait DenseKernels {
         y: &mut [f32],
         relu_input: bool,
     ) {
-        if relu_input {
-            layer.forward_relu_input(x, y);
-        } else {
-            Layer::Int8Conv2d(*layer).forward(x, y);
-        }
+        layer.forward_with(x, y, relu_input);
     }
 }
 

@@ -121,14 +121,10 @@ impl Int8Dense<'_> {
         self.forward_with(x, y, false);
     }
 
-    /// The forward pass of `relu(x)`, the ReLU fused into the input quantisation
-    /// ([`quantize_relu_activation`]; the multiplier must be > 0, as validation
-    /// ensures).
-    pub fn forward_relu_input(&self, x: &[f32], y: &mut [f32]) {
-        self.forward_with(x, y, true);
-    }
-
-    fn forward_with(&self, x: &[f32], y: &mut [f32], relu_input: bool) {
+    /// The forward pass of `x`, or with `relu_input` of `relu(x)`: the ReLU fused
+    /// into the input quantisation ([`quantize_relu_activation`]; the multiplier
+    /// must be > 0, as validation ensures).
+    pub fn forward_with(&self, x: &[f32], y: &mut [f32], relu_input: bool) {
         let lowest = lowest_quantized(relu_input);
         let d = &self.dense;
         let n = (d.inputs as usize).min(x.len());
@@ -199,14 +195,10 @@ impl Int8Conv2d<'_> {
         self.forward_with(x, y, false);
     }
 
-    /// The forward pass of `relu(x)`, the ReLU fused into the input quantisation
-    /// ([`quantize_relu_activation`]; the multiplier must be > 0, as validation
-    /// ensures).
-    pub fn forward_relu_input(&self, x: &[f32], y: &mut [f32]) {
-        self.forward_with(x, y, true);
-    }
-
-    fn forward_with(&self, x: &[f32], y: &mut [f32], relu_input: bool) {
+    /// The forward pass of `x`, or with `relu_input` of `relu(x)`: the ReLU fused
+    /// into the input quantisation ([`quantize_relu_activation`]; the multiplier
+    /// must be > 0, as validation ensures).
+    pub fn forward_with(&self, x: &[f32], y: &mut [f32], relu_input: bool) {
         let lowest = lowest_quantized(relu_input);
         let c = &self.conv;
         let (cin, cout) = (usize::from(c.in_channels), usize::from(c.out_channels));

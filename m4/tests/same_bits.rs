@@ -82,7 +82,7 @@ fn int8_dense_is_bit_identical_to_the_core() {
             let mut want = vec![-7.5f32; m];
             let mut unfused = vec![-7.5f32; m];
             if relu_input {
-                layer.forward_relu_input(&x, &mut want);
+                layer.forward_with(&x, &mut want, true);
                 Layer::Int8Dense(layer).forward(&relu(&x), &mut unfused);
             } else {
                 Layer::Int8Dense(layer).forward(&x, &mut want);
@@ -156,7 +156,7 @@ fn int8_conv_is_bit_identical_to_the_core() {
             let mut want = vec![-7.5f32; len];
             let mut unfused = vec![-7.5f32; len];
             if relu_input {
-                layer.forward_relu_input(&x, &mut want);
+                layer.forward_with(&x, &mut want, true);
                 Layer::Int8Conv2d(layer).forward(&relu(&x), &mut unfused);
             } else {
                 Layer::Int8Conv2d(layer).forward(&x, &mut want);
