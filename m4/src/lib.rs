@@ -571,3 +571,50 @@ fn int8_conv(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32], relu: bool) -> bo
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::quantize;
+    use pursamere_core::{quantize_activation, quantize_relu_activation};
+
+    #[test]
+    fn quantisation_is_the_cores_with_and_without_the_relu() {
+        // Edge values and pseudo-random bit patterns (NaNs, infinities, subnormals),
+        // for several multipliers; on the host `ssat8`/`usat7` are their emulations,
+        // on the M4 the instructions (the firmware test compares the digests).
+        let edges = [
+            0.0,
+            -0.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            -f32::MAX,
+            1e-45,
+            -1e-45,
+            1.0,
+            -1.0,
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut random = core::iter::repeat_with(move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            f32::from_bits((state >> 32) as u32)
+        });
+        for m in [127.0, 60.0, 1.0, 1e-3, 1e30] {
+            for v in edges.into_iter().chain((&mut random).take(20_000)) {
+                assert_eq!(
+                    quantize::<false>(v, m),
+                    quantize_activation(v, m),
+                    "{v} {m}"
+                );
+                assert_eq!(
+                    quantize::<true>(v, m),
+                    quantize_relu_activation(v, m),
+                    "{v} {m}"
+                );
+            }
+        }
+    }
+}
