@@ -915,6 +915,8 @@ fn unwritable_outputs() {
             "out",
             "--summary",
             &proc_out,
+            "--classifier",
+            "standard",
         ],
         &[proc_out.as_str()],
     );

@@ -797,6 +797,60 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
         16
     );
 
+    // The summary: its rows need a name, and a name belongs to one model file —
+    // both refused before any work, the file untouched.
+    let summary = tmp.path().join("summary.json");
+    let sum = s(&summary);
+    let o = eval(&out, &["--count", "4", "--summary", sum]);
+    assert!(
+        !o.status.success() && text(&o).contains("--classifier") && !summary.exists(),
+        "{}",
+        text(&o)
+    );
+    let o = eval(
+        &out,
+        &["--count", "4", "--summary", sum, "--classifier", "dense"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    let filed = doc["rows"].as_array().unwrap();
+    assert_eq!(filed.len(), 4);
+    for r in filed {
+        assert_eq!(r["classifier"], "dense");
+        assert_eq!(r["model_sha256"].as_str(), Some(model_hash));
+        // Every row says what stands behind it (the convergence check runs on the
+        // largest ε's survivors only) and carries its flags.
+        assert!(r["flags"].is_array(), "{r}");
+        let checked = r["checks_broken"].as_object().unwrap();
+        let largest = r["eps"].as_f64().unwrap() as f32 == 0.3;
+        let survivors = r["worst_case_before_checks"].as_f64().unwrap() > 0.0;
+        assert_eq!(
+            checked.contains_key("double-steps"),
+            largest && survivors,
+            "{r}"
+        );
+    }
+    let before = std::fs::read(&summary).unwrap();
+    let other_out = tmp.path().join("other-model");
+    let int8 = fixtures().join("mnist-robust-int8.psm");
+    let o = eval(
+        &other_out,
+        &[
+            "--model",
+            s(&int8),
+            "--summary",
+            sum,
+            "--classifier",
+            "dense",
+        ],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("--replace-rows") && !other_out.exists(),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read(&summary).unwrap(), before);
+
     // Other settings into the same directory: refused, naming what differs, and
     // nothing is written; --fresh starts over.
     let before = std::fs::read(out.join("results.jsonl")).unwrap();

@@ -47,9 +47,15 @@ pub struct EvalArgs {
     /// Also add this run's rows to a summary file (e.g. docs/eval/summary.json).
     #[arg(long)]
     pub summary: Option<PathBuf>,
-    /// Classifier name for the summary rows (e.g. "standard", "adversarial").
-    #[arg(long, default_value = "standard", requires = "summary")]
-    pub classifier: String,
+    /// Name the summary rows are filed under (e.g. "standard",
+    /// "cnn106k-pgd-max"); needed with --summary. One name belongs to one model
+    /// file: rows of another model under the same name are refused.
+    #[arg(long, requires = "summary")]
+    pub classifier: Option<String>,
+    /// With --summary: replace every row filed under --classifier that was
+    /// measured on another model file (the name then belongs to this model).
+    #[arg(long, requires = "summary")]
+    pub replace_rows: bool,
     /// Data set name for the settings, reports and summary (default: the --data
     /// directory's name).
     #[arg(long)]
@@ -133,6 +139,22 @@ pub fn run(a: EvalArgs) -> Result<i32> {
             |n| n.to_string_lossy().into_owned(),
         )
     });
+    // Before the work, not after it: the summary would refuse these rows.
+    let classifier = match (&a.summary, &a.classifier) {
+        (Some(_), None) => anyhow::bail!(
+            "--summary needs --classifier NAME: the name its rows are filed under \
+             (e.g. standard, cnn106k-pgd-max)"
+        ),
+        (_, c) => c.clone().unwrap_or_default(),
+    };
+    if let (Some(path), false) = (&a.summary, a.replace_rows) {
+        eval::summary::check_same_model(
+            path,
+            &data_name,
+            &classifier,
+            &eval::results::sha256_hex(&bytes),
+        )?;
+    }
     let opts = EvalOptions {
         out: a.out.clone(),
         fresh: a.fresh,
@@ -173,9 +195,22 @@ pub fn run(a: EvalArgs) -> Result<i32> {
     }
     if let Some(path) = &a.summary {
         let proto_name = a.protocol.display().to_string();
-        let n = eval::summary::upsert(path, &report.json, &data_name, &a.classifier, &proto_name)
-            .context("cannot update the --summary file")?;
+        let (n, removed) = eval::summary::upsert(
+            path,
+            &report.json,
+            &data_name,
+            &classifier,
+            &proto_name,
+            a.replace_rows,
+        )
+        .context("cannot update the --summary file")?;
         eprintln!("{}: {n} rows updated", path.display());
+        if removed > 0 {
+            eprintln!(
+                "{}: removed {removed} rows of \"{classifier}\" measured on another model file (--replace-rows)",
+                path.display()
+            );
+        }
     }
     if a.json {
         outln!("{}", serde_json::to_string_pretty(&report.json)?)?;

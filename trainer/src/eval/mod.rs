@@ -81,6 +81,10 @@ pub enum EvalError {
     /// The model does not support what the protocol asks.
     #[error("{0}")]
     Unsupported(String),
+    /// The summary file files rows under this classifier name that were measured
+    /// on another model file.
+    #[error("{0}")]
+    SummaryModel(Box<summary::SummaryConflict>),
     /// Drawing the plot failed.
     #[error("plot: {0}")]
     Plot(String),

@@ -65,6 +65,38 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
     }
 }
 
+/// The attacks that query the system's outputs only, never a gradient.
+const GRADIENT_FREE: [&str; 2] = ["square", "square-twin"];
+
+/// How much the gradient-free attacks of a cascade lowered the accuracy below what
+/// the attacks before them left (`per`: the cumulative accuracy after each attack
+/// that ran), with their names as a flag names them; `None` when none ran or no
+/// attack ran before them.
+fn gradient_free_extra(attacks: &[String], per: &BTreeMap<String, f64>) -> Option<(f64, String)> {
+    let first = attacks
+        .iter()
+        .position(|a| GRADIENT_FREE.contains(&a.as_str()) && per.contains_key(a))?;
+    let before = attacks[..first].iter().rev().find_map(|a| per.get(a))?;
+    let ran: Vec<&String> = attacks[first..]
+        .iter()
+        .filter(|a| GRADIENT_FREE.contains(&a.as_str()) && per.contains_key(*a))
+        .collect();
+    let after = ran
+        .iter()
+        .filter_map(|a| per.get(*a))
+        .copied()
+        .reduce(f64::min)?;
+    let names = ran
+        .iter()
+        .map(|a| match a.as_str() {
+            "square" => "Square",
+            _ => "Square against the float twin",
+        })
+        .collect::<Vec<_>>()
+        .join(" and ");
+    Some((before - after, names))
+}
+
 /// Builds and writes `report.md`, `report.json` and `report.png` into `out`.
 pub fn write(
     out: &Path,
@@ -184,6 +216,9 @@ pub fn write(
                 100.0 * lo,
                 100.0 * hi
             );
+            // The row's own flags (also in the report's list and, through the
+            // summary, next to the row's figure).
+            let mut row_flags = Vec::new();
             for (kind, broken) in &row_checks {
                 let what = if *kind == "restarts" {
                     format!("{} new random starts", p.restart_check_restarts)
@@ -197,7 +232,7 @@ pub fn write(
                     100.0 * (main - broken) as f64 / n as f64
                 ));
                 if *broken as f64 / n as f64 > 0.01 {
-                    flags.push(format!(
+                    row_flags.push(format!(
                         "FLAG {defence} {nn} {eps}: not converged — the {kind} check lowers the worst case by {:.1} points",
                         100.0 * *broken as f64 / n as f64
                     ));
@@ -205,43 +240,36 @@ pub fn write(
             }
             if let Some(&pw) = prev_worst.get(nn) {
                 if wf > pw + 1e-9 {
-                    flags.push(format!(
+                    row_flags.push(format!(
                         "FLAG {defence} {nn}: robust accuracy rises with ε ({:.1} % at {eps})",
                         100.0 * wf
                     ));
                 }
             }
             prev_worst.insert(nn, wf);
-            // Square runs last, on the survivors of every gradient attack: if it
-            // still breaks many, the gradients under-report (masking).
-            if let Some(i) = p.attacks.iter().position(|a| a == "square") {
-                if i > 0 {
-                    let before = p.attacks[..i]
-                        .iter()
-                        .rev()
-                        .find_map(|a| per.get(a))
-                        .copied();
-                    if let (Some(b), Some(&after)) = (before, per.get("square")) {
-                        if b - after > 0.01 {
-                            flags.push(format!(
-                                "FLAG {defence} {nn} {eps}: Square (gradient-free) broke {:.1} points that every gradient attack missed — suspect gradient masking",
-                                100.0 * (b - after)
-                            ));
-                        }
-                    }
+            // The gradient-free attacks run last, on the survivors of every gradient
+            // attack: if they still break many, the gradients under-report (masking).
+            if let Some((extra, names)) = gradient_free_extra(&p.attacks, &per) {
+                if extra > 0.01 {
+                    row_flags.push(format!(
+                        "FLAG {defence} {nn} {eps}: {names} (gradient-free) broke {:.1} points that every gradient attack missed — suspect gradient masking",
+                        100.0 * extra
+                    ));
                 }
             }
             if let Some(g) = mean_g {
                 if g < 1e-6 {
-                    flags.push(format!(
+                    row_flags.push(format!(
                         "FLAG {defence} {nn} {eps}: mean gradient norm through the purifier {g:e} — masking"
                     ));
                 }
             }
+            flags.extend(row_flags.iter().cloned());
             rows.push(json!({"defence": defence, "norm": nn, "eps": f32_json(eps), "n": n,
                 "clean": clean as f64 / n as f64, "after_attack": per,
                 "worst_case_before_checks": main as f64 / n as f64,
                 "checks_broken": row_checks,
+                "flags": row_flags,
                 "worst_case": wf, "wilson95": [lo, hi],
                 "mean_full_gradient_norm": mean_g,
                 "seconds_per_image": p.attacks.iter().map(|at| (at.clone(), recs.iter().filter_map(|r| r.seconds.get(at)).sum::<f64>().abs() / n as f64)).collect::<BTreeMap<_,_>>()}));
@@ -376,4 +404,40 @@ pub fn write(
         json,
         flags,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn gradient_free_extra_counts_both_square_variants() {
+        let attacks = names(&["transfer", "apgd-ce", "square", "square-twin"]);
+        let per: BTreeMap<String, f64> = [
+            ("transfer", 0.80),
+            ("apgd-ce", 0.72),
+            ("square", 0.715),
+            ("square-twin", 0.695),
+        ]
+        .into_iter()
+        .map(|(a, v)| (a.to_string(), v))
+        .collect();
+        let (extra, who) = gradient_free_extra(&attacks, &per).unwrap();
+        assert!((extra - 0.025).abs() < 1e-12, "{extra}");
+        assert_eq!(who, "Square and Square against the float twin");
+        // Only one of them ran.
+        let mut one = per.clone();
+        one.remove("square-twin");
+        let (extra, who) = gradient_free_extra(&attacks, &one).unwrap();
+        assert!((extra - 0.005).abs() < 1e-12, "{extra}");
+        assert_eq!(who, "Square");
+        // No gradient-free attack, or nothing before it: nothing to compare.
+        assert!(gradient_free_extra(&names(&["apgd-ce"]), &per).is_none());
+        let only: BTreeMap<String, f64> = [("square".to_string(), 0.5)].into();
+        assert!(gradient_free_extra(&names(&["square"]), &only).is_none());
+    }
 }

@@ -7,31 +7,123 @@ use serde_json::{json, Value};
 
 use super::EvalError;
 
+/// The rows of the summary file at `path` (none when it does not exist yet).
+fn read_rows(path: &Path) -> Result<Vec<Value>, EvalError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => serde_json::from_str::<Value>(&t)
+            .ok()
+            .and_then(|v| v.get("rows").and_then(Value::as_array).cloned())
+            .ok_or_else(|| {
+                EvalError::Protocol(format!("{} is not a summary file", path.display()))
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(EvalError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Rows filed under a classifier name that were measured on another model file
+/// than the run that would add to them.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{}: its {dataset} rows named \"{classifier}\" ({rows}) were measured on another model file (SHA-256 {}…), this run's model is {}…: file this run under another --classifier name, or pass --replace-rows to replace all {rows} of them",
+    path.display(),
+    &theirs[..theirs.len().min(12)],
+    &ours[..ours.len().min(12)]
+)]
+pub struct SummaryConflict {
+    /// The summary file.
+    pub path: std::path::PathBuf,
+    /// Data set name.
+    pub dataset: String,
+    /// Classifier name.
+    pub classifier: String,
+    /// SHA-256 of the model the existing rows were measured on.
+    pub theirs: String,
+    /// SHA-256 of this run's model.
+    pub ours: String,
+    /// How many rows of the other model there are.
+    pub rows: usize,
+}
+
+/// The rows of `dataset` filed under `classifier` that were measured on a model
+/// file other than `model_sha256`.
+fn other_models<'r>(
+    rows: &'r [Value],
+    dataset: &str,
+    classifier: &str,
+    model_sha256: &str,
+) -> Vec<&'r Value> {
+    rows.iter()
+        .filter(|r| r["dataset"] == dataset && r["classifier"] == classifier)
+        .filter(|r| {
+            r["model_sha256"]
+                .as_str()
+                .is_some_and(|m| m != model_sha256)
+        })
+        .collect()
+}
+
+/// One classifier name, one model file: fails when the summary at `path` already
+/// files rows of `dataset` under `classifier` that were measured on another model
+/// file (a new row beside them would mix two systems in one table, and one with the
+/// same key would silently replace the other's figure). Called before a long
+/// evaluation, so that it does not end in this error; [`upsert`] checks again.
+pub fn check_same_model(
+    path: &Path,
+    dataset: &str,
+    classifier: &str,
+    model_sha256: &str,
+) -> Result<(), EvalError> {
+    let rows = read_rows(path)?;
+    match other_models(&rows, dataset, classifier, model_sha256).first() {
+        None => Ok(()),
+        Some(r) => Err(EvalError::SummaryModel(Box::new(SummaryConflict {
+            path: path.to_path_buf(),
+            dataset: dataset.to_string(),
+            classifier: classifier.to_string(),
+            theirs: r["model_sha256"].as_str().unwrap_or("").to_string(),
+            ours: model_sha256.to_string(),
+            rows: other_models(&rows, dataset, classifier, model_sha256).len(),
+        }))),
+    }
+}
+
 /// Adds (or replaces) the rows of `report` (a `report.json` document) in the
 /// summary file at `path`, tagging them with `dataset`, `classifier` and the
 /// `protocol` file name. Rows are kept sorted by their key; the file is written
-/// atomically.
+/// atomically. Rows of `dataset` already filed under `classifier` but measured on
+/// another model file are an error ([`check_same_model`]), or with
+/// `replace_other_models` are all removed (the name then belongs to the new
+/// model). Returns the rows written and the rows of other models removed.
 pub fn upsert(
     path: &Path,
     report: &Value,
     dataset: &str,
     classifier: &str,
     protocol: &str,
-) -> Result<usize, EvalError> {
+    replace_other_models: bool,
+) -> Result<(usize, usize), EvalError> {
     let io = |source| EvalError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut rows: Vec<Value> = match std::fs::read_to_string(path) {
-        Ok(t) => serde_json::from_str::<Value>(&t)
-            .ok()
-            .and_then(|v| v.get("rows").and_then(Value::as_array).cloned())
-            .ok_or_else(|| {
-                EvalError::Protocol(format!("{} is not a summary file", path.display()))
-            })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(io(e)),
-    };
+    let model_sha256 = report["model_sha256"].as_str().unwrap_or("");
+    if !replace_other_models {
+        check_same_model(path, dataset, classifier, model_sha256)?;
+    }
+    let mut rows = read_rows(path)?;
+    let before = rows.len();
+    rows.retain(|r| {
+        !(r["dataset"] == dataset
+            && r["classifier"] == classifier
+            && r["model_sha256"]
+                .as_str()
+                .is_some_and(|m| m != model_sha256))
+    });
+    let removed = before - rows.len();
     // One row per (dataset, classifier, defence, norm, ε) and purifier setting: two
     // settings of one defence (say an L∞ and an L2 ball) are two systems, and one
     // must not silently replace the other. Rows written before the setting was
@@ -72,6 +164,13 @@ pub fn upsert(
             "clean": r["clean"],
             "worst_case": r["worst_case"],
             "wilson95": r["wilson95"],
+            // What stands behind the figure: the worst case before the convergence
+            // checks, the survivors each check broke (empty: no check ran on this
+            // row — the engine checks the survivors of each norm's largest ε), and the row's
+            // sanity flags (masking, non-convergence), as the report gives them.
+            "worst_case_before_checks": r["worst_case_before_checks"],
+            "checks_broken": r["checks_broken"],
+            "flags": r["flags"].as_array().cloned().unwrap_or_default(),
             "protocol": protocol,
             "attacks": report["protocol"]["attacks"],
             "model_sha256": report["model_sha256"],
@@ -84,12 +183,12 @@ pub fn upsert(
     }
     rows.sort_by_key(|r| key(r));
     let doc = json!({
-        "about": "Generated by `pursamere eval --summary`; one record per (dataset, classifier, defence, purifier setting, norm, eps). Fractions in [0, 1].",
+        "about": "Generated by `pursamere eval --summary`; one record per (dataset, classifier, defence, purifier setting, norm, eps). Fractions in [0, 1]. `checks_broken` names the convergence checks that ran on the row and the survivors each broke (empty: none ran — the engine checks the survivors of each norm's largest ε only); `flags` are the row's sanity flags from its report (gradient masking, non-convergence). Rows written before a field existed lack it.",
         "rows": rows,
     });
     let text = serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n";
     crate::train::write_atomic(path, text.as_bytes()).map_err(io)?;
-    Ok(added)
+    Ok((added, removed))
 }
 
 /// One measured row of a summary file, as a report line needs it.
@@ -189,9 +288,9 @@ mod upsert_tests {
     fn rows_of_other_purifier_settings_are_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("summary.json");
-        upsert(&path, &report(0.05, 0.1), "mnist", "cnn", "p.toml").unwrap();
-        upsert(&path, &report(1.0, 0.4), "mnist", "cnn", "p.toml").unwrap();
-        upsert(&path, &report(1.0, 0.5), "mnist", "cnn", "p.toml").unwrap();
+        upsert(&path, &report(0.05, 0.1), "mnist", "cnn", "p.toml", false).unwrap();
+        upsert(&path, &report(1.0, 0.4), "mnist", "cnn", "p.toml", false).unwrap();
+        upsert(&path, &report(1.0, 0.5), "mnist", "cnn", "p.toml", false).unwrap();
         let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let mut worst: Vec<f64> = doc["rows"]
             .as_array()
@@ -208,10 +307,69 @@ mod upsert_tests {
             r.as_object_mut().unwrap().remove("purifier");
         }
         std::fs::write(&path, legacy.to_string()).unwrap();
-        upsert(&path, &report(0.05, 0.2), "mnist", "cnn", "p.toml").unwrap();
+        upsert(&path, &report(0.05, 0.2), "mnist", "cnn", "p.toml", false).unwrap();
         let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let rows = doc["rows"].as_array().unwrap();
         assert_eq!(rows.len(), 1, "{rows:?}");
         assert_eq!(rows[0]["worst_case"].as_f64(), Some(0.2));
+    }
+
+    /// The row's caveats travel with its figure: the worst case before the
+    /// checks, what each check broke, and its sanity flags.
+    #[test]
+    fn rows_carry_their_checks_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("summary.json");
+        let mut r = report(0.5, 0.4);
+        r["rows"][0]["worst_case_before_checks"] = json!(0.6);
+        r["rows"][0]["checks_broken"] = json!({"restarts": 2});
+        r["rows"][0]["flags"] =
+            json!(["FLAG ere linf 0.3: Square (gradient-free) broke 2.0 points"]);
+        upsert(&path, &r, "mnist", "cnn", "p.toml", false).unwrap();
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let row = &doc["rows"][0];
+        assert_eq!(row["worst_case_before_checks"].as_f64(), Some(0.6));
+        assert_eq!(row["checks_broken"]["restarts"].as_u64(), Some(2));
+        assert_eq!(row["flags"].as_array().map(Vec::len), Some(1));
+        // A report without flags gives an empty list, never a missing key.
+        upsert(&path, &report(0.5, 0.4), "mnist", "cnn", "p.toml", false).unwrap();
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(doc["rows"][0]["flags"], json!([]));
+    }
+
+    /// A classifier name belongs to one model file: rows of another model under the
+    /// same name are refused, and with `replace_other_models` all of them go.
+    #[test]
+    fn rows_of_another_model_under_the_same_name_are_refused_or_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("summary.json");
+        let mut l2 = report(0.5, 0.4);
+        l2["rows"][0]["norm"] = json!("l2");
+        upsert(&path, &report(0.5, 0.4), "mnist", "cnn", "p.toml", false).unwrap();
+        upsert(&path, &l2, "mnist", "cnn", "p.toml", false).unwrap();
+        let mut other = report(0.5, 0.9);
+        other["model_sha256"] = json!("n");
+        let err = upsert(&path, &other, "mnist", "cnn", "p.toml", false).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("cnn") && msg.contains("--replace-rows"),
+            "{msg}"
+        );
+        assert!(check_same_model(&path, "mnist", "cnn", "n").is_err());
+        // Another name, another data set, or the same model: no conflict.
+        check_same_model(&path, "mnist", "cnn2", "n").unwrap();
+        check_same_model(&path, "fashion-mnist", "cnn", "n").unwrap();
+        check_same_model(&path, "mnist", "cnn", "m").unwrap();
+        check_same_model(&dir.path().join("missing.json"), "mnist", "cnn", "n").unwrap();
+        // The file is unchanged by the refusal.
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(doc["rows"].as_array().unwrap().len(), 2);
+        // Replacing removes both rows of the old model, not only the one re-measured.
+        let (added, removed) = upsert(&path, &other, "mnist", "cnn", "p.toml", true).unwrap();
+        assert_eq!((added, removed), (1, 2));
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let rows = doc["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["worst_case"].as_f64(), Some(0.9));
     }
 }
