@@ -50,7 +50,8 @@ fn defends_against(purifier_on: bool) -> String {
         .iter()
         .map(|r| {
             let norm = if r.norm == "linf" { "L-inf" } else { "L2" };
-            format!("{norm} {} {:.1} %", r.eps, 100.0 * r.worst_case)
+            let bound = if r.upper_bound { " (upper bound)" } else { "" };
+            format!("{norm} {} {:.1} %{bound}", r.eps, 100.0 * r.worst_case)
         })
         .collect();
     format!(

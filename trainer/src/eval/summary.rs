@@ -204,6 +204,10 @@ pub struct MeasuredRow {
     pub worst_case: f64,
     /// Images.
     pub n: u64,
+    /// The row's report flagged it (gradient-free attacks broke what every
+    /// gradient attack missed, or a convergence check broke more than a point):
+    /// the figure is an upper bound.
+    pub upper_bound: bool,
 }
 
 /// The rows of a summary file (its JSON text) measured on the model with SHA-256
@@ -231,6 +235,11 @@ pub fn defended_rows(summary: &str, model_sha256: &str, purifier_on: bool) -> Ve
                 eps: r["eps"].as_f64()?,
                 worst_case: r["worst_case"].as_f64()?,
                 n: r["n"].as_u64()?,
+                upper_bound: r["flags"].as_array().is_some_and(|f| {
+                    f.iter()
+                        .filter_map(Value::as_str)
+                        .any(|f| f.contains("gradient masking") || f.contains("not converged"))
+                }),
             })
         })
         .collect();
@@ -249,7 +258,8 @@ mod tests {
     #[test]
     fn defended_rows_pick_the_model_and_skip_undefended_rows() {
         let text = r#"{"rows": [
-            {"model_sha256": "a", "defence": "ere", "norm": "l2", "eps": 2.0, "worst_case": 0.3, "n": 10},
+            {"model_sha256": "a", "defence": "ere", "norm": "l2", "eps": 2.0, "worst_case": 0.3, "n": 10,
+             "flags": ["FLAG ere l2 2: Square (gradient-free) broke 2.0 points that every gradient attack missed — suspect gradient masking"]},
             {"model_sha256": "a", "defence": "none", "norm": "linf", "eps": 0.3, "worst_case": 0.0, "n": 10},
             {"model_sha256": "a", "defence": "ere", "norm": "linf", "eps": 0.3, "worst_case": 0.01, "n": 10},
             {"model_sha256": "b", "defence": "ere", "norm": "linf", "eps": 0.1, "worst_case": 0.7, "n": 10}
@@ -257,6 +267,12 @@ mod tests {
         let rows = defended_rows(text, "a", true);
         let keys: Vec<(&str, f64)> = rows.iter().map(|r| (r.norm.as_str(), r.eps)).collect();
         assert_eq!(keys, [("linf", 0.3), ("l2", 2.0)]);
+        // A flagged row is an upper bound; a row without flags (or written before
+        // rows had them) is not.
+        assert_eq!(
+            rows.iter().map(|r| r.upper_bound).collect::<Vec<_>>(),
+            [false, true]
+        );
         // Purifier off: the classifier's own rows.
         let rows = defended_rows(text, "a", false);
         assert_eq!(rows.len(), 1);
