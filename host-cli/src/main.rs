@@ -83,6 +83,8 @@ enum Command {
     Demo(cmd::demo::DemoArgs),
     /// White-box robustness evaluation from a TOML protocol (resumable).
     Eval(cmd::eval::EvalArgs),
+    /// Print the robustness matrix of a summary file (docs/eval/summary.json) as Markdown.
+    Summary(cmd::summary::SummaryArgs),
     /// Compare a firmware log (QEMU or a real board) with the core on the host.
     FirmwareCheck(cmd::firmware::FirmwareCheckArgs),
     /// Regenerate fixtures/: the dense purifier model, test-image sample, golden vectors.
@@ -208,6 +210,7 @@ fn main() {
         Command::Fixtures(a) => cmd::fixtures::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Eval(a) => cmd::eval::run(a),
+        Command::Summary(a) => cmd::summary::run(a),
         Command::FirmwareCheck(a) => cmd::firmware::run(a),
         Command::Upgrade(a) => cmd::upgrade::run(a),
         Command::Int8(a) => cmd::int8::run(a),

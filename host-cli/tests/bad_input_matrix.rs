@@ -368,6 +368,7 @@ fn missing_files() {
         case(&["inspect", &m], &n),
         case(&["inspect", "--model", &m], &n),
         case(&["upgrade", "--model", &m, "--out", "out"], &n),
+        case(&["summary", "--file", &m], &n),
         case(&["verify", "--model", &m, "--data", &p(&i.sample)], &n),
         case(&["verify", "--float", &m, "--data", &p(&i.sample)], &n),
         case(&["verify", "--data", &m], &n),
@@ -477,6 +478,7 @@ fn empty_files() {
         case(&["classify", "--idx", &idx, "--model", &e], &n),
         case(&["inspect", &e], &n),
         case(&["upgrade", "--model", &e, "--out", "out"], &n),
+        case(&["summary", "--file", &e], &n),
         case(&["verify", "--model", &e, "--data", &p(&i.sample)], &n),
         case(&["verify", "--float", &e, "--data", &p(&i.sample)], &n),
         case(&["verify", "--data", &ed], &["empty-data"]),
@@ -572,6 +574,8 @@ fn corrupt_and_foreign_files() {
         case(&["inspect", &garbage], &gn),
         case(&["upgrade", "--model", &png, "--out", "out"], &pn),
         case(&["upgrade", "--model", &garbage, "--out", "out"], &gn),
+        case(&["summary", "--file", &garbage], &gn),
+        case(&["summary", "--file", &png], &pn),
         case(&["inspect", &idx], &["t10k-images"]),
         case(&["verify", "--model", &png, "--data", &p(&i.sample)], &pn),
         case(&["verify", "--float", &png, "--data", &p(&i.sample)], &pn),
@@ -928,6 +932,7 @@ fn unwritable_outputs() {
 #[test]
 fn full_or_closed_standard_output() {
     let i = inputs();
+    let summary = p(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/eval/summary.json"));
     let (idx, psm, sample, data, run) = (p(&i.idx), p(&i.psm), p(&i.sample), p(&i.data), p(&i.run));
     let commands: Vec<Vec<&str>> = vec![
         vec!["inspect", &psm],
@@ -953,6 +958,7 @@ fn full_or_closed_standard_output() {
             "out",
         ],
         vec!["export", "--run", &run, "--out", "out", "--side", "8"],
+        vec!["summary", "--file", &summary],
         vec![
             "train",
             "--data",

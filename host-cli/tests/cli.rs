@@ -2401,3 +2401,30 @@ fn int8_converts_the_classifier_reports_accuracy_and_refuses_what_it_cannot_do()
         text(&o)
     );
 }
+
+#[test]
+fn summary_prints_the_measured_matrix() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/eval/summary.json");
+    let o = run(&["summary", "--file", s(&file)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = String::from_utf8_lossy(&o.stdout).into_owned();
+    // The header names every MNIST threat, and the shipped default has its line.
+    assert!(
+        t.starts_with(
+            "| classifier | defence | clean | L∞ 0.1 | L∞ 0.2 | L∞ 0.3 | L2 1 | L2 1.5 | L2 2 |"
+        ),
+        "{t}"
+    );
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with("| cnn106k-pgd-max-int8 | none | 96.4 % |")),
+        "{t}"
+    );
+    let o = run(&["summary", "--file", s(&file), "--dataset", "cifar10"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("cifar10") && text(&o).contains("mnist"),
+        "{}",
+        text(&o)
+    );
+}

@@ -9,6 +9,7 @@ pub mod images;
 pub mod inspect;
 pub mod int8;
 pub mod purify;
+pub mod summary;
 pub mod train;
 pub mod upgrade;
 pub mod verify;

@@ -251,6 +251,150 @@ pub fn defended_rows(summary: &str, model_sha256: &str, purifier_on: bool) -> Ve
     out
 }
 
+/// The robustness matrix of one data set as Markdown tables, from the text of a
+/// summary file: one line per (classifier, defence, purifier setting), one column per
+/// threat (L∞ before L2, by ε); a cell is the worst case with its images, "≤" when
+/// the row's report flagged it (an upper bound: gradient-free attacks or a check
+/// broke what the gradient attacks missed), "–" when not measured. Every figure
+/// comes from the file (`pursamere summary`), none is typed.
+pub fn matrix_markdown(summary: &str, dataset: &str) -> Result<String, EvalError> {
+    let rows: Vec<Value> = serde_json::from_str::<Value>(summary)
+        .ok()
+        .and_then(|v| v.get("rows").and_then(Value::as_array).cloned())
+        .ok_or_else(|| EvalError::Unsupported("not a summary file (no \"rows\")".into()))?;
+    let mine: Vec<&Value> = rows.iter().filter(|r| r["dataset"] == dataset).collect();
+    if mine.is_empty() {
+        let mut known: Vec<&str> = rows.iter().filter_map(|r| r["dataset"].as_str()).collect();
+        known.sort_unstable();
+        known.dedup();
+        return Err(EvalError::Unsupported(format!(
+            "no rows of data set \"{dataset}\" (the file has: {})",
+            known.join(", ")
+        )));
+    }
+    let eps_key = |r: &Value| (r["eps"].as_f64().unwrap_or(0.0) * 1e6).round() as i64;
+    let mut threats: Vec<(bool, i64, String)> = mine
+        .iter()
+        .map(|r| {
+            let l2 = r["norm"] == "l2";
+            let e = r["eps"].as_f64().unwrap_or(0.0) as f32;
+            (
+                l2,
+                eps_key(r),
+                format!("{} {e}", if l2 { "L2" } else { "L∞" }),
+            )
+        })
+        .collect();
+    threats.sort();
+    threats.dedup();
+    let order = |d: &str| {
+        DEFENCE_ORDER
+            .iter()
+            .position(|x| *x == d)
+            .unwrap_or(usize::MAX)
+    };
+    let mut systems: Vec<(String, usize, String, String)> = mine
+        .iter()
+        .map(|r| {
+            let d = r["defence"].as_str().unwrap_or("");
+            (
+                r["classifier"].as_str().unwrap_or("").to_string(),
+                order(d),
+                d.to_string(),
+                purifier_words(&r["purifier"]),
+            )
+        })
+        .collect();
+    systems.sort();
+    systems.dedup();
+    let mut md = format!(
+        "| classifier | defence | clean | {} |\n| --- | --- | --- | {}\n",
+        threats
+            .iter()
+            .map(|t| t.2.as_str())
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "--- | ".repeat(threats.len())
+    );
+    for (classifier, _, defence, setting) in &systems {
+        let of_system: Vec<&&Value> = mine
+            .iter()
+            .filter(|r| {
+                r["classifier"] == classifier.as_str()
+                    && r["defence"] == defence.as_str()
+                    && purifier_words(&r["purifier"]) == *setting
+            })
+            .collect();
+        // Clean accuracy of the row with the most images.
+        let clean = of_system
+            .iter()
+            .max_by_key(|r| r["n"].as_u64().unwrap_or(0))
+            .and_then(|r| r["clean"].as_f64())
+            .map_or("–".to_string(), |c| format!("{:.1} %", 100.0 * c));
+        let cells: Vec<String> = threats
+            .iter()
+            .map(|(l2, e, _)| {
+                of_system
+                    .iter()
+                    .find(|r| (r["norm"] == "l2") == *l2 && eps_key(r) == *e)
+                    .map_or("–".to_string(), |r| {
+                        let bound = r["flags"].as_array().is_some_and(|f| {
+                            f.iter().filter_map(Value::as_str).any(|f| {
+                                f.contains("gradient masking") || f.contains("not converged")
+                            })
+                        });
+                        format!(
+                            "{}{:.1} % ({})",
+                            if bound { "≤ " } else { "" },
+                            100.0 * r["worst_case"].as_f64().unwrap_or(0.0),
+                            r["n"].as_u64().unwrap_or(0)
+                        )
+                    })
+            })
+            .collect();
+        let def = if setting.is_empty() {
+            defence.clone()
+        } else {
+            format!("{defence} ({setting})")
+        };
+        md += &format!(
+            "| {classifier} | {def} | {clean} | {} |\n",
+            cells.join(" | ")
+        );
+    }
+    Ok(md)
+}
+
+/// The defences in the order a matrix lists them.
+const DEFENCE_ORDER: [&str; 4] = ["none", "denoise", "ere", "pursamere"];
+
+/// A purifier setting in a few words ("K 5, M 1, L2 δ 0.5, ρ 0.05"; empty for none).
+fn purifier_words(p: &Value) -> String {
+    let Some(o) = p.as_object() else {
+        return String::new();
+    };
+    let num = |k: &str| o.get(k).and_then(Value::as_f64).map(|v| v as f32);
+    let mut w = Vec::new();
+    if let Some(k) = num("iters") {
+        w.push(format!("K {k}"));
+    }
+    if let Some(m) = num("noise_samples") {
+        w.push(format!("M {m}"));
+    }
+    if let Some(r) = num("radius") {
+        let norm = if o.get("norm").and_then(Value::as_str) == Some("L2") {
+            "L2 "
+        } else {
+            "L∞ "
+        };
+        w.push(format!("{norm}δ {r}"));
+    }
+    if let Some(rho) = num("rho") {
+        w.push(format!("ρ {rho}"));
+    }
+    w.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +425,39 @@ mod tests {
             ("none", 0.0)
         );
         assert!(defended_rows("not json", "a", true).is_empty());
+    }
+
+    #[test]
+    fn the_matrix_has_one_line_per_system_and_one_column_per_threat() {
+        let text = r#"{"rows": [
+            {"dataset": "mnist", "classifier": "std", "defence": "ere", "purifier": {"iters": 5, "noise_samples": 1, "norm": "L2", "radius": 0.5, "rho": 0.0},
+             "norm": "l2", "eps": 2.0, "worst_case": 0.313, "n": 1000, "clean": 0.973,
+             "flags": ["FLAG ere l2 2: Square (gradient-free) broke 2.0 points that every gradient attack missed — suspect gradient masking"]},
+            {"dataset": "mnist", "classifier": "std", "defence": "none", "purifier": null,
+             "norm": "linf", "eps": 0.3, "worst_case": 0.0, "n": 1000, "clean": 0.98},
+            {"dataset": "mnist", "classifier": "std", "defence": "none", "purifier": null,
+             "norm": "linf", "eps": 0.1, "worst_case": 0.02, "n": 200, "clean": 0.98},
+            {"dataset": "fashion-mnist", "classifier": "std", "defence": "none",
+             "norm": "linf", "eps": 0.1, "worst_case": 0.0, "n": 200, "clean": 0.875}
+        ]}"#;
+        let md = matrix_markdown(text, "mnist").unwrap();
+        let lines: Vec<&str> = md.lines().collect();
+        assert_eq!(lines.len(), 4, "{md}");
+        assert_eq!(
+            lines[0],
+            "| classifier | defence | clean | L∞ 0.1 | L∞ 0.3 | L2 2 |"
+        );
+        assert_eq!(
+            lines[2],
+            "| std | none | 98.0 % | 2.0 % (200) | 0.0 % (1000) | – |"
+        );
+        assert_eq!(
+            lines[3],
+            "| std | ere (K 5, M 1, L2 δ 0.5, ρ 0) | 97.3 % | – | – | ≤ 31.3 % (1000) |"
+        );
+        let err = matrix_markdown(text, "cifar10").unwrap_err().to_string();
+        assert!(err.contains("fashion-mnist, mnist"), "{err}");
+        assert!(matrix_markdown("[]", "mnist").is_err());
     }
 }
 
