@@ -714,7 +714,17 @@ pub fn run(
                 }
                 let t = Instant::now();
                 let mut broken_total = 0;
-                for chunk in todo.chunks(p.batch) {
+                // Chunks on every thread: a chunk's seed is its first image's, so the
+                // verdicts do not depend on which thread ran it or when (the records
+                // arrive in completion order; they are keyed by image). The main pass
+                // stays in image order, so that a stopped run has whole images.
+                let chunks: Vec<&[usize]> = todo.chunks(p.batch).collect();
+                let next = std::sync::atomic::AtomicUsize::new(0);
+                let failed = std::sync::atomic::AtomicBool::new(false);
+                let threads = std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .clamp(1, chunks.len());
+                let check_chunk = |chunk: &[usize]| -> Result<Vec<usize>, EvalError> {
                     let (x, y) = images(data, chunk);
                     let seed = chunk[0] as u64 + seed_offset;
                     let mut alive: Vec<usize> = (0..chunk.len()).collect();
@@ -739,20 +749,53 @@ pub fn run(
                             check == "restarts",
                         )?;
                     }
-                    broken_total += chunk.len() - alive.len();
-                    let recs = (0..chunk.len())
-                        .map(|k| CheckRecord {
-                            fingerprint: store.fingerprint().to_string(),
-                            check: check.into(),
-                            index: chunk[k],
-                            defence: def.name.clone(),
-                            norm: nn.into(),
-                            eps,
-                            broken: !alive.contains(&k),
-                        })
-                        .collect();
-                    store.append_checks(recs)?;
-                }
+                    Ok(alive)
+                };
+                std::thread::scope(|s| -> Result<(), EvalError> {
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    for _ in 0..threads {
+                        let tx = tx.clone();
+                        let (chunks, next, failed, check_chunk) =
+                            (&chunks, &next, &failed, &check_chunk);
+                        s.spawn(move || {
+                            use std::sync::atomic::Ordering::Relaxed;
+                            while !failed.load(Relaxed) {
+                                let Some(&chunk) = chunks.get(next.fetch_add(1, Relaxed)) else {
+                                    break;
+                                };
+                                let r = check_chunk(chunk);
+                                failed.fetch_or(r.is_err(), Relaxed);
+                                if tx.send((chunk, r)).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    drop(tx);
+                    for (chunk, alive) in rx {
+                        let alive = match alive {
+                            Ok(a) => a,
+                            Err(e) => {
+                                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                                return Err(e);
+                            }
+                        };
+                        broken_total += chunk.len() - alive.len();
+                        let recs = (0..chunk.len())
+                            .map(|k| CheckRecord {
+                                fingerprint: store.fingerprint().to_string(),
+                                check: check.into(),
+                                index: chunk[k],
+                                defence: def.name.clone(),
+                                norm: nn.into(),
+                                eps,
+                                broken: !alive.contains(&k),
+                            })
+                            .collect();
+                        store.append_checks(recs)?;
+                    }
+                    Ok(())
+                })?;
                 obs.note(&format!(
                     "{check} check {} {nn} {eps}: {broken_total} of {} survivors broken ({:.0} s)",
                     def.name,
