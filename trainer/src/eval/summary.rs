@@ -235,11 +235,7 @@ pub fn defended_rows(summary: &str, model_sha256: &str, purifier_on: bool) -> Ve
                 eps: r["eps"].as_f64()?,
                 worst_case: r["worst_case"].as_f64()?,
                 n: r["n"].as_u64()?,
-                upper_bound: r["flags"].as_array().is_some_and(|f| {
-                    f.iter()
-                        .filter_map(Value::as_str)
-                        .any(|f| f.contains("gradient masking") || f.contains("not converged"))
-                }),
+                upper_bound: is_upper_bound(r),
             })
         })
         .collect();
@@ -338,11 +334,7 @@ pub fn matrix_markdown(summary: &str, dataset: &str) -> Result<String, EvalError
                     .iter()
                     .find(|r| (r["norm"] == "l2") == *l2 && eps_key(r) == *e)
                     .map_or("–".to_string(), |r| {
-                        let bound = r["flags"].as_array().is_some_and(|f| {
-                            f.iter().filter_map(Value::as_str).any(|f| {
-                                f.contains("gradient masking") || f.contains("not converged")
-                            })
-                        });
+                        let bound = is_upper_bound(r);
                         format!(
                             "{}{:.1} % ({})",
                             if bound { "≤ " } else { "" },
@@ -363,6 +355,17 @@ pub fn matrix_markdown(summary: &str, dataset: &str) -> Result<String, EvalError
         );
     }
     Ok(md)
+}
+
+/// Whether a summary row's report flagged it in a way that makes its figure an upper
+/// bound: gradient-free attacks, or a convergence check, broke more than a point
+/// that the gradient attacks missed.
+fn is_upper_bound(r: &Value) -> bool {
+    r["flags"].as_array().is_some_and(|f| {
+        f.iter()
+            .filter_map(Value::as_str)
+            .any(|f| f.contains("gradient masking") || f.contains("not converged"))
+    })
 }
 
 /// The defences in the order a matrix lists them.
