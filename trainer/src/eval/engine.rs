@@ -773,26 +773,26 @@ pub fn run(
                     }
                     drop(tx);
                     for (chunk, alive) in rx {
-                        let alive = match alive {
-                            Ok(a) => a,
-                            Err(e) => {
-                                failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                                return Err(e);
-                            }
-                        };
-                        broken_total += chunk.len() - alive.len();
-                        let recs = (0..chunk.len())
-                            .map(|k| CheckRecord {
-                                fingerprint: store.fingerprint().to_string(),
-                                check: check.into(),
-                                index: chunk[k],
-                                defence: def.name.clone(),
-                                norm: nn.into(),
-                                eps,
-                                broken: !alive.contains(&k),
-                            })
-                            .collect();
-                        store.append_checks(recs)?;
+                        let appended = alive.and_then(|alive| {
+                            broken_total += chunk.len() - alive.len();
+                            let recs = (0..chunk.len())
+                                .map(|k| CheckRecord {
+                                    fingerprint: store.fingerprint().to_string(),
+                                    check: check.into(),
+                                    index: chunk[k],
+                                    defence: def.name.clone(),
+                                    norm: nn.into(),
+                                    eps,
+                                    broken: !alive.contains(&k),
+                                })
+                                .collect();
+                            store.append_checks(recs)
+                        });
+                        if let Err(e) = appended {
+                            // The workers stop after their current chunk.
+                            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                            return Err(e);
+                        }
                     }
                     Ok(())
                 })?;
