@@ -821,6 +821,7 @@ fn eval_runs_a_protocol_resumes_and_rejects_bad_ones() {
         // Every row says what stands behind it (the convergence check runs on the
         // largest ε's survivors only) and carries its flags.
         assert!(r["flags"].is_array(), "{r}");
+        assert!(r["upper_bound"].is_boolean(), "{r}");
         let checked = r["checks_broken"].as_object().unwrap();
         let largest = r["eps"].as_f64().unwrap() as f32 == 0.3;
         let survivors = r["worst_case_before_checks"].as_f64().unwrap() > 0.0;

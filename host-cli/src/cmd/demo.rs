@@ -39,7 +39,10 @@ const SUMMARY_JSON: &str = include_str!("../../../docs/eval/summary.json");
 /// "L∞ 0.1: 76.1 %, …" for the shipped model's defended rows, or a note that none
 /// were measured.
 fn defends_against(purifier_on: bool) -> String {
-    use pursamere_trainer::eval::{results::sha256_hex, summary::defended_rows};
+    use pursamere_trainer::eval::{
+        results::sha256_hex,
+        summary::{defended_rows, Bound},
+    };
     let rows = defended_rows(SUMMARY_JSON, &sha256_hex(SHIPPED_PSM), purifier_on);
     if rows.is_empty() {
         return "no white-box evaluation of this model is recorded in docs/eval/summary.json"
@@ -50,7 +53,11 @@ fn defends_against(purifier_on: bool) -> String {
         .iter()
         .map(|r| {
             let norm = if r.norm == "linf" { "L-inf" } else { "L2" };
-            let bound = if r.upper_bound { " (upper bound)" } else { "" };
+            let bound = match r.bound {
+                Bound::Measured => "",
+                Bound::UpperBound => " (upper bound)",
+                Bound::Unrecorded => " (sanity flags not recorded)",
+            };
             format!("{norm} {} {:.1} %{bound}", r.eps, 100.0 * r.worst_case)
         })
         .collect();

@@ -219,6 +219,10 @@ pub fn write(
             // The row's own flags (also in the report's list and, through the
             // summary, next to the row's figure).
             let mut row_flags = Vec::new();
+            // Whether a flag makes the figure an upper bound (more attack would likely
+            // break more), recorded as such so that the summary never reads it back
+            // out of the flags' wording.
+            let mut upper_bound = false;
             for (kind, broken) in &row_checks {
                 let what = if *kind == "restarts" {
                     format!("{} new random starts", p.restart_check_restarts)
@@ -232,6 +236,7 @@ pub fn write(
                     100.0 * (main - broken) as f64 / n as f64
                 ));
                 if *broken as f64 / n as f64 > 0.01 {
+                    upper_bound = true;
                     row_flags.push(format!(
                         "FLAG {defence} {nn} {eps}: not converged — the {kind} check lowers the worst case by {:.1} points",
                         100.0 * *broken as f64 / n as f64
@@ -251,6 +256,7 @@ pub fn write(
             // attack: if they still break many, the gradients under-report (masking).
             if let Some((extra, names)) = gradient_free_extra(&p.attacks, &per) {
                 if extra > 0.01 {
+                    upper_bound = true;
                     row_flags.push(format!(
                         "FLAG {defence} {nn} {eps}: {names} (gradient-free) broke {:.1} points that every gradient attack missed — suspect gradient masking",
                         100.0 * extra
@@ -259,6 +265,7 @@ pub fn write(
             }
             if let Some(g) = mean_g {
                 if g < 1e-6 {
+                    upper_bound = true;
                     row_flags.push(format!(
                         "FLAG {defence} {nn} {eps}: mean gradient norm through the purifier {g:e} — masking"
                     ));
@@ -270,6 +277,7 @@ pub fn write(
                 "worst_case_before_checks": main as f64 / n as f64,
                 "checks_broken": row_checks,
                 "flags": row_flags,
+                "upper_bound": upper_bound,
                 "worst_case": wf, "wilson95": [lo, hi],
                 "mean_full_gradient_norm": mean_g,
                 "seconds_per_image": p.attacks.iter().map(|at| (at.clone(), recs.iter().filter_map(|r| r.seconds.get(at)).sum::<f64>().abs() / n as f64)).collect::<BTreeMap<_,_>>()}));

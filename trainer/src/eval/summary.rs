@@ -48,6 +48,16 @@ pub struct SummaryConflict {
     pub rows: usize,
 }
 
+/// Whether `r` is a row of `dataset` filed under `classifier` but measured on a
+/// model file other than `model_sha256`.
+fn of_other_model(r: &Value, dataset: &str, classifier: &str, model_sha256: &str) -> bool {
+    r["dataset"] == dataset
+        && r["classifier"] == classifier
+        && r["model_sha256"]
+            .as_str()
+            .is_some_and(|m| m != model_sha256)
+}
+
 /// The rows of `dataset` filed under `classifier` that were measured on a model
 /// file other than `model_sha256`.
 fn other_models<'r>(
@@ -57,13 +67,30 @@ fn other_models<'r>(
     model_sha256: &str,
 ) -> Vec<&'r Value> {
     rows.iter()
-        .filter(|r| r["dataset"] == dataset && r["classifier"] == classifier)
-        .filter(|r| {
-            r["model_sha256"]
-                .as_str()
-                .is_some_and(|m| m != model_sha256)
-        })
+        .filter(|r| of_other_model(r, dataset, classifier, model_sha256))
         .collect()
+}
+
+/// The refusal of [`check_same_model`] for `rows`, if any.
+fn conflict(
+    path: &Path,
+    rows: &[Value],
+    dataset: &str,
+    classifier: &str,
+    model_sha256: &str,
+) -> Result<(), EvalError> {
+    let others = other_models(rows, dataset, classifier, model_sha256);
+    match others.first() {
+        None => Ok(()),
+        Some(r) => Err(EvalError::SummaryModel(Box::new(SummaryConflict {
+            path: path.to_path_buf(),
+            dataset: dataset.to_string(),
+            classifier: classifier.to_string(),
+            theirs: r["model_sha256"].as_str().unwrap_or("").to_string(),
+            ours: model_sha256.to_string(),
+            rows: others.len(),
+        }))),
+    }
 }
 
 /// One classifier name, one model file: fails when the summary at `path` already
@@ -77,27 +104,40 @@ pub fn check_same_model(
     classifier: &str,
     model_sha256: &str,
 ) -> Result<(), EvalError> {
-    let rows = read_rows(path)?;
-    match other_models(&rows, dataset, classifier, model_sha256).first() {
-        None => Ok(()),
-        Some(r) => Err(EvalError::SummaryModel(Box::new(SummaryConflict {
-            path: path.to_path_buf(),
-            dataset: dataset.to_string(),
-            classifier: classifier.to_string(),
-            theirs: r["model_sha256"].as_str().unwrap_or("").to_string(),
-            ours: model_sha256.to_string(),
-            rows: other_models(&rows, dataset, classifier, model_sha256).len(),
-        }))),
-    }
+    conflict(path, &read_rows(path)?, dataset, classifier, model_sha256)
+}
+
+/// Holds an exclusive lock on `<dir>/.<name>.lock` while it lives, so that two
+/// evaluations finishing together cannot both read the summary, each add their
+/// rows and the second write drop the first one's (the file itself is replaced
+/// by a rename, so it cannot carry the lock).
+fn lock_beside(path: &Path) -> Result<std::fs::File, EvalError> {
+    let name = path
+        .file_name()
+        .map_or_else(|| "summary".into(), |n| n.to_string_lossy().into_owned());
+    let lock = path.with_file_name(format!(".{name}.lock"));
+    let io = |source| EvalError::Io {
+        path: lock.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(io)?;
+    file.lock().map_err(io)?;
+    Ok(file)
 }
 
 /// Adds (or replaces) the rows of `report` (a `report.json` document) in the
 /// summary file at `path`, tagging them with `dataset`, `classifier` and the
 /// `protocol` file name. Rows are kept sorted by their key; the file is written
-/// atomically. Rows of `dataset` already filed under `classifier` but measured on
-/// another model file are an error ([`check_same_model`]), or with
-/// `replace_other_models` are all removed (the name then belongs to the new
-/// model). Returns the rows written and the rows of other models removed.
+/// atomically, under a lock beside it. Rows of `dataset` already filed under
+/// `classifier` but measured on another model file are an error
+/// ([`check_same_model`]), or with `replace_other_models` are all removed (the name
+/// then belongs to the new model). Returns the rows written and the rows of other
+/// models removed.
 pub fn upsert(
     path: &Path,
     report: &Value,
@@ -110,19 +150,14 @@ pub fn upsert(
         path: path.to_path_buf(),
         source,
     };
+    let _lock = lock_beside(path)?;
     let model_sha256 = report["model_sha256"].as_str().unwrap_or("");
-    if !replace_other_models {
-        check_same_model(path, dataset, classifier, model_sha256)?;
-    }
     let mut rows = read_rows(path)?;
+    if !replace_other_models {
+        conflict(path, &rows, dataset, classifier, model_sha256)?;
+    }
     let before = rows.len();
-    rows.retain(|r| {
-        !(r["dataset"] == dataset
-            && r["classifier"] == classifier
-            && r["model_sha256"]
-                .as_str()
-                .is_some_and(|m| m != model_sha256))
-    });
+    rows.retain(|r| !of_other_model(r, dataset, classifier, model_sha256));
     let removed = before - rows.len();
     // One row per (dataset, classifier, defence, norm, ε) and purifier setting: two
     // settings of one defence (say an L∞ and an L2 ball) are two systems, and one
@@ -171,6 +206,8 @@ pub fn upsert(
             "worst_case_before_checks": r["worst_case_before_checks"],
             "checks_broken": r["checks_broken"],
             "flags": r["flags"].as_array().cloned().unwrap_or_default(),
+            // Whether those flags make the figure an upper bound (the report decides).
+            "upper_bound": r["upper_bound"].as_bool().unwrap_or(false),
             "protocol": protocol,
             "attacks": report["protocol"]["attacks"],
             "model_sha256": report["model_sha256"],
@@ -183,7 +220,7 @@ pub fn upsert(
     }
     rows.sort_by_key(|r| key(r));
     let doc = json!({
-        "about": "Generated by `pursamere eval --summary`; one record per (dataset, classifier, defence, purifier setting, norm, eps). Fractions in [0, 1]. `checks_broken` names the convergence checks that ran on the row and the survivors each broke (empty: none ran — the engine checks the survivors of each norm's largest ε only); `flags` are the row's sanity flags from its report (gradient masking, non-convergence). Rows written before a field existed lack it.",
+        "about": "Generated by `pursamere eval --summary`; one record per (dataset, classifier, defence, purifier setting, norm, eps). Fractions in [0, 1]. `checks_broken` names the convergence checks that ran on the row and the survivors each broke (empty: none ran — the engine checks the survivors of each norm's largest ε only); `flags` are the row's sanity flags from its report (gradient masking, non-convergence) and `upper_bound` whether they make `worst_case` an upper bound. Rows written before a field existed lack it.",
         "rows": rows,
     });
     let text = serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n";
@@ -204,10 +241,8 @@ pub struct MeasuredRow {
     pub worst_case: f64,
     /// Images.
     pub n: u64,
-    /// The row's report flagged it (gradient-free attacks broke what every
-    /// gradient attack missed, or a convergence check broke more than a point):
-    /// the figure is an upper bound.
-    pub upper_bound: bool,
+    /// Whether the figure is an upper bound (or the row cannot say).
+    pub bound: Bound,
 }
 
 /// The rows of a summary file (its JSON text) measured on the model with SHA-256
@@ -235,7 +270,7 @@ pub fn defended_rows(summary: &str, model_sha256: &str, purifier_on: bool) -> Ve
                 eps: r["eps"].as_f64()?,
                 worst_case: r["worst_case"].as_f64()?,
                 n: r["n"].as_u64()?,
-                upper_bound: is_upper_bound(r),
+                bound: bound_of(r),
             })
         })
         .collect();
@@ -251,7 +286,8 @@ pub fn defended_rows(summary: &str, model_sha256: &str, purifier_on: bool) -> Ve
 /// summary file: one line per (classifier, defence, purifier setting), one column per
 /// threat (L∞ before L2, by ε); a cell is the worst case with its images, "≤" when
 /// the row's report flagged it (an upper bound: gradient-free attacks or a check
-/// broke what the gradient attacks missed), "–" when not measured. Every figure
+/// broke what the gradient attacks missed), "†" when the row predates recorded flags
+/// (explained under the table), "–" when not measured. Every figure
 /// comes from the file (`pursamere summary`), none is typed.
 pub fn matrix_markdown(summary: &str, dataset: &str) -> Result<String, EvalError> {
     let rows: Vec<Value> = serde_json::from_str::<Value>(summary)
@@ -312,6 +348,7 @@ pub fn matrix_markdown(summary: &str, dataset: &str) -> Result<String, EvalError
             .join(" | "),
         "--- | ".repeat(threats.len())
     );
+    let mut unrecorded = false;
     for (classifier, _, defence, setting) in &systems {
         let of_system: Vec<&&Value> = mine
             .iter()
@@ -334,12 +371,22 @@ pub fn matrix_markdown(summary: &str, dataset: &str) -> Result<String, EvalError
                     .iter()
                     .find(|r| (r["norm"] == "l2") == *l2 && eps_key(r) == *e)
                     .map_or("–".to_string(), |r| {
-                        let bound = is_upper_bound(r);
+                        let bound = bound_of(r);
+                        unrecorded |= bound == Bound::Unrecorded;
                         format!(
-                            "{}{:.1} % ({})",
-                            if bound { "≤ " } else { "" },
+                            "{}{:.1} % ({}){}",
+                            if bound == Bound::UpperBound {
+                                "≤ "
+                            } else {
+                                ""
+                            },
                             100.0 * r["worst_case"].as_f64().unwrap_or(0.0),
-                            r["n"].as_u64().unwrap_or(0)
+                            r["n"].as_u64().unwrap_or(0),
+                            if bound == Bound::Unrecorded {
+                                " †"
+                            } else {
+                                ""
+                            },
                         )
                     })
             })
@@ -354,18 +401,42 @@ pub fn matrix_markdown(summary: &str, dataset: &str) -> Result<String, EvalError
             cells.join(" | ")
         );
     }
+    if unrecorded {
+        md += "\n† written before summary rows recorded their sanity flags: whether the figure is an upper bound is not in the file (docs/EVALUATION.md discusses each run).\n";
+    }
     Ok(md)
 }
 
-/// Whether a summary row's report flagged it in a way that makes its figure an upper
-/// bound: gradient-free attacks, or a convergence check, broke more than a point
-/// that the gradient attacks missed.
-fn is_upper_bound(r: &Value) -> bool {
-    r["flags"].as_array().is_some_and(|f| {
-        f.iter()
+/// What a summary row says about the standing of its figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// Measured with no flag that puts it in doubt.
+    Measured,
+    /// Flagged (gradient-free attacks, or a convergence check, broke more than a
+    /// point that the gradient attacks missed): an upper bound.
+    UpperBound,
+    /// Written before rows recorded their sanity flags: the file cannot say;
+    /// docs/EVALUATION.md discusses the run.
+    Unrecorded,
+}
+
+/// The standing of a summary row's figure: the report's own `upper_bound` verdict;
+/// for rows written before it was recorded but with their flags, the flags' kind
+/// (masking, non-convergence); for older rows, unknown.
+pub fn bound_of(r: &Value) -> Bound {
+    let upper = match (r["upper_bound"].as_bool(), r["flags"].as_array()) {
+        (Some(b), _) => b,
+        (None, Some(f)) => f
+            .iter()
             .filter_map(Value::as_str)
-            .any(|f| f.contains("gradient masking") || f.contains("not converged"))
-    })
+            .any(|f| f.contains("gradient masking") || f.contains("not converged")),
+        (None, None) => return Bound::Unrecorded,
+    };
+    if upper {
+        Bound::UpperBound
+    } else {
+        Bound::Measured
+    }
 }
 
 /// The defences in the order a matrix lists them.
@@ -414,11 +485,11 @@ mod tests {
         let rows = defended_rows(text, "a", true);
         let keys: Vec<(&str, f64)> = rows.iter().map(|r| (r.norm.as_str(), r.eps)).collect();
         assert_eq!(keys, [("linf", 0.3), ("l2", 2.0)]);
-        // A flagged row is an upper bound; a row without flags (or written before
-        // rows had them) is not.
+        // A row flagged for masking is an upper bound; a row written before rows
+        // recorded their flags cannot say.
         assert_eq!(
-            rows.iter().map(|r| r.upper_bound).collect::<Vec<_>>(),
-            [false, true]
+            rows.iter().map(|r| r.bound).collect::<Vec<_>>(),
+            [Bound::Unrecorded, Bound::UpperBound]
         );
         // Purifier off: the classifier's own rows.
         let rows = defended_rows(text, "a", false);
@@ -430,6 +501,32 @@ mod tests {
         assert!(defended_rows("not json", "a", true).is_empty());
     }
 
+    /// The report's own verdict decides; rows that carry flags but no verdict are
+    /// read by the flags' kind; older rows cannot say.
+    #[test]
+    fn a_rows_bound_comes_from_its_verdict_then_its_flags() {
+        let masking = "FLAG ere l2 2: Square (gradient-free) broke 2.0 points that every gradient attack missed — suspect gradient masking";
+        let rises = "FLAG ere l2: robust accuracy rises with ε (40.0 % at 2)";
+        let cases = [
+            (json!({"upper_bound": true, "flags": []}), Bound::UpperBound),
+            (
+                json!({"upper_bound": false, "flags": [masking]}),
+                Bound::Measured,
+            ),
+            (json!({"flags": [masking]}), Bound::UpperBound),
+            (
+                json!({"flags": ["FLAG ere linf 0.3: not converged — the restarts check lowers the worst case by 2.0 points"]}),
+                Bound::UpperBound,
+            ),
+            (json!({"flags": [rises]}), Bound::Measured),
+            (json!({"flags": []}), Bound::Measured),
+            (json!({}), Bound::Unrecorded),
+        ];
+        for (row, want) in cases {
+            assert_eq!(bound_of(&row), want, "{row}");
+        }
+    }
+
     #[test]
     fn the_matrix_has_one_line_per_system_and_one_column_per_threat() {
         let text = r#"{"rows": [
@@ -437,7 +534,8 @@ mod tests {
              "norm": "l2", "eps": 2.0, "worst_case": 0.313, "n": 1000, "clean": 0.973,
              "flags": ["FLAG ere l2 2: Square (gradient-free) broke 2.0 points that every gradient attack missed — suspect gradient masking"]},
             {"dataset": "mnist", "classifier": "std", "defence": "none", "purifier": null,
-             "norm": "linf", "eps": 0.3, "worst_case": 0.0, "n": 1000, "clean": 0.98},
+             "norm": "linf", "eps": 0.3, "worst_case": 0.0, "n": 1000, "clean": 0.98,
+             "flags": [], "upper_bound": false},
             {"dataset": "mnist", "classifier": "std", "defence": "none", "purifier": null,
              "norm": "linf", "eps": 0.1, "worst_case": 0.02, "n": 200, "clean": 0.98},
             {"dataset": "fashion-mnist", "classifier": "std", "defence": "none",
@@ -445,15 +543,17 @@ mod tests {
         ]}"#;
         let md = matrix_markdown(text, "mnist").unwrap();
         let lines: Vec<&str> = md.lines().collect();
-        assert_eq!(lines.len(), 4, "{md}");
+        // Four table lines, a blank line and the note on the unrecorded row.
+        assert_eq!(lines.len(), 6, "{md}");
         assert_eq!(
             lines[0],
             "| classifier | defence | clean | L∞ 0.1 | L∞ 0.3 | L2 2 |"
         );
         assert_eq!(
             lines[2],
-            "| std | none | 98.0 % | 2.0 % (200) | 0.0 % (1000) | – |"
+            "| std | none | 98.0 % | 2.0 % (200) † | 0.0 % (1000) | – |"
         );
+        assert!(lines[5].starts_with("† written before"), "{md}");
         assert_eq!(
             lines[3],
             "| std | ere (K 5, M 1, L2 δ 0.5, ρ 0) | 97.3 % | – | – | ≤ 31.3 % (1000) |"
@@ -527,10 +627,35 @@ mod upsert_tests {
         assert_eq!(row["worst_case_before_checks"].as_f64(), Some(0.6));
         assert_eq!(row["checks_broken"]["restarts"].as_u64(), Some(2));
         assert_eq!(row["flags"].as_array().map(Vec::len), Some(1));
+        assert_eq!(row["upper_bound"], json!(false));
+        r["rows"][0]["upper_bound"] = json!(true);
+        upsert(&path, &r, "mnist", "cnn", "p.toml", false).unwrap();
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(doc["rows"][0]["upper_bound"], json!(true));
         // A report without flags gives an empty list, never a missing key.
         upsert(&path, &report(0.5, 0.4), "mnist", "cnn", "p.toml", false).unwrap();
         let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(doc["rows"][0]["flags"], json!([]));
+    }
+
+    /// Evaluations that finish together each keep their rows: the read, the
+    /// change and the write of one happen under a lock the other waits for.
+    #[test]
+    fn concurrent_upserts_lose_no_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("summary.json");
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let path = &path;
+                s.spawn(move || {
+                    let mut r = report(0.5, 0.4);
+                    r["rows"][0]["eps"] = json!(0.05 * (i + 1) as f64);
+                    upsert(path, &r, "mnist", "cnn", "p.toml", false).unwrap();
+                });
+            }
+        });
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(doc["rows"].as_array().unwrap().len(), 8);
     }
 
     /// A classifier name belongs to one model file: rows of another model under the
