@@ -561,6 +561,9 @@ pub fn run(
     let total = range.len() * defences.len() * threats.len();
     let in_range = |r: &Record| range.contains(&r.index);
     let mut done_count = store.records.iter().filter(|r| in_range(r)).count();
+    // Where this run starts, so that a progress display times only this run's work
+    // (a resumed run's records took no time now).
+    obs.progress(done_count, total, "starting");
     let finished = store.finished();
     let indices: Vec<usize> = range.clone().collect();
     // Image blocks outermost: a stopped run has every threat of its first images.

@@ -108,7 +108,8 @@ pub struct EvalOptions {
 /// Where the engine reports progress.
 pub trait Observer: Sync {
     /// `done` of `total` (example, defence, threat) triples finished; `message`
-    /// says how the current row stands.
+    /// says how the current row stands. The first call comes before any work, with
+    /// the records a resumed run already holds.
     fn progress(&self, done: usize, total: usize, message: &str);
     /// A line worth telling the user (resuming, checks, notes).
     fn note(&self, message: &str);
