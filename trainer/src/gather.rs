@@ -82,6 +82,16 @@ where
     }
 }
 
+/// The elements of a contiguous CPU tensor (every fresh tensor, and what
+/// `contiguous()` returns), by one copy of its buffer. dfdx's `as_vec` walks a
+/// multi-dimensional index per element: in this kernel it was 27 % of the time of
+/// an attack through a convolutional purifier.
+fn contiguous_to_vec<S: Shape, E: Unit, T>(t: &Tensor<S, E, Cpu, T>) -> Vec<E> {
+    let mut v = vec![E::default(); t.shape().num_elements()];
+    t.copy_into(&mut v);
+    v
+}
+
 /// The CPU kernel, for the float types the trainer uses.
 macro_rules! cpu_gather_rows {
     ($E:ty) => {
@@ -100,7 +110,7 @@ macro_rules! cpu_gather_rows {
                     return gather_rows_generic(x, index);
                 }
                 let (inp, mut tape) = x.split_tape();
-                let src = inp.as_vec();
+                let src = contiguous_to_vec(&inp);
                 let mut out = vec![0.0 as $E; index.rows.len() * b];
                 for (row, r) in out.chunks_mut(b.max(1)).zip(index.rows.iter()) {
                     if let Some(r) = *r {
@@ -113,7 +123,7 @@ macro_rules! cpu_gather_rows {
                 let out_id = out.clone();
                 tape.add_backward_op(move |grads| {
                     grads.try_alloc_for(&out_id)?;
-                    let g = grads.get(&out_id).as_vec();
+                    let g = contiguous_to_vec(&grads.get(&out_id));
                     let gin = grads.get_or_alloc_mut(&inp)?;
                     for (grow, r) in g.chunks(b.max(1)).zip(rows.iter()) {
                         if let Some(r) = *r {
@@ -173,9 +183,24 @@ mod tests {
             .backward()
             .get(&x)
             .as_vec();
-        let gs = (slow * w).sum::<Rank0, _>().backward().get(&x).as_vec();
+        let gs = (slow * w.clone()).sum::<Rank0, _>().backward().get(&x).as_vec();
         assert_eq!(gf, gs);
         // Row 2 is read twice: its gradient is the sum of rows 0 and 3 of w.
         assert_eq!(&gf[8..12], &[-3.0 + 2.0, -2.0 + 3.0, -1.0 - 3.0, 0.0 - 2.0]);
+        // A non-contiguous input (a transposed view) reads its logical rows.
+        let xt: Tensor<(usize, usize), f64, Cpu> =
+            dev.tensor_from_vec((0..12).map(f64::from).collect(), (4, 3));
+        let view = xt.leaky_trace().permute::<_, Axes2<1, 0>>();
+        let fast = <Cpu as NetDevice<f64>>::gather_rows(view, &index);
+        let slow = gather_rows_generic(xt.leaky_trace().permute::<_, Axes2<1, 0>>(), &index);
+        assert_eq!(&fast.as_vec()[..4], &[2.0, 5.0, 8.0, 11.0]);
+        assert_eq!(fast.as_vec(), slow.as_vec());
+        let gf = (fast * w.clone())
+            .sum::<Rank0, _>()
+            .backward()
+            .get(&xt)
+            .as_vec();
+        let gs = (slow * w).sum::<Rank0, _>().backward().get(&xt).as_vec();
+        assert_eq!(gf, gs);
     }
 }
