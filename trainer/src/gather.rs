@@ -183,7 +183,11 @@ mod tests {
             .backward()
             .get(&x)
             .as_vec();
-        let gs = (slow * w.clone()).sum::<Rank0, _>().backward().get(&x).as_vec();
+        let gs = (slow * w.clone())
+            .sum::<Rank0, _>()
+            .backward()
+            .get(&x)
+            .as_vec();
         assert_eq!(gf, gs);
         // Row 2 is read twice: its gradient is the sum of rows 0 and 3 of w.
         assert_eq!(&gf[8..12], &[-3.0 + 2.0, -2.0 + 3.0, -1.0 - 3.0, 0.0 - 2.0]);
