@@ -3,7 +3,7 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -72,7 +72,7 @@ struct Progress {
     start: Instant,
     /// The records done when this run began (a resumed run's): the remaining time
     /// is estimated from the work done since, never from records that took no time.
-    resumed_from: Mutex<Option<usize>>,
+    resumed_from: OnceLock<usize>,
 }
 
 /// Seconds left at the pace of this run: `elapsed` for `done − resumed_from`
@@ -84,11 +84,9 @@ fn eta_seconds(elapsed: f64, resumed_from: usize, done: usize, total: usize) -> 
 
 impl Observer for Progress {
     fn progress(&self, done: usize, total: usize, message: &str) {
-        let first = self.resumed_from.lock().is_ok_and(|mut r| {
-            let first = r.is_none();
-            r.get_or_insert(done);
-            first
-        });
+        // The first call of a run reports where it starts.
+        let first = self.resumed_from.set(done).is_ok();
+        let from = self.resumed_from.get().copied().unwrap_or(done);
         if let Some(b) = &self.bar {
             b.set_length(total as u64);
             b.set_position(done as u64);
@@ -105,7 +103,6 @@ impl Observer for Progress {
         if last.elapsed() >= Duration::from_secs(5) || done == total {
             *last = Instant::now();
             let el = self.start.elapsed().as_secs_f64();
-            let from = self.resumed_from.lock().map_or(0, |r| r.unwrap_or(0));
             let eta = eta_seconds(el, from, done, total)
                 .map_or_else(|| "?".into(), |s| format!("{s:.0} s"));
             eprintln!("eval {done}/{total} {message} ({el:.0} s elapsed, ETA {eta})");
@@ -192,7 +189,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         bar,
         last: Mutex::new(Instant::now()),
         start: Instant::now(),
-        resumed_from: Mutex::new(None),
+        resumed_from: OnceLock::new(),
     };
     // Resuming is the point of eval's folder: existing results are read, not
     // refused (other settings are refused by the engine; --fresh discards).

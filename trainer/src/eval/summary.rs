@@ -130,6 +130,12 @@ fn lock_beside(path: &Path) -> Result<std::fs::File, EvalError> {
     Ok(file)
 }
 
+/// A row's ε as an integer key (millionths): rows of one budget compare equal
+/// whatever the float's last bits.
+fn eps_key(r: &Value) -> i64 {
+    (r["eps"].as_f64().unwrap_or(0.0) * 1e6).round() as i64
+}
+
 /// Adds (or replaces) the rows of `report` (a `report.json` document) in the
 /// summary file at `path`, tagging them with `dataset`, `classifier` and the
 /// `protocol` file name. Rows are kept sorted by their key; the file is written
@@ -169,17 +175,18 @@ pub fn upsert(
             r["classifier"].as_str().unwrap_or("").to_string(),
             r["defence"].as_str().unwrap_or("").to_string(),
             r["norm"].as_str().unwrap_or("").to_string(),
-            (r["eps"].as_f64().unwrap_or(0.0) * 1e6).round() as i64,
+            eps_key(r),
             r["purifier"].to_string(),
         )
     };
+    // The same key, compared in place (no copies: this runs for every pair of old
+    // and new rows).
     let same = |a: &Value, b: &Value| {
-        let (ka, kb) = (key(a), key(b));
-        let base = |k: &(String, String, String, String, i64, String)| {
-            (k.0.clone(), k.1.clone(), k.2.clone(), k.3.clone(), k.4)
-        };
-        base(&ka) == base(&kb)
-            && (ka.5 == kb.5
+        ["dataset", "classifier", "defence", "norm"]
+            .iter()
+            .all(|f| a[f].as_str().unwrap_or("") == b[f].as_str().unwrap_or(""))
+            && eps_key(a) == eps_key(b)
+            && (a["purifier"] == b["purifier"]
                 || ((a.get("purifier").is_none() || b.get("purifier").is_none())
                     && a["model_sha256"] == b["model_sha256"]))
     };
@@ -304,7 +311,6 @@ pub fn matrix_markdown(summary: &str, dataset: &str) -> Result<String, EvalError
             known.join(", ")
         )));
     }
-    let eps_key = |r: &Value| (r["eps"].as_f64().unwrap_or(0.0) * 1e6).round() as i64;
     let mut threats: Vec<(bool, i64, String)> = mine
         .iter()
         .map(|r| {
@@ -340,13 +346,13 @@ pub fn matrix_markdown(summary: &str, dataset: &str) -> Result<String, EvalError
     systems.sort();
     systems.dedup();
     let mut md = format!(
-        "| classifier | defence | clean | {} |\n| --- | --- | --- | {}\n",
+        "| classifier | defence | clean | {} |\n| --- | --- | --- |{}\n",
         threats
             .iter()
             .map(|t| t.2.as_str())
             .collect::<Vec<_>>()
             .join(" | "),
-        "--- | ".repeat(threats.len())
+        " --- |".repeat(threats.len())
     );
     let mut unrecorded = false;
     for (classifier, _, defence, setting) in &systems {
