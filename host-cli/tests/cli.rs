@@ -2416,6 +2416,12 @@ fn summary_prints_the_measured_matrix() {
         ),
         "{t}"
     );
+    // A separator cell per column, and no trailing space (a Markdown linter's complaint).
+    assert_eq!(
+        t.lines().nth(1),
+        Some("| --- | --- | --- | --- | --- | --- | --- | --- | --- |"),
+        "{t}"
+    );
     assert!(
         t.lines()
             .any(|l| l.starts_with("| cnn106k-pgd-max-int8 | none | 96.4 % |")),
