@@ -12,9 +12,9 @@ FASHION=${2:-../shared/data/fashion-mnist}
 SUFFIX=${3:-v4}
 B=./target/release/pursamere
 cargo build --release -p pursamere-cli
-$B eval --protocol docs/eval/mnist-wide.toml --data "$MNIST" --model fixtures/mnist-robust.psm \
+$B eval --protocol docs/eval/mnist-wide.toml --data "$MNIST" --model fixtures/previous/mnist-robust-wide-e8.psm \
   --out runs/eval-robust-linf-$SUFFIX --summary docs/eval/summary.json --classifier cnn106k-pgd-max
-$B eval --protocol docs/eval/mnist-wide-l2.toml --data "$MNIST" --model fixtures/mnist-robust.psm \
+$B eval --protocol docs/eval/mnist-wide-l2.toml --data "$MNIST" --model fixtures/previous/mnist-robust-wide-e8.psm \
   --out runs/eval-robust-l2-$SUFFIX --summary docs/eval/summary.json --classifier cnn106k-pgd-max
 # The Fashion-MNIST robust classifier is not shipped (runs/ is not committed): train it
 # with docs/TRAINING.md "Second GPU session" (fashion-wide-e16) and export it first.
