@@ -57,26 +57,28 @@ common=(--what classifier --adv-steps 10 --adv-step-size 0.25)
 # Fashion-MNIST, where a run names it, is DATA_DIR's sibling fashion-mnist/.
 fashion=$(dirname "$data")/fashion-mnist
 mnist=(--data "$data" --adv-eps 0.3)
-max=(--adversarial pgd-max --adv-second-eps 2.0)
+# pgd-max against the two threats, the second at radius $1 (MNIST: L2 2.0 unless a
+# run names another).
+max() { echo --adversarial pgd-max --adv-second-eps "$1"; }
+wide_arch=conv16s2,conv32s2,dense64
+big_arch=conv32,conv32s2,conv64s2,conv64s2,dense128
 flags() {
   local name=$1 seed=7
   if [[ $name =~ ^(.*)-e[0-9]+$ ]]; then name=${BASH_REMATCH[1]}; fi
   if [[ $name =~ ^(.*)-s([0-9]+)$ ]]; then name=${BASH_REMATCH[1]} seed=${BASH_REMATCH[2]}; fi
   echo --seed "$seed"
   case $name in
-    pgd) echo "${mnist[@]}" --cls-arch conv32,conv32s2,conv64s2,conv64s2,dense128 --adversarial pgd ;;
+    pgd) echo "${mnist[@]}" --cls-arch $big_arch --adversarial pgd ;;
     board) echo "${mnist[@]}" --cls-arch conv8s2,conv16s2,dense64 --adversarial pgd ;;
-    big) echo "${mnist[@]}" --cls-arch conv32,conv32s2,conv64s2,conv64s2,dense128 "${max[@]}" ;;
-    wide-l2e25) echo "${mnist[@]}" --cls-arch conv16s2,conv32s2,dense64 --adversarial pgd-max --adv-second-eps 2.5 ;;
-    wide-l2e3) echo "${mnist[@]}" --cls-arch conv16s2,conv32s2,dense64 --adversarial pgd-max --adv-second-eps 3.0 ;;
-    wide) echo "${mnist[@]}" --cls-arch conv16s2,conv32s2,dense64 "${max[@]}" ;;
-    deep) echo "${mnist[@]}" --cls-arch conv16s2,conv32s2,conv64s2,dense64 "${max[@]}" ;;
-    deep128) echo "${mnist[@]}" --cls-arch conv16s2,conv32s2,conv64s2,dense128 "${max[@]}" ;;
+    big) echo "${mnist[@]}" --cls-arch $big_arch "$(max 2.0)" ;;
+    wide) echo "${mnist[@]}" --cls-arch $wide_arch "$(max 2.0)" ;;
+    wide-l2e25) echo "${mnist[@]}" --cls-arch $wide_arch "$(max 2.5)" ;;
+    wide-l2e3) echo "${mnist[@]}" --cls-arch $wide_arch "$(max 3.0)" ;;
+    deep) echo "${mnist[@]}" --cls-arch conv16s2,conv32s2,conv64s2,dense64 "$(max 2.0)" ;;
+    deep128) echo "${mnist[@]}" --cls-arch conv16s2,conv32s2,conv64s2,dense128 "$(max 2.0)" ;;
     # Fashion-MNIST's threats (issue #14): L∞ 0.1 and L2 1.0 together.
-    fashion-wide) echo --data "$fashion" --adv-eps 0.1 --cls-arch conv16s2,conv32s2,dense64 \
-      --adversarial pgd-max --adv-second-eps 1.0 ;;
-    fashion-big) echo --data "$fashion" --adv-eps 0.1 --cls-arch conv32,conv32s2,conv64s2,conv64s2,dense128 \
-      --adversarial pgd-max --adv-second-eps 1.0 ;;
+    fashion-wide) echo --data "$fashion" --adv-eps 0.1 --cls-arch $wide_arch "$(max 1.0)" ;;
+    fashion-big) echo --data "$fashion" --adv-eps 0.1 --cls-arch $big_arch "$(max 1.0)" ;;
     *) echo "unknown run $1" >&2; return 1 ;;
   esac
 }
