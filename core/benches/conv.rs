@@ -1,6 +1,6 @@
 //! The convolution kernels on one thread: forward pass and VJP of the layer shapes
 //! a small MNIST CNN uses (28×28 and 14×14 maps, 3×3 kernels, stride 1 and 2, a
-//! 1×1 conv), the ×2 upsampling, and one purification with a small conv denoiser.
+//! 1×1 conv, a denoiser's one-channel output layer), the ×2 upsampling, and one purification with a small conv denoiser.
 //! Throughput is in MACs ("elem/s" in criterion's output = MAC/s). See
 //! docs/CONV.md.
 
@@ -19,6 +19,8 @@ fn kernels(c: &mut Criterion) {
         ("c16_28x28_to32_k3s2p1", (16, 28, 28), 32, 3, 2, 1),
         ("c32_14x14_to32_k3s1p1", (32, 14, 14), 32, 3, 1, 1),
         ("c32_14x14_to8_k1s1p0", (32, 14, 14), 8, 1, 1, 0),
+        // A denoiser's last layer: as many output channels as the image has.
+        ("c16_28x28_to1_k3s1p1", (16, 28, 28), 1, 3, 1, 1),
     ];
     let mut group = c.benchmark_group("conv");
     for (name, input, cout, k, s, p) in shapes {

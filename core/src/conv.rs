@@ -29,15 +29,16 @@
 //!
 //! Vectorisation: the order above is per output (forward) or per input (VJP)
 //! element; neighbouring elements are independent chains. The forward pass keeps a
-//! block of 4 output channels × 8 adjacent output columns in registers and runs
-//! every `(ci, ky, kx)` over it (one input window load feeds 32 multiply–adds, the
-//! 8 lanes are one AVX or two SSE registers). The windows of one input row are read
-//! from a small zero-padded copy of the positions the block needs (or, on a host,
-//! from the row itself when none of them is padding), so no lane tests its bounds. The VJP loops `o, ci, ky, kx, row`
-//! and runs its innermost loop along a row of inputs (`gx[ix0..] += w · c[ox0..]`,
-//! contiguous with stride 1). Neither reorders any element's sum, so both give
-//! the documented bits (`core/tests/conv.rs` checks them against a plain
-//! implementation of the order, bit for bit).
+//! block of 4 output channels (on the Cortex-M4F one for each channel left over)
+//! × 8 adjacent output columns in registers and runs every `(ci, ky, kx)` over it
+//! (one input window load feeds 32 multiply–adds, the 8 lanes are one AVX or two
+//! SSE registers). The windows of one input row are read from a small zero-padded
+//! copy of the positions the block needs (or, on a host, from the row itself when
+//! none of them is padding), so no lane tests its bounds. The VJP loops
+//! `o, ci, ky, kx, row` and runs its innermost loop along a row of inputs
+//! (`gx[ix0..] += w · c[ox0..]`, contiguous with stride 1). Neither reorders any
+//! element's sum, so both give the documented bits (`core/tests/conv.rs` checks
+//! them against a plain implementation of the order, bit for bit).
 
 use serde::{Deserialize, Serialize};
 
@@ -209,12 +210,17 @@ impl Conv2d<'_> {
     /// Forward pass (validated shapes assumed; a mismatch computes what fits and
     /// never panics).
     ///
-    /// Register blocking: a block of `OBLK` output channels × `CHUNK` adjacent
-    /// output columns of one row is accumulated in registers over every
+    /// Register blocking: a block of up to `OBLK` output channels × `CHUNK`
+    /// adjacent output columns of one row is accumulated in registers over every
     /// `(ci, ky, kx)` in order, then stored. Each input window is loaded once for
     /// the whole channel block. Window lanes outside the input are 0 (adding
     /// `w · 0` leaves the bits unchanged, see the module documentation), rows
-    /// outside the input are skipped.
+    /// outside the input are skipped. On the Cortex-M4F the channels left over
+    /// after the full blocks run one at a time, so that a layer with fewer than
+    /// `OBLK` output channels (every denoiser's last layer has as many as the
+    /// image) does no multiply–adds for channels it does not have. Each output's
+    /// sum is the same whatever block it runs in, so the block sizes do not change
+    /// any bits.
     pub(crate) fn forward(&self, x: &[f32], y: &mut [f32]) {
         let g = self.geometry();
         let (in_plane, out_plane, kk) = (g.h * g.w, g.oh * g.ow, g.k * g.k);
@@ -222,73 +228,98 @@ impl Conv2d<'_> {
             return;
         }
         let x = x.get(..g.cin * in_plane).unwrap_or(x);
-        for (blk, yblock) in y
-            .chunks_mut(OBLK * out_plane)
-            .enumerate()
-            .take(g.cout.div_ceil(OBLK))
-        {
-            let o0 = blk * OBLK;
-            let wb: [&[u8]; OBLK] = core::array::from_fn(|b| self.channel_weights(o0 + b, &g));
-            // Padded input positions one chunk's windows read, over every kx.
-            let need = ((CHUNK - 1) * g.s + g.k).min(SEGMENT);
-            let mut seg = [0.0f32; SEGMENT];
-            for oy in 0..g.oh {
-                let mut ox0 = 0;
-                while ox0 < g.ow {
-                    let lanes = CHUNK.min(g.ow - ox0);
-                    let mut acc = [[0.0f32; CHUNK]; OBLK];
-                    for (ci, xplane) in x.chunks_exact(in_plane).enumerate() {
-                        for ky in 0..g.k {
-                            let Some(iy) = (oy * g.s + ky).checked_sub(g.p).filter(|&v| v < g.h)
-                            else {
-                                continue;
-                            };
-                            let xrow = xplane.get(iy * g.w..(iy + 1) * g.w).unwrap_or(&[]);
-                            // The padded positions the chunk's windows read: on a
-                            // host straight from the row when they are all inside
-                            // it, else (and always on the Cortex-M4F, where reading
-                            // a stack array is cheaper: measured under QEMU) copied
-                            // once, zero-padded, for every kx.
-                            let base = ox0 * g.s;
-                            let inside = if cfg!(target_arch = "arm") {
-                                None
-                            } else {
-                                base.checked_sub(g.p).and_then(|a| xrow.get(a..a + need))
-                            };
-                            let src: &[f32] = match inside {
-                                Some(inside) => inside,
-                                None => {
-                                    fill_segment(&mut seg, xrow, base, g.p, need);
-                                    seg.get(..need).unwrap_or(&seg)
-                                }
-                            };
-                            for kx in 0..g.k {
-                                let win = window(src, kx, g.s);
-                                let at = ci * kk + ky * g.k + kx;
-                                let wv: [f32; OBLK] =
-                                    wb.map(|wo| wo.get(at).map_or(0.0, |&v| f32::from(v as i8)));
-                                for (a, &wi) in acc.iter_mut().zip(&wv) {
-                                    for (al, &xl) in a.iter_mut().zip(&win) {
-                                        *al += wi * xl;
-                                    }
+        let mut o0 = 0;
+        while o0 < g.cout {
+            let left = g.cout - o0;
+            let Some(yblock) = y.get_mut(o0 * out_plane..) else {
+                return;
+            };
+            // On a host the channels left over run in a full block all the same:
+            // a shorter one leaves too few independent accumulator chains to hide
+            // the float adds' latency (measured: a one-channel layer 12 % slower in
+            // a block of one than in a block of four with three idle channels). On
+            // the Cortex-M4F every idle channel costs its multiply–adds (the same
+            // layer twice as fast in a block of one: QEMU, docs/BENCHMARKS.md).
+            // Blocks of two would save little more for 1.6 KB of flash in every
+            // firmware.
+            o0 += if left >= OBLK || !cfg!(target_arch = "arm") {
+                self.forward_block::<OBLK>(&g, x, yblock, o0)
+            } else {
+                self.forward_block::<1>(&g, x, yblock, o0)
+            };
+        }
+    }
+
+    /// Output channels `o0 .. o0 + B` of [`Conv2d::forward`] into `yblock` (which
+    /// starts at channel `o0`'s plane); returns `B`.
+    #[inline(always)]
+    fn forward_block<const B: usize>(
+        &self,
+        g: &Geometry,
+        x: &[f32],
+        yblock: &mut [f32],
+        o0: usize,
+    ) -> usize {
+        let (in_plane, out_plane, kk) = (g.h * g.w, g.oh * g.ow, g.k * g.k);
+        let wb: [&[u8]; B] = core::array::from_fn(|b| self.channel_weights(o0 + b, g));
+        // Padded input positions one chunk's windows read, over every kx.
+        let need = ((CHUNK - 1) * g.s + g.k).min(SEGMENT);
+        let mut seg = [0.0f32; SEGMENT];
+        for oy in 0..g.oh {
+            let mut ox0 = 0;
+            while ox0 < g.ow {
+                let lanes = CHUNK.min(g.ow - ox0);
+                let mut acc = [[0.0f32; CHUNK]; B];
+                for (ci, xplane) in x.chunks_exact(in_plane).enumerate() {
+                    for ky in 0..g.k {
+                        let Some(iy) = (oy * g.s + ky).checked_sub(g.p).filter(|&v| v < g.h) else {
+                            continue;
+                        };
+                        let xrow = xplane.get(iy * g.w..(iy + 1) * g.w).unwrap_or(&[]);
+                        // The padded positions the chunk's windows read: on a
+                        // host straight from the row when they are all inside
+                        // it, else (and always on the Cortex-M4F, where reading
+                        // a stack array is cheaper: measured under QEMU) copied
+                        // once, zero-padded, for every kx.
+                        let base = ox0 * g.s;
+                        let inside = if cfg!(target_arch = "arm") {
+                            None
+                        } else {
+                            base.checked_sub(g.p).and_then(|a| xrow.get(a..a + need))
+                        };
+                        let src: &[f32] = match inside {
+                            Some(inside) => inside,
+                            None => {
+                                fill_segment(&mut seg, xrow, base, g.p, need);
+                                seg.get(..need).unwrap_or(&seg)
+                            }
+                        };
+                        for kx in 0..g.k {
+                            let win = window(src, kx, g.s);
+                            let at = ci * kk + ky * g.k + kx;
+                            let wv: [f32; B] =
+                                wb.map(|wo| wo.get(at).map_or(0.0, |&v| f32::from(v as i8)));
+                            for (a, &wi) in acc.iter_mut().zip(&wv) {
+                                for (al, &xl) in a.iter_mut().zip(&win) {
+                                    *al += wi * xl;
                                 }
                             }
                         }
                     }
-                    for (b, (yplane, a)) in yblock.chunks_exact_mut(out_plane).zip(&acc).enumerate()
-                    {
-                        let (sc, bias) = (self.scale(o0 + b), self.bias(o0 + b));
-                        let start = oy * g.ow + ox0;
-                        if let Some(dst) = yplane.get_mut(start..start + lanes) {
-                            for (d, &v) in dst.iter_mut().zip(a) {
-                                *d = v * sc + bias;
-                            }
-                        }
-                    }
-                    ox0 += lanes;
                 }
+                for (b, (yplane, a)) in yblock.chunks_exact_mut(out_plane).zip(&acc).enumerate() {
+                    let (sc, bias) = (self.scale(o0 + b), self.bias(o0 + b));
+                    let start = oy * g.ow + ox0;
+                    if let Some(dst) = yplane.get_mut(start..start + lanes) {
+                        for (d, &v) in dst.iter_mut().zip(a) {
+                            *d = v * sc + bias;
+                        }
+                    }
+                }
+                ox0 += lanes;
             }
         }
+        B
     }
 
     /// `gx = ∂L/∂x` from `gy = ∂L/∂y` in the documented order.
