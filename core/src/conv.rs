@@ -240,7 +240,7 @@ impl Conv2d<'_> {
             // a block of one than in a block of four with three idle channels). On
             // the Cortex-M4F every idle channel costs its multiply–adds (the same
             // layer twice as fast in a block of one: QEMU, docs/BENCHMARKS.md).
-            // Blocks of two would save little more for 1.6 KB of flash in every
+            // Blocks of two would save little more for 1.4 KB of flash in every
             // firmware.
             o0 += if left >= OBLK || !cfg!(target_arch = "arm") {
                 self.forward_block::<OBLK>(&g, x, yblock, o0)
