@@ -9,7 +9,8 @@
 # DATA_DIR` where the binaries were built) holds bin/pursamere (built with
 # --features cuda), bin/smoke-cpu and bin/smoke-cuda (the `smoke` example of
 # pursamere-trainer without and with cuda), cuh/dfdx-*/ (dfdx's kernel headers,
-# which its run-time compiler reads at the paths of the build) and data/mnist.
+# which its run-time compiler reads at the paths of the build), data/mnist and, when
+# DATA_DIR has a fashion-mnist/ sibling, data/fashion-mnist (training files only).
 # OUT_DIR gets smoke.txt and train/ (RUN.ckpt, logs.tar.gz).
 set -u
 if [ "${1:-}" = --bundle ]; then
@@ -26,7 +27,19 @@ if [ "${1:-}" = --bundle ]; then
       echo "$(cd "$d" && pwd)" > "$bundle/cuh/$h/PATH"
     fi
   done
-  cp -r "$data" "$bundle/data/mnist"
+  # Training reads only the train-* files; the test images stay behind (the carry
+  # to the GPU machine is limited to 64 MiB). Fashion-MNIST's, from DATA_DIR's sibling
+  # fashion-mnist/ (where gpu-robust-train.sh's fashion-* runs read them), come too
+  # when it exists: 26 MB, with MNIST's 10 MB and the stripped binaries (21 MB) under
+  # the limit.
+  mkdir -p "$bundle/data/mnist"
+  cp "$data"/train-* "$bundle/data/mnist/"
+  fashion=$(dirname "$data")/fashion-mnist
+  if ls "$fashion"/train-* > /dev/null 2>&1; then
+    mkdir -p "$bundle/data/fashion-mnist" && cp "$fashion"/train-* "$bundle/data/fashion-mnist/"
+  fi
+  strip "$bundle"/bin/* 2> /dev/null || echo "strip not found: the binaries stay unstripped" >&2
+  du -sh "$bundle"
   # the CUDA root the binaries were built with (its include/ is recreated there)
   echo "${CUDA_ROOT:?set CUDA_ROOT to the toolkit the binaries were built with}" > "$bundle/CUDA_ROOT"
   exit 0
