@@ -1,7 +1,8 @@
 //! # pursamere-m4
 //!
 //! Cortex-M4 kernels for the core's int8-activation layers (`Int8Dense`,
-//! `Int8Conv2d`, format version 4), plugged in through [`pursamere_core::DenseKernels`]:
+//! `Int8Conv2d`, format version 4) and its float dense layer, plugged in through
+//! [`pursamere_core::DenseKernels`]:
 //!
 //! ```
 //! use pursamere_core::Model;
@@ -38,13 +39,15 @@
 //! has its own kernel: its input becomes a plane of signed halfwords, where two taps
 //! of a kernel row are already one `SMLAD` operand, and each output channel sweeps
 //! the positions with its weights in registers.
-//! Float layers (the purifier's denoiser, float classifiers) run the core's portable
-//! kernels. Elsewhere than on an Armv7E-M target the three DSP instructions are
+//! The float dense layer (a dense denoiser, a float classifier) runs an `asm!` pass
+//! over its rows with the core's summation order (`float_dense`); other float
+//! layers run the core's portable kernels. Elsewhere than on an Armv7E-M target the three DSP instructions are
 //! emulated, so the host tests run the same algorithm.
 #![no_std]
 #![deny(missing_docs)]
 
 mod dsp;
+mod float_dense;
 
 use dsp::{dot2_steps, dot4i_steps, pair5_run, smlad, ssat8, sxtb16, sxtb16_ror8, usat7, word};
 use pursamere_core::{Conv2d, Dense, DenseKernels, Int8Conv2d, Int8Dense, Portable};
@@ -68,8 +71,8 @@ const PATCH_RUN: usize = 64;
 /// larger, because the whole buffer is zeroed on every call.
 const PLANE_BYTES: usize = 2560;
 
-/// The device kernels: the int8 layers on the DSP instructions, everything else the
-/// core's [`Portable`] kernels.
+/// The device kernels: the int8 layers on the DSP instructions, the float dense layer
+/// forward in an `asm!` loop, everything else the core's [`Portable`] kernels.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct M4Kernels;
 
@@ -80,9 +83,11 @@ impl DenseKernels for M4Kernels {
         xs: &[f32],
         ys: &mut [f32],
         batch: usize,
-        rowbuf: &mut [f32],
+        _rowbuf: &mut [f32],
     ) {
-        Portable.dense_forward_batch(layer, xs, ys, batch, rowbuf);
+        // One sample at a time (the microcontroller's path): the same bits as the
+        // core's row-buffered batch, which widens rows once for several samples.
+        float_dense::dense_forward_batch(layer, xs, ys, batch);
     }
 
     fn dense_vjp_batch(

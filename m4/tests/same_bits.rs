@@ -1,7 +1,9 @@
 //! The device kernels give the core's bits (on the host, with the DSP instructions
-//! emulated): random int8 layers of many shapes, dirty output buffers.
+//! emulated and the float kernel's portable twin): random int8 and float layers of
+//! many shapes, dirty output buffers. (The `asm!` themselves run under QEMU: the
+//! firmware test compares every image's digest with the host.)
 
-use pursamere_core::{Conv2d, Dense, DenseKernels, Int8Conv2d, Int8Dense, Layer};
+use pursamere_core::{Conv2d, Dense, DenseKernels, Int8Conv2d, Int8Dense, Layer, Portable};
 use pursamere_m4::{M4Kernels, MAX_INPUT};
 
 struct Rng(u64);
@@ -32,6 +34,22 @@ impl Rng {
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// [`bits`] with every NaN as the canonical quiet NaN: a NaN's sign and payload are
+/// not reproducible (x86 makes a negative NaN of `∞ · 0`, and the compiler may swap
+/// the operands of an addition, which decides whose NaN comes out); every other
+/// value is compared bit for bit.
+fn bits_nan(v: &[f32]) -> Vec<u32> {
+    v.iter()
+        .map(|x| {
+            if x.is_nan() {
+                f32::NAN.to_bits()
+            } else {
+                x.to_bits()
+            }
+        })
+        .collect()
 }
 
 /// The core's ReLU.
@@ -171,6 +189,86 @@ fn int8_conv_is_bit_identical_to_the_core() {
                 "{cin}x{h}x{w} → {cout}, k {k} s {s} p {p}, ReLU input {relu_input}"
             );
         }
+    }
+}
+
+#[test]
+fn float_dense_is_bit_identical_to_the_core() {
+    let mut rng = Rng(3);
+    for &(n, m) in &[
+        (1, 1),
+        (7, 3),
+        (8, 2),
+        (15, 2),
+        (16, 4),
+        (17, 5),
+        (24, 3),
+        (31, 3),
+        (33, 6),
+        (256, 9),
+        (784, 17),
+    ] {
+        let (w, sc, b) = (
+            rng.bytes(n * m),
+            rng.le(m, 1e-4, 1e-2),
+            rng.le(m, -1.0, 1.0),
+        );
+        let layer = Dense {
+            inputs: n as u32,
+            outputs: m as u32,
+            weights: &w,
+            scales: &sc,
+            bias: &b,
+        };
+        for batch in [1usize, 3] {
+            let mut xs = rng.f32s(n * batch, -3.0, 3.0);
+            // Values that must keep their bits through the kernel.
+            for (i, v) in [f32::NAN, -0.0, f32::INFINITY, 1e-40, -1e38]
+                .into_iter()
+                .enumerate()
+            {
+                if let Some(x) = xs.get_mut(i * 7) {
+                    *x = v;
+                }
+            }
+            let mut want = vec![-7.5f32; m * batch];
+            for (x, y) in xs.chunks_exact(n).zip(want.chunks_exact_mut(m)) {
+                Layer::Dense(layer).forward(x, y);
+            }
+            let mut got = vec![1e30f32; m * batch];
+            M4Kernels.dense_forward_batch(&layer, &xs, &mut got, batch, &mut []);
+            assert_eq!(bits_nan(&got), bits_nan(&want), "{n} → {m}, batch {batch}");
+            // And the core's row-buffered batch path agrees with both.
+            let mut portable = vec![0.5f32; m * batch];
+            let mut rowbuf = vec![9.0f32; 4 * n];
+            Portable.dense_forward_batch(&layer, &xs, &mut portable, batch, &mut rowbuf);
+            assert_eq!(
+                bits_nan(&portable),
+                bits_nan(&want),
+                "{n} → {m}, batch {batch}"
+            );
+        }
+    }
+}
+
+#[test]
+fn float_dense_mismatched_buffers_match_the_core_and_never_panic() {
+    let w: Vec<u8> = (0..60u8).collect();
+    let f = 0.25f32.to_le_bytes().repeat(3);
+    let layer = Dense {
+        inputs: 20,
+        outputs: 3,
+        weights: &w,
+        scales: &f,
+        bias: &f,
+    };
+    for (xn, yn, batch) in [(0, 0, 1), (19, 3, 1), (20, 2, 1), (45, 9, 3), (60, 6, 5)] {
+        let x: Vec<f32> = (0..xn).map(|i| i as f32 * 0.1).collect();
+        let mut got = vec![3.0f32; yn];
+        let mut want = vec![3.0f32; yn];
+        M4Kernels.dense_forward_batch(&layer, &x, &mut got, batch, &mut []);
+        Portable.dense_forward_batch(&layer, &x, &mut want, batch, &mut []);
+        assert_eq!(bits(&got), bits(&want), "x {xn}, y {yn}, batch {batch}");
     }
 }
 

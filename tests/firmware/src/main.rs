@@ -192,7 +192,9 @@ fn run() -> Option<usize> {
         for (v, &p) in x.iter_mut().zip(img) {
             *v = f32::from(p) / 255.0;
         }
-        if let Err(e) = model.purify(&x, &cfg, &mut out, &mut scratch) {
+        if let Err(e) =
+            model.purify_with(&pursamere_m4::M4Kernels, &x, &cfg, &mut out, &mut scratch)
+        {
             hprintln!("image {} purify error: {}", i, e);
             return None;
         }
@@ -286,6 +288,7 @@ fn profile_layers(model: &Model<'_>, scratch: &mut [f32]) {
                     Layer::Int8Dense(q) => kernels.int8_dense_forward(q, x, y, relu_input),
                     Layer::Int8Conv2d(q) => kernels.int8_conv_forward(q, x, y, relu_input),
                     Layer::Relu if int8(net.layers.get(i + 1)) => {}
+                    Layer::Dense(d) => kernels.dense_forward_batch(d, x, y, 1, &mut []),
                     other => other.forward(x, y),
                 }
             }
