@@ -1,0 +1,186 @@
+//! The float dense layer — int8 weights × f32 inputs, the core's numeric definition
+//! (`Dense::forward`) — on the Cortex-M4F: what the purifier's dense denoiser runs.
+//!
+//! The core's dot product puts element `i` into lane `i mod 16`, each lane adding its
+//! terms in increasing `i`, then sums the sixteen lanes by a fixed tree; on Arm it
+//! runs the lanes in two passes of eight over the row (`kernels::dot_two_passes`), so
+//! that the sums, the inputs and the weights of a pass fit the 32 single-precision
+//! registers. Compiled from Rust, each term is `LDRSB`, `VMOV`, `VCVT`, `VLDR`,
+//! `VMUL`, `VADD`, with every load between two arithmetic instructions, where the M4
+//! cannot pipeline it (two cycles): about 8.8 cycles per multiply–add. Here one pass
+//! over sixteen inputs is an `asm!` loop that loads its eight weights as two words and
+//! its eight inputs with one `VLDM`, then widens (`SXTB` with rotation, `VMOV`,
+//! `VCVT`), multiplies and adds: the same operations on the same values in the same
+//! order per lane (a product of two floats does not depend on their order), so the
+//! same bits — checked on the host against the core (the portable version below is
+//! the same algorithm) and under QEMU by the firmware test, which compares every
+//! purified image's digest with the host.
+
+use pursamere_core::Dense;
+
+/// Lanes of the core's dot product.
+const LANES: usize = 16;
+/// Lanes of one pass.
+const HALF: usize = LANES / 2;
+
+/// One pass of the two-pass dot product: `acc[l] + Σ_{c < chunks} w[16c + l] ·
+/// x[16c + l]` for `l < 8`, each lane's terms in increasing `c` (`w` and `x` start at
+/// the pass's first lane and hold at least `16 · (chunks − 1) + 8` values).
+#[cfg(not(pursamere_fpu))]
+#[inline(always)]
+fn half_pass(w: &[u8], x: &[f32], chunks: usize, acc: [f32; HALF]) -> [f32; HALF] {
+    portable_half_pass(w, x, chunks, acc)
+}
+
+#[inline(always)]
+fn portable_half_pass(w: &[u8], x: &[f32], chunks: usize, acc: [f32; HALF]) -> [f32; HALF] {
+    let mut acc = acc;
+    for (wc, xc) in w.chunks(LANES).zip(x.chunks(LANES)).take(chunks) {
+        for ((a, &wi), &xi) in acc.iter_mut().zip(wc).zip(xc) {
+            *a += f32::from(wi as i8) * xi;
+        }
+    }
+    acc
+}
+
+#[cfg(pursamere_fpu)]
+#[inline(always)]
+fn half_pass(w: &[u8], x: &[f32], chunks: usize, acc: [f32; HALF]) -> [f32; HALF] {
+    let need = (LANES * chunks).saturating_sub(HALF);
+    if chunks == 0 || w.len() < need || x.len() < need {
+        return portable_half_pass(w, x, chunks, acc);
+    }
+    let mut acc = acc;
+    // r0, r1: the pass's eight weight bytes; r2, r3: two of them widened. s0–s7 the
+    // lane sums, s8–s15 the inputs, s16–s23 the widened weights, then the products
+    // (the `sreg` operand class needs the `vfp2` feature, which this single-precision
+    // FPU lacks, so the sums go through memory at the ends).
+    // SAFETY: `wp` advances by 16 bytes and `xp` by 64 (16 floats) per iteration,
+    // `chunks ≥ 1` times; each iteration reads 8 bytes at `wp` and 8 floats at `xp`,
+    // so the last reads end at byte 16·(chunks − 1) + 8 of `w` and float
+    // 16·(chunks − 1) + 8 of `x`, both checked above. Word loads may be unaligned
+    // (allowed on the M4 for LDR); VLDM reads f32-aligned memory (`x` is a `&[f32]`).
+    // `acc` is read at the start and written at the end (8 floats, exclusively
+    // borrowed). No stack.
+    unsafe {
+        core::arch::asm!(
+            "vldmia {ap}, {{s0-s7}}",
+            "2:",
+            "ldr r0, [{wp}]",
+            "ldr r1, [{wp}, #4]",
+            "vldmia {xp}, {{s8-s15}}",
+            "adds {wp}, {wp}, #16",
+            "adds {xp}, {xp}, #64",
+            "sxtb r2, r0",
+            "sxtb r3, r0, ror #8",
+            "vmov s16, r2",
+            "vmov s17, r3",
+            "sxtb r2, r0, ror #16",
+            "asrs r3, r0, #24",
+            "vmov s18, r2",
+            "vmov s19, r3",
+            "sxtb r2, r1",
+            "sxtb r3, r1, ror #8",
+            "vmov s20, r2",
+            "vmov s21, r3",
+            "sxtb r2, r1, ror #16",
+            "asrs r3, r1, #24",
+            "vmov s22, r2",
+            "vmov s23, r3",
+            "vcvt.f32.s32 s16, s16",
+            "vcvt.f32.s32 s17, s17",
+            "vcvt.f32.s32 s18, s18",
+            "vcvt.f32.s32 s19, s19",
+            "vcvt.f32.s32 s20, s20",
+            "vcvt.f32.s32 s21, s21",
+            "vcvt.f32.s32 s22, s22",
+            "vcvt.f32.s32 s23, s23",
+            "vmul.f32 s16, s16, s8",
+            "vmul.f32 s17, s17, s9",
+            "vmul.f32 s18, s18, s10",
+            "vmul.f32 s19, s19, s11",
+            "vmul.f32 s20, s20, s12",
+            "vmul.f32 s21, s21, s13",
+            "vmul.f32 s22, s22, s14",
+            "vmul.f32 s23, s23, s15",
+            "vadd.f32 s0, s0, s16",
+            "vadd.f32 s1, s1, s17",
+            "vadd.f32 s2, s2, s18",
+            "vadd.f32 s3, s3, s19",
+            "vadd.f32 s4, s4, s20",
+            "vadd.f32 s5, s5, s21",
+            "vadd.f32 s6, s6, s22",
+            "vadd.f32 s7, s7, s23",
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            "vstmia {ap}, {{s0-s7}}",
+            wp = inout(reg) w.as_ptr() => _,
+            xp = inout(reg) x.as_ptr() => _,
+            n = inout(reg) chunks => _,
+            ap = in(reg) acc.as_mut_ptr(),
+            out("r0") _,
+            out("r1") _,
+            out("r2") _,
+            out("r3") _,
+            out("s0") _, out("s1") _, out("s2") _, out("s3") _,
+            out("s4") _, out("s5") _, out("s6") _, out("s7") _,
+            out("s8") _, out("s9") _, out("s10") _, out("s11") _,
+            out("s12") _, out("s13") _, out("s14") _, out("s15") _,
+            out("s16") _, out("s17") _, out("s18") _, out("s19") _,
+            out("s20") _, out("s21") _, out("s22") _, out("s23") _,
+            options(nostack),
+        );
+    }
+    acc
+}
+
+/// The core's fixed reduction tree over the sixteen lane sums.
+#[inline(always)]
+fn tree_sum(a: &[f32; LANES]) -> f32 {
+    let mut s8 = [0.0f32; HALF];
+    for (s, (&lo, &hi)) in s8.iter_mut().zip(a.iter().zip(&a[HALF..])) {
+        *s = lo + hi;
+    }
+    let s4 = [s8[0] + s8[4], s8[1] + s8[5], s8[2] + s8[6], s8[3] + s8[7]];
+    (s4[0] + s4[2]) + (s4[1] + s4[3])
+}
+
+/// `Σ_i w[i] · x[i]` in the core's order (lanes, tail, tree).
+#[inline(always)]
+fn dot(wr: &[u8], x: &[f32]) -> f32 {
+    let (wc, wt) = wr.as_chunks::<LANES>();
+    let (xc, xt) = x.as_chunks::<LANES>();
+    let chunks = wc.len().min(xc.len());
+    let lo = half_pass(wr, x, chunks, [0.0; HALF]);
+    let hi = half_pass(
+        wr.get(HALF..).unwrap_or(&[]),
+        x.get(HALF..).unwrap_or(&[]),
+        chunks,
+        [0.0; HALF],
+    );
+    let mut acc = [0.0f32; LANES];
+    for (a, v) in acc.iter_mut().zip(lo.iter().chain(&hi)) {
+        *a = *v;
+    }
+    for ((a, &wi), &xi) in acc.iter_mut().zip(wt).zip(xt) {
+        *a += f32::from(wi as i8) * xi;
+    }
+    tree_sum(&acc)
+}
+
+/// `Dense::forward` of the core for `batch` samples one after another: each row's
+/// dot product, then `y · scale + bias` (two roundings).
+pub(crate) fn dense_forward_batch(layer: &Dense<'_>, xs: &[f32], ys: &mut [f32], batch: usize) {
+    let (n, m) = (layer.inputs as usize, layer.outputs as usize);
+    if n == 0 || m == 0 {
+        return;
+    }
+    for (x, y) in xs.chunks_exact(n).zip(ys.chunks_exact_mut(m)).take(batch) {
+        for (yo, row) in y.iter_mut().zip(layer.weights.chunks_exact(n)) {
+            *yo = dot(row, x);
+        }
+        for (o, yo) in y.iter_mut().enumerate() {
+            *yo = *yo * layer.scale(o) + layer.bias(o);
+        }
+    }
+}
