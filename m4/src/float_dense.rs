@@ -184,3 +184,157 @@ pub(crate) fn dense_forward_batch(layer: &Dense<'_>, xs: &[f32], ys: &mut [f32],
         }
     }
 }
+
+/// `gx[i] = (((gx[i] + w0[i]·c0) + w1[i]·c1) + w2[i]·c2) + w3[i]·c3` for `i < 4·quads`
+/// (the core's `axpy4`: four rows of the VJP, in row order per element; every row
+/// and `gx` hold at least `4 · quads` values).
+#[cfg(not(pursamere_fpu))]
+#[inline(always)]
+fn axpy4_quads(gx: &mut [f32], rows: [&[u8]; 4], c: [f32; 4], quads: usize) {
+    portable_axpy4(gx, rows, c, 4 * quads);
+}
+
+/// The core's `axpy4` on the first `len` elements.
+#[inline(always)]
+fn portable_axpy4(gx: &mut [f32], rows: [&[u8]; 4], c: [f32; 4], len: usize) {
+    let w = |b: u8| f32::from(b as i8);
+    let [r0, r1, r2, r3] = rows;
+    for ((((g, &a), &b), &d), &e) in gx.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3).take(len) {
+        *g = (((*g + w(a) * c[0]) + w(b) * c[1]) + w(d) * c[2]) + w(e) * c[3];
+    }
+}
+
+/// One row of [`axpy4_quads`]'s loop: the next four weights of the row at `{p}`
+/// widened, times the coefficient in `$c`, added to s0–s3.
+#[cfg(pursamere_fpu)]
+macro_rules! axpy_row {
+    ($p:literal, $c:literal) => {
+        concat!(
+            "ldr r1, [{",
+            $p,
+            "}], #4\n",
+            "sxtb r2, r1\n",
+            "sxtb r3, r1, ror #8\n",
+            "vmov s4, r2\n",
+            "vmov s5, r3\n",
+            "sxtb r2, r1, ror #16\n",
+            "asrs r3, r1, #24\n",
+            "vmov s6, r2\n",
+            "vmov s7, r3\n",
+            "vcvt.f32.s32 s4, s4\n",
+            "vcvt.f32.s32 s5, s5\n",
+            "vcvt.f32.s32 s6, s6\n",
+            "vcvt.f32.s32 s7, s7\n",
+            "vmul.f32 s4, s4, ",
+            $c,
+            "\n",
+            "vmul.f32 s5, s5, ",
+            $c,
+            "\n",
+            "vmul.f32 s6, s6, ",
+            $c,
+            "\n",
+            "vmul.f32 s7, s7, ",
+            $c,
+            "\n",
+            "vadd.f32 s0, s0, s4\n",
+            "vadd.f32 s1, s1, s5\n",
+            "vadd.f32 s2, s2, s6\n",
+            "vadd.f32 s3, s3, s7\n",
+        )
+    };
+}
+
+#[cfg(pursamere_fpu)]
+#[inline(always)]
+fn axpy4_quads(gx: &mut [f32], rows: [&[u8]; 4], c: [f32; 4], quads: usize) {
+    let need = 4 * quads;
+    if quads == 0 || gx.len() < need || rows.iter().any(|r| r.len() < need) {
+        return portable_axpy4(gx, rows, c, need);
+    }
+    let [r0, r1, r2, r3] = rows;
+    let cs = c;
+    // SAFETY: each row pointer advances by 4 bytes and `gp` by 16 (4 floats) per
+    // iteration, `quads ≥ 1` times: the loop reads the first `4 · quads` bytes of
+    // each row and reads and writes the first `4 · quads` floats of `gx`, all
+    // checked above (`gx` exclusively borrowed). Word loads of the rows may be
+    // unaligned (allowed for LDR on the M4); `gx` is f32-aligned for VLDM/VSTM. The
+    // four coefficients are read from `cs` (16 bytes). No stack.
+    unsafe {
+        core::arch::asm!(
+            "vldmia {cp}, {{s16-s19}}",
+            "2:",
+            "vldmia {gp}, {{s0-s3}}",
+            axpy_row!("p0", "s16"),
+            axpy_row!("p1", "s17"),
+            axpy_row!("p2", "s18"),
+            axpy_row!("p3", "s19"),
+            "vstmia {gp}!, {{s0-s3}}",
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            gp = inout(reg) gx.as_mut_ptr() => _,
+            p0 = inout(reg) r0.as_ptr() => _,
+            p1 = inout(reg) r1.as_ptr() => _,
+            p2 = inout(reg) r2.as_ptr() => _,
+            p3 = inout(reg) r3.as_ptr() => _,
+            n = inout(reg) quads => _,
+            cp = in(reg) cs.as_ptr(),
+            out("r1") _,
+            out("r2") _,
+            out("r3") _,
+            out("s0") _, out("s1") _, out("s2") _, out("s3") _,
+            out("s4") _, out("s5") _, out("s6") _, out("s7") _,
+            out("s16") _, out("s17") _, out("s18") _, out("s19") _,
+            options(nostack),
+        );
+    }
+}
+
+/// `Dense::vjp` of the core for `batch` samples: `gx = Wᵀ (scale ⊙ gy)`, rows in
+/// increasing order four at a time, rows whose coefficient is exactly zero skipped.
+pub(crate) fn dense_vjp_batch(layer: &Dense<'_>, gys: &[f32], gxs: &mut [f32], batch: usize) {
+    let (n, m) = (layer.inputs as usize, layer.outputs as usize);
+    if n == 0 || m == 0 {
+        return;
+    }
+    for (gy, gx) in gys.chunks_exact(m).zip(gxs.chunks_exact_mut(n)).take(batch) {
+        vjp(layer, gy, gx);
+    }
+}
+
+fn vjp(layer: &Dense<'_>, gy: &[f32], gx: &mut [f32]) {
+    gx.fill(0.0);
+    let n = layer.inputs as usize;
+    let mut pending: [(&[u8], f32); 4] = [(&[], 0.0); 4];
+    let mut count = 0usize;
+    for (o, (row, &g)) in layer.weights.chunks_exact(n).zip(gy).enumerate() {
+        let c = layer.scale(o) * g;
+        if c == 0.0 {
+            continue;
+        }
+        if let Some(slot) = pending.get_mut(count) {
+            *slot = (row, c);
+            count += 1;
+        }
+        if count == 4 {
+            let [p0, p1, p2, p3] = pending;
+            let (rows, cs) = ([p0.0, p1.0, p2.0, p3.0], [p0.1, p1.1, p2.1, p3.1]);
+            // The element count of the core's zip: the shortest of `gx` and the rows.
+            let len = rows.iter().fold(gx.len(), |l, r| l.min(r.len()));
+            let quads = len / 4;
+            axpy4_quads(gx, rows, cs, quads);
+            if let (Some(g), [Some(a), Some(b), Some(d), Some(e)]) = (
+                gx.get_mut(4 * quads..len),
+                rows.map(|r| r.get(4 * quads..len)),
+            ) {
+                portable_axpy4(g, [a, b, d, e], cs, len - 4 * quads);
+            }
+            count = 0;
+        }
+    }
+    for &(row, c) in pending.iter().take(count) {
+        for (g, &wi) in gx.iter_mut().zip(row) {
+            *g += f32::from(wi as i8) * c;
+        }
+    }
+}

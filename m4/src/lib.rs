@@ -72,7 +72,7 @@ const PATCH_RUN: usize = 64;
 const PLANE_BYTES: usize = 2560;
 
 /// The device kernels: the int8 layers on the DSP instructions, the float dense layer
-/// forward in an `asm!` loop, everything else the core's [`Portable`] kernels.
+/// forward and VJP in `asm!` loops, everything else the core's [`Portable`] kernels.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct M4Kernels;
 
@@ -96,9 +96,9 @@ impl DenseKernels for M4Kernels {
         gys: &[f32],
         gxs: &mut [f32],
         batch: usize,
-        rowbuf: &mut [f32],
+        _rowbuf: &mut [f32],
     ) {
-        Portable.dense_vjp_batch(layer, gys, gxs, batch, rowbuf);
+        float_dense::dense_vjp_batch(layer, gys, gxs, batch);
     }
 
     // Not inlined: their stack buffers then exist only while an int8 layer runs, not

@@ -247,6 +247,30 @@ fn float_dense_is_bit_identical_to_the_core() {
                 bits_nan(&want),
                 "{n} → {m}, batch {batch}"
             );
+            // The VJP: output gradients with exact zeros (rows the core skips) and
+            // dirty input-gradient buffers.
+            let mut gys = rng.f32s(m * batch, -2.0, 2.0);
+            for (i, g) in gys.iter_mut().enumerate() {
+                if i % 3 == 1 {
+                    *g = 0.0;
+                }
+            }
+            let mut want = vec![-7.5f32; n * batch];
+            Portable.dense_vjp_batch(&layer, &gys, &mut want, batch, &mut []);
+            let mut got = vec![1e30f32; n * batch];
+            M4Kernels.dense_vjp_batch(&layer, &gys, &mut got, batch, &mut []);
+            assert_eq!(
+                bits_nan(&got),
+                bits_nan(&want),
+                "VJP {n} → {m}, batch {batch}"
+            );
+            let mut batched = vec![0.5f32; n * batch];
+            Portable.dense_vjp_batch(&layer, &gys, &mut batched, batch, &mut rowbuf);
+            assert_eq!(
+                bits_nan(&batched),
+                bits_nan(&want),
+                "VJP {n} → {m}, batch {batch}"
+            );
         }
     }
 }
@@ -269,6 +293,12 @@ fn float_dense_mismatched_buffers_match_the_core_and_never_panic() {
         M4Kernels.dense_forward_batch(&layer, &x, &mut got, batch, &mut []);
         Portable.dense_forward_batch(&layer, &x, &mut want, batch, &mut []);
         assert_eq!(bits(&got), bits(&want), "x {xn}, y {yn}, batch {batch}");
+        let mut got = vec![3.0f32; xn];
+        let mut want = vec![3.0f32; xn];
+        let gy: Vec<f32> = (0..yn).map(|i| 1.0 - i as f32 * 0.3).collect();
+        M4Kernels.dense_vjp_batch(&layer, &gy, &mut got, batch, &mut []);
+        Portable.dense_vjp_batch(&layer, &gy, &mut want, batch, &mut []);
+        assert_eq!(bits(&got), bits(&want), "VJP x {xn}, y {yn}, batch {batch}");
     }
 }
 

@@ -294,7 +294,19 @@ fn profile_layers(model: &Model<'_>, scratch: &mut [f32]) {
             }
             let t1 = ticks();
             pursamere_phase_mark();
-            layer.vjp(x, y, gx);
+            // The device kernels' VJP where they have one (the float dense layer),
+            // the core's elsewhere; the forward's output stands in for the gradient.
+            match layer {
+                pursamere_core::Layer::Dense(d) => pursamere_core::DenseKernels::dense_vjp_batch(
+                    &pursamere_m4::M4Kernels,
+                    d,
+                    y,
+                    gx,
+                    1,
+                    &mut [],
+                ),
+                other => other.vjp(x, y, gx),
+            }
             let t2 = ticks();
             pursamere_phase_mark();
             hprintln!(
