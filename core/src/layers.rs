@@ -113,6 +113,21 @@ impl Dense<'_> {
     /// coefficient is exactly zero (common after a ReLU) are skipped: they would add
     /// `±0` and change nothing but, at most, the sign of an exact zero.
     pub(crate) fn vjp(&self, gy: &[f32], gx: &mut [f32]) {
+        self.vjp_with(gy, gx, axpy4::<u8>);
+    }
+
+    /// [`Dense`]'s VJP (`gx = Wᵀ (scale ⊙ gy)`, the core's order) with the four-row
+    /// update supplied by a device kernel: `rows4(gx, rows, c)` must set every
+    /// `gx[i]` (for `i` below the shortest of `gx` and the rows) to
+    /// `(((gx[i] + w0[i]·c0) + w1[i]·c1) + w2[i]·c2) + w3[i]·c3`, with each weight
+    /// widened exactly and each product and sum one f32 rounding. The rest — which
+    /// rows are skipped (coefficient exactly zero), how they are grouped, the rows
+    /// left over — is the core's, so a kernel that keeps this contract gives the
+    /// core's bits.
+    pub fn vjp_with<F>(&self, gy: &[f32], gx: &mut [f32], mut rows4: F)
+    where
+        F: FnMut(&mut [f32], [&[u8]; 4], [f32; 4]),
+    {
         gx.fill(0.0);
         let n = self.inputs as usize;
         if n == 0 {
@@ -131,7 +146,7 @@ impl Dense<'_> {
             }
             if count == 4 {
                 let [p0, p1, p2, p3] = pending;
-                axpy4(gx, [p0.0, p1.0, p2.0, p3.0], [p0.1, p1.1, p2.1, p3.1]);
+                rows4(gx, [p0.0, p1.0, p2.0, p3.0], [p0.1, p1.1, p2.1, p3.1]);
                 count = 0;
             }
         }

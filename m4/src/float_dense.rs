@@ -302,39 +302,20 @@ pub(crate) fn dense_vjp_batch(layer: &Dense<'_>, gys: &[f32], gxs: &mut [f32], b
     }
 }
 
+/// The core's grouping of the VJP's rows ([`Dense::vjp_with`]) with the four-row
+/// update above: the whole quads in the `asm!` loop, the last one to three elements
+/// by the portable form.
 fn vjp(layer: &Dense<'_>, gy: &[f32], gx: &mut [f32]) {
-    gx.fill(0.0);
-    let n = layer.inputs as usize;
-    let mut pending: [(&[u8], f32); 4] = [(&[], 0.0); 4];
-    let mut count = 0usize;
-    for (o, (row, &g)) in layer.weights.chunks_exact(n).zip(gy).enumerate() {
-        let c = layer.scale(o) * g;
-        if c == 0.0 {
-            continue;
+    layer.vjp_with(gy, gx, |gx, rows, c| {
+        // The element count of the core's `axpy4`: the shortest of `gx` and the rows.
+        let len = rows.iter().fold(gx.len(), |l, r| l.min(r.len()));
+        let quads = len / 4;
+        axpy4_quads(gx, rows, c, quads);
+        if let (Some(g), [Some(a), Some(b), Some(d), Some(e)]) = (
+            gx.get_mut(4 * quads..len),
+            rows.map(|r| r.get(4 * quads..len)),
+        ) {
+            portable_axpy4(g, [a, b, d, e], c, len - 4 * quads);
         }
-        if let Some(slot) = pending.get_mut(count) {
-            *slot = (row, c);
-            count += 1;
-        }
-        if count == 4 {
-            let [p0, p1, p2, p3] = pending;
-            let (rows, cs) = ([p0.0, p1.0, p2.0, p3.0], [p0.1, p1.1, p2.1, p3.1]);
-            // The element count of the core's zip: the shortest of `gx` and the rows.
-            let len = rows.iter().fold(gx.len(), |l, r| l.min(r.len()));
-            let quads = len / 4;
-            axpy4_quads(gx, rows, cs, quads);
-            if let (Some(g), [Some(a), Some(b), Some(d), Some(e)]) = (
-                gx.get_mut(4 * quads..len),
-                rows.map(|r| r.get(4 * quads..len)),
-            ) {
-                portable_axpy4(g, [a, b, d, e], cs, len - 4 * quads);
-            }
-            count = 0;
-        }
-    }
-    for &(row, c) in pending.iter().take(count) {
-        for (g, &wi) in gx.iter_mut().zip(row) {
-            *g += f32::from(wi as i8) * c;
-        }
-    }
+    });
 }
