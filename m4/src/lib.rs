@@ -39,10 +39,11 @@
 //! has its own kernel: its input becomes a plane of signed halfwords, where two taps
 //! of a kernel row are already one `SMLAD` operand, and each output channel sweeps
 //! the positions with its weights in registers.
-//! The float dense layer (a dense denoiser, a float classifier) runs an `asm!` pass
-//! over its rows with the core's summation order (`float_dense`); other float
-//! layers run the core's portable kernels. Elsewhere than on an Armv7E-M target the three DSP instructions are
-//! emulated, so the host tests run the same algorithm.
+//! The float dense layer (a dense denoiser, a float classifier) runs its forward pass
+//! and VJP in `asm!` loops with the core's summation order (`float_dense`, on the
+//! hard-float targets); other float layers run the core's portable kernels.
+//! Elsewhere than on an Armv7E-M target the DSP instructions are emulated and the
+//! float loops have portable twins, so the host tests run the same algorithm.
 #![no_std]
 #![deny(missing_docs)]
 
