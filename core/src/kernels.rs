@@ -88,24 +88,50 @@ pub(crate) fn dot<W: Weight>(wr: &[W], x: &[f32]) -> f32 {
 }
 
 /// [`dot`] for a core with few float registers (the Cortex-M4F has 32): the sixteen
-/// lanes in two passes of eight over the row, so the partial sums, the weights and
-/// the inputs of a pass fit the register file. Each lane still adds its elements in
-/// increasing order, and lanes never mix before the tree: the same bits.
+/// lanes in two passes of eight over the row, so that the partial sums, the weights
+/// and the inputs of a pass fit the register file. Each lane still adds its elements
+/// in increasing order, and lanes never mix before the tree: the same bits.
 #[inline]
-pub(crate) fn dot_two_passes<W: Weight>(wr: &[W], x: &[f32]) -> f32 {
-    const HALF: usize = LANES / 2;
-    let mut acc = [0.0f32; LANES];
+pub(crate) fn dot_two_passes(wr: &[u8], x: &[f32]) -> f32 {
+    dot_two_passes_with(wr, x, &mut half_pass)
+}
+
+/// Lanes of one pass of [`dot_two_passes`].
+pub(crate) const HALF_LANES: usize = LANES / 2;
+
+/// One pass of [`dot_two_passes`]: `Σ_{c < chunks} w[16c + l] · x[16c + l]` for
+/// `l < 8`, each lane from `+0` in increasing `c` (`w` and `x` start at the pass's
+/// first lane).
+#[inline(always)]
+fn half_pass(wr: &[u8], x: &[f32], chunks: usize) -> [f32; HALF_LANES] {
+    let mut a = [0.0f32; HALF_LANES];
+    for (wk, xk) in wr.chunks(LANES).zip(x.chunks(LANES)).take(chunks) {
+        for (al, (&wi, &xi)) in a.iter_mut().zip(wk.iter().zip(xk)) {
+            *al += w(wi) * xi;
+        }
+    }
+    a
+}
+
+/// [`dot_two_passes`] with its passes computed by `pass` (a device kernel keeping
+/// [`half_pass`]'s contract); the tail and the tree are the core's.
+#[inline(always)]
+pub(crate) fn dot_two_passes_with<F>(wr: &[u8], x: &[f32], pass: &mut F) -> f32
+where
+    F: FnMut(&[u8], &[f32], usize) -> [f32; HALF_LANES],
+{
     let (wc, wt) = wr.as_chunks::<LANES>();
     let (xc, xt) = x.as_chunks::<LANES>();
-    for (pass, out) in acc.chunks_exact_mut(HALF).enumerate() {
-        let mut a = [0.0f32; HALF];
-        for (wk, xk) in wc.iter().zip(xc) {
-            let lanes = wk.iter().zip(xk).skip(pass * HALF);
-            for (al, (&wi, &xi)) in a.iter_mut().zip(lanes) {
-                *al += w(wi) * xi;
-            }
-        }
-        out.copy_from_slice(&a);
+    let chunks = wc.len().min(xc.len());
+    let lo = pass(wr, x, chunks);
+    let hi = pass(
+        wr.get(HALF_LANES..).unwrap_or(&[]),
+        x.get(HALF_LANES..).unwrap_or(&[]),
+        chunks,
+    );
+    let mut acc = [0.0f32; LANES];
+    for (a, &v) in acc.iter_mut().zip(lo.iter().chain(&hi)) {
+        *a = v;
     }
     for ((a, &wi), &xi) in acc.iter_mut().zip(wt).zip(xt) {
         *a += w(wi) * xi;

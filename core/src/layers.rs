@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::backend::DenseKernels;
 pub use crate::conv::{Conv2d, Upsample2x};
 pub use crate::int8::{Int8Conv2d, Int8Dense};
-use crate::kernels::{axpy, axpy4, dot, dot4, dot_two_passes, f32_at, widen_row};
+use crate::kernels::{
+    axpy, axpy4, dot, dot4, dot_two_passes, dot_two_passes_with, f32_at, widen_row, HALF_LANES,
+};
 
 /// One layer of a network.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -105,6 +107,28 @@ impl Dense<'_> {
         }
         for (yo, row) in blocks.into_remainder().iter_mut().zip(rows) {
             *yo = dot(row, x);
+        }
+        self.apply_scale_bias(y);
+    }
+
+    /// [`Dense`]'s forward pass in the core's two-pass order (what it runs on a 32-bit
+    /// Arm core) with each pass supplied by a device kernel: `pass(w, x, chunks)` must
+    /// return, for each lane `l < 8`, `Σ_{c < chunks} w[16c + l] · x[16c + l]`
+    /// accumulated from `+0` in increasing `c`, each weight widened exactly and each
+    /// product and sum one f32 rounding (`w` and `x` start at the pass's first lane;
+    /// the row's first pass starts at element 0, its second at element 8). The tail,
+    /// the reduction tree, the scale and the bias are the core's, so a kernel that
+    /// keeps this contract gives the core's bits.
+    pub fn forward_with<F>(&self, x: &[f32], y: &mut [f32], mut pass: F)
+    where
+        F: FnMut(&[u8], &[f32], usize) -> [f32; HALF_LANES],
+    {
+        let n = self.inputs as usize;
+        if n == 0 {
+            return;
+        }
+        for (yo, row) in y.iter_mut().zip(self.weights.chunks_exact(n)) {
+            *yo = dot_two_passes_with(row, x, &mut pass);
         }
         self.apply_scale_bias(y);
     }

@@ -3,18 +3,23 @@
 //!
 //! The core's dot product puts element `i` into lane `i mod 16`, each lane adding its
 //! terms in increasing `i`, then sums the sixteen lanes by a fixed tree; on Arm it
-//! runs the lanes in two passes of eight over the row (`kernels::dot_two_passes`), so
-//! that the sums, the inputs and the weights of a pass fit the 32 single-precision
-//! registers. Compiled from Rust, each term is `LDRSB`, `VMOV`, `VCVT`, `VLDR`,
-//! `VMUL`, `VADD`, with every load between two arithmetic instructions, where the M4
-//! cannot pipeline it (two cycles): about 8.8 cycles per multiply–add. Here one pass
-//! over sixteen inputs is an `asm!` loop that loads its eight weights as two words and
-//! its eight inputs with one `VLDM`, then widens (`SXTB` with rotation, `VMOV`,
-//! `VCVT`), multiplies and adds: the same operations on the same values in the same
-//! order per lane (a product of two floats does not depend on their order), so the
-//! same bits — checked on the host against the core (the portable version below is
-//! the same algorithm) and under QEMU by the firmware test, which compares every
-//! purified image's digest with the host.
+//! runs the lanes in two passes of eight over the row, so that the sums, the inputs
+//! and the weights of a pass fit the 32 single-precision registers. Compiled from
+//! Rust, each term is `LDRSB`, `VMOV`, `VCVT`, `VLDR`, `VMUL`, `VADD`, with every
+//! load between two arithmetic instructions, where the M4 cannot pipeline it (two
+//! cycles): about 9 cycles per multiply–add. Here one pass over a row is an `asm!`
+//! loop that loads its eight weights of each sixteen as two words and its eight inputs
+//! with one `VLDM`, then widens (`SXTB` with rotation, `VMOV`, `VCVT`), multiplies and
+//! adds; the VJP's four-row update (`gx[i]` plus four products, in row order) is
+//! another, four elements at a time. The same operations on the same values in the
+//! same order per element (a product of two floats does not depend on their order).
+//! The core keeps the rest of the order — the passes' tail, the reduction tree, the
+//! scale and bias (`Dense::forward_with`), and for the VJP which rows are skipped and
+//! how they are grouped (`Dense::vjp_with`) — so these loops only keep the contract
+//! of one pass and of one four-row update, and give the core's bits: checked on the
+//! host against the core (the portable twins below are the same algorithm) and under
+//! QEMU by the firmware test, which compares every purified image's digest with the
+//! host.
 
 use pursamere_core::Dense;
 
@@ -134,54 +139,16 @@ fn half_pass(w: &[u8], x: &[f32], chunks: usize, acc: [f32; HALF]) -> [f32; HALF
     acc
 }
 
-/// The core's fixed reduction tree over the sixteen lane sums.
-#[inline(always)]
-fn tree_sum(a: &[f32; LANES]) -> f32 {
-    let mut s8 = [0.0f32; HALF];
-    for (s, (&lo, &hi)) in s8.iter_mut().zip(a.iter().zip(&a[HALF..])) {
-        *s = lo + hi;
-    }
-    let s4 = [s8[0] + s8[4], s8[1] + s8[5], s8[2] + s8[6], s8[3] + s8[7]];
-    (s4[0] + s4[2]) + (s4[1] + s4[3])
-}
-
-/// `Σ_i w[i] · x[i]` in the core's order (lanes, tail, tree).
-#[inline(always)]
-fn dot(wr: &[u8], x: &[f32]) -> f32 {
-    let (wc, wt) = wr.as_chunks::<LANES>();
-    let (xc, xt) = x.as_chunks::<LANES>();
-    let chunks = wc.len().min(xc.len());
-    let lo = half_pass(wr, x, chunks, [0.0; HALF]);
-    let hi = half_pass(
-        wr.get(HALF..).unwrap_or(&[]),
-        x.get(HALF..).unwrap_or(&[]),
-        chunks,
-        [0.0; HALF],
-    );
-    let mut acc = [0.0f32; LANES];
-    for (a, v) in acc.iter_mut().zip(lo.iter().chain(&hi)) {
-        *a = *v;
-    }
-    for ((a, &wi), &xi) in acc.iter_mut().zip(wt).zip(xt) {
-        *a += f32::from(wi as i8) * xi;
-    }
-    tree_sum(&acc)
-}
-
-/// `Dense::forward` of the core for `batch` samples one after another: each row's
-/// dot product, then `y · scale + bias` (two roundings).
+/// `Dense::forward` of the core for `batch` samples one after another, its passes
+/// in the `asm!` loop ([`Dense::forward_with`]: the tail, the reduction tree, the
+/// scale and the bias are the core's).
 pub(crate) fn dense_forward_batch(layer: &Dense<'_>, xs: &[f32], ys: &mut [f32], batch: usize) {
     let (n, m) = (layer.inputs as usize, layer.outputs as usize);
     if n == 0 || m == 0 {
         return;
     }
     for (x, y) in xs.chunks_exact(n).zip(ys.chunks_exact_mut(m)).take(batch) {
-        for (yo, row) in y.iter_mut().zip(layer.weights.chunks_exact(n)) {
-            *yo = dot(row, x);
-        }
-        for (o, yo) in y.iter_mut().enumerate() {
-            *yo = *yo * layer.scale(o) + layer.bias(o);
-        }
+        layer.forward_with(x, y, |w, x, chunks| half_pass(w, x, chunks, [0.0; HALF]));
     }
 }
 
