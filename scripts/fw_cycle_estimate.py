@@ -34,7 +34,11 @@ dependent instructions (the M4's FPU is in-order: a VADD waiting on the previous
 stalls a cycle or so), and branch-target alignment. So the estimate is for
 zero-wait-state memory; read it as ±20 %.
 
-Usage: fw_cycle_estimate.py QEMU_LOG FIRMWARE_STDOUT
+Usage: fw_cycle_estimate.py QEMU_LOG FIRMWARE_STDOUT [NETWORK:LAYER]
+
+With NETWORK:LAYER (e.g. `classifier:0`), also the translated blocks that cost most
+in that layer's forward pass (start address, executions, instructions, cycles): where
+a kernel's time goes, to read against `llvm-objdump -d` of the firmware.
 """
 
 import re
@@ -120,6 +124,7 @@ def cost(mn, ops, prev_mem, taken):
 
 def main():
     log_path, out_path = sys.argv[1], sys.argv[2]
+    focus = sys.argv[3] if len(sys.argv) > 3 else None
     blocks = {}  # (host pointer, pc) -> [(addr, size, mnemonic, operands)]
     pending = None
     executed = []  # (key, function name) in execution order
@@ -147,6 +152,7 @@ def main():
     cur_insns = cur_cycles = 0
     total_insns = total_cycles = 0
     by_fn = defaultdict(lambda: [0, 0])
+    by_block = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))  # window -> pc -> [runs, insns, cycles]
     started = False
     for idx, (key, fn) in enumerate(executed):
         body = blocks.get(key)
@@ -160,6 +166,8 @@ def main():
             continue
         nxt = executed[idx + 1][0][1] if idx + 1 < len(executed) else None
         prev_mem = False
+        block = by_block[len(windows)][key[1]]
+        block[0] += 1
         for j, (addr, size, mn, ops) in enumerate(body):
             last = j == len(body) - 1
             taken = last and nxt is not None and nxt != addr + size
@@ -171,6 +179,8 @@ def main():
             total_cycles += c
             by_fn[fn][0] += 1
             by_fn[fn][1] += c
+            block[1] += 1
+            block[2] += c
     layers = []
     images = 1
     with open(out_path, errors="replace") as f:
@@ -200,6 +210,17 @@ def main():
         (fi, fc), (vi, vc) = windows[2 + 3 * k], windows[3 + 3 * k]
         per = (lambda c: f"{c / macs:.2f}") if macs else (lambda c: "–")
         print(f"| {net} | {i} | {kind} | {macs} | {fi} | {fc} | {per(fc)} | {vi} | {vc} | {per(vc)} |")
+    if focus:
+        for k, (net, i, kind, macs) in enumerate(layers):
+            if f"{net}:{i}" != focus:
+                continue
+            blocks_k = by_block[2 + 3 * k]
+            total = sum(b[2] for b in blocks_k.values()) or 1
+            print()
+            print(f"blocks of {net} layer {i} ({kind}) forward, by cycles "
+                  "(start address, executions, instructions, cycles, share):")
+            for pc, (runs, ins, cyc) in sorted(blocks_k.items(), key=lambda kv: -kv[1][2])[:20]:
+                print(f"  {pc:08x} {runs:>8} {ins:>9} {cyc:>9} {100 * cyc / total:5.1f} %")
     print()
     print("heaviest functions over the whole run (instructions, cycles, cycles per instruction):")
     for fn, (ins, cyc) in sorted(by_fn.items(), key=lambda kv: -kv[1][1])[:8]:
