@@ -166,7 +166,8 @@ def main():
             continue
         nxt = executed[idx + 1][0][1] if idx + 1 < len(executed) else None
         prev_mem = False
-        block = by_block[len(windows)][key[1]]
+        # Per-block costs only when a layer is asked for (a dict update per block).
+        block = by_block[len(windows)][key[1]] if focus else [0, 0, 0]
         block[0] += 1
         for j, (addr, size, mn, ops) in enumerate(body):
             last = j == len(body) - 1
