@@ -41,6 +41,7 @@ in that layer's forward pass (start address, executions, instructions, cycles): 
 a kernel's time goes, to read against `llvm-objdump -d` of the firmware.
 """
 
+import os
 import re
 import sys
 from collections import defaultdict
@@ -216,11 +217,13 @@ def main():
             if f"{net}:{i}" != focus:
                 continue
             blocks_k = by_block[2 + 3 * k]
+            # PURSAMERE_BLOCKS=N lists N blocks instead of 20.
+            top = int(os.environ.get("PURSAMERE_BLOCKS", "20"))
             total = sum(b[2] for b in blocks_k.values()) or 1
             print()
             print(f"blocks of {net} layer {i} ({kind}) forward, by cycles "
                   "(start address, executions, instructions, cycles, share):")
-            for pc, (runs, ins, cyc) in sorted(blocks_k.items(), key=lambda kv: -kv[1][2])[:20]:
+            for pc, (runs, ins, cyc) in sorted(blocks_k.items(), key=lambda kv: -kv[1][2])[:top]:
                 print(f"  {pc:08x} {runs:>8} {ins:>9} {cyc:>9} {100 * cyc / total:5.1f} %")
     print()
     print("heaviest functions over the whole run (instructions, cycles, cycles per instruction):")

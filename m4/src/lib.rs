@@ -50,7 +50,7 @@
 mod dsp;
 mod float_dense;
 
-use dsp::{dot2_steps, dot4i_steps, pair5_run, smlad, ssat8, sxtb16, sxtb16_ror8, usat7, word};
+use dsp::{dot22_pairs, dot2_steps, pair5_run, smlad, ssat8, sxtb16, sxtb16_ror8, usat7, word};
 use pursamere_core::{Conv2d, Dense, DenseKernels, Int8Conv2d, Int8Dense, Portable};
 
 /// Largest int8-layer input (values) quantised on the stack; a larger layer runs the
@@ -62,9 +62,14 @@ const SMALL_INPUT: usize = 256;
 pub const MAX_PATCH: usize = 1024;
 /// Output channels whose scale and bias a convolution decodes once per call.
 const CACHED: usize = 64;
-/// Bytes of convolution weights regrouped, four output channels interleaved by
-/// word, on the stack per call (a larger layer takes two channels at a time).
+/// Bytes of convolution weights regrouped, two output channels interleaved by
+/// word, on the stack per call (a larger layer takes [`dot2`] per position).
 const MAX_INTERLEAVED: usize = 4608;
+/// Largest padded fan-in (`in_channels × kernel²` rounded up to eight) of the
+/// convolution's two-position path (a 3×3 kernel over up to 32 channels): its second
+/// patch and its expanded patch pair (one word per input: two halfwords for each of
+/// two positions) take `5 · PAIR_FAN` bytes of stack.
+const PAIR_FAN: usize = 288;
 /// Output positions whose patches the single-channel 3×3 convolution builds at once.
 const PATCH_RUN: usize = 64;
 /// Bytes of the single-channel 3×3 convolution's quantised input plane (two per
@@ -448,8 +453,88 @@ fn int8_conv_single_3x3(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) -> boo
     true
 }
 
-/// The int8 convolution on the DSP path (im2col per output position, then four
-/// output channels at a time); `false` when it is too large for it.
+/// Builds output position `pos`'s int8 patch in the weights' (ci, ky, kx) order
+/// from the zero-bordered quantised input planes (`hp × wp` bytes each, `cin` of
+/// them at the start of `qin`): for each input channel, `k` rows of `k` bytes.
+/// Bytes of `patch` past the fan-in are left as they are (the caller keeps them
+/// zero).
+#[inline(always)]
+fn build_patch(qin: &[u8], cin: usize, patch: &mut [u8], g: &PatchGeometry, pos: usize) {
+    let PatchGeometry { hp, wp, k, s, ow } = *g;
+    let (oy, ox) = (pos / ow.max(1), pos % ow.max(1));
+    let corner = (oy * s) * wp + ox * s;
+    let plane_len = hp * wp;
+    if k == 3 {
+        // The common 3×3 kernel: each kernel row is read as one (unaligned) word,
+        // whose fourth byte belongs to the next column or the next row and is
+        // dropped, and a channel's nine bytes are written as two words and a byte:
+        // three loads and three stores where byte moves take eighteen. The fourth
+        // byte of the last plane's last row may lie past the planes: `qin` is the
+        // whole buffer, and a read that does not fit takes the byte moves.
+        let span = (cin.max(1) - 1) * plane_len + 2 * wp + 4;
+        if let Some(window) = qin.get(corner..corner + span) {
+            // Every channel's three row words lie inside `window`: one range check
+            // per position, and the per-channel reads below cannot fail.
+            for (ci, dst) in (0..cin).zip(patch.chunks_exact_mut(9)) {
+                let src = window.get(ci * plane_len..).unwrap_or(&[]);
+                let word_at = |at: usize| {
+                    src.get(at..)
+                        .and_then(<[u8]>::first_chunk::<4>)
+                        .map_or(0, |b| u32::from_le_bytes(*b))
+                };
+                let (a, b, c) = (word_at(0), word_at(wp), word_at(2 * wp));
+                if let Some((d0, rest)) = dst.split_first_chunk_mut::<4>() {
+                    *d0 = (a & 0x00ff_ffff | b << 24).to_le_bytes();
+                    if let Some((d1, [d2, ..])) = rest.split_first_chunk_mut::<4>() {
+                        *d1 = ((b >> 8) & 0xffff | c << 16).to_le_bytes();
+                        *d2 = (c >> 16) as u8;
+                    }
+                }
+            }
+            return;
+        }
+        for (ci, dst) in (0..cin).zip(patch.chunks_exact_mut(9)) {
+            let at = ci * plane_len + corner;
+            if let (Some([a, b, c]), Some([d, e, f]), Some([g, h, i])) = (
+                qin.get(at..at + 3),
+                qin.get(at + wp..at + wp + 3),
+                qin.get(at + 2 * wp..at + 2 * wp + 3),
+            ) {
+                dst.copy_from_slice(&[*a, *b, *c, *d, *e, *f, *g, *h, *i]);
+            }
+        }
+    } else {
+        let planes = qin.chunks_exact(plane_len).take(cin);
+        for (plane, rows) in planes.zip(patch.chunks_exact_mut(k * k)) {
+            let window = plane.get(corner..).unwrap_or(&[]);
+            for (src, dst) in window.chunks(wp).zip(rows.chunks_exact_mut(k)) {
+                copy_small(dst, src.get(..k).unwrap_or(&[]));
+            }
+        }
+    }
+}
+
+/// Where a convolution's patches come from: the padded input planes' height and
+/// width, the kernel size, the stride and the output width.
+#[derive(Clone, Copy)]
+struct PatchGeometry {
+    hp: usize,
+    wp: usize,
+    k: usize,
+    s: usize,
+    ow: usize,
+}
+
+/// The int8 convolution on the DSP path; `false` when it is too large for it.
+///
+/// im2col by pairs of output positions: both positions' patches are built, then
+/// unpacked once into signed halfword pairs (`expanded`, the layout of
+/// [`dsp::portable_dot22_pairs`]), and every pair of output channels (their weight
+/// rows interleaved word by word once per call) runs over them in one `asm!` loop
+/// that unpacks each weight word once for both positions. An odd last position runs
+/// with whatever the second patch holds and its sums are dropped; an odd last channel,
+/// or every channel when the regrouped weights would not fit on the stack, takes
+/// [`dot2`] / [`dot1`] per position.
 // Not inlined: its stack buffers and those of `int8_conv_single_3x3` are then
 // never live at once.
 #[inline(never)]
@@ -482,96 +567,123 @@ fn int8_conv(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32], relu: bool) -> bo
             quantize_into(xrow, layer.input_multiplier, dst, relu);
         }
     }
-    let qin = &qbuf[..padded_len];
-    // The patch, zero-padded to a multiple of eight bytes: a row's last words may
-    // then read past its end (into the next row's weights, times zero) instead of
-    // taking a byte-by-byte tail.
+    let geometry = PatchGeometry { hp, wp, k, s, ow };
+    // The patches, zero-padded to a multiple of eight bytes: a row's last words
+    // may then read past its end (into the next row's weights, times zero) instead
+    // of taking a byte-by-byte tail. The second position's patch exists only on the
+    // two-position path (fan-in up to PAIR_FAN).
     let fan8 = fan.div_ceil(8) * 8;
-    let mut pbuf = [0u8; MAX_PATCH + 8];
-    let Some(patch) = pbuf.get_mut(..fan8) else {
+    let mut pbuf = [0u8; MAX_PATCH + 8 + PAIR_FAN];
+    let (b0, b1) = pbuf.split_at_mut(MAX_PATCH + 8);
+    let Some(patch0) = b0.get_mut(..fan8) else {
         return false;
     };
+    let patch1 = b1.get_mut(..fan8);
     let w = |o: usize, len: usize| c.weights.get(o * fan..o * fan + len);
     // The output channels' scales and biases, decoded once (up to CACHED channels).
     let (mut sbuf, mut bbuf) = ([0.0f32; CACHED], [0.0f32; CACHED]);
     decode_scales(c, &mut sbuf, &mut bbuf);
     let cached = cout.min(CACHED);
     let (scales, biases) = (&sbuf[..cached], &bbuf[..cached]);
-    // Blocks of four output channels, their rows interleaved word by word (bytes
-    // past a row's end are the next row's or 0: they meet the patch's zero padding).
-    let mut ibuf = [0u8; MAX_INTERLEAVED];
-    let quads = if cout / 4 * 4 * fan8 <= MAX_INTERLEAVED {
-        cout / 4
+    // Pairs of output channels, their rows interleaved word by word (bytes past a
+    // row's end are the next row's or 0: they meet the patch's zero padding).
+    let mut ibuf = [0u32; MAX_INTERLEAVED / 4];
+    // (Up to CACHED channels: the rest take the per-position path.)
+    let paired = cout.min(CACHED) / 2 * 2;
+    let pairs = if patch1.is_some() && paired * fan8 <= MAX_INTERLEAVED {
+        paired / 2
     } else {
         0
     };
-    for (q, block) in ibuf.chunks_exact_mut(4 * fan8).take(quads).enumerate() {
-        for (g, group) in block.chunks_exact_mut(16).enumerate() {
-            for (r, dst) in group.chunks_exact_mut(4).enumerate() {
-                let src = c.weights.get((4 * q + r) * fan + 4 * g..).unwrap_or(&[]);
-                dst.copy_from_slice(&word_padded(src).to_le_bytes());
+    let rows = c.weights.chunks(fan);
+    for (block, (r0, r1)) in ibuf
+        .chunks_exact_mut(fan8 / 2)
+        .zip(rows.clone().step_by(2).zip(rows.skip(1).step_by(2)))
+        .take(pairs)
+    {
+        for (dst, (w0, w1)) in block
+            .chunks_exact_mut(2)
+            .zip(r0.chunks(4).zip(r1.chunks(4)))
+        {
+            if let [d0, d1] = dst {
+                (*d0, *d1) = (word_padded(w0), word_padded(w1));
             }
         }
     }
-    let interleaved = &ibuf[..quads * 4 * fan8];
-    for oy in 0..oh {
-        for ox in 0..ow {
-            // The patch in the weights' (ci, ky, kx) order: for each input channel,
-            // k rows of k bytes from the padded plane.
-            let corner = (oy * s) * wp + ox * s;
-            let planes = qin.chunks_exact(hp * wp).zip(patch.chunks_exact_mut(k * k));
-            if k == 3 {
-                // The common 3×3 kernel: nine byte moves per channel, three range checks.
-                let (r1, r2) = (corner + wp, corner + 2 * wp);
-                for (plane, dst) in planes {
-                    if let (Some([a, b, c]), Some([d, e, f]), Some([g, h, i])) = (
-                        plane.get(corner..corner + 3),
-                        plane.get(r1..r1 + 3),
-                        plane.get(r2..r2 + 3),
-                    ) {
-                        dst.copy_from_slice(&[*a, *b, *c, *d, *e, *f, *g, *h, *i]);
-                    }
-                }
-            } else {
-                for (plane, rows) in planes {
-                    let window = plane.get(corner..).unwrap_or(&[]);
-                    for (src, dst) in window.chunks(wp).zip(rows.chunks_exact_mut(k)) {
-                        copy_small(dst, src.get(..k).unwrap_or(&[]));
-                    }
-                }
-            }
-            let padded = &*patch;
-            let exact = padded.get(..fan).unwrap_or(padded);
-            let pos = oy * ow + ox;
-            let mut out = |o: usize, a: i32| {
-                if let Some(yo) = y.get_mut(o * out_plane + pos) {
-                    *yo = match (scales.get(o), biases.get(o)) {
-                        (Some(&sc), Some(&b)) => dequantize(a, sc, b),
-                        _ => dequantize(a, c.scale(o), c.bias(o)),
-                    };
-                }
+    let interleaved = &ibuf[..pairs * fan8 / 2];
+    let mut expanded = [0u32; PAIR_FAN];
+    let mut sbuf4 = [0i32; 2 * CACHED];
+    let out = |y: &mut [f32], o: usize, pos: usize, a: i32| {
+        if let Some(yo) = y.get_mut(o * out_plane + pos) {
+            *yo = match (scales.get(o), biases.get(o)) {
+                (Some(&sc), Some(&b)) => dequantize(a, sc, b),
+                _ => dequantize(a, c.scale(o), c.bias(o)),
             };
-            for (q, block) in interleaved.chunks_exact(4 * fan8).enumerate() {
-                let acc = dot4i_steps(padded, block, fan8 / 8, [0; 4]);
-                for (r, a) in acc.into_iter().enumerate() {
-                    out(4 * q + r, a);
+        }
+    };
+    // Positions two at a time on the two-position path, else one at a time.
+    let patch1 = patch1.filter(|_| pairs > 0);
+    let step = if patch1.is_some() { 2 } else { 1 };
+    let mut patch1 = patch1;
+    for pos in (0..out_plane).step_by(step) {
+        build_patch(&qbuf, cin, patch0, &geometry, pos);
+        let second = match patch1.as_deref_mut() {
+            Some(p1) if pos + 1 < out_plane => {
+                build_patch(&qbuf, cin, p1, &geometry, pos + 1);
+                true
+            }
+            _ => false,
+        };
+        if let Some(p1) = patch1.as_deref() {
+            let xs = &mut expanded[..fan8];
+            for (e, (a, b)) in xs
+                .chunks_exact_mut(4)
+                .zip(patch0.chunks_exact(4).zip(p1.chunks_exact(4)))
+            {
+                let (a, b) = (word(a), word(b));
+                e.copy_from_slice(&[sxtb16(a), sxtb16_ror8(a), sxtb16(b), sxtb16_ror8(b)]);
+            }
+            let xs = &*xs;
+            let sums = &mut sbuf4[..4 * pairs];
+            dot22_pairs(xs, interleaved, fan8 / 8, sums);
+            // Dequantised straight into each channel's plane: two outputs per
+            // channel, the pair's scales and biases read once.
+            let planes = y.chunks_exact_mut(2 * out_plane);
+            let scale_pairs = scales.chunks_exact(2).zip(biases.chunks_exact(2));
+            for ((yy, (sc, bi)), s4) in planes.zip(scale_pairs).zip(sums.chunks_exact(4)) {
+                let (y0, y1) = yy.split_at_mut(out_plane);
+                if let (&[s0, s1], &[b0, b1], &[a00, a10, a01, a11]) = (sc, bi, s4) {
+                    if let (Some(o0), Some(o1)) = (y0.get_mut(pos), y1.get_mut(pos)) {
+                        (*o0, *o1) = (dequantize(a00, s0, b0), dequantize(a10, s1, b1));
+                    }
+                    if second {
+                        if let (Some(o0), Some(o1)) = (y0.get_mut(pos + 1), y1.get_mut(pos + 1)) {
+                            (*o0, *o1) = (dequantize(a01, s0, b0), dequantize(a11, s1, b1));
+                        }
+                    }
                 }
             }
-            let mut o = 4 * quads;
+        }
+        // The channels left over (an odd last one, or all of them off the
+        // two-position path), position by position.
+        let patches = [Some(&*patch0), patch1.as_deref().filter(|_| second)];
+        for (at, patch) in (pos..).zip(patches.into_iter().flatten()) {
+            let exact = patch.get(..fan).unwrap_or(patch);
+            let mut o = 2 * pairs;
             while o + 2 <= cout {
                 let [a0, a1] = match (w(o, fan8), w(o + 1, fan8)) {
-                    (Some(r0), Some(r1)) => dot2(r0, r1, padded),
+                    (Some(r0), Some(r1)) => dot2(r0, r1, patch),
                     _ => [
                         w(o, fan).map_or(0, |r| dot1(r, exact)),
                         w(o + 1, fan).map_or(0, |r| dot1(r, exact)),
                     ],
                 };
-                out(o, a0);
-                out(o + 1, a1);
+                out(y, o, at, a0);
+                out(y, o + 1, at, a1);
                 o += 2;
             }
             if o < cout {
-                out(o, w(o, fan).map_or(0, |r| dot1(r, exact)));
+                out(y, o, at, w(o, fan).map_or(0, |r| dot1(r, exact)));
             }
         }
     }

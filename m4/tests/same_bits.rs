@@ -143,6 +143,11 @@ fn int8_conv_is_bit_identical_to_the_core() {
         (4, 5, 5, 3, 5, 1, 2),
         (2, 9, 10, 6, 7, 2, 3),
         (5, 4, 4, 9, 2, 2, 0),
+        (8, 6, 6, 3, 7, 1, 3), // fan-in 392 > PAIR_FAN: one position at a time
+        (16, 6, 6, 34, 3, 1, 1), // 34 rows of 144 > MAX_INTERLEAVED: one position at a time
+        (16, 7, 7, 33, 3, 1, 1), // 32 rows fit, the 33rd by itself; 49 positions
+        (2, 5, 5, 70, 3, 1, 1), // 35 pairs of rows: two calls of the loop
+        (16, 14, 14, 4, 3, 1, 1), // the last window's word would end past MAX_INPUT: byte moves
         (21, 14, 14, 2, 7, 1, 3), // fan-in 1,029 > MAX_PATCH: the core's kernel
         (30, 12, 12, 2, 3, 1, 1), // input 4,320 > MAX_INPUT: the core's kernel
     ] {
