@@ -532,9 +532,10 @@ struct PatchGeometry {
 /// [`dsp::portable_dot22_pairs`]), and every pair of output channels (their weight
 /// rows interleaved word by word once per call) runs over them in one `asm!` loop
 /// that unpacks each weight word once for both positions. An odd last position runs
-/// with whatever the second patch holds and its sums are dropped; an odd last channel,
-/// or every channel when the regrouped weights would not fit on the stack, takes
-/// [`dot2`] / [`dot1`] per position.
+/// with whatever the second patch holds and its sums are dropped. An odd last channel
+/// and channels past the first [`CACHED`] take [`dot2`] / [`dot1`] per position, and
+/// so does every channel when the fan-in exceeds [`PAIR_FAN`] or the regrouped
+/// weights exceed [`MAX_INTERLEAVED`] (positions then one at a time).
 // Not inlined: its stack buffers and those of `int8_conv_single_3x3` are then
 // never live at once.
 #[inline(never)]
