@@ -586,10 +586,10 @@ fn int8_conv(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32], relu: bool) -> bo
     decode_scales(c, &mut sbuf, &mut bbuf);
     let cached = cout.min(CACHED);
     let (scales, biases) = (&sbuf[..cached], &bbuf[..cached]);
-    // Pairs of output channels, their rows interleaved word by word (bytes past a
-    // row's end are the next row's or 0: they meet the patch's zero padding).
+    // Pairs of output channels (up to CACHED channels: the rest take the
+    // per-position path), their rows interleaved word by word; a row's last word is
+    // zero-filled past its end, where the patch's padding is zero too.
     let mut ibuf = [0u32; MAX_INTERLEAVED / 4];
-    // (Up to CACHED channels: the rest take the per-position path.)
     let paired = cout.min(CACHED) / 2 * 2;
     let pairs = if patch1.is_some() && paired * fan8 <= MAX_INTERLEAVED {
         paired / 2
