@@ -97,6 +97,83 @@ mod imp {
         [a0, a1]
     }
 
+    #[inline(always)]
+    pub fn ssat8(x: i32) -> i32 {
+        let r: i32;
+        // SAFETY: as for `sxtb16`. SSAT may set the sticky Q flag (never read here).
+        unsafe {
+            core::arch::asm!("ssat {r}, #8, {x}", r = lateout(reg) r, x = in(reg) x,
+                options(pure, nomem, nostack));
+        }
+        r
+    }
+
+    #[inline(always)]
+    pub fn usat7(x: i32) -> i32 {
+        let r: i32;
+        // SAFETY: as for `sxtb16`. USAT may set the sticky Q flag (never read here).
+        unsafe {
+            core::arch::asm!("usat {r}, #7, {x}", r = lateout(reg) r, x = in(reg) x,
+                options(pure, nomem, nostack));
+        }
+        r
+    }
+
+    #[inline(always)]
+    pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
+        let r: i32;
+        // SAFETY: as for `sxtb16`. SMLAD may set the sticky Q flag (never read
+        // here), so flags are not declared preserved.
+        unsafe {
+            core::arch::asm!("smlad {r}, {a}, {b}, {acc}", r = lateout(reg) r, a = in(reg) a,
+                b = in(reg) b, acc = in(reg) acc, options(pure, nomem, nostack));
+        }
+        r
+    }
+}
+
+#[cfg(not(pursamere_dsp))]
+mod imp {
+    #[inline(always)]
+    fn byte(x: u32, k: u32) -> u32 {
+        u32::from((((x >> (8 * k)) & 0xff) as u8 as i8 as i16) as u16)
+    }
+
+    #[inline(always)]
+    pub fn sxtb16(x: u32) -> u32 {
+        byte(x, 0) | (byte(x, 2) << 16)
+    }
+
+    #[inline(always)]
+    pub fn sxtb16_ror8(x: u32) -> u32 {
+        byte(x, 1) | (byte(x, 3) << 16)
+    }
+
+    #[inline(always)]
+    pub fn ssat8(x: i32) -> i32 {
+        x.clamp(-128, 127)
+    }
+
+    #[inline(always)]
+    pub fn usat7(x: i32) -> i32 {
+        x.clamp(0, 127)
+    }
+
+    #[inline(always)]
+    pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
+        let lo = i32::from(a as u16 as i16) * i32::from(b as u16 as i16);
+        let hi = i32::from((a >> 16) as u16 as i16) * i32::from((b >> 16) as u16 as i16);
+        acc.wrapping_add(lo).wrapping_add(hi)
+    }
+
+    pub(crate) use super::portable_dot2_steps as dot2_steps;
+}
+
+/// The loops that also use FPU registers (to park loop state, or to dequantise):
+/// the hard-float targets only; elsewhere their portable twins run (on a DSP
+/// target without the FPU still with single `SMLAD`/`SXTB16` instructions).
+#[cfg(all(pursamere_dsp, pursamere_fpu))]
+mod fpu {
     /// One group of `dot22_pairs` (four inputs of two positions against two rows):
     /// the rows' words in r2, r3 (LDM fills ascending registers), unpacked once for
     /// both positions into r4, r2 and r5, r3; each position's two expanded words in
@@ -292,84 +369,14 @@ mod imp {
             super::portable_pair5_run(rest, w, scale, bias, tail);
         }
     }
-
-    #[inline(always)]
-    pub fn ssat8(x: i32) -> i32 {
-        let r: i32;
-        // SAFETY: as for `sxtb16`. SSAT may set the sticky Q flag (never read here).
-        unsafe {
-            core::arch::asm!("ssat {r}, #8, {x}", r = lateout(reg) r, x = in(reg) x,
-                options(pure, nomem, nostack));
-        }
-        r
-    }
-
-    #[inline(always)]
-    pub fn usat7(x: i32) -> i32 {
-        let r: i32;
-        // SAFETY: as for `sxtb16`. USAT may set the sticky Q flag (never read here).
-        unsafe {
-            core::arch::asm!("usat {r}, #7, {x}", r = lateout(reg) r, x = in(reg) x,
-                options(pure, nomem, nostack));
-        }
-        r
-    }
-
-    #[inline(always)]
-    pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
-        let r: i32;
-        // SAFETY: as for `sxtb16`. SMLAD may set the sticky Q flag (never read
-        // here), so flags are not declared preserved.
-        unsafe {
-            core::arch::asm!("smlad {r}, {a}, {b}, {acc}", r = lateout(reg) r, a = in(reg) a,
-                b = in(reg) b, acc = in(reg) acc, options(pure, nomem, nostack));
-        }
-        r
-    }
 }
 
-#[cfg(not(pursamere_dsp))]
-mod imp {
-    #[inline(always)]
-    fn byte(x: u32, k: u32) -> u32 {
-        u32::from((((x >> (8 * k)) & 0xff) as u8 as i8 as i16) as u16)
-    }
+pub(crate) use imp::{dot2_steps, smlad, ssat8, sxtb16, sxtb16_ror8, usat7};
 
-    #[inline(always)]
-    pub fn sxtb16(x: u32) -> u32 {
-        byte(x, 0) | (byte(x, 2) << 16)
-    }
-
-    #[inline(always)]
-    pub fn sxtb16_ror8(x: u32) -> u32 {
-        byte(x, 1) | (byte(x, 3) << 16)
-    }
-
-    #[inline(always)]
-    pub fn ssat8(x: i32) -> i32 {
-        x.clamp(-128, 127)
-    }
-
-    #[inline(always)]
-    pub fn usat7(x: i32) -> i32 {
-        x.clamp(0, 127)
-    }
-
-    #[inline(always)]
-    pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
-        let lo = i32::from(a as u16 as i16) * i32::from(b as u16 as i16);
-        let hi = i32::from((a >> 16) as u16 as i16) * i32::from((b >> 16) as u16 as i16);
-        acc.wrapping_add(lo).wrapping_add(hi)
-    }
-
-    pub(crate) use super::portable_dot22_pairs as dot22_pairs;
-    pub(crate) use super::portable_dot2_steps as dot2_steps;
-    pub(crate) use super::portable_pair5_run as pair5_run;
-}
-
-pub(crate) use imp::{
-    dot22_pairs, dot2_steps, pair5_run, smlad, ssat8, sxtb16, sxtb16_ror8, usat7,
-};
+#[cfg(all(pursamere_dsp, pursamere_fpu))]
+pub(crate) use fpu::{dot22_pairs, pair5_run};
+#[cfg(not(all(pursamere_dsp, pursamere_fpu)))]
+pub(crate) use {portable_dot22_pairs as dot22_pairs, portable_pair5_run as pair5_run};
 
 /// `sums[4q..4q + 4] = [s00, s10, s01, s11]` for each pair `q` of rows, `srp` the
 /// sum over `8 · steps` inputs of the pair's row `r` with position `p`'s inputs:
