@@ -49,8 +49,14 @@
 
 mod dsp;
 mod float_dense;
+mod self_check;
 
-use dsp::{dot22_pairs, dot2_steps, pair5_run, smlad, ssat8, sxtb16, sxtb16_ror8, usat7, word};
+pub use self_check::kernels_match_portable;
+
+use dsp::{
+    dot22_pairs, dot2_steps, pair5_run, quantize_bytes, quantize_halves, smlad, ssat8, sxtb16,
+    sxtb16_ror8, usat7, word,
+};
 use pursamere_core::{Conv2d, Dense, DenseKernels, Int8Conv2d, Int8Dense, Portable};
 
 /// Largest int8-layer input (values) quantised on the stack; a larger layer runs the
@@ -161,27 +167,9 @@ fn quantize<const RELU: bool>(v: f32, m: f32) -> i32 {
 #[inline(always)]
 fn quantize_into(x: &[f32], m: f32, q: &mut [u8], relu: bool) {
     if relu {
-        quantize_into_as::<true>(x, m, q);
+        quantize_bytes::<true>(x, m, q);
     } else {
-        quantize_into_as::<false>(x, m, q);
-    }
-}
-
-#[inline(always)]
-fn quantize_into_as<const RELU: bool>(x: &[f32], m: f32, q: &mut [u8]) {
-    // Four at a time: the M4 then overlaps one value's conversion with the next.
-    let mut qc = q.chunks_exact_mut(4);
-    let mut xc = x.chunks_exact(4);
-    for (b, v) in (&mut qc).zip(&mut xc) {
-        if let ([b0, b1, b2, b3], [v0, v1, v2, v3]) = (b, v) {
-            *b0 = quantize::<RELU>(*v0, m) as i8 as u8;
-            *b1 = quantize::<RELU>(*v1, m) as i8 as u8;
-            *b2 = quantize::<RELU>(*v2, m) as i8 as u8;
-            *b3 = quantize::<RELU>(*v3, m) as i8 as u8;
-        }
-    }
-    for (b, &v) in qc.into_remainder().iter_mut().zip(xc.remainder()) {
-        *b = quantize::<RELU>(v, m) as i8 as u8;
+        quantize_bytes::<false>(x, m, q);
     }
 }
 
@@ -366,21 +354,10 @@ fn int8_conv_single_3x3(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) -> boo
     }
     let mut plane = [0u8; PLANE_BYTES];
     let m = layer.input_multiplier;
-    let half = |v: f32| u32::from(quantize::<false>(v, m) as i16 as u16);
     for (xrow, iy) in x.chunks_exact(width).take(h).zip(0..) {
         let start = 2 * ((iy + p) * wp + p);
         if let Some(dst) = plane.get_mut(start..start + 2 * width) {
-            // Two values to a word store.
-            let mut dc = dst.chunks_exact_mut(4);
-            let mut xc = xrow.chunks_exact(2);
-            for (d, v) in (&mut dc).zip(&mut xc) {
-                if let [v0, v1] = *v {
-                    d.copy_from_slice(&(half(v0) | half(v1) << 16).to_le_bytes());
-                }
-            }
-            for (d, &v) in dc.into_remainder().chunks_exact_mut(2).zip(xc.remainder()) {
-                d.copy_from_slice(&(quantize::<false>(v, m) as i16).to_le_bytes());
-            }
+            quantize_halves(xrow, m, dst);
         }
     }
     // Each channel's weights in the patch words' tap order: (0, 1), (3, 4), (6, 7),

@@ -143,6 +143,13 @@ fn main() -> ! {
 /// error (already printed).
 #[inline(never)]
 fn run() -> Option<usize> {
+    // The asm kernels against their portable twins on NaN, infinities, clamps and
+    // rounding edges, which the embedded images may never reach.
+    #[cfg(feature = "kernel-self-check")]
+    if !pursamere_m4::kernels_match_portable() {
+        hprintln!("kernel self-check failed: an asm kernel differs from its portable twin");
+        return None;
+    }
     let model = match Model::parse(MODEL) {
         Ok(m) => m,
         Err(e) => {
