@@ -370,6 +370,141 @@ mod fpu {
         }
     }
 
+    /// Two positions of the stride-2 single-channel 3×3 loop, the carried words
+    /// `V[2i]`, `H[i]` in r3, r4 on entry and exit (see the portable version): each
+    /// LDM fills its three registers in ascending order, so that the second
+    /// position's new `V[2i + 4]`, `H[i + 2]` land in r3, r4 again; each sum starts in
+    /// the register of the word it consumes first and leaves through `$a` / `$b`.
+    macro_rules! stride2_two_positions {
+        ($a:literal, $b:literal) => {
+            concat!(
+                "ldm {xp}!, {{r0, r1, r2}}\n",
+                "smuad r3, r3, {wa}\n",
+                "smlad r3, r0, {wb}, r3\n",
+                "smlad r3, r1, {wc}, r3\n",
+                "smlad r3, r4, {wd}, r3\n",
+                "smlad r3, r2, {we}, r3\n",
+                "vmov ",
+                $a,
+                ", r3\n",
+                "ldm {xp}!, {{r0, r3, r4}}\n",
+                "smuad r1, r1, {wa}\n",
+                "smlad r1, r0, {wb}, r1\n",
+                "smlad r1, r3, {wc}, r1\n",
+                "smlad r1, r2, {wd}, r1\n",
+                "smlad r1, r4, {we}, r1\n",
+                "vmov ",
+                $b,
+                ", r1\n",
+            )
+        };
+    }
+
+    /// The stride-2 single-channel 3×3 convolution's rows (see the portable
+    /// version): per row, four positions per pass and a last pair when the width is
+    /// 2 modulo 4; 63 cycles per four positions (36 multiply–accumulates) by the
+    /// Cortex-M4's timings, dequantisation and stores included.
+    #[inline(always)]
+    pub fn stride2_rows(
+        stream: &[u32],
+        w: [u32; 5],
+        ow: usize,
+        scale: f32,
+        bias: f32,
+        y: &mut [f32],
+    ) {
+        let per_row = 2 + 3 * ow;
+        let rows = (stream.len() / per_row).min(y.len() / ow.max(1));
+        if ow < 4 || !ow.is_multiple_of(2) || rows == 0 {
+            return super::portable_stride2_rows(stream, w, ow, scale, bias, y);
+        }
+        let (quads, pair) = (ow / 4, ow % 4 / 2);
+        let [wa, wb, wc, wd, we] = w;
+        // Scale, bias, the rows left, the passes per row and whether a pair follows
+        // wait in s4, s5, s7, s8, s9 (`sreg` operands need the `vfp2` feature, which
+        // this single-precision FPU lacks, so they enter through r0–r4); the passes
+        // left in the row in s6. Twelve core registers hold the five weight words,
+        // both pointers and five stream words.
+        // SAFETY: each row reads its `2 + 3 · ow` words from `xp` (LDM: 2, then 3 per
+        // position: `quads · 4 + pair · 2 = ow` positions) and writes its `ow` floats
+        // to `yp` (VSTM), `rows` times: exactly the first `rows · per_row` words of
+        // `stream` and `rows · ow` floats of `y` (exclusively borrowed), both checked
+        // above, with `rows ≥ 1` and `quads ≥ 1`. Word-aligned (`u32`/`f32` slices).
+        // No stack.
+        unsafe {
+            core::arch::asm!(
+                "vmov s4, r0",
+                "vmov s5, r1",
+                "vmov s7, r2",
+                "vmov s8, r3",
+                "vmov s9, r4",
+                "3:",
+                "ldm {xp}!, {{r3, r4}}",
+                "vmov r0, s8",
+                "vmov s6, r0",
+                "2:",
+                stride2_two_positions!("s0", "s1"),
+                stride2_two_positions!("s2", "s3"),
+                "vcvt.f32.s32 s0, s0",
+                "vcvt.f32.s32 s1, s1",
+                "vcvt.f32.s32 s2, s2",
+                "vcvt.f32.s32 s3, s3",
+                "vmul.f32 s0, s0, s4",
+                "vmul.f32 s1, s1, s4",
+                "vmul.f32 s2, s2, s4",
+                "vmul.f32 s3, s3, s4",
+                "vadd.f32 s0, s0, s5",
+                "vadd.f32 s1, s1, s5",
+                "vadd.f32 s2, s2, s5",
+                "vadd.f32 s3, s3, s5",
+                "vstmia {yp}!, {{s0, s1, s2, s3}}",
+                "vmov r0, s6",
+                "subs r0, r0, #1",
+                "vmov s6, r0",
+                "bne 2b",
+                "vmov r0, s9",
+                "cmp r0, #0",
+                "beq 4f",
+                stride2_two_positions!("s0", "s1"),
+                "vcvt.f32.s32 s0, s0",
+                "vcvt.f32.s32 s1, s1",
+                "vmul.f32 s0, s0, s4",
+                "vmul.f32 s1, s1, s4",
+                "vadd.f32 s0, s0, s5",
+                "vadd.f32 s1, s1, s5",
+                "vstmia {yp}!, {{s0, s1}}",
+                "4:",
+                "vmov r0, s7",
+                "subs r0, r0, #1",
+                "vmov s7, r0",
+                "bne 3b",
+                xp = inout(reg) stream.as_ptr() => _,
+                yp = inout(reg) y.as_mut_ptr() => _,
+                wa = in(reg) wa,
+                wb = in(reg) wb,
+                wc = in(reg) wc,
+                wd = in(reg) wd,
+                we = in(reg) we,
+                inout("r0") scale.to_bits() => _,
+                inout("r1") bias.to_bits() => _,
+                inout("r2") rows => _,
+                inout("r3") quads => _,
+                inout("r4") pair => _,
+                out("s0") _,
+                out("s1") _,
+                out("s2") _,
+                out("s3") _,
+                out("s4") _,
+                out("s5") _,
+                out("s6") _,
+                out("s7") _,
+                out("s8") _,
+                out("s9") _,
+                options(nostack),
+            );
+        }
+    }
+
     /// The quantisation loop of `quantize_bytes`/`quantize_halves`: four values per
     /// pass, `m` in s4 and 127.5 in s5, `$sat` the clamp and `$store` the packing and
     /// stores of r0–r3. The four conversions run back to back in the FPU and come
@@ -496,11 +631,12 @@ mod fpu {
 pub(crate) use imp::{dot2_steps, smlad, ssat8, sxtb16, sxtb16_ror8, usat7};
 
 #[cfg(all(pursamere_dsp, pursamere_fpu))]
-pub(crate) use fpu::{dot22_pairs, pair5_run, quantize_bytes, quantize_halves};
+pub(crate) use fpu::{dot22_pairs, pair5_run, quantize_bytes, quantize_halves, stride2_rows};
 #[cfg(not(all(pursamere_dsp, pursamere_fpu)))]
 pub(crate) use {
     portable_dot22_pairs as dot22_pairs, portable_pair5_run as pair5_run,
     portable_quantize_bytes as quantize_bytes, portable_quantize_halves as quantize_halves,
+    portable_stride2_rows as stride2_rows,
 };
 
 /// `sums[4q..4q + 4] = [s00, s10, s01, s11]` for each pair `q` of rows, `srp` the
@@ -552,6 +688,48 @@ pub(crate) fn portable_pair5_run(
             .zip(w)
             .fold(0i32, |a, (&x, wj)| imp::smlad(x, wj, a));
         *yo = acc as f32 * scale + bias;
+    }
+}
+
+/// `y[r · ow + i] = (Σ smlad) as f32 · scale + bias` for the rows `r` of the stride-2
+/// single-channel 3×3 convolution's stream (`2 + 3 · ow` words per output row:
+/// `V[0], H[0]`, then `V[2i + 1], V[2i + 2], H[i + 1]` for each position `i`; see
+/// `int8_conv_single_3x3_s2`), with `w = [(w0, w3), (w1, w4), (w2, w5), (w6, w7),
+/// (w8, 0)]`: position `i` sums `V[2i]·w[0] + V[2i+1]·w[1] + V[2i+2]·w[2] +
+/// H[i]·w[3] + H[i+1]·w[4]`, the first and fourth words carried over from the
+/// position before. As many rows as both `stream` and `y` hold.
+#[inline(always)]
+pub(crate) fn portable_stride2_rows(
+    stream: &[u32],
+    w: [u32; 5],
+    ow: usize,
+    scale: f32,
+    bias: f32,
+    y: &mut [f32],
+) {
+    let [wa, wb, wc, wd, we] = w;
+    for (row, yr) in stream
+        .chunks_exact(2 + 3 * ow)
+        .zip(y.chunks_exact_mut(ow.max(1)))
+    {
+        if let [v0, h0, rest @ ..] = row {
+            let (mut va, mut ha) = (*v0, *h0);
+            for (t, yo) in rest.chunks_exact(3).zip(yr) {
+                if let &[v1, v2, h1] = t {
+                    let acc = imp::smlad(
+                        h1,
+                        we,
+                        imp::smlad(
+                            ha,
+                            wd,
+                            imp::smlad(v2, wc, imp::smlad(v1, wb, imp::smlad(va, wa, 0))),
+                        ),
+                    );
+                    *yo = acc as f32 * scale + bias;
+                    (va, ha) = (v2, h1);
+                }
+            }
+        }
     }
 }
 

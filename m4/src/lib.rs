@@ -54,8 +54,8 @@ mod self_check;
 pub use self_check::kernels_match_portable;
 
 use dsp::{
-    dot22_pairs, dot2_steps, pair5_run, quantize_bytes, quantize_halves, smlad, ssat8, sxtb16,
-    sxtb16_ror8, usat7, word,
+    dot22_pairs, dot2_steps, pair5_run, quantize_bytes, quantize_halves, smlad, ssat8,
+    stride2_rows, sxtb16, sxtb16_ror8, usat7, word,
 };
 use pursamere_core::{Conv2d, Dense, DenseKernels, Int8Conv2d, Int8Dense, Portable};
 
@@ -78,6 +78,10 @@ const MAX_INTERLEAVED: usize = 4608;
 const PAIR_FAN: usize = 288;
 /// Output positions whose patches the single-channel 3×3 convolution builds at once.
 const PATCH_RUN: usize = 64;
+/// Words of the stride-2 single-channel 3×3 convolution's input stream built at once
+/// (`2 + 3 · out_width` per output row): a 28 × 28 input's 14 rows in one run, so
+/// that each channel's weights, scale and bias are read once and its loop runs once.
+const STREAM_WORDS: usize = 640;
 /// Bytes of the single-channel 3×3 convolution's quantised input plane (two per
 /// value, border included): a 32 × 32 image with a one-pixel border takes 2,312. Not
 /// larger, because the whole buffer is zeroed on every call.
@@ -138,7 +142,8 @@ impl DenseKernels for M4Kernels {
     ) {
         // The single-channel kernel serves a network's first layer, which no ReLU
         // feeds; the general kernel takes any other.
-        let done = (!relu_input && int8_conv_single_3x3(layer, x, y))
+        let done = (!relu_input
+            && (int8_conv_single_3x3_s2(layer, x, y) || int8_conv_single_3x3(layer, x, y)))
             || int8_conv(layer, x, y, relu_input);
         if !done {
             Portable.int8_conv_forward(layer, x, y, relu_input);
@@ -316,6 +321,118 @@ fn decode_scales(c: &Conv2d<'_>, scales: &mut [f32; CACHED], biases: &mut [f32; 
     for (o, (sv, bv)) in scales.iter_mut().zip(biases).enumerate().take(cout) {
         (*sv, *bv) = (c.scale(o), c.bias(o));
     }
+}
+
+/// `lo` as the low halfword, `hi`'s low halfword as the high one (`PKHBT … LSL #16`).
+#[inline(always)]
+fn pack_lo(lo: u32, hi: u32) -> u32 {
+    (lo & 0xffff) | (hi << 16)
+}
+
+/// `lo`'s high halfword as the low one, `hi`'s high halfword as the high one
+/// (`PKHTB … ASR #16`).
+#[inline(always)]
+fn pack_hi(lo: u32, hi: u32) -> u32 {
+    (hi & 0xffff_0000) | (lo >> 16)
+}
+
+/// The single-channel 3×3 convolution with stride 2 and an even output width of at
+/// least four (the shipped classifier's first layer: 28 × 28 → 14 × 14) on the DSP
+/// path; `false` for any other shape, which [`int8_conv_single_3x3`] or the general
+/// kernel then takes.
+///
+/// With stride 2, position `i` of an output row reads columns `2i`, `2i + 1`,
+/// `2i + 2` of three input rows `r0`, `r1`, `r2`; in the quantised halfword plane
+/// (rows padded to whole words) columns `2i`, `2i + 1` of a row are one aligned
+/// word. The first two rows' taps pair vertically — `V[c] = (x[r0][c], x[r1][c])`,
+/// three `SMLAD`s — and the third row's first two taps are word `i` of the row,
+/// `H[i]`, its third tap the low half of `H[i + 1]`. Neighbouring positions share
+/// `V[2i + 2]` and `H[i + 1]`, so each output row becomes a stream `V[0], H[0]`, then
+/// `V[2i + 1], V[2i + 2], H[i + 1]` per position, built once for all channels: three
+/// words per position where a patch takes five, and no patch to build
+/// ([`dsp::portable_stride2_rows`]).
+#[inline(never)]
+fn int8_conv_single_3x3_s2(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) -> bool {
+    let c = &layer.conv;
+    if c.in_channels != 1 || c.kernel != 3 || c.stride != 2 {
+        return false;
+    }
+    let cout = usize::from(c.out_channels);
+    let (h, width, p) = (
+        usize::from(c.height),
+        usize::from(c.width),
+        usize::from(c.padding),
+    );
+    let (oh, ow) = (c.out_height(), c.out_width());
+    let out_plane = oh * ow;
+    // Plane rows padded to whole words, so that every row starts word-aligned.
+    let (hp, wp) = (h + 2 * p, (width + 2 * p + 1) & !1);
+    let per_row = 2 + 3 * ow;
+    if h == 0
+        || width == 0
+        || ow < 4
+        || !ow.is_multiple_of(2)
+        || 2 * hp * wp > PLANE_BYTES
+        || per_row > STREAM_WORDS
+        || x.len() < h * width
+        || y.len() < cout * out_plane
+    {
+        return false;
+    }
+    let mut plane = [0u8; PLANE_BYTES];
+    let m = layer.input_multiplier;
+    for (xrow, iy) in x.chunks_exact(width).take(h).zip(0..) {
+        let start = 2 * ((iy + p) * wp + p);
+        if let Some(dst) = plane.get_mut(start..start + 2 * width) {
+            quantize_halves(xrow, m, dst);
+        }
+    }
+    let mut stream = [0u32; STREAM_WORDS];
+    let rows_per_run = STREAM_WORDS / per_row;
+    let mut oy = 0;
+    while oy < oh {
+        let rows = rows_per_run.min(oh - oy);
+        for (r, sr) in (oy..oy + rows).zip(stream.chunks_exact_mut(per_row)) {
+            let row = |k: usize| {
+                let b = 2 * (2 * r + k) * wp;
+                plane.get(b..b + 2 * wp).unwrap_or(&[])
+            };
+            // Each row's words in turn (no index, no bounds test per word); the
+            // previous word of the first two rows is carried.
+            let words = |k: usize| row(k).chunks_exact(4).map(word);
+            let (mut w0, mut w1, mut w2) = (words(0), words(1), words(2));
+            if let ([v0, h0, rest @ ..], Some(a0), Some(a1), Some(c0)) =
+                (sr, w0.next(), w1.next(), w2.next())
+            {
+                (*v0, *h0) = (pack_lo(a0, a1), c0);
+                let (mut a0, mut a1) = (a0, a1);
+                for (tw, ((b0, b1), c)) in rest.chunks_exact_mut(3).zip(w0.zip(w1).zip(w2)) {
+                    if let [t0, t1, t2] = tw {
+                        (*t0, *t1, *t2) = (pack_hi(a0, a1), pack_lo(b0, b1), c);
+                    }
+                    (a0, a1) = (b0, b1);
+                }
+            }
+        }
+        let run = stream.get(..rows * per_row).unwrap_or(&[]);
+        for (o, taps) in c.weights.chunks_exact(9).take(cout).enumerate() {
+            if let (&[t0, t1, t2, t3, t4, t5, t6, t7, t8], Some(yo)) = (
+                taps,
+                y.get_mut(o * out_plane + oy * ow..o * out_plane + (oy + rows) * ow),
+            ) {
+                let w = [
+                    lane(t0) | lane(t3) << 16,
+                    lane(t1) | lane(t4) << 16,
+                    lane(t2) | lane(t5) << 16,
+                    lane(t6) | lane(t7) << 16,
+                    lane(t8),
+                ];
+                stride2_rows(run, w, ow, c.scale(o), c.bias(o), yo);
+            }
+        }
+        oy += rows;
+    }
+    true
 }
 
 /// The single-channel 3×3 convolution (an image classifier's usual first layer) on

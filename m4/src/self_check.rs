@@ -6,8 +6,8 @@
 
 use crate::dsp::{
     dot22_pairs, dot2_steps, pair5_run, portable_dot22_pairs, portable_dot2_steps,
-    portable_pair5_run, portable_quantize_bytes, portable_quantize_halves, quantize_bytes,
-    quantize_halves,
+    portable_pair5_run, portable_quantize_bytes, portable_quantize_halves, portable_stride2_rows,
+    quantize_bytes, quantize_halves, stride2_rows,
 };
 
 /// Values at the quantiser's edges (with the multipliers below: both clamps, the
@@ -60,7 +60,8 @@ impl Lcg {
 
 /// Whether every `asm!` kernel of this build gives its portable twin's bits on the
 /// edge cases above (quantisation to bytes, with and without the ReLU, and to
-/// halfwords; the single-channel 3×3 loop with special scales and biases; the 2 × 2
+/// halfwords; the single-channel 3×3 loops (any stride, and stride 2) with special
+/// scales and biases; the 2 × 2
 /// block and two-row int8 loops on pseudo-random data, dirty output buffers).
 #[inline(never)]
 pub fn kernels_match_portable() -> bool {
@@ -119,11 +120,18 @@ fn pair5_matches() -> bool {
         (-0.0, -0.0),
         (3.0e38, 3.0e38),
     ];
+    // The stride-2 rows: two rows of width 6 (a group of four and a last pair),
+    // 2 + 3 · 6 = 20 words each, from the same pseudo-random halfword pairs.
+    let stream = patches.get(..40).unwrap_or(&[]);
     specials.iter().all(|&(scale, bias)| {
         let (mut a, mut b) = ([1.5f32; 11], [-2.5f32; 11]);
         pair5_run(&patches, w, scale, bias, &mut a);
         portable_pair5_run(&patches, w, scale, bias, &mut b);
+        let (mut c, mut d) = ([1.5f32; 12], [-2.5f32; 12]);
+        stride2_rows(stream, w, 6, scale, bias, &mut c);
+        portable_stride2_rows(stream, w, 6, scale, bias, &mut d);
         a.iter().zip(&b).all(|(u, v)| u.to_bits() == v.to_bits())
+            && c.iter().zip(&d).all(|(u, v)| u.to_bits() == v.to_bits())
     })
 }
 

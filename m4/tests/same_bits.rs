@@ -138,6 +138,19 @@ fn int8_conv_is_bit_identical_to_the_core() {
         (1, 32, 32, 4, 3, 1, 1),
         (1, 3, 140, 2, 3, 2, 1), // a row wider than one patch run: the general kernel
         (1, 50, 50, 3, 3, 2, 1),
+        // Stride 2 with an even output width ≥ 4 (the stride-2 stream kernel): widths
+        // 4 and 8 (whole groups of four), 6 and 10 (a last pair), an odd padded width,
+        // no padding.
+        (1, 8, 8, 2, 3, 2, 1),
+        (1, 16, 16, 5, 3, 2, 1),
+        (1, 12, 12, 3, 3, 2, 1),
+        (1, 11, 11, 3, 3, 2, 1),
+        (1, 9, 9, 2, 3, 2, 0),
+        (1, 40, 20, 2, 3, 2, 1),
+        (1, 31, 36, 3, 3, 2, 1), // 16 rows of 56 words: two stream runs
+        (1, 8, 8, 70, 3, 2, 1),  // more channels than the general kernels cache
+        (1, 10, 30, 3, 3, 2, 1), // an odd output width: the single-channel kernel
+        (1, 4, 4, 2, 3, 2, 1),   // width 2: the single-channel kernel
         (3, 9, 7, 5, 3, 2, 1),
         (2, 6, 11, 7, 1, 1, 0),
         (4, 5, 5, 3, 5, 1, 2),
