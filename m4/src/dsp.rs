@@ -418,53 +418,85 @@ mod fpu {
         if ow < 4 || !ow.is_multiple_of(2) || rows == 0 {
             return super::portable_stride2_rows(stream, w, ow, scale, bias, y);
         }
-        let (quads, pair) = (ow / 4, ow % 4 / 2);
+        let quads = ow / 4;
         let [wa, wb, wc, wd, we] = w;
-        // Scale, bias, the rows left, the passes per row and whether a pair follows
-        // wait in s4, s5, s7, s8, s9 (`sreg` operands need the `vfp2` feature, which
-        // this single-precision FPU lacks, so they enter through r0–r4); the passes
-        // left in the row in s6. Twelve core registers hold the five weight words,
-        // both pointers and five stream words.
+        // Scale, bias, the rows left and the passes per row wait in s4, s5, s7, s8
+        // (`sreg` operands need the `vfp2` feature, which this single-precision FPU
+        // lacks, so they enter through r0–r3); the passes left in the row in s6.
+        // Twelve core registers hold the five weight words, both pointers and five
+        // stream words. `$($pair)*`: the last pair of a row, in the variant for widths
+        // of 2 modulo 4 (chosen here, not tested per row).
         // SAFETY: each row reads its `2 + 3 · ow` words from `xp` (LDM: 2, then 3 per
-        // position: `quads · 4 + pair · 2 = ow` positions) and writes its `ow` floats
-        // to `yp` (VSTM), `rows` times: exactly the first `rows · per_row` words of
-        // `stream` and `rows · ow` floats of `y` (exclusively borrowed), both checked
-        // above, with `rows ≥ 1` and `quads ≥ 1`. Word-aligned (`u32`/`f32` slices).
-        // No stack.
-        unsafe {
-            core::arch::asm!(
-                "vmov s4, r0",
-                "vmov s5, r1",
-                "vmov s7, r2",
-                "vmov s8, r3",
-                "vmov s9, r4",
-                "3:",
-                "ldm {xp}!, {{r3, r4}}",
-                "vmov r0, s8",
-                "vmov s6, r0",
-                "2:",
-                stride2_two_positions!("s0", "s1"),
-                stride2_two_positions!("s2", "s3"),
-                "vcvt.f32.s32 s0, s0",
-                "vcvt.f32.s32 s1, s1",
-                "vcvt.f32.s32 s2, s2",
-                "vcvt.f32.s32 s3, s3",
-                "vmul.f32 s0, s0, s4",
-                "vmul.f32 s1, s1, s4",
-                "vmul.f32 s2, s2, s4",
-                "vmul.f32 s3, s3, s4",
-                "vadd.f32 s0, s0, s5",
-                "vadd.f32 s1, s1, s5",
-                "vadd.f32 s2, s2, s5",
-                "vadd.f32 s3, s3, s5",
-                "vstmia {yp}!, {{s0, s1, s2, s3}}",
-                "vmov r0, s6",
-                "subs r0, r0, #1",
-                "vmov s6, r0",
-                "bne 2b",
-                "vmov r0, s9",
-                "cmp r0, #0",
-                "beq 4f",
+        // position: `4 · quads` positions, and 2 more with the pair, `ow` in all) and
+        // writes its `ow` floats to `yp` (VSTM), `rows` times: exactly the first
+        // `rows · per_row` words of `stream` and `rows · ow` floats of `y`
+        // (exclusively borrowed), both checked above, with `rows ≥ 1` and
+        // `quads ≥ 1`. Word-aligned (`u32`/`f32` slices). No stack.
+        macro_rules! stride2_rows_asm {
+            ($($pair:tt)*) => {
+                unsafe {
+                    core::arch::asm!(
+                        "vmov s4, r0",
+                        "vmov s5, r1",
+                        "vmov s7, r2",
+                        "vmov s8, r3",
+                        "3:",
+                        "ldm {xp}!, {{r3, r4}}",
+                        "vmov r0, s8",
+                        "vmov s6, r0",
+                        "2:",
+                        stride2_two_positions!("s0", "s1"),
+                        stride2_two_positions!("s2", "s3"),
+                        "vcvt.f32.s32 s0, s0",
+                        "vcvt.f32.s32 s1, s1",
+                        "vcvt.f32.s32 s2, s2",
+                        "vcvt.f32.s32 s3, s3",
+                        "vmul.f32 s0, s0, s4",
+                        "vmul.f32 s1, s1, s4",
+                        "vmul.f32 s2, s2, s4",
+                        "vmul.f32 s3, s3, s4",
+                        "vadd.f32 s0, s0, s5",
+                        "vadd.f32 s1, s1, s5",
+                        "vadd.f32 s2, s2, s5",
+                        "vadd.f32 s3, s3, s5",
+                        "vstmia {yp}!, {{s0, s1, s2, s3}}",
+                        "vmov r0, s6",
+                        "subs r0, r0, #1",
+                        "vmov s6, r0",
+                        "bne 2b",
+                        $($pair)*
+                        "vmov r0, s7",
+                        "subs r0, r0, #1",
+                        "vmov s7, r0",
+                        "bne 3b",
+                        xp = inout(reg) stream.as_ptr() => _,
+                        yp = inout(reg) y.as_mut_ptr() => _,
+                        wa = in(reg) wa,
+                        wb = in(reg) wb,
+                        wc = in(reg) wc,
+                        wd = in(reg) wd,
+                        we = in(reg) we,
+                        inout("r0") scale.to_bits() => _,
+                        inout("r1") bias.to_bits() => _,
+                        inout("r2") rows => _,
+                        inout("r3") quads => _,
+                        out("r4") _,
+                        out("s0") _,
+                        out("s1") _,
+                        out("s2") _,
+                        out("s3") _,
+                        out("s4") _,
+                        out("s5") _,
+                        out("s6") _,
+                        out("s7") _,
+                        out("s8") _,
+                        options(nostack),
+                    );
+                }
+            };
+        }
+        if ow % 4 == 2 {
+            stride2_rows_asm!(
                 stride2_two_positions!("s0", "s1"),
                 "vcvt.f32.s32 s0, s0",
                 "vcvt.f32.s32 s1, s1",
@@ -473,43 +505,60 @@ mod fpu {
                 "vadd.f32 s0, s0, s5",
                 "vadd.f32 s1, s1, s5",
                 "vstmia {yp}!, {{s0, s1}}",
-                "4:",
-                "vmov r0, s7",
-                "subs r0, r0, #1",
-                "vmov s7, r0",
-                "bne 3b",
-                xp = inout(reg) stream.as_ptr() => _,
-                yp = inout(reg) y.as_mut_ptr() => _,
-                wa = in(reg) wa,
-                wb = in(reg) wb,
-                wc = in(reg) wc,
-                wd = in(reg) wd,
-                we = in(reg) we,
-                inout("r0") scale.to_bits() => _,
-                inout("r1") bias.to_bits() => _,
-                inout("r2") rows => _,
-                inout("r3") quads => _,
-                inout("r4") pair => _,
-                out("s0") _,
-                out("s1") _,
-                out("s2") _,
-                out("s3") _,
-                out("s4") _,
-                out("s5") _,
-                out("s6") _,
-                out("s7") _,
-                out("s8") _,
-                out("s9") _,
-                options(nostack),
             );
+        } else {
+            stride2_rows_asm!();
         }
     }
 
-    /// The quantisation loop of `quantize_bytes`/`quantize_halves`: four values per
-    /// pass, `m` in s4 and 127.5 in s5, `$sat` the clamp and `$store` the packing and
-    /// stores of r0–r3. The four conversions run back to back in the FPU and come
-    /// out through two 64-bit `VMOV`s: 41 cycles per four values by the Cortex-M4's
-    /// timings (bytes), against about 56 compiled.
+    /// Four values from `{xp}` (post-incremented) to `t`, the truncated
+    /// `v · m + 127.5` (`m` in s4, 127.5 in s5), in r0–r3. The four conversions run
+    /// back to back in the FPU and come out through two 64-bit `VMOV`s.
+    macro_rules! quantize_four_truncated {
+        () => {
+            concat!(
+                "vldmia {xp}!, {{s0, s1, s2, s3}}\n",
+                "vmul.f32 s0, s0, s4\n",
+                "vmul.f32 s1, s1, s4\n",
+                "vmul.f32 s2, s2, s4\n",
+                "vmul.f32 s3, s3, s4\n",
+                "vadd.f32 s0, s0, s5\n",
+                "vadd.f32 s1, s1, s5\n",
+                "vadd.f32 s2, s2, s5\n",
+                "vadd.f32 s3, s3, s5\n",
+                "vcvt.s32.f32 s0, s0\n",
+                "vcvt.s32.f32 s1, s1\n",
+                "vcvt.s32.f32 s2, s2\n",
+                "vcvt.s32.f32 s3, s3\n",
+                "vmov r0, r1, s0, s1\n",
+                "vmov r2, r3, s2, s3",
+            )
+        };
+    }
+
+    /// [`quantize_four_truncated`], then `max(t, 0) − 127` in r0–r3: the
+    /// quantisation before its clamp.
+    macro_rules! quantize_four {
+        () => {
+            concat!(
+                quantize_four_truncated!(),
+                "\n",
+                "bic r0, r0, r0, asr #31\n",
+                "bic r1, r1, r1, asr #31\n",
+                "bic r2, r2, r2, asr #31\n",
+                "bic r3, r3, r3, asr #31\n",
+                "sub r0, r0, #127\n",
+                "sub r1, r1, #127\n",
+                "sub r2, r2, #127\n",
+                "sub r3, r3, #127",
+            )
+        };
+    }
+
+    /// The quantisation loop of `quantize_bytes`: four values per
+    /// pass ([`quantize_four`]), `$sat` the clamp and `$store` the packing and stores
+    /// of r0–r3: 41 cycles per four values by the Cortex-M4's timings (bytes),
+    /// against about 56 compiled.
     macro_rules! quantize_loop {
         ($x:expr, $q:expr, $quads:expr, $m:expr, $sat:literal, $store:literal) => {
             // SAFETY: `xp` advances by 16 bytes per pass through `quads ≥ 1`
@@ -523,29 +572,7 @@ mod fpu {
                     "vmov s4, r0",
                     "vmov s5, r1",
                     "2:",
-                    "vldmia {xp}!, {{s0, s1, s2, s3}}",
-                    "vmul.f32 s0, s0, s4",
-                    "vmul.f32 s1, s1, s4",
-                    "vmul.f32 s2, s2, s4",
-                    "vmul.f32 s3, s3, s4",
-                    "vadd.f32 s0, s0, s5",
-                    "vadd.f32 s1, s1, s5",
-                    "vadd.f32 s2, s2, s5",
-                    "vadd.f32 s3, s3, s5",
-                    "vcvt.s32.f32 s0, s0",
-                    "vcvt.s32.f32 s1, s1",
-                    "vcvt.s32.f32 s2, s2",
-                    "vcvt.s32.f32 s3, s3",
-                    "vmov r0, r1, s0, s1",
-                    "vmov r2, r3, s2, s3",
-                    "bic r0, r0, r0, asr #31",
-                    "bic r1, r1, r1, asr #31",
-                    "bic r2, r2, r2, asr #31",
-                    "bic r3, r3, r3, asr #31",
-                    "sub r0, r0, #127",
-                    "sub r1, r1, #127",
-                    "sub r2, r2, #127",
-                    "sub r3, r3, #127",
+                    quantize_four!(),
                     $sat,
                     $store,
                     "subs {n}, {n}, #1",
@@ -603,40 +630,97 @@ mod fpu {
         super::portable_quantize_bytes::<RELU>(xt, m, qt);
     }
 
-    /// `q[2i..2i + 2] = quantize::<false>(x[i], m)` as a little-endian signed
-    /// halfword each (see the portable version).
+    /// `quantize_halves` of `rows` rows of `width` values of `x`, row `r` written at
+    /// byte `r · stride` of `q` (a plane with a zero border: one call for the image,
+    /// not one per row; see the portable version).
     #[inline(always)]
-    pub fn quantize_halves(x: &[f32], m: f32, q: &mut [u8]) {
-        let quads = x.len().min(q.len() / 2) / 4;
-        let (Some((xh, xt)), Some((qh, qt))) = (
-            x.split_at_checked(4 * quads),
-            q.split_at_mut_checked(8 * quads),
-        ) else {
-            return;
-        };
-        if quads > 0 {
-            quantize_loop!(
-                xh,
-                qh,
-                quads,
-                m,
-                "ssat r0, #8, r0\nssat r1, #8, r1\nssat r2, #8, r2\nssat r3, #8, r3",
-                "pkhbt r0, r0, r1, lsl #16\npkhbt r2, r2, r3, lsl #16\nstr r0, [{qp}], #4\nstr r2, [{qp}], #4"
+    pub fn quantize_halves_rows(
+        x: &[f32],
+        width: usize,
+        m: f32,
+        q: &mut [u8],
+        stride: usize,
+        rows: usize,
+    ) {
+        let fits = rows
+            .checked_sub(1)
+            .and_then(|r| r.checked_mul(stride))
+            .and_then(|b| b.checked_add(2 * width))
+            .is_some_and(|end| end <= q.len());
+        if width < 4
+            || !width.is_multiple_of(4)
+            || stride < 2 * width
+            || !fits
+            || x.len() < rows.saturating_mul(width)
+        {
+            return super::portable_quantize_halves_rows(x, width, m, q, stride, rows);
+        }
+        // SAFETY: row `r` reads floats `r · width .. (r + 1) · width` of `x` (`xp`
+        // advances 16 bytes per pass, `width / 4` passes) and writes bytes
+        // `r · stride .. r · stride + 2 · width` of `q` (`qp` advances 8 bytes per
+        // pass, then `stride − 2 · width` to the next row), `rows ≥ 1` times: inside
+        // both slices (checked above; `q` exclusively borrowed). Word stores may be
+        // unaligned on the M4. No stack.
+        unsafe {
+            core::arch::asm!(
+                "vmov s4, r0",
+                "vmov s5, r1",
+                "3:",
+                "mov {n}, {quads}",
+                "2:",
+                // ssat8(max(t, 0) − 127) = ssat8(usat8(t) − 127): the clamp at 0
+                // and the subtraction two values at a time (USAT, PKHBT, SSUB16,
+                // SSAT16: 10 cycles per four values, against 14).
+                quantize_four_truncated!(),
+                "usat r0, #8, r0",
+                "usat r1, #8, r1",
+                "usat r2, #8, r2",
+                "usat r3, #8, r3",
+                "pkhbt r0, r0, r1, lsl #16",
+                "pkhbt r2, r2, r3, lsl #16",
+                "ssub16 r0, r0, {c127}",
+                "ssub16 r2, r2, {c127}",
+                "ssat16 r0, #8, r0",
+                "ssat16 r2, #8, r2",
+                "str r0, [{qp}], #4",
+                "str r2, [{qp}], #4",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                "add {qp}, {qp}, {skip}",
+                "subs {rows}, {rows}, #1",
+                "bne 3b",
+                xp = inout(reg) x.as_ptr() => _,
+                qp = inout(reg) q.as_mut_ptr() => _,
+                n = out(reg) _,
+                quads = in(reg) width / 4,
+                skip = in(reg) stride - 2 * width,
+                c127 = in(reg) 0x007f_007fu32,
+                rows = inout(reg) rows => _,
+                inout("r0") m.to_bits() => _,
+                inout("r1") 127.5f32.to_bits() => _,
+                out("r2") _,
+                out("r3") _,
+                out("s0") _,
+                out("s1") _,
+                out("s2") _,
+                out("s3") _,
+                out("s4") _,
+                out("s5") _,
+                options(nostack),
             );
         }
-        super::portable_quantize_halves(xt, m, qt);
     }
 }
 
 pub(crate) use imp::{dot2_steps, smlad, ssat8, sxtb16, sxtb16_ror8, usat7};
 
 #[cfg(all(pursamere_dsp, pursamere_fpu))]
-pub(crate) use fpu::{dot22_pairs, pair5_run, quantize_bytes, quantize_halves, stride2_rows};
+pub(crate) use fpu::{dot22_pairs, pair5_run, quantize_bytes, quantize_halves_rows, stride2_rows};
 #[cfg(not(all(pursamere_dsp, pursamere_fpu)))]
 pub(crate) use {
     portable_dot22_pairs as dot22_pairs, portable_pair5_run as pair5_run,
-    portable_quantize_bytes as quantize_bytes, portable_quantize_halves as quantize_halves,
-    portable_stride2_rows as stride2_rows,
+    portable_quantize_bytes as quantize_bytes,
+    portable_quantize_halves_rows as quantize_halves_rows, portable_stride2_rows as stride2_rows,
 };
 
 /// `sums[4q..4q + 4] = [s00, s10, s01, s11]` for each pair `q` of rows, `srp` the
@@ -729,6 +813,26 @@ pub(crate) fn portable_stride2_rows(
                     (va, ha) = (v2, h1);
                 }
             }
+        }
+    }
+}
+
+/// [`portable_quantize_halves`] of `rows` rows of `width` values of `x`, row `r`
+/// written at byte `r · stride` of `q` (rows that do not fit whole are skipped): the
+/// single-channel 3×3 convolution's zero-bordered plane in one call.
+#[inline(always)]
+pub(crate) fn portable_quantize_halves_rows(
+    x: &[f32],
+    width: usize,
+    m: f32,
+    q: &mut [u8],
+    stride: usize,
+    rows: usize,
+) {
+    for (xrow, r) in x.chunks_exact(width.max(1)).take(rows).zip(0..) {
+        let start = r * stride;
+        if let Some(dst) = q.get_mut(start..start + 2 * width) {
+            portable_quantize_halves(xrow, m, dst);
         }
     }
 }

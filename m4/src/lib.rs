@@ -54,7 +54,7 @@ mod self_check;
 pub use self_check::kernels_match_portable;
 
 use dsp::{
-    dot22_pairs, dot2_steps, pair5_run, quantize_bytes, quantize_halves, smlad, ssat8,
+    dot22_pairs, dot2_steps, pair5_run, quantize_bytes, quantize_halves_rows, smlad, ssat8,
     stride2_rows, sxtb16, sxtb16_ror8, usat7, word,
 };
 use pursamere_core::{Conv2d, Dense, DenseKernels, Int8Conv2d, Int8Dense, Portable};
@@ -381,11 +381,8 @@ fn int8_conv_single_3x3_s2(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) -> 
     }
     let mut plane = [0u8; PLANE_BYTES];
     let m = layer.input_multiplier;
-    for (xrow, iy) in x.chunks_exact(width).take(h).zip(0..) {
-        let start = 2 * ((iy + p) * wp + p);
-        if let Some(dst) = plane.get_mut(start..start + 2 * width) {
-            quantize_halves(xrow, m, dst);
-        }
+    if let Some(dst) = plane.get_mut(2 * (p * wp + p)..) {
+        quantize_halves_rows(x, width, m, dst, 2 * wp, h);
     }
     let mut stream = [0u32; STREAM_WORDS];
     let rows_per_run = STREAM_WORDS / per_row;
@@ -471,11 +468,8 @@ fn int8_conv_single_3x3(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) -> boo
     }
     let mut plane = [0u8; PLANE_BYTES];
     let m = layer.input_multiplier;
-    for (xrow, iy) in x.chunks_exact(width).take(h).zip(0..) {
-        let start = 2 * ((iy + p) * wp + p);
-        if let Some(dst) = plane.get_mut(start..start + 2 * width) {
-            quantize_halves(xrow, m, dst);
-        }
+    if let Some(dst) = plane.get_mut(2 * (p * wp + p)..) {
+        quantize_halves_rows(x, width, m, dst, 2 * wp, h);
     }
     // Each channel's weights in the patch words' tap order: (0, 1), (3, 4), (6, 7),
     // (2, 5), (8, –).

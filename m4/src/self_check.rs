@@ -6,8 +6,8 @@
 
 use crate::dsp::{
     dot22_pairs, dot2_steps, pair5_run, portable_dot22_pairs, portable_dot2_steps,
-    portable_pair5_run, portable_quantize_bytes, portable_quantize_halves, portable_stride2_rows,
-    quantize_bytes, quantize_halves, stride2_rows,
+    portable_pair5_run, portable_quantize_bytes, portable_quantize_halves_rows,
+    portable_stride2_rows, quantize_bytes, quantize_halves_rows, stride2_rows,
 };
 
 /// Values at the quantiser's edges (with the multipliers below: both clamps, the
@@ -59,8 +59,8 @@ impl Lcg {
 }
 
 /// Whether every `asm!` kernel of this build gives its portable twin's bits on the
-/// edge cases above (quantisation to bytes, with and without the ReLU, and to
-/// halfwords; the single-channel 3×3 loops (any stride, and stride 2) with special
+/// edge cases above (quantisation to bytes, with and without the ReLU, and to rows
+/// of halfwords; the single-channel 3×3 loops (any stride, and stride 2) with special
 /// scales and biases; the 2 × 2
 /// block and two-row int8 loops on pseudo-random data, dirty output buffers).
 #[inline(never)]
@@ -85,10 +85,12 @@ fn quantisation_matches() -> bool {
             quantize_bytes::<true>(&x, m, &mut a);
             portable_quantize_bytes::<true>(&x, m, &mut b);
             let same_relu = a.get(..x.len()) == b.get(..x.len());
-            let (mut c, mut d) = ([0x5au8; 50], [0xa5u8; 50]);
-            quantize_halves(&x, m, &mut c);
-            portable_quantize_halves(&x, m, &mut d);
-            let same_halves = c.get(..2 * x.len()) == d.get(..2 * x.len());
+            // Two rows of eight as halfwords, 18 bytes apart (the plane's stride);
+            // the two bytes between rows keep their (equal) fill.
+            let (mut c, mut d) = ([0x5au8; 34], [0x5au8; 34]);
+            quantize_halves_rows(&x, 8, m, &mut c, 18, 2);
+            portable_quantize_halves_rows(&x, 8, m, &mut d, 18, 2);
+            let same_halves = c == d;
             if !(same && same_relu && same_halves) {
                 return false;
             }
