@@ -272,6 +272,29 @@ mod fpu {
         }
     }
 
+    /// The four integer sums in s0–s3 dequantised, `(acc as f32) · scale + bias`
+    /// with the scale in s4 and the bias in s5 (the core's definition: a rounded
+    /// product, then a rounded sum), and stored to `{yp}` (post-incremented).
+    macro_rules! dequantize_four {
+        () => {
+            concat!(
+                "vcvt.f32.s32 s0, s0\n",
+                "vcvt.f32.s32 s1, s1\n",
+                "vcvt.f32.s32 s2, s2\n",
+                "vcvt.f32.s32 s3, s3\n",
+                "vmul.f32 s0, s0, s4\n",
+                "vmul.f32 s1, s1, s4\n",
+                "vmul.f32 s2, s2, s4\n",
+                "vmul.f32 s3, s3, s4\n",
+                "vadd.f32 s0, s0, s5\n",
+                "vadd.f32 s1, s1, s5\n",
+                "vadd.f32 s2, s2, s5\n",
+                "vadd.f32 s3, s3, s5\n",
+                "vstmia {yp}!, {{s0, s1, s2, s3}}",
+            )
+        };
+    }
+
     /// Two positions' sums of the single-channel 3×3 loop (ten pair words from
     /// `{xp}`, in r0–r3), moved to the FPU registers `$a` and `$b`: LDM fills its
     /// registers in ascending order, so the three loads (4 + 3 + 3 words) put every
@@ -329,19 +352,7 @@ mod fpu {
                 "2:",
                 pair5_two_positions!("s0", "s1"),
                 pair5_two_positions!("s2", "s3"),
-                "vcvt.f32.s32 s0, s0",
-                "vcvt.f32.s32 s1, s1",
-                "vcvt.f32.s32 s2, s2",
-                "vcvt.f32.s32 s3, s3",
-                "vmul.f32 s0, s0, s4",
-                "vmul.f32 s1, s1, s4",
-                "vmul.f32 s2, s2, s4",
-                "vmul.f32 s3, s3, s4",
-                "vadd.f32 s0, s0, s5",
-                "vadd.f32 s1, s1, s5",
-                "vadd.f32 s2, s2, s5",
-                "vadd.f32 s3, s3, s5",
-                "vstmia {yp}!, {{s0, s1, s2, s3}}",
+                dequantize_four!(),
                 "subs {n}, {n}, #1",
                 "bne 2b",
                 xp = inout(reg) patches.as_ptr() => _,
@@ -447,19 +458,7 @@ mod fpu {
                         "2:",
                         stride2_two_positions!("s0", "s1"),
                         stride2_two_positions!("s2", "s3"),
-                        "vcvt.f32.s32 s0, s0",
-                        "vcvt.f32.s32 s1, s1",
-                        "vcvt.f32.s32 s2, s2",
-                        "vcvt.f32.s32 s3, s3",
-                        "vmul.f32 s0, s0, s4",
-                        "vmul.f32 s1, s1, s4",
-                        "vmul.f32 s2, s2, s4",
-                        "vmul.f32 s3, s3, s4",
-                        "vadd.f32 s0, s0, s5",
-                        "vadd.f32 s1, s1, s5",
-                        "vadd.f32 s2, s2, s5",
-                        "vadd.f32 s3, s3, s5",
-                        "vstmia {yp}!, {{s0, s1, s2, s3}}",
+                        dequantize_four!(),
                         "vmov r0, s6",
                         "subs r0, r0, #1",
                         "vmov s6, r0",

@@ -323,6 +323,24 @@ fn decode_scales(c: &Conv2d<'_>, scales: &mut [f32; CACHED], biases: &mut [f32; 
     }
 }
 
+/// The single-channel kernels' input: `h` rows of `width` values quantised into
+/// `plane` (zeroed by the caller) as signed halfwords (two neighbouring columns one
+/// `SMLAD` operand), inside `p` zero rows and columns, rows `wp` halfwords apart.
+#[inline(always)]
+fn quantize_plane(
+    plane: &mut [u8; PLANE_BYTES],
+    m: f32,
+    x: &[f32],
+    width: usize,
+    h: usize,
+    p: usize,
+    wp: usize,
+) {
+    if let Some(dst) = plane.get_mut(2 * (p * wp + p)..) {
+        quantize_halves_rows(x, width, m, dst, 2 * wp, h);
+    }
+}
+
 /// `lo` as the low halfword, `hi`'s low halfword as the high one (`PKHBT … LSL #16`).
 #[inline(always)]
 fn pack_lo(lo: u32, hi: u32) -> u32 {
@@ -380,10 +398,7 @@ fn int8_conv_single_3x3_s2(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) -> 
         return false;
     }
     let mut plane = [0u8; PLANE_BYTES];
-    let m = layer.input_multiplier;
-    if let Some(dst) = plane.get_mut(2 * (p * wp + p)..) {
-        quantize_halves_rows(x, width, m, dst, 2 * wp, h);
-    }
+    quantize_plane(&mut plane, layer.input_multiplier, x, width, h, p, wp);
     let mut stream = [0u32; STREAM_WORDS];
     let rows_per_run = STREAM_WORDS / per_row;
     let mut oy = 0;
@@ -467,10 +482,7 @@ fn int8_conv_single_3x3(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32]) -> boo
         return false;
     }
     let mut plane = [0u8; PLANE_BYTES];
-    let m = layer.input_multiplier;
-    if let Some(dst) = plane.get_mut(2 * (p * wp + p)..) {
-        quantize_halves_rows(x, width, m, dst, 2 * wp, h);
-    }
+    quantize_plane(&mut plane, layer.input_multiplier, x, width, h, p, wp);
     // Each channel's weights in the patch words' tap order: (0, 1), (3, 4), (6, 7),
     // (2, 5), (8, –).
     let mut wbuf = [0u32; 5 * CACHED];
