@@ -535,31 +535,11 @@ mod fpu {
         };
     }
 
-    /// [`quantize_four_truncated`], then `max(t, 0) − 127` in r0–r3: the
-    /// quantisation before its clamp.
-    macro_rules! quantize_four {
-        () => {
-            concat!(
-                quantize_four_truncated!(),
-                "\n",
-                "bic r0, r0, r0, asr #31\n",
-                "bic r1, r1, r1, asr #31\n",
-                "bic r2, r2, r2, asr #31\n",
-                "bic r3, r3, r3, asr #31\n",
-                "sub r0, r0, #127\n",
-                "sub r1, r1, #127\n",
-                "sub r2, r2, #127\n",
-                "sub r3, r3, #127",
-            )
-        };
-    }
-
-    /// The quantisation loop of `quantize_bytes`: four values per
-    /// pass ([`quantize_four`]), `$sat` the clamp and `$store` the packing and stores
-    /// of r0–r3: 41 cycles per four values by the Cortex-M4's timings (bytes),
-    /// against about 56 compiled.
+    /// The quantisation loop of `quantize_bytes`: four values per pass
+    /// ([`quantize_four_truncated`]), then `$clamp`, the clamp, packing and store of
+    /// r0–r3 (r12 holds 127 in both halfwords).
     macro_rules! quantize_loop {
-        ($x:expr, $q:expr, $quads:expr, $m:expr, $sat:literal, $store:literal) => {
+        ($x:expr, $q:expr, $quads:expr, $m:expr, $clamp:literal) => {
             // SAFETY: `xp` advances by 16 bytes per pass through `quads ≥ 1`
             // passes, reading the first `4 · quads` floats of `$x`; `qp` advances
             // through the bytes the caller sized for `4 · quads` values of
@@ -571,9 +551,8 @@ mod fpu {
                     "vmov s4, r0",
                     "vmov s5, r1",
                     "2:",
-                    quantize_four!(),
-                    $sat,
-                    $store,
+                    quantize_four_truncated!(),
+                    $clamp,
                     "subs {n}, {n}, #1",
                     "bne 2b",
                     xp = inout(reg) $x.as_ptr() => _,
@@ -583,6 +562,7 @@ mod fpu {
                     inout("r1") 127.5f32.to_bits() => _,
                     out("r2") _,
                     out("r3") _,
+                    in("r12") 0x007f_007fu32,
                     out("s0") _,
                     out("s1") _,
                     out("s2") _,
@@ -607,22 +587,51 @@ mod fpu {
         };
         if quads > 0 {
             if RELU {
+                // usat7(max(t, 0) − 127) = usat7(usat8(t) − 127), two values at a
+                // time: USAT, PKHBT (values 0 and 2, 1 and 3), SSUB16, USAT16 and
+                // one ORR that interleaves the bytes: 11 cycles per four values,
+                // against 15 (BIC, SUB, USAT each, three BFI).
                 quantize_loop!(
                     xh,
                     qh,
                     quads,
                     m,
-                    "usat r0, #7, r0\nusat r1, #7, r1\nusat r2, #7, r2\nusat r3, #7, r3",
-                    "bfi r0, r1, #8, #8\nbfi r0, r2, #16, #8\nbfi r0, r3, #24, #8\nstr r0, [{qp}], #4"
+                    "usat r0, #8, r0
+                    usat r1, #8, r1
+                    usat r2, #8, r2
+                    usat r3, #8, r3
+                    pkhbt r0, r0, r2, lsl #16
+                    pkhbt r1, r1, r3, lsl #16
+                    ssub16 r0, r0, r12
+                    ssub16 r1, r1, r12
+                    usat16 r0, #7, r0
+                    usat16 r1, #7, r1
+                    orr r0, r0, r1, lsl #8
+                    str r0, [{qp}], #4"
                 );
             } else {
+                // ssat8(max(t, 0) − 127) per value.
                 quantize_loop!(
                     xh,
                     qh,
                     quads,
                     m,
-                    "ssat r0, #8, r0\nssat r1, #8, r1\nssat r2, #8, r2\nssat r3, #8, r3",
-                    "bfi r0, r1, #8, #8\nbfi r0, r2, #16, #8\nbfi r0, r3, #24, #8\nstr r0, [{qp}], #4"
+                    "bic r0, r0, r0, asr #31
+                    bic r1, r1, r1, asr #31
+                    bic r2, r2, r2, asr #31
+                    bic r3, r3, r3, asr #31
+                    sub r0, r0, #127
+                    sub r1, r1, #127
+                    sub r2, r2, #127
+                    sub r3, r3, #127
+                    ssat r0, #8, r0
+                    ssat r1, #8, r1
+                    ssat r2, #8, r2
+                    ssat r3, #8, r3
+                    bfi r0, r1, #8, #8
+                    bfi r0, r2, #16, #8
+                    bfi r0, r3, #24, #8
+                    str r0, [{qp}], #4"
                 );
             }
         }
