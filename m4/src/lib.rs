@@ -38,12 +38,17 @@
 //! single-channel 3×3 convolution (an image classifier's usual first layer, fan-in 9)
 //! has its own kernel: its input becomes a plane of signed halfwords, where two taps
 //! of a kernel row are already one `SMLAD` operand, and each output channel sweeps
-//! the positions with its weights in registers.
+//! the positions with its weights in registers; with stride 2 (the shipped first
+//! layer) neighbouring positions share a column, and each position costs three
+//! words of a stream built once instead of a five-word patch.
 //! The float dense layer (a dense denoiser, a float classifier) runs its forward pass
 //! and VJP in `asm!` loops with the core's summation order (`float_dense`, on the
 //! hard-float targets); other float layers run the core's portable kernels.
 //! Elsewhere than on an Armv7E-M target the DSP instructions are emulated and the
-//! float loops have portable twins, so the host tests run the same algorithm.
+//! float loops have portable twins, so the host tests run the same algorithm; on a
+//! Cortex-M4 without the FPU (`thumbv7em-none-eabi`) the loops that use FPU registers
+//! run their twins too. [`kernels_match_portable`] checks every `asm!` loop against
+//! its twin on edge values; the firmware runs it at boot.
 #![no_std]
 #![deny(missing_docs)]
 
