@@ -638,7 +638,7 @@ mod fpu {
         super::portable_quantize_bytes::<RELU>(xt, m, qt);
     }
 
-    /// `quantize_halves` of `rows` rows of `width` values of `x`, row `r` written at
+    /// The halfword quantisation of `rows` rows of `width` values of `x`, row `r` at
     /// byte `r · stride` of `q` (a plane with a zero border: one call for the image,
     /// not one per row; see the portable version).
     #[inline(always)]
