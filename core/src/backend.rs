@@ -69,6 +69,27 @@ pub trait DenseKernels {
         layer.forward_with(x, y, relu_input);
     }
 
+    /// Two int8-activation dense layers in a row, one sample: `first` on `x` (on
+    /// `relu(x)` with `relu_input`), then `second` on its output (through a ReLU with
+    /// `relu_between`). `io` holds `x` (`first.dense.inputs` floats) on entry and
+    /// `second`'s output (`second.dense.outputs` floats) on return; `mid` is scratch
+    /// of at least `first.dense.outputs` floats (its contents on return do not
+    /// matter). The second layer's first step quantises the first's output, so an
+    /// implementation may write that output already quantised (int8 outputs, as
+    /// CMSIS-NN's layers have) and save a float store, a load and a pass; the bits
+    /// are those of the two layers in turn ([`int8_dense_pair_in_turn`], the default).
+    fn int8_dense_pair_forward(
+        &self,
+        first: &Int8Dense<'_>,
+        second: &Int8Dense<'_>,
+        relu_input: bool,
+        relu_between: bool,
+        io: &mut [f32],
+        mid: &mut [f32],
+    ) {
+        int8_dense_pair_in_turn(self, first, second, relu_input, relu_between, io, mid);
+    }
+
     /// Forward pass of one sample through an int8-activation convolution, of
     /// `relu(x)` with `relu_input` (as [`DenseKernels::int8_dense_forward`]).
     /// Default: the core's kernel.
@@ -80,6 +101,31 @@ pub trait DenseKernels {
         relu_input: bool,
     ) {
         layer.forward_with(x, y, relu_input);
+    }
+}
+
+/// [`DenseKernels::int8_dense_pair_forward`] as its definition states it: `first`
+/// into `mid`, then `second` from `mid` into `io`, each through
+/// [`DenseKernels::int8_dense_forward`] of `kernels`. Buffers too short for the
+/// layers leave `io` as it is.
+pub fn int8_dense_pair_in_turn<K: DenseKernels + ?Sized>(
+    kernels: &K,
+    first: &Int8Dense<'_>,
+    second: &Int8Dense<'_>,
+    relu_input: bool,
+    relu_between: bool,
+    io: &mut [f32],
+    mid: &mut [f32],
+) {
+    let n_in = first.dense.inputs as usize;
+    let n_mid = first.dense.outputs as usize;
+    let n_out = second.dense.outputs as usize;
+    let (Some(x), Some(m)) = (io.get(..n_in), mid.get_mut(..n_mid)) else {
+        return;
+    };
+    kernels.int8_dense_forward(first, x, m, relu_input);
+    if let Some(y) = io.get_mut(..n_out) {
+        kernels.int8_dense_forward(second, m, y, relu_between);
     }
 }
 

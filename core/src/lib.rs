@@ -86,7 +86,7 @@ pub fn digest_f32(values: &[f32]) -> u32 {
     d.finalize()
 }
 
-pub use backend::{DenseKernels, Portable};
+pub use backend::{int8_dense_pair_in_turn, DenseKernels, Portable};
 pub use conv::MAX_KERNEL;
 pub use ere::NoiseTable;
 pub use format::{

@@ -45,7 +45,9 @@ pub(crate) fn forward<K: DenseKernels + ?Sized>(
 /// bits, in `2 × max_width` floats instead of `acts_len` — except that a ReLU
 /// feeding an int8 layer is not run: that layer quantises `relu(x)` straight from
 /// `x` ([`crate::quantize_relu_activation`], the same values by construction), which
-/// saves the ReLU's pass over memory.
+/// saves the ReLU's pass over memory; and two int8 dense layers in a row go to
+/// [`DenseKernels::int8_dense_pair_forward`] as one call (by default the same two
+/// layer calls).
 pub(crate) fn forward_pingpong<'s, K: DenseKernels + ?Sized>(
     kernels: &K,
     net: &NetworkSpec<'_>,
@@ -69,6 +71,30 @@ pub(crate) fn forward_pingpong<'s, K: DenseKernels + ?Sized>(
             continue;
         }
         let out_len = layer.output_len(len);
+        // Two int8 dense layers in a row (a ReLU between them or not) go to the
+        // kernels as one pair, which may pass the first one's output on already
+        // quantised; the output ends in `src`, where the input was.
+        if let Layer::Int8Dense(first) = layer {
+            let mut ahead = layers.clone();
+            let relu_between = matches!(ahead.peek(), Some(Layer::Relu));
+            if relu_between {
+                ahead.next();
+            }
+            if let Some(Layer::Int8Dense(second)) = ahead.peek() {
+                let second_len = second.dense.outputs as usize;
+                let (Some(io), Some(mid)) =
+                    (src.get_mut(..len.max(second_len)), dst.get_mut(..out_len))
+                else {
+                    return &[];
+                };
+                kernels.int8_dense_pair_forward(first, second, relu_pending, relu_between, io, mid);
+                ahead.next();
+                layers = ahead;
+                relu_pending = false;
+                len = second_len;
+                continue;
+            }
+        }
         let (Some(xs), Some(ys)) = (src.get(..len), dst.get_mut(..out_len)) else {
             return &[];
         };

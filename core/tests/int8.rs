@@ -205,7 +205,16 @@ fn input_ranges(model: &Model<'_>, images: &[Vec<f32>]) -> Vec<f32> {
 /// The small conv model with its classifier's conv and dense layers made int8, the
 /// multipliers calibrated on `images` (or all set to `fixed`), the scales folded.
 fn int8_model_bytes(fixed: Option<f32>, in_denoiser: bool, images: &[Vec<f32>]) -> Vec<u8> {
-    let owned = OwnedAnyModel::small_conv(5);
+    int8_model_bytes_of(&OwnedAnyModel::small_conv(5), fixed, in_denoiser, images)
+}
+
+/// [`int8_model_bytes`] of another model.
+fn int8_model_bytes_of(
+    owned: &OwnedAnyModel,
+    fixed: Option<f32>,
+    in_denoiser: bool,
+    images: &[Vec<f32>],
+) -> Vec<u8> {
     let float_bytes = owned.bytes();
     let float = Model::parse(&float_bytes).unwrap();
     let ranges = input_ranges(&float, images);
@@ -295,8 +304,18 @@ fn classification_fuses_each_relu_into_the_next_int8_layer_with_the_same_bits() 
     // `Model::classify` skips a ReLU that feeds an int8 layer (the layer quantises
     // relu(x) from x); the logits must equal running every layer, ReLUs included.
     let calibration = images(16, 6);
-    for fixed in [None, Some(127.0), Some(3.0e4)] {
-        let bytes = int8_model_bytes(fixed, false, &calibration);
+    // The second model's classifier ends in int8 dense layers that the walk hands
+    // to the kernels as pairs (`DenseKernels::int8_dense_pair_forward`): one with a
+    // ReLU between them, one without.
+    let models = [
+        OwnedAnyModel::small_conv(5),
+        OwnedAnyModel::small_conv_dense_tail(5),
+    ];
+    for (owned, fixed) in models
+        .iter()
+        .flat_map(|m| [None, Some(127.0), Some(3.0e4)].map(|f| (m, f)))
+    {
+        let bytes = int8_model_bytes_of(owned, fixed, false, &calibration);
         let model = Model::parse(&bytes).unwrap();
         let layers = &model.spec().classifier.layers;
         assert!(layers.windows(2).any(|w| matches!(

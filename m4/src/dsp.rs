@@ -13,6 +13,28 @@
 //! `nomem` so that the compiler may schedule them like arithmetic.
 
 #[cfg(pursamere_dsp)]
+/// Half a step of `dot2_steps` (four inputs against two rows); a step is two.
+macro_rules! dot2_half_step {
+    () => {
+        concat!(
+            "ldr {x}, [{xp}], #4\n",
+            "ldr {w0}, [{p0}], #4\n",
+            "ldr {w1}, [{p1}], #4\n",
+            "sxtb16 {xa}, {x}\n",
+            "sxtb16 {xb}, {x}, ror #8\n",
+            "sxtb16 {x}, {w0}\n",
+            "smlad {a0}, {x}, {xa}, {a0}\n",
+            "sxtb16 {w0}, {w0}, ror #8\n",
+            "smlad {a0}, {w0}, {xb}, {a0}\n",
+            "sxtb16 {x}, {w1}\n",
+            "smlad {a1}, {x}, {xa}, {a1}\n",
+            "sxtb16 {w1}, {w1}, ror #8\n",
+            "smlad {a1}, {w1}, {xb}, {a1}\n",
+        )
+    };
+}
+
+#[cfg(pursamere_dsp)]
 mod imp {
     #[inline(always)]
     pub fn sxtb16(x: u32) -> u32 {
@@ -35,27 +57,6 @@ mod imp {
                 options(pure, nomem, nostack, preserves_flags));
         }
         r
-    }
-
-    /// Half a step of `dot2_steps` (four inputs against two rows); a step is two.
-    macro_rules! dot2_half_step {
-        () => {
-            concat!(
-                "ldr {x}, [{xp}], #4\n",
-                "ldr {w0}, [{p0}], #4\n",
-                "ldr {w1}, [{p1}], #4\n",
-                "sxtb16 {xa}, {x}\n",
-                "sxtb16 {xb}, {x}, ror #8\n",
-                "sxtb16 {x}, {w0}\n",
-                "smlad {a0}, {x}, {xa}, {a0}\n",
-                "sxtb16 {w0}, {w0}, ror #8\n",
-                "smlad {a0}, {w0}, {xb}, {a0}\n",
-                "sxtb16 {x}, {w1}\n",
-                "smlad {a1}, {x}, {xa}, {a1}\n",
-                "sxtb16 {w1}, {w1}, ror #8\n",
-                "smlad {a1}, {w1}, {xb}, {a1}\n",
-            )
-        };
     }
 
     /// `steps` steps of eight inputs against two rows (see the portable version).
@@ -379,6 +380,111 @@ mod fpu {
         if let Some(rest) = patches.get(20 * quads..) {
             super::portable_pair5_run(rest, w, scale, bias, tail);
         }
+    }
+
+    /// A dense layer's rows two at a time over a quantised input, dequantised (see
+    /// the portable version): one `asm!` loop over the pairs of rows, each pair's
+    /// sums in `dot2_steps`' loop, then both outputs dequantised and stored.
+    #[inline(always)]
+    pub fn dense_pairs(
+        q: &[u8],
+        weights: &[u8],
+        scales: &[u8],
+        biases: &[u8],
+        y: &mut [f32],
+    ) -> usize {
+        let n = q.len();
+        let pairs = super::dense_pairs_count(n, weights, scales, biases, y);
+        if pairs == 0 {
+            return 0;
+        }
+        // Sixteen inputs per iteration of the inner loop.
+        let steps = n / 16;
+        // Twelve core registers carry the loop (the input's start and cursor, both
+        // rows' cursors, the step count, two sums, five temporaries); the scale,
+        // bias and output cursors, the pair count and the step count live in s6–s10
+        // between pairs and come in through temporaries.
+        // SAFETY: `dense_pairs_count` checked that `n = 16 · steps ≥ 16`, that the
+        // weights hold `2 · pairs` rows of `n` bytes, the scales and biases
+        // `2 · pairs` floats (4 bytes each) and `y` `2 · pairs` floats; each pair reads
+        // `q[..n]` once, its two rows (row 2p through `p0`, row 2p + 1 through `p1`,
+        // which then move on to rows 2p + 2 and 2p + 3: `p0` takes `p1`, `p1`
+        // moves on by `n`), two scales, two biases, and writes `y[2p], y[2p + 1]`, so
+        // nothing past those bounds is touched. Single-word LDRs may be unaligned on
+        // the M4 (as in `dot2_steps`); the scales and biases are read with LDR for
+        // that reason (VLDR would fault); `y` is an `f32` slice, aligned for VSTM. No
+        // stack.
+        unsafe {
+            core::arch::asm!(
+                "vmov s6, {x}",
+                "vmov s7, {w0}",
+                "vmov s8, {w1}",
+                "vmov s9, {xa}",
+                "vmov s10, {xb}",
+                "2:",
+                "vmov {n}, s10",
+                "mov {xp}, {xbase}",
+                "mov {a0}, #0",
+                "mov {a1}, #0",
+                "3:",
+                dot2_half_step!(),
+                dot2_half_step!(),
+                dot2_half_step!(),
+                dot2_half_step!(),
+                "subs {n}, {n}, #1",
+                "bne 3b",
+                "mov {p0}, {p1}",
+                "sub {x}, {xp}, {xbase}",
+                "add {p1}, {p1}, {x}",
+                "vmov {x}, {w0}, s6, s7",
+                "ldr {w1}, [{x}], #4",
+                "ldr {xa}, [{x}], #4",
+                "ldr {xb}, [{w0}], #4",
+                "ldr {n}, [{w0}], #4",
+                "vmov s6, s7, {x}, {w0}",
+                "vmov s0, s1, {a0}, {a1}",
+                "vmov s2, s3, {w1}, {xa}",
+                "vmov s4, s5, {xb}, {n}",
+                "vcvt.f32.s32 s0, s0",
+                "vcvt.f32.s32 s1, s1",
+                "vmul.f32 s0, s0, s2",
+                "vmul.f32 s1, s1, s3",
+                "vadd.f32 s0, s0, s4",
+                "vadd.f32 s1, s1, s5",
+                "vmov {x}, s8",
+                "vstmia {x}!, {{s0, s1}}",
+                "vmov s8, {x}",
+                "vmov {x}, s9",
+                "subs {x}, {x}, #1",
+                "vmov s9, {x}",
+                "bne 2b",
+                xbase = in(reg) q.as_ptr(),
+                xp = out(reg) _,
+                p0 = inout(reg) weights.as_ptr() => _,
+                p1 = inout(reg) weights.as_ptr().wrapping_add(n) => _,
+                n = out(reg) _,
+                a0 = out(reg) _,
+                a1 = out(reg) _,
+                x = inout(reg) scales.as_ptr() => _,
+                w0 = inout(reg) biases.as_ptr() => _,
+                w1 = inout(reg) y.as_mut_ptr() => _,
+                xa = inout(reg) pairs => _,
+                xb = inout(reg) steps => _,
+                out("s0") _,
+                out("s1") _,
+                out("s2") _,
+                out("s3") _,
+                out("s4") _,
+                out("s5") _,
+                out("s6") _,
+                out("s7") _,
+                out("s8") _,
+                out("s9") _,
+                out("s10") _,
+                options(nostack),
+            );
+        }
+        pairs
     }
 
     /// Two positions of the stride-2 single-channel 3×3 loop, the carried words
@@ -723,11 +829,13 @@ mod fpu {
 pub(crate) use imp::{dot2_steps, smlad, ssat8, sxtb16, sxtb16_ror8, usat7};
 
 #[cfg(all(pursamere_dsp, pursamere_fpu))]
-pub(crate) use fpu::{dot22_pairs, pair5_run, quantize_bytes, quantize_halves_rows, stride2_rows};
+pub(crate) use fpu::{
+    dense_pairs, dot22_pairs, pair5_run, quantize_bytes, quantize_halves_rows, stride2_rows,
+};
 #[cfg(not(all(pursamere_dsp, pursamere_fpu)))]
 pub(crate) use {
-    portable_dot22_pairs as dot22_pairs, portable_pair5_run as pair5_run,
-    portable_quantize_bytes as quantize_bytes,
+    portable_dense_pairs as dense_pairs, portable_dot22_pairs as dot22_pairs,
+    portable_pair5_run as pair5_run, portable_quantize_bytes as quantize_bytes,
     portable_quantize_halves_rows as quantize_halves_rows, portable_stride2_rows as stride2_rows,
 };
 
@@ -872,6 +980,61 @@ pub(crate) fn word(c: &[u8]) -> u32 {
         [a, b, c, d, ..] => u32::from_le_bytes([a, b, c, d]),
         _ => 0,
     }
+}
+
+/// How many pairs of rows [`portable_dense_pairs`] (and its `asm!` twin) computes:
+/// all whole pairs that the weights (rows of `n` bytes), scales, biases (4 bytes per
+/// row) and `y` hold, or 0 when `n` is not a positive multiple of 16 (the `asm!`
+/// loop's sixteen inputs per iteration).
+#[inline(always)]
+pub(crate) fn dense_pairs_count(
+    n: usize,
+    weights: &[u8],
+    scales: &[u8],
+    biases: &[u8],
+    y: &[f32],
+) -> usize {
+    if n == 0 || !n.is_multiple_of(16) {
+        return 0;
+    }
+    (weights.len() / (2 * n))
+        .min(scales.len() / 8)
+        .min(biases.len() / 8)
+        .min(y.len() / 2)
+}
+
+/// `y[o] = (Σ_i w_o[i] · q[i]) as f32 · scale[o] + bias[o]` for the rows `o` of the
+/// first [`dense_pairs_count`] pairs (`w_o` row `o` of `weights`, `q.len()` bytes;
+/// scales and biases little-endian floats): the int8 dense layer's output loop,
+/// two rows sharing each unpacked input word as in [`portable_dot2_steps`]. Returns
+/// the number of pairs; the caller does the rest (an odd last row, a length not a
+/// multiple of 16).
+#[inline(always)]
+pub(crate) fn portable_dense_pairs(
+    q: &[u8],
+    weights: &[u8],
+    scales: &[u8],
+    biases: &[u8],
+    y: &mut [f32],
+) -> usize {
+    let n = q.len();
+    let pairs = dense_pairs_count(n, weights, scales, biases, y);
+    if pairs == 0 {
+        return 0;
+    }
+    let (scales, _) = scales.as_chunks::<4>();
+    let (biases, _) = biases.as_chunks::<4>();
+    let rows = weights.chunks_exact(2 * n);
+    let outs = y.chunks_exact_mut(2);
+    let params = scales.chunks_exact(2).zip(biases.chunks_exact(2));
+    for ((rr, yo), (sc, bi)) in rows.zip(outs).zip(params).take(pairs) {
+        let (r0, r1) = rr.split_at(n);
+        let sums = portable_dot2_steps(q, r0, r1, n / 8, [0, 0]);
+        for (((yv, a), s), b) in yo.iter_mut().zip(sums).zip(sc).zip(bi) {
+            *yv = a as f32 * f32::from_le_bytes(*s) + f32::from_le_bytes(*b);
+        }
+    }
+    pairs
 }
 
 /// `acc[r] + Σ_{i < 8·steps} w_r[i] · x[i]` for two rows, eight inputs per step

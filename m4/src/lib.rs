@@ -59,16 +59,24 @@ mod self_check;
 pub use self_check::kernels_match_portable;
 
 use dsp::{
-    dot22_pairs, dot2_steps, pair5_run, quantize_bytes, quantize_halves_rows, smlad, ssat8,
-    stride2_rows, sxtb16, sxtb16_ror8, usat7, word,
+    dense_pairs, dot22_pairs, dot2_steps, pair5_run, quantize_bytes, quantize_halves_rows, smlad,
+    ssat8, stride2_rows, sxtb16, sxtb16_ror8, usat7, word,
 };
-use pursamere_core::{Conv2d, Dense, DenseKernels, Int8Conv2d, Int8Dense, Portable};
+use pursamere_core::{
+    int8_dense_pair_in_turn, Conv2d, Dense, DenseKernels, Int8Conv2d, Int8Dense, Portable,
+};
 
 /// Largest int8-layer input (values) quantised on the stack; a larger layer runs the
 /// core's kernel.
 pub const MAX_INPUT: usize = 4096;
 /// Largest dense-layer input that gets the small quantisation buffer.
 const SMALL_INPUT: usize = 256;
+/// Largest output of the first of two int8 dense layers in a row that the M4
+/// passes to the second as bytes (a stack buffer, zeroed per call); a wider one
+/// goes through a float buffer, as the core does.
+const PAIR_MID: usize = 256;
+/// The pair's small buffer (a 64-unit hidden layer, as the shipped classifier's).
+const SMALL_PAIR_MID: usize = 64;
 /// Largest convolution fan-in (`in_channels × kernel²`) these kernels take.
 pub const MAX_PATCH: usize = 1024;
 /// Output channels whose scale and bias a convolution decodes once per call.
@@ -134,6 +142,31 @@ impl DenseKernels for M4Kernels {
     ) {
         if !int8_dense(layer, x, y, relu_input) {
             Portable.int8_dense_forward(layer, x, y, relu_input);
+        }
+    }
+
+    // The first layer's outputs go to the second as int8 bytes (the second would
+    // quantise them first anyway): no float store, load or quantisation pass.
+    #[inline(never)]
+    fn int8_dense_pair_forward(
+        &self,
+        first: &Int8Dense<'_>,
+        second: &Int8Dense<'_>,
+        relu_input: bool,
+        relu_between: bool,
+        io: &mut [f32],
+        mid: &mut [f32],
+    ) {
+        let n_mid = first.dense.outputs as usize;
+        let done = if n_mid <= SMALL_PAIR_MID {
+            int8_dense_pair::<SMALL_PAIR_MID>(first, second, relu_input, relu_between, io)
+        } else if n_mid <= PAIR_MID {
+            int8_dense_pair::<PAIR_MID>(first, second, relu_input, relu_between, io)
+        } else {
+            false
+        };
+        if !done {
+            int8_dense_pair_in_turn(self, first, second, relu_input, relu_between, io, mid);
         }
     }
 
@@ -269,22 +302,24 @@ fn int8_dense(layer: &Int8Dense<'_>, x: &[f32], y: &mut [f32], relu: bool) -> bo
     // The buffer is zeroed on every call (safe Rust has no uninitialised arrays):
     // a small layer gets a small one, or zeroing 4 KiB would cost it more than its
     // multiply–accumulates (a 64 → 10 output layer: 3,100 cycles against 1,700).
+    let dequantized = |q: &[u8]| int8_dense_quantized_unchecked(&layer.dense, q, y);
     if (layer.dense.inputs as usize) <= SMALL_INPUT {
-        int8_dense_buffered::<SMALL_INPUT>(layer, x, y, relu)
+        with_quantized_input::<SMALL_INPUT>(layer, x, relu, dequantized)
     } else {
-        int8_dense_buffered::<MAX_INPUT>(layer, x, y, relu)
+        with_quantized_input::<MAX_INPUT>(layer, x, relu, dequantized)
     }
 }
 
-/// [`int8_dense`] with an `N`-byte quantisation buffer.
-fn int8_dense_buffered<const N: usize>(
+/// Quantises the layer's input `x` (or `relu(x)`) into an `N`-byte stack buffer and
+/// runs `body` on it; `false` when the input does not fit (or is empty or short).
+#[inline(always)]
+fn with_quantized_input<const N: usize>(
     layer: &Int8Dense<'_>,
     x: &[f32],
-    y: &mut [f32],
     relu: bool,
+    body: impl FnOnce(&[u8]) -> bool,
 ) -> bool {
-    let d = &layer.dense;
-    let n = d.inputs as usize;
+    let n = layer.dense.inputs as usize;
     if n == 0 || n > N || x.len() < n {
         return false;
     }
@@ -292,24 +327,164 @@ fn int8_dense_buffered<const N: usize>(
     let Some(q) = qbuf.get_mut(..n) else {
         return false;
     };
-    quantize_into(x, layer.input_multiplier, q, relu);
-    let q = &*q;
-    let mut rows = d.weights.chunks_exact(n);
-    let mut o = 0usize;
-    let mut pairs = y.chunks_exact_mut(2);
-    for yp in &mut pairs {
-        let (Some(r0), Some(r1)) = (rows.next(), rows.next()) else {
-            return true;
+    quantize_dense_input(x, layer.input_multiplier, q, relu);
+    body(q)
+}
+
+/// [`quantize_into`] for the dense layers, one copy for every buffer size (a
+/// dense layer's quantisation is one loop over its inputs; a call costs a few
+/// cycles, the four inlined copies 1 KB of flash).
+#[inline(never)]
+fn quantize_dense_input(x: &[f32], m: f32, q: &mut [u8], relu: bool) {
+    quantize_into(x, m, q, relu);
+}
+
+/// Each row's integer sum over the quantised input `q` (`q.len()` = the layer's
+/// inputs), in row order, to `emit`: two rows per pass, a last odd row alone.
+#[inline(always)]
+fn for_each_row_sum(d: &Dense<'_>, q: &[u8], mut emit: impl FnMut(i32)) {
+    let Some(n) = core::num::NonZeroUsize::new(q.len()) else {
+        return;
+    };
+    let mut rows = d.weights.chunks_exact(n.get()).take(d.outputs as usize);
+    while let Some(r0) = rows.next() {
+        let Some(r1) = rows.next() else {
+            emit(dot1(r0, q));
+            return;
         };
-        for (j, (yo, a)) in yp.iter_mut().zip(dot2(r0, r1, q)).enumerate() {
-            *yo = dequantize(a, d.scale(o + j), d.bias(o + j));
+        let [a0, a1] = dot2(r0, r1, q);
+        emit(a0);
+        emit(a1);
+    }
+}
+
+/// The layer's scales and biases, decoded in row order.
+#[inline(always)]
+fn scales_and_biases<'a>(d: &Dense<'a>) -> impl Iterator<Item = (f32, f32)> + 'a {
+    let (scales, _) = d.scales.as_chunks::<4>();
+    let (biases, _) = d.bias.as_chunks::<4>();
+    scales
+        .iter()
+        .zip(biases)
+        .map(|(s, b)| (f32::from_le_bytes(*s), f32::from_le_bytes(*b)))
+}
+
+/// `y` = the dense layer's dequantised outputs over the quantised input `q`: whole
+/// pairs of rows in one `asm!` loop when the input length is a multiple of 16, the
+/// rest here. One copy for every caller (inlined into each, it cost 2 KB of flash
+/// for a call's few cycles).
+#[inline(never)]
+fn int8_dense_quantized_unchecked(d: &Dense<'_>, q: &[u8], y: &mut [f32]) -> bool {
+    let outputs = (d.outputs as usize).min(y.len());
+    let (yv, _) = y.split_at_mut(outputs);
+    let done = 2 * dense_pairs(q, d.weights, d.scales, d.bias, yv);
+    if done == outputs {
+        return true;
+    }
+    let rest = Dense {
+        outputs: d.outputs.saturating_sub(done as u32),
+        weights: d.weights.get(done * q.len()..).unwrap_or(&[]),
+        scales: d.scales.get(4 * done..).unwrap_or(&[]),
+        bias: d.bias.get(4 * done..).unwrap_or(&[]),
+        ..*d
+    };
+    let y = yv.get_mut(done..).unwrap_or(&mut []);
+    let mut outs = y.iter_mut().zip(scales_and_biases(&rest));
+    let d = &rest;
+    for_each_row_sum(d, q, |a| {
+        if let Some((yo, (scale, bias))) = outs.next() {
+            *yo = dequantize(a, scale, bias);
         }
-        o += 2;
-    }
-    for (yo, row) in pairs.into_remainder().iter_mut().zip(rows) {
-        *yo = dequantize(dot1(row, q), d.scale(o), d.bias(o));
-    }
+    });
     true
+}
+
+/// The int8 dense layer on an input already quantised (`q`: one two's-complement
+/// byte per input, as [`int8_dense_requantized`] writes them): `y` = its outputs,
+/// the core's bits. `false` (and `y` untouched) when `q` is not the layer's input
+/// length or `y` is shorter than its output.
+pub fn int8_dense_quantized(layer: &Int8Dense<'_>, q: &[u8], y: &mut [f32]) -> bool {
+    let d = &layer.dense;
+    if q.is_empty() || q.len() != d.inputs as usize || y.len() < d.outputs as usize {
+        return false;
+    }
+    int8_dense_quantized_unchecked(d, q, y)
+}
+
+/// The int8 dense layer on `x` (on `relu(x)` with `relu_input`) with its outputs
+/// quantised for the next int8 layer instead of stored as floats: `q[o]` =
+/// the core's `quantize_activation(y[o], next_multiplier)` (with `relu_output`,
+/// `quantize_relu_activation`, a ReLU between the layers) of the output `y[o]` the
+/// core computes, as two's-complement bytes. `false` (and `q` untouched) when the
+/// layer is too large for the DSP path, `x` is short or `q` is not the layer's
+/// output length.
+pub fn int8_dense_requantized(
+    layer: &Int8Dense<'_>,
+    x: &[f32],
+    relu_input: bool,
+    next_multiplier: f32,
+    relu_output: bool,
+    q: &mut [u8],
+) -> bool {
+    let d = &layer.dense;
+    if q.is_empty() || q.len() != d.outputs as usize {
+        return false;
+    }
+    let requantize = |qin: &[u8]| requantize_rows(d, qin, next_multiplier, relu_output, q);
+    if (d.inputs as usize) <= SMALL_INPUT {
+        with_quantized_input::<SMALL_INPUT>(layer, x, relu_input, requantize)
+    } else {
+        with_quantized_input::<MAX_INPUT>(layer, x, relu_input, requantize)
+    }
+}
+
+/// `q[o]` = the quantisation (of the ReLU, with `relu_output`) of the dense layer's
+/// output `o` over the quantised input `qin`, with the next layer's multiplier `m`.
+/// One copy for both buffer sizes of [`int8_dense_requantized`].
+#[inline(never)]
+fn requantize_rows(d: &Dense<'_>, qin: &[u8], m: f32, relu_output: bool, q: &mut [u8]) -> bool {
+    let mut outs = q.iter_mut().zip(scales_and_biases(d));
+    // The quantisation is chosen per output (a branch per row, against hundreds of
+    // multiply–accumulates), so that the row loop exists once.
+    for_each_row_sum(d, qin, |a| {
+        if let Some((qo, (scale, bias))) = outs.next() {
+            let v = dequantize(a, scale, bias);
+            *qo = if relu_output {
+                quantize::<true>(v, m)
+            } else {
+                quantize::<false>(v, m)
+            } as u8;
+        }
+    });
+    true
+}
+
+/// Two int8 dense layers in a row with the first one's outputs passed on quantised
+/// (in an `N`-byte stack buffer); `false` (and `io` untouched) when they do not
+/// take the DSP path.
+fn int8_dense_pair<const N: usize>(
+    first: &Int8Dense<'_>,
+    second: &Int8Dense<'_>,
+    relu_input: bool,
+    relu_between: bool,
+    io: &mut [f32],
+) -> bool {
+    let n_mid = first.dense.outputs as usize;
+    if second.dense.inputs as usize != n_mid || io.len() < second.dense.outputs as usize {
+        return false;
+    }
+    let mut qbuf = [0u8; N];
+    let (Some(q), Some(x)) = (qbuf.get_mut(..n_mid), io.get(..first.dense.inputs as usize)) else {
+        return false;
+    };
+    int8_dense_requantized(
+        first,
+        x,
+        relu_input,
+        second.input_multiplier,
+        relu_between,
+        q,
+    ) && int8_dense_quantized(second, q, io)
 }
 
 /// A signed byte as a zero-extended signed halfword (one lane of an `SMLAD` pair).

@@ -5,9 +5,10 @@
 //! versions are the ones compiled; on the host both sides are the portable code.
 
 use crate::dsp::{
-    dot22_pairs, dot2_steps, pair5_run, portable_dot22_pairs, portable_dot2_steps,
-    portable_pair5_run, portable_quantize_bytes, portable_quantize_halves_rows,
-    portable_stride2_rows, quantize_bytes, quantize_halves_rows, stride2_rows,
+    dense_pairs, dot22_pairs, dot2_steps, pair5_run, portable_dense_pairs, portable_dot22_pairs,
+    portable_dot2_steps, portable_pair5_run, portable_quantize_bytes,
+    portable_quantize_halves_rows, portable_stride2_rows, quantize_bytes, quantize_halves_rows,
+    stride2_rows,
 };
 
 /// Values at the quantiser's edges (with the multipliers below: both clamps, the
@@ -164,5 +165,38 @@ fn dot_loops_match() -> bool {
         );
     }
     let acc = [-12_345, 67_890];
-    a == b && dot2_steps(&q, &r0, &r1, 5, acc) == portable_dot2_steps(&q, &r0, &r1, 5, acc)
+    let same_dot2 =
+        a == b && dot2_steps(&q, &r0, &r1, 5, acc) == portable_dot2_steps(&q, &r0, &r1, 5, acc);
+    // dense_pairs: three pairs of rows of 16 inputs (one pass of the loop), a seventh row left
+    // over, scales and biases with the IEEE specials, outputs in dirty buffers.
+    let mut weights = [0u8; 7 * 16];
+    for v in weights.iter_mut() {
+        *v = (rng.next() >> 24) as u8;
+    }
+    let mut scales = [0u8; 28];
+    let mut biases = [0u8; 28];
+    for (k, (s, b)) in scales
+        .chunks_exact_mut(4)
+        .zip(biases.chunks_exact_mut(4))
+        .enumerate()
+    {
+        let e = |i: usize| EDGES.get(i % EDGES.len()).copied().unwrap_or(0.0);
+        s.copy_from_slice(&e(3 * k + 1).to_le_bytes());
+        b.copy_from_slice(&e(5 * k + 2).to_le_bytes());
+    }
+    let (mut ya, mut yb) = ([1.5f32; 7], [-2.5f32; 7]);
+    let q16 = q.get(..16).unwrap_or(&[]);
+    let na = dense_pairs(q16, &weights, &scales, &biases, &mut ya);
+    let nb = portable_dense_pairs(q16, &weights, &scales, &biases, &mut yb);
+    let bits = |y: &[f32; 7]| {
+        y.map(|v| {
+            if v.is_nan() {
+                f32::NAN.to_bits()
+            } else {
+                v.to_bits()
+            }
+        })
+    };
+    let same_pairs = na == 3 && nb == 3 && bits(&ya)[..6] == bits(&yb)[..6];
+    same_dot2 && same_pairs
 }

@@ -341,3 +341,145 @@ fn mismatched_buffers_never_panic() {
         M4Kernels.int8_dense_forward(&layer, &x, &mut y, true);
     }
 }
+
+/// A random int8 dense layer's bytes: weights, scales and biases.
+fn int8_dense_bytes(rng: &mut Rng, n: usize, m: usize) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    (
+        rng.bytes(n * m),
+        rng.le(m, 1e-4, 1e-2),
+        rng.le(m, -1.0, 1.0),
+    )
+}
+
+#[test]
+fn int8_dense_pair_is_bit_identical_to_the_two_layers_in_turn() {
+    let mut rng = Rng(7);
+    // (inputs, first's outputs, second's outputs, second's inputs): the shipped
+    // classifier's tail, odd widths, both widths of the byte buffer and past them
+    // (the float path), and a second layer whose input does not match (refused by
+    // the DSP path, computed as the core does).
+    for &(n, h, m, h_in) in &[
+        (1568, 64, 10, 64),
+        (64, 10, 3, 10),
+        (5, 3, 2, 3),
+        (9, 1, 1, 1),
+        (300, 65, 7, 65),
+        (33, 256, 5, 256),
+        (40, 257, 4, 257),
+        (16, 8, 4, 12),
+    ] {
+        let (w1, s1, b1) = int8_dense_bytes(&mut rng, n, h);
+        let (w2, s2, b2) = int8_dense_bytes(&mut rng, h_in, m);
+        let first = Int8Dense {
+            input_multiplier: 60.0,
+            dense: Dense {
+                inputs: n as u32,
+                outputs: h as u32,
+                weights: &w1,
+                scales: &s1,
+                bias: &b1,
+            },
+        };
+        // A multiplier that clamps many of the first layer's outputs at both ends.
+        let second = Int8Dense {
+            input_multiplier: 90.0,
+            dense: Dense {
+                inputs: h_in as u32,
+                outputs: m as u32,
+                weights: &w2,
+                scales: &s2,
+                bias: &b2,
+            },
+        };
+        let mut x = rng.f32s(n, -2.0, 3.0);
+        x[n / 2] = f32::NAN;
+        let width = n.max(h).max(m) + 3;
+        for relu_input in [false, true] {
+            for relu_between in [false, true] {
+                let mut want = vec![-7.5f32; width];
+                want[..n].copy_from_slice(&x);
+                let mut got = want.clone();
+                let mut mid = vec![1e30f32; width];
+                pursamere_core::int8_dense_pair_in_turn(
+                    &Portable,
+                    &first,
+                    &second,
+                    relu_input,
+                    relu_between,
+                    &mut want,
+                    &mut mid,
+                );
+                let mut mid = vec![1e30f32; width];
+                M4Kernels.int8_dense_pair_forward(
+                    &first,
+                    &second,
+                    relu_input,
+                    relu_between,
+                    &mut got,
+                    &mut mid,
+                );
+                assert_eq!(
+                    bits_nan(&got),
+                    bits_nan(&want),
+                    "{n} → {h} → {m}, ReLU input {relu_input}, between {relu_between}"
+                );
+            }
+        }
+        // The two halves on their own: the bytes are the core's quantisation of the
+        // first layer's outputs, and the second layer on them gives its outputs.
+        if h == h_in {
+            let mut y1 = vec![0.0f32; h];
+            Portable.int8_dense_forward(&first, &x, &mut y1, false);
+            let mut q = vec![0x5au8; h];
+            assert!(
+                pursamere_m4::int8_dense_requantized(&first, &x, false, 90.0, true, &mut q)
+                    || n > MAX_INPUT
+            );
+            let want_q: Vec<u8> = y1
+                .iter()
+                .map(|&v| pursamere_core::quantize_relu_activation(v, 90.0) as u8)
+                .collect();
+            assert_eq!(q, want_q, "{n} → {h}");
+            let mut y2 = vec![-1.0f32; m];
+            assert!(pursamere_m4::int8_dense_quantized(&second, &q, &mut y2));
+            let mut want2 = vec![-1.0f32; m];
+            let relu_y1: Vec<f32> = relu(&y1);
+            Portable.int8_dense_forward(&second, &relu_y1, &mut want2, false);
+            assert_eq!(bits(&y2), bits(&want2), "{h} → {m}");
+        }
+    }
+    // Wrong lengths are refused, never a panic.
+    let (w, s, b) = int8_dense_bytes(&mut rng, 4, 3);
+    let layer = Int8Dense {
+        input_multiplier: 1.0,
+        dense: Dense {
+            inputs: 4,
+            outputs: 3,
+            weights: &w,
+            scales: &s,
+            bias: &b,
+        },
+    };
+    let mut q = [0u8; 3];
+    assert!(!pursamere_m4::int8_dense_requantized(
+        &layer, &[0.5; 3], false, 1.0, false, &mut q
+    ));
+    assert!(!pursamere_m4::int8_dense_requantized(
+        &layer,
+        &[0.5; 4],
+        false,
+        1.0,
+        false,
+        &mut q[..2]
+    ));
+    assert!(!pursamere_m4::int8_dense_quantized(
+        &layer,
+        &[1; 3],
+        &mut [0.0; 3]
+    ));
+    assert!(!pursamere_m4::int8_dense_quantized(
+        &layer,
+        &[1; 4],
+        &mut [0.0; 2]
+    ));
+}

@@ -400,6 +400,27 @@ impl OwnedAnyModel {
 
     /// The small conv denoiser (downsample + upsample, residual) and conv
     /// classifier on 1×8×8 inputs that several tests share.
+    /// [`OwnedAnyModel::small_conv`] whose classifier ends in four dense layers:
+    /// two with a ReLU between them, then two without (int8 dense pairs of both
+    /// kinds once made int8).
+    pub fn small_conv_dense_tail(seed: u64) -> Self {
+        Self::build(
+            seed,
+            (1, 8, 8),
+            &[Op::Conv(4, 3, 1, 1), Op::Relu, Op::Up, Op::Conv(1, 3, 2, 1)],
+            true,
+            &[
+                Op::Conv(4, 3, 2, 1),
+                Op::Relu,
+                Op::Dense(12),
+                Op::Relu,
+                Op::Dense(9),
+                Op::Dense(7),
+                Op::Dense(10),
+            ],
+        )
+    }
+
     pub fn small_conv(seed: u64) -> Self {
         Self::build(
             seed,
