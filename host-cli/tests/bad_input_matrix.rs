@@ -168,7 +168,7 @@ fn inputs() -> &'static Inputs {
         std::fs::write(
             &log,
             format!(
-                "image 0 label {} purified {} crc32 {}\ndone ok 1 images\n",
+                "image 0 label {} purified {} crc32 {} logits 00000000\ndone ok 1 images\n",
                 g["label"],
                 g["purified_prediction"],
                 g["purified_crc32"].as_str().unwrap()
@@ -825,16 +825,19 @@ fn out_of_range_and_non_finite_numbers() {
     let logs = [
         (
             "huge-index.log",
-            "image 99999999999999999999 label 7 purified 7 crc32 00000000\n",
+            "image 99999999999999999999 label 7 purified 7 crc32 00000000 logits 00000000\n",
         ),
         (
             "neg-label.log",
-            "image 0 label -1 purified 7 crc32 00000000\n",
+            "image 0 label -1 purified 7 crc32 00000000 logits 00000000\n",
         ),
-        ("bad-crc.log", "image 0 label 7 purified 7 crc32 nan\n"),
+        (
+            "bad-crc.log",
+            "image 0 label 7 purified 7 crc32 nan logits 00000000\n",
+        ),
         (
             "beyond-sample.log",
-            "image 300 label 7 purified 7 crc32 00000000\n",
+            "image 300 label 7 purified 7 crc32 00000000 logits 00000000\n",
         ),
     ];
     for (name, text) in logs {

@@ -4,8 +4,9 @@
 //! purifier model `fixtures/mnist.psm`, the trained convolutional pair
 //! `fixtures/mnist-conv.psm` and the random-weight `fixtures/tiny-conv.psm` (strided
 //! convs, ×2 upsampling, residual) — runs each
-//! under QEMU (mps2-an386), and asserts for each that every purified image's digest
-//! and label equal those of the core on the host (bit-identical), that the firmware
+//! under QEMU (mps2-an386), and asserts for each that every purified image's digest,
+//! its logits' digest and its label equal those of the core on the host
+//! (bit-identical), that the firmware
 //! fits the memory budget, that its footprint has not grown more than 5 % over its
 //! entry in `tests/firmware/footprint.json`, and that its executed instructions per
 //! image have not grown more than 5 % over its entry in `tests/firmware/cost.json`.
@@ -211,9 +212,10 @@ fn check(model_path: &str) -> Option<Measured> {
         moved += usize::from(out != x);
         let label = model.classify(&out, &mut logits, &mut scratch).unwrap();
         let want = format!(
-            "image {i} label {} purified {label} crc32 {:08x}",
+            "image {i} label {} purified {label} crc32 {:08x} logits {:08x}",
             sample.labels[i],
-            digest_f32(&out)
+            digest_f32(&out),
+            digest_f32(&logits)
         );
         assert_eq!(*line, want, "firmware and host differ ({model_path})");
     }

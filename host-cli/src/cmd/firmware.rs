@@ -14,7 +14,8 @@ use super::read_file;
 
 #[derive(Args, Debug)]
 pub struct FirmwareCheckArgs {
-    /// Log printed by the firmware (lines `image <i> label <l> purified <p> crc32 <hex>`).
+    /// Log printed by the firmware (lines `image <i> label <l> purified <p> crc32 <hex>
+    /// logits <hex>`).
     #[arg(long)]
     pub log: PathBuf,
     /// Model the firmware embeds (.psm, what `PURSAMERE_MODEL` was at build time);
@@ -45,6 +46,9 @@ pub struct LogLine {
     pub purified: usize,
     /// CRC-32 of the purified image's f32 bytes.
     pub crc32: u32,
+    /// CRC-32 of the classifier's logits (f32 bytes) on the purified image: the
+    /// classification bit for bit, not only its argmax.
+    pub logits_crc32: u32,
 }
 
 /// How a firmware log ends.
@@ -131,11 +135,17 @@ pub fn parse_log(text: &str) -> Result<Log> {
         }
         let bad = || {
             anyhow::anyhow!(
-                "line {}: `{line}` is not `image <i> label <l> purified <p> crc32 <hex>`",
+                "line {}: `{line}` is not `image <i> label <l> purified <p> crc32 <hex> logits <hex>` \
+                 (a firmware from before the logits digest: rebuild it)",
                 n + 1
             )
         };
-        if f.len() != 8 || f[2] != "label" || f[4] != "purified" || f[6] != "crc32" {
+        if f.len() != 10
+            || f[2] != "label"
+            || f[4] != "purified"
+            || f[6] != "crc32"
+            || f[8] != "logits"
+        {
             return Err(bad());
         }
         out.push(LogLine {
@@ -143,6 +153,7 @@ pub fn parse_log(text: &str) -> Result<Log> {
             label: f[3].parse().map_err(|_| bad())?,
             purified: f[5].parse().map_err(|_| bad())?,
             crc32: u32::from_str_radix(f[7], 16).map_err(|_| bad())?,
+            logits_crc32: u32::from_str_radix(f[9], 16).map_err(|_| bad())?,
         });
     }
     Ok(Log {
@@ -302,21 +313,25 @@ pub fn run(a: FirmwareCheckArgs) -> Result<i32> {
         model.purify(&x, &cfg, &mut out, &mut scratch)?;
         let host_label = model.classify(&out, &mut logits, &mut scratch)?;
         let host_crc = digest_f32(&out);
+        let host_logits = digest_f32(&logits);
         let ok = host_crc == l.crc32
+            && host_logits == l.logits_crc32
             && host_label == l.purified
             && usize::from(sample.labels[l.index]) == l.label;
         mismatches += usize::from(!ok);
-        rows.push((l, host_crc, host_label, ok));
+        rows.push((l, host_crc, host_logits, host_label, ok));
     }
     let incomplete = incompleteness(&log);
     let passed = mismatches == 0 && incomplete.is_empty();
     if a.json {
         let images: Vec<_> = rows
             .iter()
-            .map(|(l, host_crc, host_label, ok)| {
+            .map(|(l, host_crc, host_logits, host_label, ok)| {
                 serde_json::json!({
                     "image": l.index, "label": l.label,
                     "board_crc32": format!("{:08x}", l.crc32), "host_crc32": format!("{host_crc:08x}"),
+                    "board_logits_crc32": format!("{:08x}", l.logits_crc32),
+                    "host_logits_crc32": format!("{host_logits:08x}"),
                     "board_purified_label": l.purified, "host_purified_label": host_label,
                     "same": ok,
                 })
@@ -336,21 +351,25 @@ pub fn run(a: FirmwareCheckArgs) -> Result<i32> {
         return Ok(if passed { 0 } else { 1 });
     }
     outln!(
-        "{:>5} {:>5} {:>12} {:>12} {:>10} {:>10}  result",
+        "{:>5} {:>5} {:>12} {:>12} {:>13} {:>13} {:>10} {:>10}  result",
         "image",
         "label",
         "board crc32",
         "host crc32",
+        "board logits",
+        "host logits",
         "board",
         "host"
     )?;
-    for (l, host_crc, host_label, ok) in &rows {
+    for (l, host_crc, host_logits, host_label, ok) in &rows {
         outln!(
-            "{:>5} {:>5} {:>12} {:>12} {:>10} {:>10}  {}",
+            "{:>5} {:>5} {:>12} {:>12} {:>13} {:>13} {:>10} {:>10}  {}",
             l.index,
             l.label,
             format!("{:08x}", l.crc32),
             format!("{host_crc:08x}"),
+            format!("{:08x}", l.logits_crc32),
+            format!("{host_logits:08x}"),
             l.purified,
             host_label,
             if *ok { "same" } else { "DIFFERENT" }
@@ -404,9 +423,10 @@ mod tests {
             model.purify(&x, &cfg, &mut out, &mut scratch).unwrap();
             let l = model.classify(&out, &mut logits, &mut scratch).unwrap();
             log += &format!(
-                "image {i} label {} purified {l} crc32 {:08x}\n",
+                "image {i} label {} purified {l} crc32 {:08x} logits {:08x}\n",
                 sample.labels[i],
-                digest_f32(&out)
+                digest_f32(&out),
+                digest_f32(&logits)
             );
         }
         log + &format!("done ok {n} images\n")
@@ -451,6 +471,22 @@ mod tests {
             .map(|l| format!("{l}\n"))
             .collect();
         assert_eq!(check(&without, None).unwrap(), 1);
+    }
+
+    #[test]
+    fn the_logits_are_checked_bit_for_bit_and_an_old_line_is_refused() {
+        let log = host_log(2, 0, 1);
+        assert_eq!(check(&log, None).unwrap(), 0);
+        // One bit of one image's logits digest changed: the labels still agree.
+        let line = log.lines().find(|l| l.starts_with("image 1 ")).unwrap();
+        let (head, hex) = line.rsplit_once(' ').unwrap();
+        let flipped = format!("{head} {:08x}", u32::from_str_radix(hex, 16).unwrap() ^ 1);
+        assert_eq!(check(&log.replace(line, &flipped), None).unwrap(), 1);
+        // A line without the logits digest (an older firmware) is refused, naming
+        // the format.
+        let (old, _) = head.rsplit_once(" logits").unwrap();
+        let err = check(&log.replace(line, old), None).unwrap_err();
+        assert!(format!("{err:#}").contains("logits <hex>"), "{err:#}");
     }
 
     #[test]

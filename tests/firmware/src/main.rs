@@ -6,7 +6,8 @@
 //!
 //! then one line per image
 //!
-//! `image <i> label <true> purified <label> crc32 <digest of the purified f32 bytes>`
+//! `image <i> label <true> purified <label> crc32 <digest of the purified f32 bytes>
+//! logits <digest of the logits' f32 bytes>`
 //!
 //! then footprint and cost lines and the closing line `done ok <n> images` (`done
 //! error` if something failed), and exits through semihosting (0 = every image ran).
@@ -214,11 +215,12 @@ fn run() -> Option<usize> {
             }
         };
         hprintln!(
-            "image {} label {} purified {} crc32 {:08x}",
+            "image {} label {} purified {} crc32 {:08x} logits {:08x}",
             i,
             label,
             l,
-            digest_f32(&out)
+            digest_f32(&out),
+            digest_f32(&logits)
         );
     }
     #[cfg(feature = "layer-profile")]
