@@ -530,6 +530,35 @@ fn fw_check(args: &[&str]) -> Output {
     run(&all)
 }
 
+/// `log` with each image line's placeholder `logits 00000000` replaced by the
+/// digest of the logits the host computes for it (firmware-check's own
+/// `host_logits_crc32`; golden.json holds no logits digests). The logits check
+/// itself is tested in the command's unit tests and by the QEMU firmware test.
+fn with_host_logits(log: &str) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let probe = tmp.path().join("probe.log");
+    std::fs::write(&probe, log).unwrap();
+    let o = fw_check(&["--log", s(&probe), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut out = String::new();
+    for line in log.lines() {
+        let host = v["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|im| line.starts_with(&format!("image {} ", im["image"])));
+        match host {
+            Some(im) => {
+                let h = im["host_logits_crc32"].as_str().unwrap();
+                out += &line.replace("logits 00000000", &format!("logits {h}"));
+            }
+            None => out += line,
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[test]
 fn firmware_check_compares_a_board_log_with_the_host() {
     let golden: serde_json::Value =
@@ -538,13 +567,14 @@ fn firmware_check_compares_a_board_log_with_the_host() {
     for i in 0..4 {
         let g = &golden["images"][i];
         log += &format!(
-            "image {i} label {} purified {} crc32 {}\n",
+            "image {i} label {} purified {} crc32 {} logits 00000000\n",
             g["label"],
             g["purified_prediction"],
             g["purified_crc32"].as_str().unwrap()
         );
     }
     log += "done ok 4 images\n";
+    let log = with_host_logits(&log);
     let tmp = tempfile::tempdir().unwrap();
     let good = tmp.path().join("board.log");
     std::fs::write(&good, &log).unwrap();
@@ -995,7 +1025,7 @@ fn closed_or_full_stdout_is_not_a_panic() {
     std::fs::write(
         &log,
         format!(
-            "image 0 label {} purified {} crc32 {}\ndone ok 1 images\n",
+            "image 0 label {} purified {} crc32 {} logits 00000000\ndone ok 1 images\n",
             g["label"],
             g["purified_prediction"],
             g["purified_crc32"].as_str().unwrap()
@@ -1759,12 +1789,13 @@ fn firmware_check_reports_json() {
     for i in 0..3 {
         let g = &golden["images"][i];
         log += &format!(
-            "image {i} label {} purified {} crc32 {}\n",
+            "image {i} label {} purified {} crc32 {} logits 00000000\n",
             g["label"],
             g["purified_prediction"],
             g["purified_crc32"].as_str().unwrap()
         );
     }
+    let log = with_host_logits(&log);
     let tmp = tempfile::tempdir().unwrap();
     let good = tmp.path().join("board.log");
     std::fs::write(&good, format!("{log}done ok 3 images\n")).unwrap();
