@@ -1022,19 +1022,34 @@ pub(crate) fn portable_dense_pairs(
     if pairs == 0 {
         return 0;
     }
-    let (scales, _) = scales.as_chunks::<4>();
-    let (biases, _) = biases.as_chunks::<4>();
+    let mut params = scales_and_biases(scales, biases);
     let rows = weights.chunks_exact(2 * n);
     let outs = y.chunks_exact_mut(2);
-    let params = scales.chunks_exact(2).zip(biases.chunks_exact(2));
-    for ((rr, yo), (sc, bi)) in rows.zip(outs).zip(params).take(pairs) {
+    for (rr, yo) in rows.zip(outs).take(pairs) {
         let (r0, r1) = rr.split_at(n);
         let sums = portable_dot2_steps(q, r0, r1, n / 8, [0, 0]);
-        for (((yv, a), s), b) in yo.iter_mut().zip(sums).zip(sc).zip(bi) {
-            *yv = a as f32 * f32::from_le_bytes(*s) + f32::from_le_bytes(*b);
+        for (yv, a) in yo.iter_mut().zip(sums) {
+            if let Some((scale, bias)) = params.next() {
+                *yv = super::dequantize(a, scale, bias);
+            }
         }
     }
     pairs
+}
+
+/// A dense layer's scales and biases (little-endian floats, as the model stores them:
+/// not necessarily aligned), decoded in row order.
+#[inline(always)]
+pub(crate) fn scales_and_biases<'a>(
+    scales: &'a [u8],
+    biases: &'a [u8],
+) -> impl Iterator<Item = (f32, f32)> + 'a {
+    let (scales, _) = scales.as_chunks::<4>();
+    let (biases, _) = biases.as_chunks::<4>();
+    scales
+        .iter()
+        .zip(biases)
+        .map(|(s, b)| (f32::from_le_bytes(*s), f32::from_le_bytes(*b)))
 }
 
 /// `acc[r] + Σ_{i < 8·steps} w_r[i] · x[i]` for two rows, eight inputs per step

@@ -317,7 +317,7 @@ fn with_quantized_input<const N: usize>(
     layer: &Int8Dense<'_>,
     x: &[f32],
     relu: bool,
-    body: impl FnOnce(&[u8]) -> bool,
+    body: impl FnOnce(&[u8]),
 ) -> bool {
     let n = layer.dense.inputs as usize;
     if n == 0 || n > N || x.len() < n {
@@ -328,7 +328,8 @@ fn with_quantized_input<const N: usize>(
         return false;
     };
     quantize_dense_input(x, layer.input_multiplier, q, relu);
-    body(q)
+    body(q);
+    true
 }
 
 /// [`quantize_into`] for the dense layers, one copy for every buffer size (a
@@ -358,28 +359,17 @@ fn for_each_row_sum(d: &Dense<'_>, q: &[u8], mut emit: impl FnMut(i32)) {
     }
 }
 
-/// The layer's scales and biases, decoded in row order.
-#[inline(always)]
-fn scales_and_biases<'a>(d: &Dense<'a>) -> impl Iterator<Item = (f32, f32)> + 'a {
-    let (scales, _) = d.scales.as_chunks::<4>();
-    let (biases, _) = d.bias.as_chunks::<4>();
-    scales
-        .iter()
-        .zip(biases)
-        .map(|(s, b)| (f32::from_le_bytes(*s), f32::from_le_bytes(*b)))
-}
-
 /// `y` = the dense layer's dequantised outputs over the quantised input `q`: whole
 /// pairs of rows in one `asm!` loop when the input length is a multiple of 16, the
 /// rest here. One copy for every caller (inlined into each, it cost 2 KB of flash
 /// for a call's few cycles).
 #[inline(never)]
-fn int8_dense_quantized_unchecked(d: &Dense<'_>, q: &[u8], y: &mut [f32]) -> bool {
+fn int8_dense_quantized_unchecked(d: &Dense<'_>, q: &[u8], y: &mut [f32]) {
     let outputs = (d.outputs as usize).min(y.len());
     let (yv, _) = y.split_at_mut(outputs);
     let done = 2 * dense_pairs(q, d.weights, d.scales, d.bias, yv);
     if done == outputs {
-        return true;
+        return;
     }
     let rest = Dense {
         outputs: d.outputs.saturating_sub(done as u32),
@@ -389,14 +379,15 @@ fn int8_dense_quantized_unchecked(d: &Dense<'_>, q: &[u8], y: &mut [f32]) -> boo
         ..*d
     };
     let y = yv.get_mut(done..).unwrap_or(&mut []);
-    let mut outs = y.iter_mut().zip(scales_and_biases(&rest));
+    let mut outs = y
+        .iter_mut()
+        .zip(dsp::scales_and_biases(rest.scales, rest.bias));
     let d = &rest;
     for_each_row_sum(d, q, |a| {
         if let Some((yo, (scale, bias))) = outs.next() {
             *yo = dequantize(a, scale, bias);
         }
     });
-    true
 }
 
 /// The int8 dense layer on an input already quantised (`q`: one two's-complement
@@ -408,7 +399,8 @@ pub fn int8_dense_quantized(layer: &Int8Dense<'_>, q: &[u8], y: &mut [f32]) -> b
     if q.is_empty() || q.len() != d.inputs as usize || y.len() < d.outputs as usize {
         return false;
     }
-    int8_dense_quantized_unchecked(d, q, y)
+    int8_dense_quantized_unchecked(d, q, y);
+    true
 }
 
 /// The int8 dense layer on `x` (on `relu(x)` with `relu_input`) with its outputs
@@ -442,8 +434,8 @@ pub fn int8_dense_requantized(
 /// output `o` over the quantised input `qin`, with the next layer's multiplier `m`.
 /// One copy for both buffer sizes of [`int8_dense_requantized`].
 #[inline(never)]
-fn requantize_rows(d: &Dense<'_>, qin: &[u8], m: f32, relu_output: bool, q: &mut [u8]) -> bool {
-    let mut outs = q.iter_mut().zip(scales_and_biases(d));
+fn requantize_rows(d: &Dense<'_>, qin: &[u8], m: f32, relu_output: bool, q: &mut [u8]) {
+    let mut outs = q.iter_mut().zip(dsp::scales_and_biases(d.scales, d.bias));
     // The quantisation is chosen per output (a branch per row, against hundreds of
     // multiply–accumulates), so that the row loop exists once.
     for_each_row_sum(d, qin, |a| {
@@ -456,7 +448,6 @@ fn requantize_rows(d: &Dense<'_>, qin: &[u8], m: f32, relu_output: bool, q: &mut
             } as u8;
         }
     });
-    true
 }
 
 /// Two int8 dense layers in a row with the first one's outputs passed on quantised

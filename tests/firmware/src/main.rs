@@ -297,12 +297,9 @@ fn profile_layers(model: &Model<'_>, scratch: &mut [f32]) {
             }
             let relu_input = i > 0 && matches!(net.layers.get(i - 1), Some(Layer::Relu));
             let mut qbuf = [0u8; 256];
-            if second_of_pair == Some(i) {
+            if let (true, Layer::Int8Dense(d)) = (second_of_pair == Some(i), layer) {
+                let m = d.input_multiplier;
                 for (q, &v) in qbuf.iter_mut().zip(x.iter()) {
-                    let m = match layer {
-                        Layer::Int8Dense(d) => d.input_multiplier,
-                        _ => 1.0,
-                    };
                     *q = if relu_input {
                         pursamere_core::quantize_relu_activation(v, m) as u8
                     } else {
