@@ -7,9 +7,9 @@
 
 mod common;
 
-use common::{assert_golden_pins, crc32, OwnedModel, Rng};
+use common::{assert_golden_pins, crc32, purify_classify_digest, OwnedModel};
 use pursamere_core::noise::NoiseGenerator;
-use pursamere_core::{Model, PurifierConfig};
+use pursamere_core::PurifierConfig;
 
 fn digest(
     noise: NoiseGenerator,
@@ -19,28 +19,7 @@ fn digest(
     let mut owned = OwnedModel::random(77, (8, 8), &[40, 24], true, &[20], 10);
     // Through the file: the version the writer stamps names the generator.
     owned.cfg.noise = noise;
-    let bytes = owned.bytes();
-    let model = Model::parse(&bytes).unwrap();
-    let mut cfg = model.purifier_config();
-    cfg_edit(&mut cfg);
-    let mut rng = Rng(2024);
-    let mut all = Vec::new();
-    let mut labels = Vec::new();
-    let len = if batch_fast {
-        model.purify_scratch_len_batched(&cfg, cfg.noise_samples as usize)
-    } else {
-        model.purify_scratch_len(&cfg)
-    };
-    let mut scratch = vec![0.0; len.max(model.classify_scratch_len())];
-    for _ in 0..4 {
-        let x: Vec<f32> = (0..64).map(|_| rng.unit()).collect();
-        let mut out = vec![0.0; 64];
-        let mut logits = vec![0.0; 10];
-        model.purify(&x, &cfg, &mut out, &mut scratch).unwrap();
-        labels.push(model.classify(&out, &mut logits, &mut scratch).unwrap());
-        all.extend(out.iter().chain(&logits).flat_map(|v| v.to_le_bytes()));
-    }
-    (crc32(&all), labels)
+    purify_classify_digest(&owned.bytes(), 2024, cfg_edit, batch_fast)
 }
 
 #[test]

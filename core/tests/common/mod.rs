@@ -716,6 +716,39 @@ pub fn golden_sign(c: &mut PurifierConfig) {
     c.eta = 0.01;
 }
 
+/// The golden digest of a model file: the CRC of the purified bytes and logits of
+/// four random 8 × 8 images (`Rng(seed)`) through the model in `bytes`, with its
+/// stored purifier settings as `cfg_edit` leaves them (the batched scratch with
+/// `batch_fast`), and the four labels.
+pub fn purify_classify_digest(
+    bytes: &[u8],
+    seed: u64,
+    cfg_edit: fn(&mut PurifierConfig),
+    batch_fast: bool,
+) -> (u32, Vec<usize>) {
+    let model = pursamere_core::Model::parse(bytes).unwrap();
+    let mut cfg = model.purifier_config();
+    cfg_edit(&mut cfg);
+    let mut rng = Rng(seed);
+    let mut all = Vec::new();
+    let mut labels = Vec::new();
+    let len = if batch_fast {
+        model.purify_scratch_len_batched(&cfg, cfg.noise_samples as usize)
+    } else {
+        model.purify_scratch_len(&cfg)
+    };
+    let mut scratch = vec![0.0; len.max(model.classify_scratch_len())];
+    for _ in 0..4 {
+        let x: Vec<f32> = (0..64).map(|_| rng.unit()).collect();
+        let mut out = vec![0.0; 64];
+        let mut logits = vec![0.0; 10];
+        model.purify(&x, &cfg, &mut out, &mut scratch).unwrap();
+        labels.push(model.classify(&out, &mut logits, &mut scratch).unwrap());
+        all.extend(out.iter().chain(&logits).flat_map(|v| v.to_le_bytes()));
+    }
+    (crc32(&all), labels)
+}
+
 /// Checks one model's golden pins: for each `(generator, SAM pin, sign pin)`,
 /// `digest(generator, edit, batched)` gives the pinned CRC, and the batched path the
 /// unbatched one's bits.
