@@ -458,6 +458,7 @@ fn eval_run(
         commit: "test".into(),
         data_name: "mnist".into(),
         purifier: model.purifier_config(),
+        threads: None,
     };
     eval::run(&bytes, &data, &p, &opts, &SilentObserver)
 }

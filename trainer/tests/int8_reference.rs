@@ -164,6 +164,7 @@ fn square_twin_runs_in_the_evaluation_of_an_int8_model() {
             commit: "test".into(),
             data_name: "mnist".into(),
             purifier: model.purifier_config(),
+            threads: None,
         };
         eval::run(&bytes, &data, &p, &opts, &notes).unwrap();
         std::fs::read_to_string(tmp.path().join(dir).join("results.jsonl")).unwrap()

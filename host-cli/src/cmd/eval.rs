@@ -41,6 +41,11 @@ pub struct EvalArgs {
     /// Discard the results an earlier evaluation left in --out before starting.
     #[arg(long)]
     pub fresh: bool,
+    /// Worker threads (default: one per CPU this process may use, e.g. under
+    /// `taskset`). The results are the same for any number: each block of images
+    /// is attacked with its own seeds.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
     /// Print report.json to standard output instead of the Markdown report.
     #[arg(long)]
     pub json: bool,
@@ -175,6 +180,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         commit: env!("PURSAMERE_COMMIT").to_string(),
         data_name: data_name.clone(),
         purifier,
+        threads: a.threads.map(usize::from),
     };
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(0);

@@ -1,4 +1,5 @@
-//! The evaluation loop: defences × threats × image blocks, attacks as a cascade.
+//! The evaluation loop: image blocks × defences × threats as jobs on worker threads,
+//! attacks as a cascade.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -566,99 +567,165 @@ pub fn run(
     obs.progress(done_count, total, "starting");
     let finished = store.finished();
     let indices: Vec<usize> = range.clone().collect();
-    // Image blocks outermost: a stopped run has every threat of its first images.
+    // The jobs of the main pass: (image block, defence, threat), image blocks
+    // outermost, each with the block's images that have no record yet. A job's
+    // seed is its first image's: its verdicts depend on its images only, never on
+    // the thread that runs it or on when, so any number of threads gives the same
+    // records.
+    let mut jobs: Vec<(Vec<usize>, &Defence<'_>, AttackNorm, f32)> = Vec::new();
     for block in indices.chunks(p.batch) {
         for def in &defences {
             for &(norm, eps) in &threats {
-                let nn = norm.name();
                 let chunk: Vec<usize> = block
                     .iter()
                     .copied()
                     .filter(|&i| {
-                        !finished.contains(&(i, def.name.clone(), nn.to_string(), eps.to_bits()))
+                        !finished.contains(&(
+                            i,
+                            def.name.clone(),
+                            norm.name().to_string(),
+                            eps.to_bits(),
+                        ))
                     })
                     .collect();
-                if chunk.is_empty() {
-                    continue;
+                if !chunk.is_empty() {
+                    jobs.push((chunk, def, norm, eps));
                 }
-                let n = chunk.len();
-                let (x, y) = images(data, &chunk);
-                let seed = chunk[0] as u64;
-                let clean = def.judge.predict(&x)?;
-                let clean_correct: Vec<bool> = clean.iter().zip(&y).map(|(a, b)| a == b).collect();
-                let mut alive: Vec<usize> = (0..n).filter(|&k| clean_correct[k]).collect();
-                let mut grad_norm: Vec<Option<f32>> = vec![None; n];
-                if def.purifier.is_some() && !alive.is_empty() {
-                    let out = def.full.evaluate(
-                        &gather_rows(&x, d, &alive),
-                        &alive.iter().map(|&k| y[k]).collect::<Vec<_>>(),
-                        // The margin does not saturate on confident examples the way
-                        // cross-entropy does, so its gradient norm says more.
-                        AttackLoss::Margin,
-                    );
-                    for (j, &k) in alive.iter().enumerate() {
-                        let g = &out.grad[j * d..(j + 1) * d];
-                        grad_norm[k] = Some(g.iter().map(|v| v * v).sum::<f32>().sqrt());
-                    }
-                }
-                let mut correct: Vec<BTreeMap<String, bool>> = vec![BTreeMap::new(); n];
-                let mut seconds: Vec<BTreeMap<String, f64>> = vec![BTreeMap::new(); n];
-                for name in &p.attacks {
-                    if (name == "surrogate" && def.surrogate.is_none()) || alive.is_empty() {
-                        continue;
-                    }
-                    let t = Instant::now();
-                    let before = alive.clone();
-                    alive = attack(
-                        &ctx, name, def, norm, eps, &x, &y, &before, p.steps, p.restarts, seed,
-                        false,
-                    )?;
-                    let per = t.elapsed().as_secs_f64() / n as f64;
-                    for &k in &before {
-                        correct[k].insert(name.clone(), alive.contains(&k));
-                    }
-                    // The attack's time spread over every image of the chunk, so the
-                    // records add up to the compute spent (and a row's mean is
-                    // seconds per image of the row).
-                    for sk in seconds.iter_mut() {
-                        sk.insert(name.clone(), per);
-                    }
-                }
-                let recs: Vec<Record> = (0..n)
-                    .map(|k| Record {
-                        fingerprint: store.fingerprint().to_string(),
-                        index: chunk[k],
-                        defence: def.name.clone(),
-                        norm: nn.into(),
-                        eps,
-                        clean_correct: clean_correct[k],
-                        correct: std::mem::take(&mut correct[k]),
-                        grad_norm: grad_norm[k],
-                        seconds: std::mem::take(&mut seconds[k]),
-                    })
-                    .collect();
-                store.append(recs)?;
-                done_count += n;
-                let same: Vec<&Record> = store
-                    .records
-                    .iter()
-                    .filter(|r| {
-                        in_range(r) && r.defence == def.name && r.norm == nn && r.eps == eps
-                    })
-                    .collect();
-                let robust = same.iter().filter(|r| r.robust()).count();
-                obs.progress(
-                    done_count,
-                    total,
-                    &format!(
-                        "{} {nn} {eps}: robust {robust}/{} ({:.1} %)",
-                        def.name,
-                        same.len(),
-                        100.0 * robust as f64 / same.len().max(1) as f64
-                    ),
-                );
             }
         }
+    }
+    let fingerprint = store.fingerprint().to_string();
+    let run_job = |chunk: &[usize],
+                   def: &Defence<'_>,
+                   norm: AttackNorm,
+                   eps: f32|
+     -> Result<Vec<Record>, EvalError> {
+        let nn = norm.name();
+        let n = chunk.len();
+        let (x, y) = images(data, chunk);
+        let seed = chunk[0] as u64;
+        let clean = def.judge.predict(&x)?;
+        let clean_correct: Vec<bool> = clean.iter().zip(&y).map(|(a, b)| a == b).collect();
+        let mut alive: Vec<usize> = (0..n).filter(|&k| clean_correct[k]).collect();
+        let mut grad_norm: Vec<Option<f32>> = vec![None; n];
+        if def.purifier.is_some() && !alive.is_empty() {
+            let out = def.full.evaluate(
+                &gather_rows(&x, d, &alive),
+                &alive.iter().map(|&k| y[k]).collect::<Vec<_>>(),
+                // The margin does not saturate on confident examples the way
+                // cross-entropy does, so its gradient norm says more.
+                AttackLoss::Margin,
+            );
+            for (j, &k) in alive.iter().enumerate() {
+                let g = &out.grad[j * d..(j + 1) * d];
+                grad_norm[k] = Some(g.iter().map(|v| v * v).sum::<f32>().sqrt());
+            }
+        }
+        let mut correct: Vec<BTreeMap<String, bool>> = vec![BTreeMap::new(); n];
+        let mut seconds: Vec<BTreeMap<String, f64>> = vec![BTreeMap::new(); n];
+        for name in &p.attacks {
+            if (name == "surrogate" && def.surrogate.is_none()) || alive.is_empty() {
+                continue;
+            }
+            let t = Instant::now();
+            let before = alive.clone();
+            alive = attack(
+                &ctx, name, def, norm, eps, &x, &y, &before, p.steps, p.restarts, seed, false,
+            )?;
+            let per = t.elapsed().as_secs_f64() / n as f64;
+            for &k in &before {
+                correct[k].insert(name.clone(), alive.contains(&k));
+            }
+            // The attack's time spread over every image of the chunk, so the
+            // records add up to the compute spent (and a row's mean is
+            // seconds per image of the row).
+            for sk in seconds.iter_mut() {
+                sk.insert(name.clone(), per);
+            }
+        }
+        let recs: Vec<Record> = (0..n)
+            .map(|k| Record {
+                fingerprint: fingerprint.clone(),
+                index: chunk[k],
+                defence: def.name.clone(),
+                norm: nn.into(),
+                eps,
+                clean_correct: clean_correct[k],
+                correct: std::mem::take(&mut correct[k]),
+                grad_norm: grad_norm[k],
+                seconds: std::mem::take(&mut seconds[k]),
+            })
+            .collect();
+        Ok(recs)
+    };
+    let mut record_job = |recs: Vec<Record>| -> Result<(), EvalError> {
+        let Some(first) = recs.first() else {
+            return Ok(());
+        };
+        let (name, nn, eps) = (first.defence.clone(), first.norm.clone(), first.eps);
+        done_count += recs.len();
+        store.append(recs)?;
+        let same: Vec<&Record> = store
+            .records
+            .iter()
+            .filter(|r| in_range(r) && r.defence == name && r.norm == nn && r.eps == eps)
+            .collect();
+        let robust = same.iter().filter(|r| r.robust()).count();
+        obs.progress(
+            done_count,
+            total,
+            &format!(
+                "{name} {nn} {eps}: robust {robust}/{} ({:.1} %)",
+                same.len(),
+                100.0 * robust as f64 / same.len().max(1) as f64
+            ),
+        );
+        Ok(())
+    };
+    let threads = opts.threads().clamp(1, jobs.len().max(1));
+    if threads == 1 {
+        for (chunk, def, norm, eps) in &jobs {
+            record_job(run_job(chunk, def, *norm, *eps)?)?;
+        }
+    } else {
+        // Workers take the jobs in order; the records are appended as jobs finish
+        // (a stopped run resumes from any set of finished jobs). The threads are
+        // here, so the deployed system's verdicts run on each worker's own thread.
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        std::thread::scope(|s| -> Result<(), EvalError> {
+            let (tx, rx) = std::sync::mpsc::channel();
+            for _ in 0..threads {
+                let tx = tx.clone();
+                let (jobs, next, failed, run_job) = (&jobs, &next, &failed, &run_job);
+                s.spawn(move || {
+                    deployed::single_threaded(|| {
+                        while !failed.load(Relaxed) {
+                            let Some((chunk, def, norm, eps)) =
+                                jobs.get(next.fetch_add(1, Relaxed))
+                            else {
+                                break;
+                            };
+                            let r = run_job(chunk, def, *norm, *eps);
+                            failed.fetch_or(r.is_err(), Relaxed);
+                            if tx.send(r).is_err() {
+                                break;
+                            }
+                        }
+                    })
+                });
+            }
+            drop(tx);
+            for r in rx {
+                if let Err(e) = r.and_then(&mut record_job) {
+                    // The workers stop after their current job.
+                    failed.store(true, Relaxed);
+                    return Err(e);
+                }
+            }
+            Ok(())
+        })?;
     }
     // Convergence checks on each norm's largest ε: new random starts (always when
     // `restart_check`), twice the steps (with `convergence_check`).
@@ -724,9 +791,7 @@ pub fn run(
                 let chunks: Vec<&[usize]> = todo.chunks(p.batch).collect();
                 let next = std::sync::atomic::AtomicUsize::new(0);
                 let failed = std::sync::atomic::AtomicBool::new(false);
-                let threads = std::thread::available_parallelism()
-                    .map_or(1, |n| n.get())
-                    .clamp(1, chunks.len());
+                let threads = opts.threads().clamp(1, chunks.len());
                 let check_chunk = |chunk: &[usize]| -> Result<Vec<usize>, EvalError> {
                     let (x, y) = images(data, chunk);
                     let seed = chunk[0] as u64 + seed_offset;
@@ -762,15 +827,25 @@ pub fn run(
                             (&chunks, &next, &failed, &check_chunk);
                         s.spawn(move || {
                             use std::sync::atomic::Ordering::Relaxed;
-                            while !failed.load(Relaxed) {
-                                let Some(&chunk) = chunks.get(next.fetch_add(1, Relaxed)) else {
-                                    break;
-                                };
-                                let r = check_chunk(chunk);
-                                failed.fetch_or(r.is_err(), Relaxed);
-                                if tx.send((chunk, r)).is_err() {
-                                    break;
+                            let work = || {
+                                while !failed.load(Relaxed) {
+                                    let Some(&chunk) = chunks.get(next.fetch_add(1, Relaxed))
+                                    else {
+                                        break;
+                                    };
+                                    let r = check_chunk(chunk);
+                                    failed.fetch_or(r.is_err(), Relaxed);
+                                    if tx.send((chunk, r)).is_err() {
+                                        break;
+                                    }
                                 }
+                            };
+                            // One thread per worker; a single worker keeps the
+                            // verdicts' own threads.
+                            if threads > 1 {
+                                deployed::single_threaded(work)
+                            } else {
+                                work()
                             }
                         });
                     }

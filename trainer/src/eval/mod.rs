@@ -21,7 +21,7 @@
 //!     linf_eps = [0.3]\ndefences = [\"ere\"]")?.resolved(None, None)?;
 //! let data = eval::load_split(std::path::Path::new("data/mnist"), &protocol)?;
 //! let opts = EvalOptions { out: "runs/eval".into(), fresh: false, commit: "unknown".into(),
-//!     data_name: "mnist".into(), purifier: model.purifier_config() };
+//!     data_name: "mnist".into(), purifier: model.purifier_config(), threads: None };
 //! let report = eval::run(&bytes, &data, &protocol, &opts, &eval::SilentObserver)?;
 //! println!("{}", report.markdown);
 //! # Ok(()) }
@@ -103,6 +103,18 @@ pub struct EvalOptions {
     pub data_name: String,
     /// The purifier settings of the defended system (the model's own, or overrides).
     pub purifier: pursamere_core::PurifierConfig,
+    /// Worker threads (`None`: one per CPU the process may use). The records do
+    /// not depend on it: every job's images and seeds are fixed by its image block.
+    pub threads: Option<usize>,
+}
+
+impl EvalOptions {
+    /// The number of worker threads to use (at least one).
+    pub fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
 }
 
 /// Where the engine reports progress.
