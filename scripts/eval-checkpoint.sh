@@ -9,10 +9,18 @@
 #
 #   scripts/eval-checkpoint.sh save runs/eval-robust-purifier
 #   scripts/eval-checkpoint.sh restore eval-robust-purifier
+#
+# `merge INTO FROM` adds the records of run directory FROM to INTO when both hold the
+# same settings (the same settings.json: one fingerprint) and no record of FROM is
+# already in INTO — for a run that was split into `--start`/`--count` ranges on
+# several processes or machines; `pursamere eval` on INTO with the whole range then
+# resumes from all of them. FROM is left as it was.
+#
+#   scripts/eval-checkpoint.sh merge runs/eval-fashion-robust-purifier-a runs/eval-fashion-robust-purifier-b
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-usage() { echo "usage: $0 save RUN_DIR | restore NAME" >&2; exit 2; }
-[ $# -eq 2 ] || usage
+usage() { echo "usage: $0 save RUN_DIR | restore NAME | merge INTO_DIR FROM_DIR" >&2; exit 2; }
+[ $# -ge 2 ] || usage
 case "$1" in
   save)
     src="$2"; name="$(basename "$src")"; dst="$root/docs/eval/checkpoints/$name"
@@ -41,6 +49,45 @@ case "$1" in
     mkdir -p "$dst"
     cp "$src"/* "$dst"/
     echo "restored $src into $dst"
+    ;;
+  merge)
+    [ $# -eq 3 ] || usage
+    into="$2"; from="$3"
+    for d in "$into" "$from"; do
+      [ -f "$d/settings.json" ] || { echo "$d has no settings.json: not an evaluation directory" >&2; exit 1; }
+    done
+    cmp -s "$into/settings.json" "$from/settings.json" || {
+      echo "$into and $from were run with different settings: not merged" >&2; exit 1; }
+    python3 - "$into" "$from" <<'PY'
+import json, os, sys
+into, frm = sys.argv[1], sys.argv[2]
+def whole_lines(path):
+    # A run being written may end in a partial line: whole lines only.
+    if not os.path.exists(path):
+        return []
+    text = open(path).read()
+    lines = text.split("\n")
+    return [l for l in lines[:-1] if l.strip()]
+keys = {"results.jsonl": ("index", "defence", "norm", "eps"),
+        "checks.jsonl": ("check", "index", "defence", "norm", "eps")}
+added = {}
+for f, k in keys.items():
+    have = {tuple(json.loads(l).get(x) for x in k) for l in whole_lines(os.path.join(into, f))}
+    new = whole_lines(os.path.join(frm, f))
+    clash = [l for l in new if tuple(json.loads(l).get(x) for x in k) in have]
+    if clash:
+        sys.exit(f"{frm}/{f}: {len(clash)} records are already in {into} (e.g. {clash[0][:120]}): not merged")
+    added[f] = new
+for f, new in added.items():
+    path = os.path.join(into, f)
+    old = open(path).read() if os.path.exists(path) else ""
+    if old and not old.endswith("\n"):
+        old = old[: old.rfind("\n") + 1]
+    with open(path + ".tmp", "w") as out:
+        out.write(old + "".join(l + "\n" for l in new))
+    os.replace(path + ".tmp", path)
+print(f"merged {len(added['results.jsonl'])} records and {len(added['checks.jsonl'])} check records of {frm} into {into}")
+PY
     ;;
   *) usage ;;
 esac
