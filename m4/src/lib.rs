@@ -894,9 +894,8 @@ fn int8_conv(layer: &Int8Conv2d<'_>, x: &[f32], y: &mut [f32], relu: bool) -> bo
         }
     };
     // Positions two at a time on the two-position path, else one at a time.
-    let patch1 = patch1.filter(|_| pairs > 0);
+    let mut patch1 = patch1.filter(|_| pairs > 0);
     let step = if patch1.is_some() { 2 } else { 1 };
-    let mut patch1 = patch1;
     for pos in (0..out_plane).step_by(step) {
         build_patch(&qbuf, cin, patch0, &geometry, pos);
         let second = match patch1.as_deref_mut() {
