@@ -766,7 +766,7 @@ pub fn run(
                     })
                     .map(|c| c.index)
                     .collect();
-                let todo: Vec<usize> = store
+                let mut todo: Vec<usize> = store
                     .records
                     .iter()
                     .filter(|r| {
@@ -779,6 +779,10 @@ pub fn run(
                     })
                     .map(|r| r.index)
                     .collect();
+                // In image order, not the order the main pass's jobs finished in
+                // (with worker threads, completion order): the chunks, and so their
+                // seeds, must not depend on timing.
+                todo.sort_unstable();
                 if todo.is_empty() {
                     continue;
                 }
@@ -786,8 +790,7 @@ pub fn run(
                 let mut broken_total = 0;
                 // Chunks on every thread: a chunk's seed is its first image's, so the
                 // verdicts do not depend on which thread ran it or when (the records
-                // arrive in completion order; they are keyed by image). The main pass
-                // stays in image order, so that a stopped run has whole images.
+                // arrive in completion order; they are keyed by image).
                 let chunks: Vec<&[usize]> = todo.chunks(p.batch).collect();
                 let next = std::sync::atomic::AtomicUsize::new(0);
                 let failed = std::sync::atomic::AtomicBool::new(false);
