@@ -185,7 +185,7 @@ pub fn parallel_ranges<T: Send>(
     n: usize,
     f: impl Fn(std::ops::Range<usize>) -> Result<Vec<T>> + Sync,
 ) -> Result<Vec<T>> {
-    deployed::parallel_ranges(n, f)
+    pursamere_trainer::eval::workers::parallel_ranges(n, f)
 }
 
 /// Purifies and classifies every image of `x` (row-major) with the core on all

@@ -9,6 +9,8 @@
 use pursamere_accel::{Accel, AlignedF32};
 use pursamere_core::{Error as CoreError, Model, PurifierConfig};
 
+use super::workers::parallel_ranges;
+
 /// Length of the scratch for the fastest host path of `purify` with `cfg` (all
 /// noise samples batched) that also serves `classify`, `denoise`.
 pub fn fast_scratch_len(model: &Model<'_>, cfg: &PurifierConfig) -> usize {
@@ -16,53 +18,6 @@ pub fn fast_scratch_len(model: &Model<'_>, cfg: &PurifierConfig) -> usize {
         .purify_scratch_len_batched(cfg, cfg.noise_samples as usize)
         .max(model.classify_scratch_len())
         .max(model.denoise_scratch_len())
-}
-
-std::thread_local! {
-    /// Set on the evaluation's own worker threads, which already use every CPU:
-    /// the verdicts they ask for then run on the calling thread.
-    static SINGLE_THREADED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `f` with [`parallel_ranges`] confined to the calling thread (for a worker
-/// of a pool that already has a thread per CPU).
-pub fn single_threaded<R>(f: impl FnOnce() -> R) -> R {
-    let before = SINGLE_THREADED.with(|c| c.replace(true));
-    let r = f();
-    SINGLE_THREADED.with(|c| c.set(before));
-    r
-}
-
-/// Runs `f` over `0..n` split into one contiguous range per CPU thread (one range
-/// inside [`single_threaded`]) and concatenates the results in order. A panicking
-/// worker is re-raised.
-pub fn parallel_ranges<T: Send, E: Send>(
-    n: usize,
-    f: impl Fn(std::ops::Range<usize>) -> Result<Vec<T>, E> + Sync,
-) -> Result<Vec<T>, E> {
-    let threads = if SINGLE_THREADED.with(|c| c.get()) {
-        1
-    } else {
-        std::thread::available_parallelism().map_or(1, |t| t.get())
-    }
-    .clamp(1, n.max(1));
-    let per = n.div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let f = &f;
-                s.spawn(move || f(t * per..((t + 1) * per).min(n)))
-            })
-            .collect();
-        let mut out = Vec::with_capacity(n);
-        for h in handles {
-            match h.join() {
-                Ok(r) => out.extend(r?),
-                Err(p) => std::panic::resume_unwind(p),
-            }
-        }
-        Ok(out)
-    })
 }
 
 /// Purifies and classifies every image of `x` (row-major) with the core on all

@@ -7,10 +7,10 @@ use std::time::Instant;
 use pursamere_core::{Layer, Model, PurifierConfig, StepRule};
 use serde_json::{json, Value};
 
-use super::deployed;
 use super::protocol::Protocol;
 use super::report::{self, Report};
 use super::results::{sha256_hex, CheckRecord, Record, ResultsDir};
+use super::{deployed, workers};
 use super::{EvalError, EvalOptions, Observer};
 use crate::attack::{
     apgd, fab_t, gather_rows, pgd, square, ApgdConfig, AttackLoss, AttackNorm, ClassifierOracle,
@@ -682,51 +682,14 @@ pub fn run(
         );
         Ok(())
     };
-    let threads = opts.threads().clamp(1, jobs.len().max(1));
-    if threads == 1 {
-        for (chunk, def, norm, eps) in &jobs {
-            record_job(run_job(chunk, def, *norm, *eps)?)?;
-        }
-    } else {
-        // Workers take the jobs in order; the records are appended as jobs finish
-        // (a stopped run resumes from any set of finished jobs). The threads are
-        // here, so the deployed system's verdicts run on each worker's own thread.
-        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-        let next = AtomicUsize::new(0);
-        let failed = AtomicBool::new(false);
-        std::thread::scope(|s| -> Result<(), EvalError> {
-            let (tx, rx) = std::sync::mpsc::channel();
-            for _ in 0..threads {
-                let tx = tx.clone();
-                let (jobs, next, failed, run_job) = (&jobs, &next, &failed, &run_job);
-                s.spawn(move || {
-                    deployed::single_threaded(|| {
-                        while !failed.load(Relaxed) {
-                            let Some((chunk, def, norm, eps)) =
-                                jobs.get(next.fetch_add(1, Relaxed))
-                            else {
-                                break;
-                            };
-                            let r = run_job(chunk, def, *norm, *eps);
-                            failed.fetch_or(r.is_err(), Relaxed);
-                            if tx.send(r).is_err() {
-                                break;
-                            }
-                        }
-                    })
-                });
-            }
-            drop(tx);
-            for r in rx {
-                if let Err(e) = r.and_then(&mut record_job) {
-                    // The workers stop after their current job.
-                    failed.store(true, Relaxed);
-                    return Err(e);
-                }
-            }
-            Ok(())
-        })?;
-    }
+    // Workers take the jobs in order; the records are appended as jobs finish (a
+    // stopped run resumes from any set of finished jobs).
+    workers::run_on_workers(
+        opts.threads(),
+        &jobs,
+        |(chunk, def, norm, eps)| run_job(chunk, def, *norm, *eps),
+        |_, recs| record_job(recs),
+    )?;
     // Convergence checks on each norm's largest ε: new random starts (always when
     // `restart_check`), twice the steps (with `convergence_check`).
     let gradient_attacks: Vec<&String> = p
@@ -792,9 +755,6 @@ pub fn run(
                 // verdicts do not depend on which thread ran it or when (the records
                 // arrive in completion order; they are keyed by image).
                 let chunks: Vec<&[usize]> = todo.chunks(p.batch).collect();
-                let next = std::sync::atomic::AtomicUsize::new(0);
-                let failed = std::sync::atomic::AtomicBool::new(false);
-                let threads = opts.threads().clamp(1, chunks.len());
                 let check_chunk = |chunk: &[usize]| -> Result<Vec<usize>, EvalError> {
                     let (x, y) = images(data, chunk);
                     let seed = chunk[0] as u64 + seed_offset;
@@ -822,61 +782,26 @@ pub fn run(
                     }
                     Ok(alive)
                 };
-                std::thread::scope(|s| -> Result<(), EvalError> {
-                    let (tx, rx) = std::sync::mpsc::channel();
-                    for _ in 0..threads {
-                        let tx = tx.clone();
-                        let (chunks, next, failed, check_chunk) =
-                            (&chunks, &next, &failed, &check_chunk);
-                        s.spawn(move || {
-                            use std::sync::atomic::Ordering::Relaxed;
-                            let work = || {
-                                while !failed.load(Relaxed) {
-                                    let Some(&chunk) = chunks.get(next.fetch_add(1, Relaxed))
-                                    else {
-                                        break;
-                                    };
-                                    let r = check_chunk(chunk);
-                                    failed.fetch_or(r.is_err(), Relaxed);
-                                    if tx.send((chunk, r)).is_err() {
-                                        break;
-                                    }
-                                }
-                            };
-                            // One thread per worker; a single worker keeps the
-                            // verdicts' own threads.
-                            if threads > 1 {
-                                deployed::single_threaded(work)
-                            } else {
-                                work()
-                            }
-                        });
-                    }
-                    drop(tx);
-                    for (chunk, alive) in rx {
-                        let appended = alive.and_then(|alive| {
-                            broken_total += chunk.len() - alive.len();
-                            let recs = (0..chunk.len())
-                                .map(|k| CheckRecord {
-                                    fingerprint: store.fingerprint().to_string(),
-                                    check: check.into(),
-                                    index: chunk[k],
-                                    defence: def.name.clone(),
-                                    norm: nn.into(),
-                                    eps,
-                                    broken: !alive.contains(&k),
-                                })
-                                .collect();
-                            store.append_checks(recs)
-                        });
-                        if let Err(e) = appended {
-                            // The workers stop after their current chunk.
-                            failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                            return Err(e);
-                        }
-                    }
-                    Ok(())
-                })?;
+                workers::run_on_workers(
+                    opts.threads(),
+                    &chunks,
+                    |chunk| check_chunk(chunk),
+                    |chunk, alive| {
+                        broken_total += chunk.len() - alive.len();
+                        let recs = (0..chunk.len())
+                            .map(|k| CheckRecord {
+                                fingerprint: store.fingerprint().to_string(),
+                                check: check.into(),
+                                index: chunk[k],
+                                defence: def.name.clone(),
+                                norm: nn.into(),
+                                eps,
+                                broken: !alive.contains(&k),
+                            })
+                            .collect();
+                        store.append_checks(recs)
+                    },
+                )?;
                 obs.note(&format!(
                     "{check} check {} {nn} {eps}: {broken_total} of {} survivors broken ({:.0} s)",
                     def.name,

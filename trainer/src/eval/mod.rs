@@ -34,6 +34,7 @@ pub mod protocol;
 mod report;
 pub mod results;
 pub mod summary;
+pub mod workers;
 
 use std::path::{Path, PathBuf};
 
@@ -111,9 +112,7 @@ pub struct EvalOptions {
 impl EvalOptions {
     /// The number of worker threads to use (at least one).
     pub fn threads(&self) -> usize {
-        self.threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .max(1)
+        self.threads.unwrap_or_else(workers::cpu_threads).max(1)
     }
 }
 
