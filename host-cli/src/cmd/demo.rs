@@ -153,7 +153,7 @@ pub fn run(a: DemoArgs) -> Result<i32> {
     let (_, clean_lab) = core_purify_classify(&model, &cfg, &x)?;
     let (adv_px, adv_lab) = core_purify_classify(&model, &cfg, &adv)?;
     let purify_secs = t.elapsed().as_secs_f64();
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let threads = pursamere_trainer::eval::workers::cpu_threads();
     let ms_per_image = 1e3 * purify_secs / (2 * n) as f64;
 
     let names: Vec<String> = model

@@ -99,10 +99,11 @@ pub fn run_on_workers<J: Sync, R: Send, E: Send>(
     let failed = AtomicBool::new(false);
     std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::channel();
+        let mut handles = Vec::with_capacity(threads);
         for _ in 0..threads {
             let tx = tx.clone();
             let (next, failed, run) = (&next, &failed, &run);
-            s.spawn(move || {
+            handles.push(s.spawn(move || {
                 let _stop = StopOnPanic(failed);
                 single_threaded(|| {
                     while !failed.load(Relaxed) {
@@ -116,7 +117,7 @@ pub fn run_on_workers<J: Sync, R: Send, E: Send>(
                         }
                     }
                 })
-            });
+            }));
         }
         drop(tx);
         for (job, r) in rx {
@@ -124,6 +125,13 @@ pub fn run_on_workers<J: Sync, R: Send, E: Send>(
                 // The workers stop after their current job.
                 failed.store(true, Relaxed);
                 return Err(e);
+            }
+        }
+        // Joined here, a worker's panic is re-raised with its own message (the
+        // scope would raise "a scoped thread panicked" instead).
+        for h in handles {
+            if let Err(panic) = h.join() {
+                std::panic::resume_unwind(panic);
             }
         }
         Ok(())
@@ -150,6 +158,10 @@ mod tests {
                 },
             )
             .unwrap();
+            if threads == 1 {
+                // One thread: job order, on the calling thread.
+                assert!(got.windows(2).all(|w| w[0].0 < w[1].0));
+            }
             got.sort_unstable();
             assert_eq!(got, (0..37).map(|j| (j, j * j)).collect::<Vec<_>>());
         }
@@ -218,7 +230,8 @@ mod tests {
                 |_, ()| Ok(()),
             )
         }));
-        assert!(r.is_err());
+        let message = r.expect_err("the panic is re-raised");
+        assert_eq!(message.downcast_ref::<&str>(), Some(&"job 5 panics"));
         assert!(
             ran.load(Relaxed) < jobs.len() / 2,
             "ran {}",
