@@ -11,10 +11,11 @@
 #   scripts/eval-checkpoint.sh restore eval-robust-purifier
 #
 # `merge INTO FROM` adds the records of run directory FROM to INTO when both hold the
-# same settings (the same settings.json: one fingerprint) and no record of FROM is
-# already in INTO — for a run that was split into `--start`/`--count` ranges on
-# several processes or machines; `pursamere eval` on INTO with the whole range then
-# resumes from all of them. FROM is left as it was.
+# same settings (the same settings.json: one fingerprint), no record of FROM is
+# already in INTO and no evaluation is writing to INTO (it holds INTO/eval.lock) —
+# for a run that was split into `--start`/`--count` ranges on several processes or
+# machines; `pursamere eval` on INTO with the whole range then resumes from all of
+# them. FROM is left as it was.
 #
 #   scripts/eval-checkpoint.sh merge runs/eval-fashion-robust-purifier-a runs/eval-fashion-robust-purifier-b
 set -euo pipefail
@@ -58,6 +59,11 @@ case "$1" in
     done
     cmp -s "$into/settings.json" "$from/settings.json" || {
       echo "$into and $from were run with different settings: not merged" >&2; exit 1; }
+    # The lock `pursamere eval` holds while it writes to a directory
+    # (trainer/src/eval/results.rs, LOCK_FILE): no merge into a running evaluation,
+    # and no evaluation starts on INTO while the merge rewrites its files.
+    exec 9>>"$into/eval.lock"
+    flock -n 9 || { echo "$into is in use: an evaluation is writing to it (it holds $into/eval.lock); not merged" >&2; exit 1; }
     python3 - "$into" "$from" <<'PY'
 import json, os, sys
 into, frm = sys.argv[1], sys.argv[2]

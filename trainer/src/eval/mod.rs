@@ -89,6 +89,18 @@ pub enum EvalError {
     /// Drawing the plot failed.
     #[error("plot: {0}")]
     Plot(String),
+    /// Another evaluation (or `scripts/eval-checkpoint.sh merge`) is writing to the
+    /// output directory.
+    #[error(
+        "{} is in use: another evaluation is writing to it (it holds {}); wait for it \
+         to finish, or use another --out directory",
+        dir.display(),
+        dir.join(results::LOCK_FILE).display()
+    )]
+    InUse {
+        /// The directory.
+        dir: PathBuf,
+    },
 }
 
 /// Everything besides the protocol and the data that decides a run.

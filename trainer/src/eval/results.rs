@@ -27,6 +27,12 @@ pub const OWNED_FILES: [&str; 7] = [
     "settings.json.tmp",
 ];
 
+/// The file an evaluation holds an exclusive lock on while it writes to its
+/// directory (an advisory `flock`, released when the process ends however it
+/// ends): a second evaluation on the same directory would append the same records
+/// twice, interleaved. `scripts/eval-checkpoint.sh merge` takes it too.
+pub const LOCK_FILE: &str = "eval.lock";
+
 /// SHA-256 of `bytes`, lower-case hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
@@ -101,6 +107,8 @@ pub struct ResultsDir {
     pub checks: Vec<CheckRecord>,
     sink: std::fs::File,
     check_sink: std::fs::File,
+    /// Held (locked) for as long as the directory is open.
+    _lock: std::fs::File,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
@@ -165,6 +173,24 @@ impl ResultsDir {
     /// records were made with other settings.
     pub fn open(dir: &Path, settings: &Value, fresh: bool) -> Result<Self, EvalError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        // Before anything is read or removed: `fresh` must not delete the files of a
+        // run that is still writing them.
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(EvalError::InUse {
+                    dir: dir.to_path_buf(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        }
         if fresh {
             for f in OWNED_FILES {
                 let p = dir.join(f);
@@ -284,6 +310,7 @@ impl ResultsDir {
             checks: check_records,
             sink,
             check_sink,
+            _lock: lock,
         })
     }
 
@@ -344,6 +371,29 @@ mod tests {
             grad_norm: None,
             seconds: BTreeMap::new(),
         }
+    }
+
+    /// Two evaluations never write to one directory at once: the second is refused
+    /// (even with `fresh`, which would delete the first one's records), and may
+    /// open it once the first has closed it.
+    #[test]
+    fn a_directory_in_use_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = serde_json::json!({"x": 1});
+        let mut first = ResultsDir::open(dir.path(), &settings, false).unwrap();
+        let fp = first.fingerprint().to_owned();
+        first.append(vec![record(&fp, 0)]).unwrap();
+        for fresh in [false, true] {
+            let err = ResultsDir::open(dir.path(), &settings, fresh)
+                .err()
+                .expect("refused while in use");
+            assert!(matches!(err, EvalError::InUse { .. }), "{err}");
+            assert!(err.to_string().contains("eval.lock"), "{err}");
+        }
+        assert!(dir.path().join("results.jsonl").exists());
+        drop(first);
+        let again = ResultsDir::open(dir.path(), &settings, false).unwrap();
+        assert_eq!(again.records.len(), 1);
     }
 
     /// A run killed in the middle of writing a line resumes, and so does every
