@@ -83,6 +83,8 @@ pub fn parse_log(text: &str) -> Result<Log> {
     let mut closing = Closing::Missing;
     let mut model = None;
     let mut config = None;
+    // A capture stopped mid-line ends without a newline: its last line is cut off.
+    let cut_line = (!text.is_empty() && !text.ends_with('\n')).then(|| text.lines().count());
     for (n, line) in text.lines().enumerate() {
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.first() == Some(&"model") && f.get(1) == Some(&"bytes") {
@@ -134,11 +136,19 @@ pub fn parse_log(text: &str) -> Result<Log> {
             continue;
         }
         let bad = || {
-            anyhow::anyhow!(
-                "line {}: `{line}` is not `image <i> label <l> purified <p> crc32 <hex> logits <hex>` \
-                 (a firmware from before the logits digest: rebuild it)",
-                n + 1
-            )
+            if cut_line == Some(n + 1) {
+                anyhow::anyhow!(
+                    "line {}: `{line}` is cut off: the log ends in the middle of an image line \
+                     (the capture stopped before the firmware finished)",
+                    n + 1
+                )
+            } else {
+                anyhow::anyhow!(
+                    "line {}: `{line}` is not `image <i> label <l> purified <p> crc32 <hex> logits <hex>` \
+                     (a firmware from before the logits digest: rebuild it)",
+                    n + 1
+                )
+            }
         };
         if f.len() != 10
             || f[2] != "label"
@@ -182,22 +192,26 @@ pub fn incompleteness(log: &Log) -> Vec<String> {
             log.lines.len()
         }
     };
-    let mut count = vec![0usize; n];
-    let mut extra = Vec::new();
+    // By index, not a vector of `n` counters: `n` is whatever the log's closing
+    // line says, and a corrupt one may say 2^62.
+    let mut count: std::collections::BTreeMap<usize, usize> = Default::default();
     for l in &log.lines {
-        match count.get_mut(l.index) {
-            Some(c) => *c += 1,
-            None => extra.push(l.index),
-        }
+        *count.entry(l.index).or_default() += 1;
     }
-    let missing: Vec<String> = (0..n)
-        .filter(|&i| count[i] == 0)
-        .map(|i| i.to_string())
-        .collect();
-    let twice: Vec<String> = (0..n)
-        .filter(|&i| count[i] > 1)
-        .map(|i| i.to_string())
-        .collect();
+    let extra: Vec<usize> = count.range(n..).map(|(&i, _)| i).collect();
+    let seen = count.range(..n).count();
+    let missing = listed(
+        (0..n).filter(|i| !count.contains_key(i)).take(LISTED + 1),
+        n - seen,
+    );
+    let twice = listed(
+        count
+            .iter()
+            .filter(|&(_, &c)| c > 1)
+            .map(|(&i, _)| i)
+            .take(LISTED + 1),
+        count.values().filter(|&&c| c > 1).count(),
+    );
     if matches!(log.closing, Closing::Ok(_)) && log.lines.len() != n {
         why.push(format!(
             "the firmware ran {n} images but the log has {} image lines",
@@ -208,26 +222,32 @@ pub fn incompleteness(log: &Log) -> Vec<String> {
         why.push("the log has no image lines".to_owned());
     }
     if !missing.is_empty() {
-        why.push(format!("images missing: {}", missing.join(", ")));
+        why.push(format!("images missing: {missing}"));
     }
     if !twice.is_empty() {
-        why.push(format!(
-            "images reported more than once: {}",
-            twice.join(", ")
-        ));
+        why.push(format!("images reported more than once: {twice}"));
     }
     if !extra.is_empty() && matches!(log.closing, Closing::Ok(_)) {
-        extra.sort_unstable();
+        let len = extra.len();
         why.push(format!(
             "image indices beyond the {n} the firmware ran: {}",
-            extra
-                .iter()
-                .map(usize::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
+            listed(extra.into_iter().take(LISTED + 1), len)
         ));
     }
     why
+}
+
+/// How many image indices a reason lists before it gives only the count.
+const LISTED: usize = 20;
+
+/// "3, 4, 7" — or "3, 4, 7, … (9 in all)" when `all` exceeds [`LISTED`]; empty
+/// when `all` is 0. `first` yields at most `LISTED + 1` indices.
+fn listed(first: impl Iterator<Item = usize>, all: usize) -> String {
+    let mut shown: Vec<String> = first.take(LISTED).map(|i| i.to_string()).collect();
+    if all > LISTED {
+        shown.push(format!("… ({all} in all)"));
+    }
+    shown.join(", ")
 }
 
 /// The CRC-32 a `.psm` file stores in its last four bytes (what the firmware
@@ -443,6 +463,51 @@ mod tests {
             labels: None,
             json: true,
         })
+    }
+
+    /// A corrupt closing count neither exhausts memory nor lists 2^62 indices.
+    #[test]
+    fn a_huge_closing_count_is_an_incomplete_log() {
+        let log = parse_log(
+            "image 0 label 7 purified 7 crc32 0 logits 0\n\
+             image 0 label 7 purified 7 crc32 0 logits 0\n\
+             done ok 4611686018427387904 images\n",
+        )
+        .unwrap();
+        let why = incompleteness(&log).join("; ");
+        assert!(
+            why.contains("images missing: 1, 2, 3")
+                && why.contains("… (4611686018427387903 in all)")
+                && why.contains("more than once: 0")
+                && !why.contains(", 22,"),
+            "{why}"
+        );
+        let log = parse_log(
+            "image 5 label 7 purified 7 crc32 0 logits 0\n\
+             image 9 label 7 purified 7 crc32 0 logits 0\n\
+             done ok 2 images\n",
+        )
+        .unwrap();
+        let why = incompleteness(&log).join("; ");
+        assert!(
+            why.contains("images missing: 0, 1")
+                && why.contains("beyond the 2 the firmware ran: 5, 9"),
+            "{why}"
+        );
+    }
+
+    /// A capture stopped in the middle of a line says so.
+    #[test]
+    fn a_cut_off_line_is_named() {
+        let full = "image 0 label 7 purified 7 crc32 0 logits 0\n";
+        let err = parse_log(&format!("{full}image 1 label 2 purif"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("cut off"), "{err}");
+        let err = parse_log(&format!("{full}image 1 label 2 purif\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rebuild"), "{err}");
     }
 
     #[test]
