@@ -359,17 +359,50 @@ pub fn dataset_from_idx_bytes(
 
 /// Encodes 8-bit grey pixels (`width × height`, row-major) as PNG bytes.
 pub fn encode_png_gray(width: usize, height: usize, pixels: &[u8]) -> Result<Vec<u8>, DataError> {
-    let err = |e: png::EncodingError| DataError::Image {
+    encode_png(1, width, height, pixels)
+}
+
+/// Encodes an 8-bit image stored channel-major, as the models take it
+/// (`channels × height × width`), as PNG bytes: grey for 1 channel, RGB for 3.
+pub fn encode_png(
+    channels: usize,
+    width: usize,
+    height: usize,
+    planar: &[u8],
+) -> Result<Vec<u8>, DataError> {
+    let bad = |why: String| DataError::Image {
         path: PathBuf::from("<png>"),
-        why: e.to_string(),
+        why,
     };
+    let color = match channels {
+        1 => png::ColorType::Grayscale,
+        3 => png::ColorType::Rgb,
+        c => {
+            return Err(bad(format!(
+                "a PNG holds 1 (grey) or 3 (RGB) channels, not {c}"
+            )))
+        }
+    };
+    let plane = width * height;
+    if planar.len() != channels * plane {
+        return Err(bad(format!(
+            "{} pixel values for a {channels} × {height} × {width} image",
+            planar.len()
+        )));
+    }
+    // PNG interleaves the channels of each pixel.
+    let pixels: Vec<u8> = (0..plane)
+        .flat_map(|i| (0..channels).map(move |c| c * plane + i))
+        .map(|k| planar.get(k).copied().unwrap_or(0))
+        .collect();
+    let err = |e: png::EncodingError| bad(e.to_string());
     let mut out = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut out, width as u32, height as u32);
-        enc.set_color(png::ColorType::Grayscale);
+        enc.set_color(color);
         enc.set_depth(png::BitDepth::Eight);
         let mut w = enc.write_header().map_err(err)?;
-        w.write_image_data(pixels).map_err(err)?;
+        w.write_image_data(&pixels).map_err(err)?;
     }
     Ok(out)
 }
@@ -749,6 +782,15 @@ pub fn load_png_dir(dir: &Path, labels: &Path, classes: usize) -> Result<Dataset
 /// `{prefix}-labels-idx1-ubyte.gz`), readable by [`load_mnist_dir`] when `prefix` is
 /// `train` or `t10k`. Grey data only: an IDX image file has no channel axis.
 pub fn write_idx_gz(dir: &Path, prefix: &str, data: &Dataset) -> io::Result<()> {
+    for (name, bytes) in idx_gz_files(prefix, data)? {
+        std::fs::write(dir.join(name), bytes)?;
+    }
+    Ok(())
+}
+
+/// The two files [`write_idx_gz`] writes, as `(file name, gzipped bytes)`: images,
+/// then labels.
+pub fn idx_gz_files(prefix: &str, data: &Dataset) -> io::Result<[(String, Vec<u8>); 2]> {
     use std::io::Write;
     if data.channels != 1 {
         return Err(io::Error::new(
@@ -773,14 +815,10 @@ pub fn write_idx_gz(dir: &Path, prefix: &str, data: &Dataset) -> io::Result<()> 
     let mut labels = IDX_LABELS_MAGIC.to_be_bytes().to_vec();
     labels.extend_from_slice(&n.to_be_bytes());
     labels.extend_from_slice(&data.labels);
-    std::fs::write(
-        dir.join(format!("{prefix}-images-idx3-ubyte.gz")),
-        gz(&images)?,
-    )?;
-    std::fs::write(
-        dir.join(format!("{prefix}-labels-idx1-ubyte.gz")),
-        gz(&labels)?,
-    )
+    Ok([
+        (format!("{prefix}-images-idx3-ubyte.gz"), gz(&images)?),
+        (format!("{prefix}-labels-idx1-ubyte.gz"), gz(&labels)?),
+    ])
 }
 
 /// Bytes per CIFAR-10 record: one label byte, then 3 × 32 × 32 pixel bytes.

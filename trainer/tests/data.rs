@@ -337,3 +337,29 @@ fn a_directory_one_level_off_says_where_the_files_are() {
         "{e}"
     );
 }
+
+/// A colour image (channel-major, as the models hold it) is written as RGB, each
+/// pixel's channels interleaved; grey as grey; other channel counts are refused.
+#[test]
+fn png_encoding_interleaves_colour_channels() {
+    use pursamere_trainer::data::{encode_png, read_png_8bit};
+    let dir = tempfile::tempdir().unwrap();
+    // 3 × 1 × 2: red plane [10, 11], green [20, 21], blue [30, 31].
+    let planar = [10, 11, 20, 21, 30, 31];
+    let path = dir.path().join("rgb.png");
+    std::fs::write(&path, encode_png(3, 2, 1, &planar).unwrap()).unwrap();
+    assert_eq!(
+        read_png_8bit(&path).unwrap(),
+        (2, 1, 3, vec![10, 20, 30, 11, 21, 31])
+    );
+    let path = dir.path().join("grey.png");
+    std::fs::write(&path, encode_png(1, 3, 2, &planar).unwrap()).unwrap();
+    assert_eq!(read_png_8bit(&path).unwrap(), (3, 2, 1, planar.to_vec()));
+    let err = encode_png(2, 3, 1, &planar).unwrap_err().to_string();
+    assert!(err.contains("not 2"), "{err}");
+    let err = encode_png(3, 2, 2, &planar).unwrap_err().to_string();
+    assert!(
+        err.contains("6 pixel values for a 3 × 2 × 2 image"),
+        "{err}"
+    );
+}

@@ -217,7 +217,7 @@ pub fn run(a: DemoArgs) -> Result<i32> {
     };
     let png = draw_grid(&title, &columns, &y[..shown], &names)?;
     out.write(&picture, &png)?;
-    out.keep();
+    out.keep()?;
 
     if a.json {
         let images: Vec<_> = (0..n)

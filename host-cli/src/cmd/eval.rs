@@ -210,7 +210,7 @@ pub fn run(a: EvalArgs) -> Result<i32> {
         true,
     )?;
     let report = eval::run(&bytes, &data, &p, &opts, &progress)?;
-    out.keep();
+    out.keep()?;
     if let Some(b) = &progress.bar {
         b.finish_and_clear();
     }

@@ -234,7 +234,9 @@ pub fn run(a: ExportArgs) -> Result<i32> {
     for (name, net) in [("denoiser", &den), ("classifier", &cls.net)] {
         let inputs = net.layers.iter().find_map(|l| l.input_len()).unwrap_or(0);
         let c = inputs / pixels;
-        if inputs % pixels != 0 || c == 0 || channels.is_some_and(|k| k != c) {
+        // Images are grey (IDX, grey PNG) or RGB (CIFAR-10, colour PNG): any other
+        // count is a wrong --side read as channels (e.g. 12 × 16 × 16 for 3 × 32 × 32).
+        if inputs % pixels != 0 || !matches!(c, 1 | 3) || channels.is_some_and(|k| k != c) {
             anyhow::bail!(
                 "--side {} means {pixels} pixels per channel, but the {name} takes {inputs} values{}",
                 a.side,
@@ -283,7 +285,7 @@ pub fn run(a: ExportArgs) -> Result<i32> {
     )?;
     let (psm_path, st_path) = (out.join(MODEL_FILE), out.join(FLOAT_FILE));
     write_pair([(&psm_path, &psm), (&st_path, &st)])?;
-    out.keep();
+    out.keep()?;
     outln!("layer quantisation error (int8 per output row):")?;
     outln!(
         "{:<11} {:>5} {:>12} {:>12} {:>12}",

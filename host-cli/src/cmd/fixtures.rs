@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use pursamere_core::{Model, PurifierConfig, StepRule};
 use pursamere_trainer::attack::{pgd, ClassifierOracle, PgdConfig};
-use pursamere_trainer::data::{load_mnist_dir, write_idx_gz, Split};
+use pursamere_trainer::data::{idx_gz_files, load_mnist_dir, Split};
 use pursamere_trainer::export::QuantizedModel;
 use pursamere_trainer::model::FloatModel;
 use pursamere_trainer::safetensors_io::to_safetensors;
@@ -123,7 +123,32 @@ pub fn run(a: FixturesArgs) -> Result<i32> {
     }
     let den = load_checkpoint(&den_path)?;
     let cls = load_checkpoint(&a.run.join("classifier.ckpt"))?;
-    let out = super::OutDir::prepare(&a.out, "--out", &FIXTURE_FILES.map(String::from), a.force)?;
+    let mut out =
+        super::OutDir::prepare(&a.out, "--out", &FIXTURE_FILES.map(String::from), a.force)?;
+    // The fixtures are 28 × 28 grey MNIST: check both splits and the run before any
+    // work (and before anything is written).
+    let full = load_mnist_dir(&data, Split::Train)?;
+    let test = load_mnist_dir(&data, Split::Test)?;
+    for (split, d) in [("TRAIN", &full), ("TEST", &test)] {
+        if (d.channels, d.rows, d.cols) != (1, 28, 28) {
+            anyhow::bail!(
+                "--data {}: its {split} images are {} × {} × {}, not MNIST's 1 × 28 × 28",
+                data.display(),
+                d.channels,
+                d.rows,
+                d.cols
+            );
+        }
+    }
+    for (what, net) in [("denoiser", &den.net), ("classifier", &cls.net)] {
+        net.check(784).map_err(|e| {
+            anyhow::anyhow!(
+                "--run {}: its {what} does not take 28 × 28 grey images ({e}); `fixtures` \
+                 makes the MNIST fixtures — export another model with `pursamere export`",
+                a.run.display()
+            )
+        })?;
+    }
     let mut fm = FloatModel {
         dataset: "mnist".into(),
         input_shape: pursamere_core::InputShape {
@@ -137,9 +162,18 @@ pub fn run(a: FixturesArgs) -> Result<i32> {
         purifier: DEFAULT_PURIFIER,
     };
 
-    // Tuning data: the TRAIN hold-out (same split and seed as `pursamere train`).
-    let full = load_mnist_dir(&data, Split::Train)?;
-    let (_, val) = full.split_validation(5000, pursamere_trainer::data::HOLDOUT_SEED)?;
+    // Tuning data: the TRAIN hold-out (the split and seed of `pursamere train`'s
+    // default `--validation 5000`, which made the run).
+    let (_, val) = full
+        .split_validation(5000, pursamere_trainer::data::HOLDOUT_SEED)
+        .with_context(|| {
+            format!(
+                "--data {}: the tuning hold-out is TRAIN's seeded 5,000 (as `train` holds out), \
+                 and TRAIN has {} images",
+                data.display(),
+                full.len()
+            )
+        })?;
     let n = a.tune_images.min(val.len());
     let x: Vec<f32> = (0..n)
         .flat_map(|i| val.image_f32(i).unwrap_or_default())
@@ -184,13 +218,14 @@ pub fn run(a: FixturesArgs) -> Result<i32> {
     out.write(&out.join("mnist.psm"), &psm)?;
     out.write(&out.join("mnist.safetensors"), &to_safetensors(&fm)?)?;
 
-    let test = load_mnist_dir(&data, Split::Test)?;
     let idx: Vec<usize> = (0..SAMPLE_IMAGES.min(test.len())).collect();
     let sample = test.select(&idx);
-    let sample_dir = out.join("mnist-sample");
-    std::fs::create_dir_all(&sample_dir)?;
-    write_idx_gz(&sample_dir, "t10k", &sample)
-        .with_context(|| format!("writing {}", sample_dir.display()))?;
+    let sample_dir = out.subdir("mnist-sample")?;
+    for (name, bytes) in idx_gz_files("t10k", &sample)
+        .with_context(|| format!("writing {}", sample_dir.display()))?
+    {
+        out.write(&sample_dir.join(name), &bytes)?;
+    }
 
     let golden = golden_json(&psm, &sample)?;
     out.write(
@@ -203,7 +238,7 @@ pub fn run(a: FixturesArgs) -> Result<i32> {
         &out.join("sweep.json"),
         serde_json::to_string_pretty(&sweep)?.as_bytes(),
     )?;
-    out.keep();
+    out.keep()?;
     outln!(
         "wrote {}/mnist.psm ({} bytes), mnist.safetensors, mnist-sample/ ({} images), golden.json, sweep.json in {:.0} s",
         a.out.display(),

@@ -72,7 +72,14 @@ pub fn run(a: Int8Args) -> Result<i32> {
         );
     }
     let (train, holdout) = if a.validation > 0 {
-        full.split_validation(a.validation, HOLDOUT_SEED)?
+        full.split_validation(a.validation, HOLDOUT_SEED)
+            .with_context(|| {
+                format!(
+                    "--validation {}: the TRAIN split of --data has {} images (a smaller --validation, or 0 to skip the report)",
+                    a.validation,
+                    full.len()
+                )
+            })?
     } else {
         let empty = full.select(&[]);
         (full, empty)
@@ -86,7 +93,7 @@ pub fn run(a: Int8Args) -> Result<i32> {
     let converted = Model::parse(&out).context("the converted model does not read back")?;
     let path = out_dir.join(&name);
     out_dir.write(&path, &out)?;
-    out_dir.keep();
+    out_dir.keep()?;
     outln!(
         "wrote {} (format version 4): the classifier's dense and conv layers on int8 inputs, calibrated on {n} TRAIN images",
         path.display()

@@ -46,14 +46,17 @@ pub fn tmp_path(path: &Path) -> PathBuf {
 /// `--out DIR` and writes fixed, documented file names inside it; an existing file
 /// is overwritten only with `--force`.
 ///
-/// [`OutDir::prepare`] checks all of that before the command does its work; a folder
-/// it created is removed again (if still empty) unless [`OutDir::keep`] is called,
-/// so a failed command leaves nothing behind.
+/// [`OutDir::prepare`] checks all of that before the command does its work. Files
+/// are staged (`NAME.tmp`) by [`OutDir::write`] and renamed into place only by
+/// [`OutDir::keep`], when the command has succeeded: a command that fails leaves
+/// the folder as it found it — with `--force` too, the files it would have replaced
+/// stay — and removes the folders it created (if still empty).
 pub struct OutDir {
     dir: PathBuf,
-    created: bool,
+    /// The folders `prepare` created, deepest first.
+    created: Vec<PathBuf>,
     kept: bool,
-    written: std::cell::RefCell<Vec<PathBuf>>,
+    staged: std::cell::RefCell<Vec<PathBuf>>,
 }
 
 impl OutDir {
@@ -78,15 +81,20 @@ impl OutDir {
                 dir.with_extension("").display()
             );
         }
-        let created = !dir.exists();
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("{flag} {}: cannot create the folder", dir.display()))?;
+        let created: Vec<PathBuf> = dir
+            .ancestors()
+            .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+            .map(Path::to_path_buf)
+            .collect();
+        // Owned by the guard first, so that a failure below removes what was made.
         let guard = OutDir {
             dir: dir.to_owned(),
             created,
             kept: false,
-            written: std::cell::RefCell::new(Vec::new()),
+            staged: std::cell::RefCell::new(Vec::new()),
         };
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{flag} {}: cannot create the folder", dir.display()))?;
         let existing: Vec<&String> = files.iter().filter(|f| dir.join(f).exists()).collect();
         if !force && !existing.is_empty() {
             let mut names: Vec<&str> = existing.iter().take(4).map(|s| s.as_str()).collect();
@@ -113,31 +121,51 @@ impl OutDir {
         self.dir.join(name)
     }
 
-    /// Writes `path` (a file of this folder) atomically; unless [`OutDir::keep`] is
-    /// called, it is removed again when the command fails.
-    pub fn write(&self, path: &Path, bytes: &[u8]) -> Result<()> {
-        write_file(path, bytes)?;
-        self.written.borrow_mut().push(path.to_owned());
-        Ok(())
+    /// The folder `name` inside this one, created if missing (and then removed
+    /// again, if still empty, when the command fails).
+    pub fn subdir(&mut self, name: &str) -> Result<PathBuf> {
+        let d = self.dir.join(name);
+        if !d.exists() {
+            std::fs::create_dir(&d).with_context(|| format!("cannot create {}", d.display()))?;
+            self.created.insert(0, d.clone());
+        }
+        Ok(d)
     }
 
-    /// The command succeeded: keep the folder and what was written in it.
-    pub fn keep(mut self) {
+    /// Stages `path` (a file of this folder, or of a folder in it that exists) as
+    /// `path.tmp`; [`OutDir::keep`] moves it into place.
+    pub fn write(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let tmp = tmp_path(path);
+        // Recorded first: a partial temporary is removed on failure too.
+        self.staged.borrow_mut().push(path.to_owned());
+        std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// The command succeeded: move the staged files into place and keep the folder.
+    pub fn keep(mut self) -> Result<()> {
+        let staged = std::mem::take(&mut *self.staged.borrow_mut());
+        for (k, path) in staged.iter().enumerate() {
+            if let Err(e) = std::fs::rename(tmp_path(path), path) {
+                // Those not yet moved are removed by `drop`.
+                *self.staged.borrow_mut() = staged[k..].to_vec();
+                return Err(e).with_context(|| format!("cannot write {}", path.display()));
+            }
+        }
         self.kept = true;
+        Ok(())
     }
 }
 
 impl Drop for OutDir {
     fn drop(&mut self) {
-        if self.kept {
-            return;
+        for p in self.staged.borrow().iter() {
+            let _ = std::fs::remove_file(tmp_path(p));
         }
-        for p in self.written.borrow().iter() {
-            let _ = std::fs::remove_file(p);
-        }
-        if self.created {
-            // Fails (harmlessly) unless the folder is empty.
-            let _ = std::fs::remove_dir(&self.dir);
+        if !self.kept {
+            // Each fails (harmlessly) unless the folder is empty.
+            for d in &self.created {
+                let _ = std::fs::remove_dir(d);
+            }
         }
     }
 }
@@ -228,4 +256,55 @@ pub fn removed_flag(
     instead: &'static str,
 ) -> impl Fn(&str) -> std::result::Result<String, String> + Clone + Send + Sync + 'static {
     move |_| Err(instead.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A command that fails leaves the folder as it found it: with `--force` the
+    /// files it would have replaced stay, no temporary is left, and the folders it
+    /// created (all of them, not just the last) are removed.
+    #[test]
+    fn a_failed_command_changes_nothing_and_a_kept_one_replaces_the_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fx");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("a.psm"), b"the user's model").unwrap();
+        let files = ["a.psm".to_owned(), "sub".to_owned()];
+        assert!(OutDir::prepare(&dir, "--out", &files, false).is_err());
+        {
+            let mut out = OutDir::prepare(&dir, "--out", &files, true).unwrap();
+            out.write(&out.join("a.psm"), b"new").unwrap();
+            let sub = out.subdir("sub").unwrap();
+            out.write(&sub.join("b"), b"new").unwrap();
+            // The command fails here: `out` is dropped without `keep`.
+        }
+        let mut left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["a.psm"]);
+        assert_eq!(
+            std::fs::read(dir.join("a.psm")).unwrap(),
+            b"the user's model"
+        );
+
+        let out = OutDir::prepare(&dir, "--out", &files, true).unwrap();
+        out.write(&out.join("a.psm"), b"new").unwrap();
+        out.keep().unwrap();
+        assert_eq!(std::fs::read(dir.join("a.psm")).unwrap(), b"new");
+        assert!(!dir.join("a.psm.tmp").exists());
+
+        let deep = tmp.path().join("x/y/z");
+        {
+            let out = OutDir::prepare(&deep, "--out", &files, false).unwrap();
+            out.write(&out.join("a.psm"), b"new").unwrap();
+        }
+        assert!(
+            !tmp.path().join("x").exists(),
+            "created folders left behind"
+        );
+    }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use pursamere_core::digest_f32;
-use pursamere_trainer::data::encode_png_gray;
+use pursamere_trainer::data::encode_png;
 use serde_json::json;
 
 use super::export::PurifierArgs;
@@ -136,7 +136,13 @@ pub fn run_purify(a: PurifyArgs) -> Result<i32> {
             let p = a.out.join(format!("{}.purified.png", inp.name));
             write_out(
                 &p,
-                &encode_png_gray(usize::from(shape.width), usize::from(shape.height), &px)?,
+                &encode_png(
+                    usize::from(shape.channels),
+                    usize::from(shape.width),
+                    usize::from(shape.height),
+                    &px,
+                )
+                .with_context(|| format!("writing {}", p.display()))?,
             )?;
             files.push(p.display().to_string());
         }
@@ -159,7 +165,7 @@ pub fn run_purify(a: PurifyArgs) -> Result<i32> {
         report.push(r);
     }
     if let Some(d) = out_dir {
-        d.keep();
+        d.keep()?;
     }
     if a.json {
         outln!(

@@ -54,7 +54,7 @@ pub fn run(a: UpgradeArgs) -> Result<i32> {
         bail!("the upgraded model does not read back as written");
     }
     out_dir.write(&path, &out)?;
-    out_dir.keep();
+    out_dir.keep()?;
     outln!(
         "wrote {}: the same weights and purifier settings, noise generator {} (format version {}) instead of {}; its purifications differ from the old file's (other noise draws, the same distribution)",
         path.display(),

@@ -220,6 +220,29 @@ pub fn run(a: VerifyArgs) -> Result<i32> {
         None => from_safetensors(super::demo::SHIPPED_SAFETENSORS)
             .context("the shipped float weights are corrupt")?,
     };
+    // Weights of another model (another input size or layer chain) would be
+    // compared layer by layer with this one: refused here, naming both.
+    let float_name = float_path.as_ref().map_or_else(
+        || "the shipped float weights".to_owned(),
+        |p| p.display().to_string(),
+    );
+    if fm.input_shape != deq.input_shape {
+        let shape =
+            |s: pursamere_core::InputShape| format!("{} × {} × {}", s.channels, s.height, s.width);
+        bail!(
+            "{float_name} are for {} images, but the model takes {}: give the float weights exported with this model (--float)",
+            shape(fm.input_shape),
+            shape(deq.input_shape)
+        );
+    }
+    for (what, net) in [("denoiser", &fm.denoiser), ("classifier", &fm.classifier)] {
+        net.check(model.input_len()).map_err(|e| {
+            anyhow::anyhow!(
+                "{float_name}: its {what} does not fit the model's {} inputs ({e}): give the float weights exported with this model (--float)",
+                model.input_len()
+            )
+        })?;
+    }
     let cfg = a.purifier.apply(model.purifier_config())?;
     let test: Dataset = load_mnist_dir(&a.data, Split::Test)?;
     if test.image_len() != model.input_len() {

@@ -10,18 +10,64 @@ use super::EvalError;
 /// The rows of the summary file at `path` (none when it does not exist yet).
 fn read_rows(path: &Path) -> Result<Vec<Value>, EvalError> {
     match std::fs::read_to_string(path) {
-        Ok(t) => serde_json::from_str::<Value>(&t)
-            .ok()
-            .and_then(|v| v.get("rows").and_then(Value::as_array).cloned())
-            .ok_or_else(|| {
-                EvalError::Protocol(format!("{} is not a summary file", path.display()))
-            }),
+        Ok(t) => parse_rows(&t).map_err(|why| {
+            EvalError::Protocol(format!("{} is not a summary file: {why}", path.display()))
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(source) => Err(EvalError::Io {
             path: path.to_path_buf(),
             source,
         }),
     }
+}
+
+/// The rows of a summary file's text, each checked for the fields every reader
+/// uses — so that a hand-edited or damaged file is refused, naming the row and the
+/// field, instead of printing 0 % (a missing or mistyped figure) or a column "L∞ 0".
+pub fn parse_rows(text: &str) -> Result<Vec<Value>, String> {
+    let doc: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
+    let rows = doc
+        .get("rows")
+        .and_then(Value::as_array)
+        .ok_or("no \"rows\" array")?;
+    for (k, r) in rows.iter().enumerate() {
+        let at = |what: String| format!("row {k} ({}): {what}", short(r));
+        for f in ["dataset", "classifier", "defence", "norm"] {
+            if !r[f].is_string() {
+                return Err(at(format!("`{f}` is {}, not a string", r[f])));
+            }
+        }
+        if !matches!(r["norm"].as_str(), Some("linf" | "l2")) {
+            return Err(at(format!(
+                "`norm` is {}, not \"linf\" or \"l2\"",
+                r["norm"]
+            )));
+        }
+        if !r["eps"].as_f64().is_some_and(|e| e.is_finite() && e > 0.0) {
+            return Err(at(format!("`eps` is {}, not a positive number", r["eps"])));
+        }
+        if r["n"].as_u64().is_none_or(|n| n == 0) {
+            return Err(at(format!(
+                "`n` is {}, not a positive whole number",
+                r["n"]
+            )));
+        }
+        for f in ["clean", "worst_case"] {
+            if !r[f].as_f64().is_some_and(|x| (0.0..=1.0).contains(&x)) {
+                return Err(at(format!("`{f}` is {}, not a fraction in [0, 1]", r[f])));
+            }
+        }
+    }
+    Ok(rows.clone())
+}
+
+/// A row's identity for an error message.
+fn short(r: &Value) -> String {
+    ["dataset", "classifier", "defence", "norm"]
+        .iter()
+        .map(|f| r[*f].as_str().unwrap_or("?"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Rows filed under a classifier name that were measured on another model file
@@ -301,10 +347,8 @@ pub fn defended_rows(summary: &str, model_sha256: &str, purifier_on: bool) -> Ve
 /// (explained under the table), "–" when not measured. Every figure
 /// comes from the file (`pursamere summary`), none is typed.
 pub fn matrix_markdown(summary: &str, dataset: &str) -> Result<String, EvalError> {
-    let rows: Vec<Value> = serde_json::from_str::<Value>(summary)
-        .ok()
-        .and_then(|v| v.get("rows").and_then(Value::as_array).cloned())
-        .ok_or_else(|| EvalError::Unsupported("not a summary file (no \"rows\")".into()))?;
+    let rows = parse_rows(summary)
+        .map_err(|why| EvalError::Unsupported(format!("not a summary file: {why}")))?;
     let mine: Vec<&Value> = rows.iter().filter(|r| r["dataset"] == dataset).collect();
     if mine.is_empty() {
         let mut known: Vec<&str> = rows.iter().filter_map(|r| r["dataset"].as_str()).collect();
@@ -535,6 +579,39 @@ mod tests {
         for (row, want) in cases {
             assert_eq!(bound_of(&row), want, "{row}");
         }
+    }
+
+    /// A damaged or hand-edited file is refused, naming the row and the field, not
+    /// printed as 0 % or a column "L∞ 0".
+    #[test]
+    fn a_row_with_a_missing_or_mistyped_field_is_refused() {
+        let good = json!({"dataset": "mnist", "classifier": "std", "defence": "none",
+            "norm": "linf", "eps": 0.3, "worst_case": 0.5, "n": 100, "clean": 0.98});
+        let doc = |r: Value| json!({"rows": [good.clone(), r]}).to_string();
+        assert!(matrix_markdown(&doc(good.clone()), "mnist").is_ok());
+        for (field, value, says) in [
+            ("eps", json!("0.3"), "`eps` is \"0.3\""),
+            ("worst_case", json!("0.5"), "`worst_case` is \"0.5\""),
+            ("worst_case", Value::Null, "`worst_case` is null"),
+            ("clean", json!(98.0), "`clean` is 98.0, not a fraction"),
+            ("n", json!(0), "`n` is 0"),
+            ("norm", json!("L-inf"), "`norm` is \"L-inf\""),
+            ("classifier", json!(7), "`classifier` is 7"),
+        ] {
+            let mut bad = good.clone();
+            bad[field] = value;
+            let err = matrix_markdown(&doc(bad), "mnist").unwrap_err().to_string();
+            assert!(
+                err.contains("row 1") && err.contains(says),
+                "{field}: {err}"
+            );
+        }
+        let err = matrix_markdown("{\"rows\": [", "mnist")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not valid JSON"), "{err}");
+        // The committed file passes.
+        parse_rows(include_str!("../../../docs/eval/summary.json")).unwrap();
     }
 
     #[test]
