@@ -652,6 +652,45 @@ fn corrupt_and_foreign_files() {
     ]);
 }
 
+/// Files of the right kind but the wrong content: a summary row whose figures are
+/// strings or missing (printed as 0 % before), data and a run that are not 28 × 28
+/// for `fixtures` (a panic before), a --side that makes 4 channels (a silently
+/// wrong model before).
+#[test]
+fn wrong_shapes_and_mistyped_records() {
+    let i = inputs();
+    let (data, run) = (p(&i.data), p(&i.run));
+    let dir = tempfile::tempdir().unwrap();
+    let row = r#"{"dataset": "mnist", "classifier": "c", "defence": "none", "norm": "linf", "eps": 0.3, "n": 10, "clean": 0.9, "worst_case": 0.5}"#;
+    let mut files = Vec::new();
+    let doc = |r: String| format!("{{\"rows\": [{r}]}}");
+    for (name, text) in [
+        ("strings.json", doc(row.replace("0.3", "\"0.3\""))),
+        (
+            "missing.json",
+            doc(row.replace(r#", "worst_case": 0.5"#, "")),
+        ),
+        ("cut.json", doc(row.to_owned())[..40].to_owned()),
+    ] {
+        let f = dir.path().join(name);
+        std::fs::write(&f, text).unwrap();
+        files.push((p(&f), name));
+    }
+    let mut cases: Vec<Case> = files
+        .iter()
+        .map(|(f, name)| case(&["summary", "--file", f], &[name]))
+        .collect();
+    cases.push(case(
+        &["fixtures", "--run", &run, "--data", &data, "--out", "out"],
+        &["--data"],
+    ));
+    cases.push(case(
+        &["export", "--run", &run, "--out", "out", "--side", "4"],
+        &["--side"],
+    ));
+    assert_all(cases);
+}
+
 #[test]
 fn out_of_range_and_non_finite_numbers() {
     let i = inputs();

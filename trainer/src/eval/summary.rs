@@ -32,29 +32,36 @@ pub fn parse_rows(text: &str) -> Result<Vec<Value>, String> {
         .ok_or("no \"rows\" array")?;
     for (k, r) in rows.iter().enumerate() {
         let at = |what: String| format!("row {k} ({}): {what}", short(r));
+        let val = |f: &str| match &r[f] {
+            Value::Null => "missing".to_owned(),
+            v => v.to_string(),
+        };
         for f in ["dataset", "classifier", "defence", "norm"] {
             if !r[f].is_string() {
-                return Err(at(format!("`{f}` is {}, not a string", r[f])));
+                return Err(at(format!("`{f}` is {}, not a string", val(f))));
             }
         }
         if !matches!(r["norm"].as_str(), Some("linf" | "l2")) {
             return Err(at(format!(
                 "`norm` is {}, not \"linf\" or \"l2\"",
-                r["norm"]
+                val("norm")
             )));
         }
         if !r["eps"].as_f64().is_some_and(|e| e.is_finite() && e > 0.0) {
-            return Err(at(format!("`eps` is {}, not a positive number", r["eps"])));
+            return Err(at(format!(
+                "`eps` is {}, not a positive number",
+                val("eps")
+            )));
         }
         if r["n"].as_u64().is_none_or(|n| n == 0) {
             return Err(at(format!(
                 "`n` is {}, not a positive whole number",
-                r["n"]
+                val("n")
             )));
         }
         for f in ["clean", "worst_case"] {
             if !r[f].as_f64().is_some_and(|x| (0.0..=1.0).contains(&x)) {
-                return Err(at(format!("`{f}` is {}, not a fraction in [0, 1]", r[f])));
+                return Err(at(format!("`{f}` is {}, not a fraction in [0, 1]", val(f))));
             }
         }
     }
@@ -592,7 +599,7 @@ mod tests {
         for (field, value, says) in [
             ("eps", json!("0.3"), "`eps` is \"0.3\""),
             ("worst_case", json!("0.5"), "`worst_case` is \"0.5\""),
-            ("worst_case", Value::Null, "`worst_case` is null"),
+            ("worst_case", Value::Null, "`worst_case` is missing"),
             ("clean", json!(98.0), "`clean` is 98.0, not a fraction"),
             ("n", json!(0), "`n` is 0"),
             ("norm", json!("L-inf"), "`norm` is \"L-inf\""),
