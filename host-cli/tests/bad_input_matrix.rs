@@ -688,6 +688,26 @@ fn wrong_shapes_and_mistyped_records() {
         &["export", "--run", &run, "--out", "out", "--side", "4"],
         &["--side"],
     ));
+    // Float weights of an 8 × 8 model beside the shipped 28 × 28 one.
+    let small = dir.path().join("small");
+    let o = bin()
+        .args(["export", "--run", &run, "--side", "8", "--out", &p(&small)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st = p(&small.join("model.safetensors"));
+    cases.push(case(
+        &[
+            "verify",
+            "--data",
+            &p(&i.sample),
+            "--float",
+            &st,
+            "--count",
+            "1",
+        ],
+        &["model.safetensors"],
+    ));
     assert_all(cases);
 }
 
