@@ -688,6 +688,55 @@ fn wrong_shapes_and_mistyped_records() {
         &["export", "--run", &run, "--out", "out", "--side", "4"],
         &["--side"],
     ));
+    // Flags that would be ignored, a range past the last index, a width that
+    // overflows (an allocation panic before).
+    cases.push(case(
+        &[
+            "train",
+            "--data",
+            &data,
+            "--out",
+            "out",
+            "--what",
+            "classifier",
+            "--adv-eps",
+            "0.1",
+        ],
+        &["--adversarial"],
+    ));
+    let protocol = p(&i.protocol);
+    let sample = p(&i.sample);
+    cases.push(case(
+        &[
+            "eval",
+            "--protocol",
+            &protocol,
+            "--data",
+            &sample,
+            "--out",
+            "out",
+            "--start",
+            "18446744073709551615",
+            "--count",
+            "2",
+        ],
+        &["--start"],
+    ));
+    cases.push(case(
+        &[
+            "train",
+            "--data",
+            &data,
+            "--out",
+            "out",
+            "--quiet",
+            "--validation",
+            "50",
+            "--cls-hidden",
+            "18446744073709551615",
+        ],
+        &["dense18446744073709551615"],
+    ));
     // Float weights of an 8 × 8 model beside the shipped 28 × 28 one.
     let small = dir.path().join("small");
     let o = bin()

@@ -28,6 +28,14 @@ use crate::model::{conv_layer, dense_layer, ConvGeometry, FloatLayer, FloatNet};
 /// Largest convolution kernel side the core accepts.
 const MAX_KERNEL: usize = pursamere_core::MAX_KERNEL as usize;
 
+/// The most weights and biases a network built here may have (100 M: 400 MB of
+/// f32, several times that with the optimiser's moments), and the most values one
+/// layer may output per image: checked before anything is allocated, so a mistyped
+/// width is an error naming it, not an allocation failure that aborts.
+pub const MAX_PARAMETERS: usize = 100_000_000;
+/// See [`MAX_PARAMETERS`].
+pub const MAX_ACTIVATIONS: usize = 16_000_000;
+
 /// One hidden layer of a description.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArchLayer {
@@ -148,9 +156,31 @@ pub fn build_arch(
     let mut map = Some((c0, h0, w0));
     let mut len = c0 * h0 * w0;
     let mut layers = Vec::new();
+    // Parameters so far; each layer's are added (and checked) before it is built.
+    let mut parameters = 0usize;
+    let mut grow = |what: String, weights: Option<usize>, out_len: Option<usize>| {
+        let total = weights.and_then(|w| w.checked_add(parameters));
+        match (total, out_len) {
+            (Some(t), Some(o)) if t <= MAX_PARAMETERS && o <= MAX_ACTIVATIONS => {
+                parameters = t;
+                Ok(())
+            }
+            _ => Err(err(format!(
+                "{what} makes the network larger than this trainer builds (at most \
+                 {MAX_PARAMETERS} parameters, {MAX_ACTIVATIONS} values per layer output)"
+            ))),
+        }
+    };
+    let dense_size = |i: usize, o: usize| i.checked_mul(o).and_then(|w| w.checked_add(o));
+    let conv_size = |c: usize, o: usize, k: usize| {
+        c.checked_mul(o)
+            .and_then(|w| w.checked_mul(k * k))
+            .and_then(|w| w.checked_add(o))
+    };
     for l in hidden {
         match *l {
             ArchLayer::Dense(n) => {
+                grow(format!("dense{n}"), dense_size(len, n), Some(n))?;
                 layers.push(dense_layer(len, n, gain, &mut rng));
                 layers.push(FloatLayer::Relu);
                 map = None;
@@ -175,6 +205,14 @@ pub fn build_arch(
                     stride,
                     padding: kernel / 2,
                 };
+                let out_len = channels
+                    .checked_mul(geometry.out_height())
+                    .and_then(|v| v.checked_mul(geometry.out_width()));
+                grow(
+                    format!("conv{channels}"),
+                    conv_size(c, channels, kernel),
+                    out_len,
+                )?;
                 if geometry.output_len() == 0 {
                     return Err(err(format!(
                         "a {kernel}x{kernel} kernel does not fit the {h}x{w} map"
@@ -189,6 +227,7 @@ pub fn build_arch(
                 let Some((c, h, w)) = map else {
                     return Err(err("`up` follows a dense layer".to_owned()));
                 };
+                grow("`up`".to_owned(), Some(0), len.checked_mul(4))?;
                 layers.push(FloatLayer::Upsample2x {
                     channels: c,
                     height: h,
@@ -199,6 +238,12 @@ pub fn build_arch(
             }
         }
     }
+    let out_weights = match (output, map) {
+        (ArchOutput::Classes(n), _) => dense_size(len, n),
+        (ArchOutput::Image, Some((c, _, _))) if !layers.is_empty() => conv_size(c, c0, 3),
+        (ArchOutput::Image, _) => dense_size(len, c0 * h0 * w0),
+    };
+    grow("the output layer".to_owned(), out_weights, Some(len))?;
     match (output, map) {
         (ArchOutput::Classes(n), _) => layers.push(dense_layer(len, n, gain, &mut rng)),
         (ArchOutput::Image, Some((c, h, w))) if !layers.is_empty() => {

@@ -302,3 +302,41 @@ fn bad_descriptions_are_named() {
     .to_string();
     assert!(e.contains("add `up`"), "{e}");
 }
+
+/// A mistyped width is an error naming the layer, checked before anything is
+/// allocated — not a capacity-overflow panic or an out-of-memory abort.
+#[test]
+fn oversized_networks_are_refused_before_allocation() {
+    let mnist = InputShape {
+        channels: 1,
+        height: 28,
+        width: 28,
+    };
+    for (description, names) in [
+        ("dense18446744073709551615", "dense18446744073709551615"),
+        ("dense4294967296", "dense4294967296"),
+        ("dense20000,dense20000", "dense20000"),
+        ("conv65536", "conv65536"),
+        ("conv64,up,up,up,up,up", "`up`"),
+    ] {
+        let hidden = parse_arch(description).unwrap();
+        let err = build_arch(
+            description,
+            &hidden,
+            mnist,
+            ArchOutput::Classes(10),
+            false,
+            1.0,
+            0,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(names) && err.contains("at most"),
+            "{description}: {err}"
+        );
+    }
+    // The largest shipped kind of network is far inside the bounds.
+    let hidden = parse_arch("conv32s2,conv64s2,dense1024").unwrap();
+    build_arch("", &hidden, mnist, ArchOutput::Classes(10), false, 1.0, 0).unwrap();
+}

@@ -58,7 +58,8 @@ pub struct EvalArgs {
     #[arg(long, requires = "summary")]
     pub classifier: Option<String>,
     /// With --summary: replace every row filed under --classifier that was
-    /// measured on another model file (the name then belongs to this model).
+    /// measured on another model file (the name then belongs to this model), and
+    /// rows measured on more images than this run.
     #[arg(long, requires = "summary")]
     pub replace_rows: bool,
     /// Data set name for the settings, reports and summary (default: the --data
@@ -164,6 +165,14 @@ pub fn run(a: EvalArgs) -> Result<i32> {
             "--summary needs --classifier NAME: the name its rows are filed under \
              (e.g. standard, cnn106k-pgd-max)"
         ),
+        (Some(_), Some(c)) if c.trim().is_empty() => {
+            anyhow::bail!("--classifier is empty: name the classifier the rows are filed under")
+        }
+        (Some(_), _) if p.split != "test" => anyhow::bail!(
+            "--summary holds TEST-set figures, and this protocol evaluates the `{}` split: \
+             leave out --summary for runs that choose settings",
+            p.split
+        ),
         (_, c) => c.clone().unwrap_or_default(),
     };
     if let (Some(path), false) = (&a.summary, a.replace_rows) {
@@ -224,7 +233,13 @@ pub fn run(a: EvalArgs) -> Result<i32> {
             &proto_name,
             a.replace_rows,
         )
-        .context("cannot update the --summary file")?;
+        .with_context(|| {
+            format!(
+                "cannot update the --summary file (the results are kept in {}: the same \
+                 command with other --summary flags files them without evaluating again)",
+                a.out.display()
+            )
+        })?;
         eprintln!("{}: {n} rows updated", path.display());
         if removed > 0 {
             eprintln!(

@@ -117,30 +117,30 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = Adversarial::None)]
     pub adversarial: Adversarial,
     /// Threat norm of adversarial training.
-    #[arg(long, value_enum, default_value_t = NormArg::Linf)]
+    #[arg(long, value_enum, default_value_t = NormArg::Linf, requires = "adversarial")]
     pub adv_norm: NormArg,
     /// Radius ε of adversarial training.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.3, requires = "adversarial")]
     pub adv_eps: f32,
     /// PGD steps per training batch.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, requires = "adversarial")]
     pub adv_steps: usize,
     /// PGD step as a multiple of ε.
-    #[arg(long, default_value_t = 0.25)]
+    #[arg(long, default_value_t = 0.25, requires = "adversarial")]
     pub adv_step_size: f32,
     /// Start PGD at the clean image instead of a random point of the ball.
-    #[arg(long)]
+    #[arg(long, requires = "adversarial")]
     pub adv_no_random_start: bool,
     /// Epochs over which ε rises linearly from 0 (0: the full ε from the start).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, requires = "adversarial")]
     pub adv_warmup_epochs: usize,
     /// TRADES β (weight of the robustness term).
-    #[arg(long, default_value_t = 6.0)]
+    #[arg(long, default_value_t = 6.0, requires = "adversarial")]
     pub trades_beta: f32,
     /// With --adversarial pgd-max: radius of the second threat, in the norm other
     /// than --adv-norm (--adv-norm linf --adv-eps 0.3 --adv-second-eps 2.0 trains
     /// against L∞ 0.3 and L2 2.0 together).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, requires = "adversarial")]
     pub adv_second_eps: f32,
     /// Train the classifier behind the purifier of this model file (its denoiser and
     /// its stored purifier settings; export one with the settings you want, e.g.

@@ -226,6 +226,13 @@ impl Protocol {
         if let Some(s) = start {
             self.start = s;
         }
+        if self.start.checked_add(self.images.unwrap_or(0)).is_none() {
+            return bad(format!(
+                "`start` {} + `images` {} (or --start/--count) is past the last possible image",
+                self.start,
+                self.images.unwrap_or(0)
+            ));
+        }
         match self.images {
             None => {
                 return bad("no image count: set `images` in the protocol or pass --count".into())
@@ -339,7 +346,9 @@ impl Protocol {
 
     /// The images evaluated (after [`Protocol::resolved`]).
     pub fn range(&self) -> std::ops::Range<usize> {
-        self.start..self.start + self.images.unwrap_or(0)
+        // Saturating: `resolved` refuses a sum that overflows; one made by hand
+        // past it reads as out of range, not as an empty range.
+        self.start..self.start.saturating_add(self.images.unwrap_or(0))
     }
 }
 
@@ -349,6 +358,22 @@ mod tests {
 
     fn resolved(text: &str) -> Result<Protocol, crate::eval::EvalError> {
         Protocol::from_toml(text)?.resolved(None, None)
+    }
+
+    #[test]
+    fn a_start_that_overflows_is_refused() {
+        let base = "preset = \"standard\"\nlinf_eps = [0.3]\ndefences = [\"none\"]\nimages = 2\n";
+        let err = Protocol::from_toml(base)
+            .unwrap()
+            .resolved(None, Some(usize::MAX))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--start"), "{err}");
+        let ok = Protocol::from_toml(base)
+            .unwrap()
+            .resolved(None, Some(7))
+            .unwrap();
+        assert_eq!(ok.range(), 7..9);
     }
 
     #[test]

@@ -208,8 +208,9 @@ fn row_identity(r: &Value) -> (&str, &str, &str, &str, i64) {
 /// atomically, under a lock beside it. Rows of `dataset` already filed under
 /// `classifier` but measured on another model file are an error
 /// ([`check_same_model`]), or with `replace_other_models` are all removed (the name
-/// then belongs to the new model). Returns the rows written and the rows of other
-/// models removed.
+/// then belongs to the new model); so is a row that would replace one measured on
+/// more images, unless `replace_other_models`; and a report of any split but the
+/// TEST set. Returns the rows written and the rows of other models removed.
 pub fn upsert(
     path: &Path,
     report: &Value,
@@ -222,6 +223,18 @@ pub fn upsert(
         path: path.to_path_buf(),
         source,
     };
+    // The summary holds TEST figures; settings are chosen on the TRAIN hold-out,
+    // whose figures must not replace (or pass for) them.
+    let split = report["settings"]["data"]["split"]
+        .as_str()
+        .unwrap_or("test");
+    if split != "test" {
+        return Err(EvalError::Protocol(format!(
+            "{}: the summary holds TEST-set figures, and this run evaluated the `{split}` split; \
+             leave out --summary for runs that choose settings",
+            path.display()
+        )));
+    }
     let _lock = lock_beside(path)?;
     let model_sha256 = report["model_sha256"].as_str().unwrap_or("");
     let mut rows = read_rows(path)?;
@@ -272,6 +285,24 @@ pub fn upsert(
             "fingerprint": report["fingerprint"],
             "commit": report["commit"],
         });
+        // A figure on fewer images does not silently replace one on more (a
+        // `--count 2` trial filed under the name of a 1,000-image row).
+        if let Some(o) = rows.iter().find(|o| same(o, &new)) {
+            let (had, has) = (o["n"].as_u64().unwrap_or(0), new["n"].as_u64().unwrap_or(0));
+            if has < had && !replace_other_models {
+                return Err(EvalError::Protocol(format!(
+                    "{}: its row {} {} {} {} {} was measured on {had} images, this run on {has}: \
+                     not replaced (evaluate at least as many images, file it under another \
+                     --classifier name, or pass --replace-rows)",
+                    path.display(),
+                    dataset,
+                    classifier,
+                    new["defence"].as_str().unwrap_or("?"),
+                    new["norm"].as_str().unwrap_or("?"),
+                    new["eps"]
+                )));
+            }
+        }
         rows.retain(|o| !same(o, &new));
         rows.push(new);
         added += 1;
@@ -670,6 +701,33 @@ mod upsert_tests {
             "protocol": {"attacks": ["apgd-ce"]},
             "model_sha256": "m", "fingerprint": "f", "commit": "c",
         })
+    }
+
+    /// A row on fewer images does not replace one on more (unless asked), and a
+    /// run on the TRAIN hold-out never goes into the summary.
+    #[test]
+    fn smaller_runs_and_other_splits_do_not_replace_test_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("summary.json");
+        upsert(&path, &report(1.0, 0.4), "mnist", "cnn", "p.toml", false).unwrap();
+        let mut small = report(1.0, 0.9);
+        small["rows"][0]["n"] = json!(2);
+        let err = upsert(&path, &small, "mnist", "cnn", "p.toml", false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("10 images") && err.contains("on 2"), "{err}");
+        let mut validation = report(1.0, 0.9);
+        validation["settings"]["data"] = json!({"name": "mnist", "split": "validation"});
+        let err = upsert(&path, &validation, "mnist", "cnn", "p.toml", true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`validation` split"), "{err}");
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(doc["rows"][0]["worst_case"], json!(0.4));
+        // Asked for, the smaller row replaces it.
+        upsert(&path, &small, "mnist", "cnn", "p.toml", true).unwrap();
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(doc["rows"][0]["n"], json!(2));
     }
 
     /// Two purifier settings keep two rows; the same setting measured again
