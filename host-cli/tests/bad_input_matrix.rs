@@ -737,6 +737,49 @@ fn wrong_shapes_and_mistyped_records() {
         ],
         &["dense18446744073709551615"],
     ));
+    // A folder another `train` is writing to (its lock held here), and retraining
+    // one network of a run on another split than the other network's.
+    let busy = dir.path().join("busy");
+    std::fs::create_dir(&busy).unwrap();
+    let held = std::fs::File::create(busy.join("train.lock")).unwrap();
+    held.try_lock().unwrap();
+    let busy_s = p(&busy);
+    cases.push(case(
+        &[
+            "train",
+            "--data",
+            &data,
+            "--out",
+            &busy_s,
+            "--quiet",
+            "--validation",
+            "50",
+        ],
+        &["in use"],
+    ));
+    let copy = dir.path().join("run-copy");
+    std::fs::create_dir(&copy).unwrap();
+    for f in std::fs::read_dir(&i.run).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, copy.join(f.file_name().unwrap())).unwrap();
+    }
+    let copy_s = p(&copy);
+    cases.push(case(
+        &[
+            "train",
+            "--data",
+            &data,
+            "--out",
+            &copy_s,
+            "--what",
+            "classifier",
+            "--force",
+            "--validation",
+            "100",
+            "--quiet",
+        ],
+        &["denoiser.ckpt", "--validation 100"],
+    ));
     // Float weights of an 8 × 8 model beside the shipped 28 × 28 one.
     let small = dir.path().join("small");
     let o = bin()
@@ -758,6 +801,7 @@ fn wrong_shapes_and_mistyped_records() {
         &["model.safetensors"],
     ));
     assert_all(cases);
+    drop(held);
 }
 
 #[test]

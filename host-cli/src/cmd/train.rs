@@ -173,6 +173,9 @@ pub struct TrainArgs {
 /// checkpoints do not hold, so that `--resume` can check it.
 const RUN_DATA_FILE: &str = "train-data.json";
 
+/// The file a `train` holds an exclusive lock on while it writes to its folder.
+const TRAIN_LOCK_FILE: &str = "train.lock";
+
 /// The data split of a run.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct RunData {
@@ -687,7 +690,15 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         holdout_seed: Some(HOLDOUT_SEED),
     };
     let split_path = a.out.join(RUN_DATA_FILE);
-    if a.resume {
+    // A network of the folder this command does not train keeps the split it was
+    // trained on: the folder's one split file must keep describing it.
+    let others: Vec<String> = ["denoiser", "classifier"]
+        .iter()
+        .filter(|n| !names.contains(n))
+        .map(|n| format!("{n}.ckpt"))
+        .filter(|f| a.out.join(f).exists())
+        .collect();
+    if a.resume || !others.is_empty() {
         if let Ok(text) = std::fs::read_to_string(&split_path) {
             let then: RunData = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not valid", split_path.display()))?;
@@ -715,6 +726,14 @@ pub fn run(a: TrainArgs) -> Result<i32> {
                     split.train_file_images,
                     then.train_file_images
                 ));
+            }
+            if !diff.is_empty() && !a.resume {
+                bail!(
+                    "{} holds {} trained on another split of the data: {}; train with the flags it was trained with, or train in another --out",
+                    a.out.display(),
+                    others.join(", "),
+                    diff.join("; ")
+                );
             }
             if !diff.is_empty() {
                 bail!(
@@ -779,6 +798,27 @@ pub fn run(a: TrainArgs) -> Result<i32> {
     }
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("--out {}: cannot create the folder", a.out.display()))?;
+    // Held until training ends (released by the OS however the process ends): a
+    // second `train` on the same folder would overwrite this one's checkpoints.
+    let lock_path = a.out.join(TRAIN_LOCK_FILE);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("--out {}: cannot write in this folder", a.out.display()))?;
+    if let Err(e) = lock.try_lock() {
+        match e {
+            std::fs::TryLockError::WouldBlock => bail!(
+                "--out {} is in use: another `train` is writing to it (it holds {}); wait for it to finish, or choose another --out",
+                a.out.display(),
+                lock_path.display()
+            ),
+            std::fs::TryLockError::Error(e) => {
+                return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
+            }
+        }
+    }
     if !a.resume || !split_path.exists() {
         super::write_file(
             &split_path,
