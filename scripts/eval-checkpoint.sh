@@ -27,11 +27,11 @@ case "$1" in
     src="$2"; name="$(basename "$src")"; dst="$root/docs/eval/checkpoints/$name"
     [ -f "$src/settings.json" ] || { echo "$src has no settings.json: not an evaluation directory" >&2; exit 1; }
     mkdir -p "$dst"
-    for f in settings.json results.jsonl checks.jsonl; do
+    for f in settings.json data.json results.jsonl checks.jsonl; do
       # Whole lines only (a run being written may end in a partial line), through a
       # temporary file so that a failed copy leaves the old checkpoint.
       if [ -f "$src/$f" ]; then
-        if [ "$f" != settings.json ] && [ -n "$(tail -c1 "$src/$f")" ]; then
+        if [ "${f%.jsonl}" != "$f" ] && [ -n "$(tail -c1 "$src/$f")" ]; then
           sed '$d' "$src/$f" > "$dst/$f.tmp"
         else
           cp "$src/$f" "$dst/$f.tmp"
@@ -59,6 +59,10 @@ case "$1" in
     done
     cmp -s "$into/settings.json" "$from/settings.json" || {
       echo "$into and $from were run with different settings: not merged" >&2; exit 1; }
+    if [ -f "$into/data.json" ] && [ -f "$from/data.json" ]; then
+      cmp -s "$into/data.json" "$from/data.json" || {
+        echo "$into and $from were run on different images (data.json): not merged" >&2; exit 1; }
+    fi
     # The lock `pursamere eval` holds while it writes to a directory
     # (trainer/src/eval/results.rs, LOCK_FILE): no merge into a running evaluation,
     # and no evaluation starts on INTO while the merge rewrites its files.

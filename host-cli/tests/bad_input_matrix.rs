@@ -780,6 +780,48 @@ fn wrong_shapes_and_mistyped_records() {
         ],
         &["denoiser.ckpt", "--validation 100"],
     ));
+    // Resuming an evaluation on other images under the same data set name (a
+    // copy of the sample with other labels): refused, not mixed into its records.
+    let ev = p(&dir.path().join("ev"));
+    let o = bin()
+        .args([
+            "eval",
+            "--protocol",
+            &protocol,
+            "--data",
+            &sample,
+            "--out",
+            &ev,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let relabelled = dir.path().join("copy/mnist-sample");
+    std::fs::create_dir_all(&relabelled).unwrap();
+    let labels: Vec<u8> = (0..256u32).map(|k| ((k + 1) % 10) as u8).collect();
+    write_idx_gz(
+        &relabelled.join("t10k-labels-idx1-ubyte.gz"),
+        0x801,
+        &[256],
+        &labels,
+    );
+    std::fs::copy(
+        i.sample.join("t10k-images-idx3-ubyte.gz"),
+        relabelled.join("t10k-images-idx3-ubyte.gz"),
+    )
+    .unwrap();
+    cases.push(case(
+        &[
+            "eval",
+            "--protocol",
+            &protocol,
+            "--data",
+            &p(&relabelled),
+            "--out",
+            &ev,
+        ],
+        &["other images"],
+    ));
     // Float weights of an 8 × 8 model beside the shipped 28 × 28 one.
     let small = dir.path().join("small");
     let o = bin()

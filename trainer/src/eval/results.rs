@@ -17,8 +17,9 @@ use sha2::{Digest, Sha256};
 use super::EvalError;
 
 /// Files the evaluation owns in its output directory (removed by `fresh`).
-pub const OWNED_FILES: [&str; 7] = [
+pub const OWNED_FILES: [&str; 8] = [
     "settings.json",
+    "data.json",
     "results.jsonl",
     "checks.jsonl",
     "report.md",
@@ -314,6 +315,39 @@ impl ResultsDir {
         })
     }
 
+    /// Binds the directory to the images evaluated (their [`Dataset::sha256`]),
+    /// kept in `data.json` beside the settings — not in them, so that the
+    /// fingerprints of runs made before it existed still hold: a resume on other
+    /// images under the same data set name (another copy, other labels) is refused.
+    /// A directory without the file (an older run) is bound now.
+    ///
+    /// [`Dataset::sha256`]: crate::data::Dataset::sha256
+    pub fn bind_data(&self, sha256: &str, images: usize) -> Result<(), EvalError> {
+        let path = self.dir.join("data.json");
+        let now = serde_json::json!({"sha256": sha256, "images": images});
+        match std::fs::read_to_string(&path) {
+            Ok(t) => {
+                let then: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
+                if then["sha256"] != now["sha256"] {
+                    return Err(EvalError::Stale {
+                        dir: self.dir.clone(),
+                        differences: vec![format!(
+                            "its records were made on other images ({} images, SHA-256 {}…) than --data holds now ({images} images, SHA-256 {}…)",
+                            then["images"],
+                            then["sha256"].as_str().unwrap_or("?").get(..12).unwrap_or("?"),
+                            sha256.get(..12).unwrap_or(sha256)
+                        )],
+                    });
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                crate::train::write_atomic(&path, now.to_string().as_bytes()).map_err(io_err(&path))
+            }
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
     /// The settings' fingerprint.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
@@ -394,6 +428,27 @@ mod tests {
         drop(first);
         let again = ResultsDir::open(dir.path(), &settings, false).unwrap();
         assert_eq!(again.records.len(), 1);
+    }
+
+    /// Records are bound to the images: other images under the same settings are
+    /// refused, the same images accepted, and `fresh` starts over.
+    #[test]
+    fn records_are_bound_to_the_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = serde_json::json!({"x": 1});
+        ResultsDir::open(dir.path(), &settings, false)
+            .unwrap()
+            .bind_data("aaaa", 10)
+            .unwrap();
+        let r = ResultsDir::open(dir.path(), &settings, false).unwrap();
+        r.bind_data("aaaa", 10).unwrap();
+        let err = r.bind_data("bbbb", 10).unwrap_err().to_string();
+        assert!(err.contains("other images"), "{err}");
+        drop(r);
+        ResultsDir::open(dir.path(), &settings, true)
+            .unwrap()
+            .bind_data("bbbb", 10)
+            .unwrap();
     }
 
     /// A run killed in the middle of writing a line resumes, and so does every
