@@ -822,6 +822,38 @@ fn wrong_shapes_and_mistyped_records() {
         ],
         &["other images"],
     ));
+    // Resuming a training run on other images of the same count.
+    let other = dir.path().join("other-data");
+    std::fs::create_dir(&other).unwrap();
+    for (prefix, n, seed) in [("train", 300u32, 9), ("t10k", 50, 10)] {
+        let ds = synthetic_bands(n as usize, 8, 4, seed);
+        write_idx_gz(
+            &other.join(format!("{prefix}-images-idx3-ubyte.gz")),
+            0x803,
+            &[n, 8, 8],
+            &ds.pixels,
+        );
+        write_idx_gz(
+            &other.join(format!("{prefix}-labels-idx1-ubyte.gz")),
+            0x801,
+            &[n],
+            &ds.labels,
+        );
+    }
+    cases.push(case(
+        &[
+            "train",
+            "--data",
+            &p(&other),
+            "--out",
+            &copy_s,
+            "--resume",
+            "--validation",
+            "50",
+            "--quiet",
+        ],
+        &["other training images"],
+    ));
     // Float weights of an 8 × 8 model beside the shipped 28 × 28 one.
     let small = dir.path().join("small");
     let o = bin()

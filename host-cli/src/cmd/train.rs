@@ -187,6 +187,10 @@ struct RunData {
     /// fixed: those drew it with the run's `--seed`.
     #[serde(default)]
     holdout_seed: Option<u64>,
+    /// SHA-256 of the TRAIN images and labels (`Dataset::sha256`). Absent in runs
+    /// started before it was recorded.
+    #[serde(default)]
+    train_sha256: Option<String>,
 }
 
 /// Joins numbers with commas, as the list flags take them.
@@ -688,6 +692,7 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         validation: a.validation,
         train_file_images: full.len(),
         holdout_seed: Some(HOLDOUT_SEED),
+        train_sha256: Some(full.sha256()),
     };
     let split_path = a.out.join(RUN_DATA_FILE);
     // A network of the folder this command does not train keeps the split it was
@@ -717,6 +722,16 @@ pub fn run(a: TrainArgs) -> Result<i32> {
                     "its hold-out was drawn with seed {then_seed} by an older version of \
                      pursamere (every run now holds out the same images, seed {HOLDOUT_SEED}); \
                      resuming would train on images it held out, so start afresh with --force"
+                ));
+            }
+            if then.train_file_images == split.train_file_images
+                && then.train_sha256.is_some()
+                && then.train_sha256 != split.train_sha256
+            {
+                diff.push(format!(
+                    "--data {}: other training images than the run was started on (the same \
+                     count, other pixels or labels)",
+                    a.data.display()
                 ));
             }
             if then.train_file_images != split.train_file_images {
