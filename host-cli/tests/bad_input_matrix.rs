@@ -854,6 +854,40 @@ fn wrong_shapes_and_mistyped_records() {
         ],
         &["other training images"],
     ));
+    // Fine-tuning an 8 × 8 classifier on 28 × 28 images.
+    let big = dir.path().join("big-data");
+    std::fs::create_dir(&big).unwrap();
+    let ds = synthetic_bands(100, 28, 4, 3);
+    write_idx_gz(
+        &big.join("train-images-idx3-ubyte.gz"),
+        0x803,
+        &[100, 28, 28],
+        &ds.pixels,
+    );
+    write_idx_gz(
+        &big.join("train-labels-idx1-ubyte.gz"),
+        0x801,
+        &[100],
+        &ds.labels,
+    );
+    let init = p(&i.run.join("classifier.ckpt"));
+    cases.push(case(
+        &[
+            "train",
+            "--data",
+            &p(&big),
+            "--out",
+            "out",
+            "--what",
+            "classifier",
+            "--init-classifier",
+            &init,
+            "--validation",
+            "50",
+            "--quiet",
+        ],
+        &["--init-classifier"],
+    ));
     // Float weights of an 8 × 8 model beside the shipped 28 × 28 one.
     let small = dir.path().join("small");
     let o = bin()

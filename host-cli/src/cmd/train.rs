@@ -674,6 +674,13 @@ pub fn run(a: TrainArgs) -> Result<i32> {
                         path.display()
                     );
                 }
+                init.net.check(full.image_len()).map_err(|e| {
+                    anyhow::anyhow!(
+                        "--init-classifier {}: it does not take the images of --data {} ({e})",
+                        path.display(),
+                        a.data.display()
+                    )
+                })?;
                 init.net
             }
             None => build(
