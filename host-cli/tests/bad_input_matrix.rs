@@ -82,6 +82,27 @@ const IDX_NAMES: [&str; 4] = [
     "t10k-labels-idx1-ubyte",
 ];
 
+/// A data folder of `side × side` band images (4 classes) in MNIST's layout, one
+/// `(prefix, images, seed)` per split.
+fn write_bands(dir: &Path, side: u32, splits: &[(&str, u32, u64)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for &(prefix, n, seed) in splits {
+        let ds = synthetic_bands(n as usize, side as usize, 4, seed);
+        write_idx_gz(
+            &dir.join(format!("{prefix}-images-idx3-ubyte.gz")),
+            0x803,
+            &[n, side, side],
+            &ds.pixels,
+        );
+        write_idx_gz(
+            &dir.join(format!("{prefix}-labels-idx1-ubyte.gz")),
+            0x801,
+            &[n],
+            &ds.labels,
+        );
+    }
+}
+
 fn inputs() -> &'static Inputs {
     static INPUTS: OnceLock<Inputs> = OnceLock::new();
     INPUTS.get_or_init(|| {
@@ -119,22 +140,7 @@ fn inputs() -> &'static Inputs {
             }
         }
         let data = d.join("data");
-        std::fs::create_dir(&data).unwrap();
-        for (prefix, n, seed) in [("train", 300u32, 1), ("t10k", 50, 2)] {
-            let ds = synthetic_bands(n as usize, 8, 4, seed);
-            write_idx_gz(
-                &data.join(format!("{prefix}-images-idx3-ubyte.gz")),
-                0x803,
-                &[n, 8, 8],
-                &ds.pixels,
-            );
-            write_idx_gz(
-                &data.join(format!("{prefix}-labels-idx1-ubyte.gz")),
-                0x801,
-                &[n],
-                &ds.labels,
-            );
-        }
+        write_bands(&data, 8, &[("train", 300, 1), ("t10k", 50, 2)]);
         let run = d.join("run");
         let o = bin()
             .args(["train", "--data", &p(&data), "--out", &p(&run)])
@@ -824,22 +830,7 @@ fn wrong_shapes_and_mistyped_records() {
     ));
     // Resuming a training run on other images of the same count.
     let other = dir.path().join("other-data");
-    std::fs::create_dir(&other).unwrap();
-    for (prefix, n, seed) in [("train", 300u32, 9), ("t10k", 50, 10)] {
-        let ds = synthetic_bands(n as usize, 8, 4, seed);
-        write_idx_gz(
-            &other.join(format!("{prefix}-images-idx3-ubyte.gz")),
-            0x803,
-            &[n, 8, 8],
-            &ds.pixels,
-        );
-        write_idx_gz(
-            &other.join(format!("{prefix}-labels-idx1-ubyte.gz")),
-            0x801,
-            &[n],
-            &ds.labels,
-        );
-    }
+    write_bands(&other, 8, &[("train", 300, 9), ("t10k", 50, 10)]);
     cases.push(case(
         &[
             "train",
@@ -856,20 +847,7 @@ fn wrong_shapes_and_mistyped_records() {
     ));
     // Fine-tuning an 8 × 8 classifier on 28 × 28 images.
     let big = dir.path().join("big-data");
-    std::fs::create_dir(&big).unwrap();
-    let ds = synthetic_bands(100, 28, 4, 3);
-    write_idx_gz(
-        &big.join("train-images-idx3-ubyte.gz"),
-        0x803,
-        &[100, 28, 28],
-        &ds.pixels,
-    );
-    write_idx_gz(
-        &big.join("train-labels-idx1-ubyte.gz"),
-        0x801,
-        &[100],
-        &ds.labels,
-    );
+    write_bands(&big, 28, &[("train", 100, 3)]);
     let init = p(&i.run.join("classifier.ckpt"));
     cases.push(case(
         &[
