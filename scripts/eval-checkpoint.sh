@@ -63,14 +63,17 @@ case "$1" in
       cmp -s "$into/data.json" "$from/data.json" || {
         echo "$into and $from were run on different images (data.json): not merged" >&2; exit 1; }
     fi
-    # The lock `pursamere eval` holds while it writes to a directory
-    # (trainer/src/eval/results.rs, LOCK_FILE): no merge into a running evaluation,
-    # and no evaluation starts on INTO while the merge rewrites its files.
-    exec 9>>"$into/eval.lock"
-    flock -n 9 || { echo "$into is in use: an evaluation is writing to it (it holds $into/eval.lock); not merged" >&2; exit 1; }
     python3 - "$into" "$from" <<'PY'
-import json, os, sys
+import fcntl, json, os, shutil, sys
 into, frm = sys.argv[1], sys.argv[2]
+# The lock `pursamere eval` holds while it writes to a directory (flock on
+# eval.lock, trainer/src/eval/results.rs): no merge into a running evaluation, and
+# no evaluation starts on INTO while the merge rewrites its files.
+lock = open(os.path.join(into, "eval.lock"), "a")
+try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except OSError:
+    sys.exit(f"{into} is in use: an evaluation is writing to it (it holds {into}/eval.lock); not merged")
 def whole_lines(path):
     # A run being written may end in a partial line: whole lines only.
     if not os.path.exists(path):
@@ -96,6 +99,9 @@ for f, new in added.items():
     with open(path + ".tmp", "w") as out:
         out.write(old + "".join(l + "\n" for l in new))
     os.replace(path + ".tmp", path)
+# INTO is bound to the images FROM's records were made on, when it was not yet.
+if not os.path.exists(os.path.join(into, "data.json")) and os.path.exists(os.path.join(frm, "data.json")):
+    shutil.copyfile(os.path.join(frm, "data.json"), os.path.join(into, "data.json"))
 print(f"merged {len(added['results.jsonl'])} records and {len(added['checks.jsonl'])} check records of {frm} into {into}")
 PY
     ;;

@@ -723,7 +723,11 @@ pub fn run(a: TrainArgs) -> Result<i32> {
             }
             // The hold-out used to be drawn with the run's --seed; resuming such a
             // run now would silently train on part of its old hold-out.
-            let then_seed = then.holdout_seed.unwrap_or(a.seed);
+            // (Only a resume may take the run's seed to be this command's --seed.)
+            let then_seed = then
+                .holdout_seed
+                .or(a.resume.then_some(a.seed))
+                .unwrap_or(HOLDOUT_SEED);
             if then_seed != HOLDOUT_SEED {
                 diff.push(format!(
                     "its hold-out was drawn with seed {then_seed} by an older version of \
