@@ -217,19 +217,6 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// SHA-256 (lower-case hex) of the images' shape, pixels and labels: what a
-    /// result made on these images is bound to.
-    pub fn sha256(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        for v in [self.channels, self.rows, self.cols, self.len()] {
-            h.update((v as u64).to_le_bytes());
-        }
-        h.update(&self.pixels);
-        h.update(&self.labels);
-        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-    }
-
     /// Number of examples.
     pub fn len(&self) -> usize {
         self.labels.len()

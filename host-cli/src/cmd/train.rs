@@ -187,7 +187,7 @@ struct RunData {
     /// fixed: those drew it with the run's `--seed`.
     #[serde(default)]
     holdout_seed: Option<u64>,
-    /// SHA-256 of the TRAIN images and labels (`Dataset::sha256`). Absent in runs
+    /// SHA-256 of the TRAIN images and labels (`eval::results::dataset_sha256`). Absent in runs
     /// started before it was recorded.
     #[serde(default)]
     train_sha256: Option<String>,
@@ -699,7 +699,7 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         validation: a.validation,
         train_file_images: full.len(),
         holdout_seed: Some(HOLDOUT_SEED),
-        train_sha256: Some(full.sha256()),
+        train_sha256: Some(pursamere_trainer::eval::results::dataset_sha256(&full)),
     };
     let split_path = a.out.join(RUN_DATA_FILE);
     // A network of the folder this command does not train keeps the split it was

@@ -511,7 +511,7 @@ pub fn run(
         FloatModel::from_spec(model.spec()).map_err(|e| EvalError::Unsupported(e.to_string()))?;
     let settings = settings(model_bytes, p, opts);
     let mut store = ResultsDir::open(&opts.out, &settings, opts.fresh)?;
-    store.bind_data(&data.sha256(), data.len())?;
+    store.bind_data(&super::results::dataset_sha256(data), data.len())?;
     if !store.records.is_empty() {
         obs.note(&format!(
             "resuming: {} records of these settings (fingerprint {}) already in {}",

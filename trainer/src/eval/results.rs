@@ -42,6 +42,19 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// SHA-256 (lower-case hex) of a data set's image shape, pixels and labels: what
+/// a result made on those images is bound to. (Here, not in `data`: that file is
+/// also compiled into the fuzz crate, which has no `sha2`.)
+pub fn dataset_sha256(data: &crate::data::Dataset) -> String {
+    let mut h = Sha256::new();
+    for v in [data.channels, data.rows, data.cols, data.len()] {
+        h.update((v as u64).to_le_bytes());
+    }
+    h.update(&data.pixels);
+    h.update(&data.labels);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The fingerprint of a settings object: SHA-256 of its canonical JSON (keys sorted).
 pub fn fingerprint(settings: &Value) -> String {
     sha256_hex(settings.to_string().as_bytes())
@@ -315,13 +328,12 @@ impl ResultsDir {
         })
     }
 
-    /// Binds the directory to the images evaluated (their [`Dataset::sha256`]),
+    /// Binds the directory to the images evaluated (their [`dataset_sha256`]),
     /// kept in `data.json` beside the settings — not in them, so that the
     /// fingerprints of runs made before it existed still hold: a resume on other
     /// images under the same data set name (another copy, other labels) is refused.
     /// A directory without the file (an older run) is bound now.
     ///
-    /// [`Dataset::sha256`]: crate::data::Dataset::sha256
     pub fn bind_data(&self, sha256: &str, images: usize) -> Result<(), EvalError> {
         let path = self.dir.join("data.json");
         let now = serde_json::json!({"sha256": sha256, "images": images});
