@@ -431,6 +431,23 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint, TrainError> {
     Ok(ck)
 }
 
+/// Takes an exclusive advisory lock (`flock`) on the file at `path`, creating it:
+/// `Ok(Some(file))` holds it until the file is dropped or the process ends however
+/// it ends; `Ok(None)` when another process (or another open of it) holds it.
+/// What a run holds on its output folder so that two runs never write one folder.
+pub fn try_lock_file(path: &Path) -> std::io::Result<Option<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory,
 /// then a rename, so a crash never leaves a half-written file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -827,24 +827,20 @@ pub fn run(a: TrainArgs) -> Result<i32> {
     // Held until training ends (released by the OS however the process ends): a
     // second `train` on the same folder would overwrite this one's checkpoints.
     let lock_path = a.out.join(TRAIN_LOCK_FILE);
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("--out {}: cannot write in this folder", a.out.display()))?;
-    if let Err(e) = lock.try_lock() {
-        match e {
-            std::fs::TryLockError::WouldBlock => bail!(
-                "--out {} is in use: another `train` is writing to it (it holds {}); wait for it to finish, or choose another --out",
-                a.out.display(),
-                lock_path.display()
-            ),
-            std::fs::TryLockError::Error(e) => {
-                return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
-            }
-        }
-    }
+    let Some(_lock) = pursamere_trainer::train::try_lock_file(&lock_path).with_context(|| {
+        format!(
+            "--out {}: cannot lock {}",
+            a.out.display(),
+            lock_path.display()
+        )
+    })?
+    else {
+        bail!(
+            "--out {} is in use: another `train` is writing to it (it holds {}); wait for it to finish, or choose another --out",
+            a.out.display(),
+            lock_path.display()
+        );
+    };
     if !a.resume || !split_path.exists() {
         super::write_file(
             &split_path,

@@ -36,10 +36,12 @@ pub const LOCK_FILE: &str = "eval.lock";
 
 /// SHA-256 of `bytes`, lower-case hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes))
+}
+
+/// Lower-case hex of a digest.
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// SHA-256 (lower-case hex) of a data set's image shape, pixels and labels: what
@@ -52,7 +54,7 @@ pub fn dataset_sha256(data: &crate::data::Dataset) -> String {
     }
     h.update(&data.pixels);
     h.update(&data.labels);
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex(&h.finalize())
 }
 
 /// The fingerprint of a settings object: SHA-256 of its canonical JSON (keys sorted).
@@ -190,21 +192,11 @@ impl ResultsDir {
         // Before anything is read or removed: `fresh` must not delete the files of a
         // run that is still writing them.
         let lock_path = dir.join(LOCK_FILE);
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(EvalError::InUse {
-                    dir: dir.to_path_buf(),
-                })
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
-        }
+        let lock = crate::train::try_lock_file(&lock_path)
+            .map_err(io_err(&lock_path))?
+            .ok_or_else(|| EvalError::InUse {
+                dir: dir.to_path_buf(),
+            })?;
         if fresh {
             for f in OWNED_FILES {
                 let p = dir.join(f);
