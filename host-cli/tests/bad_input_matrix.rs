@@ -967,6 +967,15 @@ fn out_of_range_and_non_finite_numbers() {
             &["--adversarial", "pgd-max", "--adv-second-eps=-1"],
             &["--adv-second-eps"],
         ),
+        // A method's own setting with another method would be ignored: refused.
+        train(
+            &["--adversarial", "pgd", "--trades-beta", "3"],
+            &["--trades-beta applies only to --adversarial trades"],
+        ),
+        train(
+            &["--adversarial", "trades", "--adv-second-eps", "1.5"],
+            &["--adv-second-eps applies only to --adversarial pgd-max"],
+        ),
         export(&["--sigma", "nan"], &["sigma"]),
         export(&["--sigma", "0"], &["sigma"]),
         export(&["--noise-samples", "0"], &["noise samples"]),

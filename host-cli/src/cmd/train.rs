@@ -134,14 +134,15 @@ pub struct TrainArgs {
     /// Epochs over which ε rises linearly from 0 (0: the full ε from the start).
     #[arg(long, default_value_t = 0, requires = "adversarial")]
     pub adv_warmup_epochs: usize,
-    /// TRADES β (weight of the robustness term).
-    #[arg(long, default_value_t = 6.0, requires = "adversarial")]
-    pub trades_beta: f32,
+    /// With --adversarial trades: TRADES β (weight of the robustness term)
+    /// [default: 6].
+    #[arg(long, requires = "adversarial")]
+    pub trades_beta: Option<f32>,
     /// With --adversarial pgd-max: radius of the second threat, in the norm other
     /// than --adv-norm (--adv-norm linf --adv-eps 0.3 --adv-second-eps 2.0 trains
-    /// against L∞ 0.3 and L2 2.0 together).
-    #[arg(long, default_value_t = 2.0, requires = "adversarial")]
-    pub adv_second_eps: f32,
+    /// against L∞ 0.3 and L2 2.0 together) [default: 2].
+    #[arg(long, requires = "adversarial")]
+    pub adv_second_eps: Option<f32>,
     /// Train the classifier behind the purifier of this model file (its denoiser and
     /// its stored purifier settings; export one with the settings you want, e.g.
     /// `export --iters 5 --ball l2 --radius 0.5`): on purified images, and with
@@ -198,6 +199,16 @@ fn list<T: std::fmt::Display>(v: &[T]) -> String {
     v.iter().map(T::to_string).collect::<Vec<_>>().join(",")
 }
 
+/// `--trades-beta`, or its default.
+fn trades_beta(a: &TrainArgs) -> f32 {
+    a.trades_beta.unwrap_or(6.0)
+}
+
+/// `--adv-second-eps`, or its default.
+fn adv_second_eps(a: &TrainArgs) -> f32 {
+    a.adv_second_eps.unwrap_or(2.0)
+}
+
 /// Checks every flag before any data is read or anything is written.
 fn check_flags(a: &TrainArgs) -> Result<()> {
     if a.sigmas.is_empty() || a.sigmas.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
@@ -222,17 +233,30 @@ fn check_flags(a: &TrainArgs) -> Result<()> {
                 a.adv_step_size
             );
         }
-        if !(a.adv_second_eps.is_finite() && a.adv_second_eps >= 0.0) {
-            bail!(
-                "--adv-second-eps must be finite and ≥ 0, got {}",
-                a.adv_second_eps
-            );
-        }
-        if !(a.trades_beta.is_finite() && a.trades_beta >= 0.0) {
-            bail!(
-                "--trades-beta must be finite and ≥ 0, got {}",
-                a.trades_beta
-            );
+        // A method's own setting given with another method would be ignored:
+        // refuse it rather than train something other than what was asked.
+        for (flag, given, method, name, value) in [
+            (
+                "--adv-second-eps",
+                a.adv_second_eps,
+                Adversarial::PgdMax,
+                "pgd-max",
+                adv_second_eps(a),
+            ),
+            (
+                "--trades-beta",
+                a.trades_beta,
+                Adversarial::Trades,
+                "trades",
+                trades_beta(a),
+            ),
+        ] {
+            if given.is_some() && a.adversarial != method {
+                bail!("{flag} applies only to --adversarial {name}");
+            }
+            if !(value.is_finite() && value >= 0.0) {
+                bail!("{flag} must be finite and ≥ 0, got {value}");
+            }
         }
         if a.what == What::Denoiser {
             bail!("--adversarial trains the classifier: use --what classifier or both");
@@ -634,10 +658,10 @@ pub fn run(a: TrainArgs) -> Result<i32> {
             m => Some(AdversarialTraining {
                 method: match m {
                     Adversarial::Trades => AdversarialMethod::Trades {
-                        beta: a.trades_beta,
+                        beta: trades_beta(&a),
                     },
                     Adversarial::PgdMax => AdversarialMethod::PgdMax {
-                        second_eps: a.adv_second_eps,
+                        second_eps: adv_second_eps(&a),
                     },
                     _ => AdversarialMethod::Pgd,
                 },
