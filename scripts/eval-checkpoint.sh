@@ -59,12 +59,8 @@ case "$1" in
     done
     cmp -s "$into/settings.json" "$from/settings.json" || {
       echo "$into and $from were run with different settings: not merged" >&2; exit 1; }
-    if [ -f "$into/data.json" ] && [ -f "$from/data.json" ]; then
-      cmp -s "$into/data.json" "$from/data.json" || {
-        echo "$into and $from were run on different images (data.json): not merged" >&2; exit 1; }
-    fi
     python3 - "$into" "$from" <<'PY'
-import fcntl, json, os, shutil, sys
+import fcntl, json, os, sys
 into, frm = sys.argv[1], sys.argv[2]
 # The lock `pursamere eval` holds while it writes to a directory (flock on
 # eval.lock, trainer/src/eval/results.rs): no merge into a running evaluation, and
@@ -74,6 +70,16 @@ try:
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
 except OSError:
     sys.exit(f"{into} is in use: an evaluation is writing to it (it holds {into}/eval.lock); not merged")
+# data.json binds a directory to its images and to the protocol's batch (a
+# directory written before the batch was recorded has none: it takes FROM's).
+def bound(d):
+    path = os.path.join(d, "data.json")
+    return json.load(open(path)) if os.path.exists(path) else {}
+b_into, b_from = bound(into), bound(frm)
+if "sha256" in b_into and "sha256" in b_from and b_into["sha256"] != b_from["sha256"]:
+    sys.exit(f"{into} and {frm} were run on different images (data.json): not merged")
+if "batch" in b_into and "batch" in b_from and b_into["batch"] != b_from["batch"]:
+    sys.exit(f"{into} and {frm} were run with different batches ({b_into['batch']} and {b_from['batch']}, data.json): not merged")
 def whole_lines(path):
     # A run being written may end in a partial line: whole lines only.
     if not os.path.exists(path):
@@ -99,9 +105,13 @@ for f, new in added.items():
     with open(path + ".tmp", "w") as out:
         out.write(old + "".join(l + "\n" for l in new))
     os.replace(path + ".tmp", path)
-# INTO is bound to the images FROM's records were made on, when it was not yet.
-if not os.path.exists(os.path.join(into, "data.json")) and os.path.exists(os.path.join(frm, "data.json")):
-    shutil.copyfile(os.path.join(frm, "data.json"), os.path.join(into, "data.json"))
+# INTO is bound to the images (and batch) FROM's records were made with, when it
+# was not yet.
+merged = {**b_from, **b_into}
+if merged != b_into:
+    with open(os.path.join(into, "data.json.tmp"), "w") as out:
+        json.dump(merged, out, separators=(",", ":"), sort_keys=True)
+    os.replace(os.path.join(into, "data.json.tmp"), os.path.join(into, "data.json"))
 print(f"merged {len(added['results.jsonl'])} records and {len(added['checks.jsonl'])} check records of {frm} into {into}")
 PY
     ;;

@@ -828,6 +828,28 @@ fn wrong_shapes_and_mistyped_records() {
         ],
         &["other images"],
     ));
+    // ... and with another batch: its images would be attacked in other groups,
+    // with other random starts, than its records were.
+    let rebatched = dir.path().join("rebatched.toml");
+    std::fs::write(
+        &rebatched,
+        std::fs::read_to_string(&i.protocol)
+            .unwrap()
+            .replace("batch = 1", "batch = 2"),
+    )
+    .unwrap();
+    cases.push(case(
+        &[
+            "eval",
+            "--protocol",
+            &p(&rebatched),
+            "--data",
+            &sample,
+            "--out",
+            &ev,
+        ],
+        &["batch: 1 in the directory, 2 now"],
+    ));
     // Resuming a training run on other images of the same count.
     let other = dir.path().join("other-data");
     write_bands(&other, 8, &[("train", 300, 9), ("t10k", 50, 10)]);

@@ -161,8 +161,6 @@ fn purifier_json(c: &PurifierConfig) -> Value {
     })
 }
 
-/// The settings a result depends on (everything but the image range, the batch
-/// size and the output directory).
 /// Whether the classifier has int8-activation layers (a model converted by
 /// `pursamere int8`), whose input rounding Square cannot see through.
 pub(crate) fn has_int8_classifier(model: &Model<'_>) -> bool {
@@ -174,6 +172,9 @@ pub(crate) fn has_int8_classifier(model: &Model<'_>) -> bool {
         .any(|l| matches!(l, Layer::Int8Dense(_) | Layer::Int8Conv2d(_)))
 }
 
+/// The settings a result depends on (everything but the image range, the batch
+/// size — bound by `data.json` instead, [`ResultsDir::bind_data`] — and the output
+/// directory).
 fn settings(model_bytes: &[u8], p: &Protocol, opts: &EvalOptions) -> Value {
     let mut proto = serde_json::to_value(p).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut proto {
@@ -511,7 +512,7 @@ pub fn run(
         FloatModel::from_spec(model.spec()).map_err(|e| EvalError::Unsupported(e.to_string()))?;
     let settings = settings(model_bytes, p, opts);
     let mut store = ResultsDir::open(&opts.out, &settings, opts.fresh)?;
-    store.bind_data(&super::results::dataset_sha256(data), data.len())?;
+    store.bind_data(&super::results::dataset_sha256(data), data.len(), p.batch)?;
     if !store.records.is_empty() {
         obs.note(&format!(
             "resuming: {} records of these settings (fingerprint {}) already in {}",

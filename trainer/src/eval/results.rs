@@ -320,30 +320,40 @@ impl ResultsDir {
         })
     }
 
-    /// Binds the directory to the images evaluated (their [`dataset_sha256`]),
-    /// kept in `data.json` beside the settings — not in them, so that the
-    /// fingerprints of runs made before it existed still hold: a resume on other
-    /// images under the same data set name (another copy, other labels) is refused.
-    /// A directory without the file (an older run) is bound now.
-    ///
-    pub fn bind_data(&self, sha256: &str, images: usize) -> Result<(), EvalError> {
+    /// Binds the directory to the images evaluated (their [`dataset_sha256`]) and
+    /// to the protocol's `batch`, kept in `data.json` beside the settings — not in
+    /// them, so that the fingerprints of runs made before it existed still hold.
+    /// A resume on other images under the same data set name (another copy, other
+    /// labels) is refused, and so is one with another batch: the images attacked
+    /// together share their random starts, so records of two batch sizes could not
+    /// be reproduced by one run. A directory without the file, or without the batch
+    /// in it (an older run), is bound now.
+    pub fn bind_data(&self, sha256: &str, images: usize, batch: usize) -> Result<(), EvalError> {
         let path = self.dir.join("data.json");
-        let now = serde_json::json!({"sha256": sha256, "images": images});
+        let now = serde_json::json!({"sha256": sha256, "images": images, "batch": batch});
+        let stale = |difference: String| EvalError::Stale {
+            dir: self.dir.clone(),
+            differences: vec![difference],
+        };
         match std::fs::read_to_string(&path) {
             Ok(t) => {
                 let then: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
                 if then["sha256"] != now["sha256"] {
-                    return Err(EvalError::Stale {
-                        dir: self.dir.clone(),
-                        differences: vec![format!(
-                            "its records were made on other images ({} images, SHA-256 {}…) than --data holds now ({images} images, SHA-256 {}…)",
-                            then["images"],
-                            then["sha256"].as_str().unwrap_or("?").get(..12).unwrap_or("?"),
-                            sha256.get(..12).unwrap_or(sha256)
-                        )],
-                    });
+                    return Err(stale(format!(
+                        "its records were made on other images ({} images, SHA-256 {}…) than --data holds now ({images} images, SHA-256 {}…)",
+                        then["images"],
+                        then["sha256"].as_str().unwrap_or("?").get(..12).unwrap_or("?"),
+                        sha256.get(..12).unwrap_or(sha256)
+                    )));
                 }
-                Ok(())
+                match then.get("batch") {
+                    Some(b) if *b == now["batch"] => Ok(()),
+                    Some(b) => Err(stale(format!(
+                        "batch: {b} in the directory, {batch} now (images attacked together share their random starts)"
+                    ))),
+                    None => crate::train::write_atomic(&path, now.to_string().as_bytes())
+                        .map_err(io_err(&path)),
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 crate::train::write_atomic(&path, now.to_string().as_bytes()).map_err(io_err(&path))
@@ -442,17 +452,28 @@ mod tests {
         let settings = serde_json::json!({"x": 1});
         ResultsDir::open(dir.path(), &settings, false)
             .unwrap()
-            .bind_data("aaaa", 10)
+            .bind_data("aaaa", 10, 32)
             .unwrap();
         let r = ResultsDir::open(dir.path(), &settings, false).unwrap();
-        r.bind_data("aaaa", 10).unwrap();
-        let err = r.bind_data("bbbb", 10).unwrap_err().to_string();
+        r.bind_data("aaaa", 10, 32).unwrap();
+        let err = r.bind_data("bbbb", 10, 32).unwrap_err().to_string();
         assert!(err.contains("other images"), "{err}");
+        // Another batch groups the images into other attacks: refused too.
+        let err = r.bind_data("aaaa", 10, 16).unwrap_err().to_string();
+        assert!(err.contains("batch: 32 in the directory, 16 now"), "{err}");
         drop(r);
         ResultsDir::open(dir.path(), &settings, true)
             .unwrap()
-            .bind_data("bbbb", 10)
+            .bind_data("bbbb", 10, 16)
             .unwrap();
+        // A directory bound before the batch was recorded takes the batch of its
+        // next run, and holds it from then on.
+        let data = dir.path().join("data.json");
+        std::fs::write(&data, r#"{"images":10,"sha256":"bbbb"}"#).unwrap();
+        let r = ResultsDir::open(dir.path(), &settings, false).unwrap();
+        r.bind_data("bbbb", 10, 8).unwrap();
+        let err = r.bind_data("bbbb", 10, 16).unwrap_err().to_string();
+        assert!(err.contains("batch: 8 in the directory"), "{err}");
     }
 
     /// A run killed in the middle of writing a line resumes, and so does every
