@@ -11,33 +11,14 @@
 //! run of one epoch on them; nothing here needs `../shared`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::OnceLock;
 
-use pursamere_trainer::data::synthetic_bands;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pursamere"))
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
-}
+mod common;
+use common::{bin, fixtures, write_bands, write_idx_gz};
 
 fn p(path: &Path) -> String {
     path.to_str().expect("utf-8 path").to_owned()
-}
-
-fn write_idx_gz(path: &Path, magic: u32, dims: &[u32], data: &[u8]) {
-    use std::io::Write;
-    let mut raw = magic.to_be_bytes().to_vec();
-    for d in dims {
-        raw.extend_from_slice(&d.to_be_bytes());
-    }
-    raw.extend_from_slice(data);
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(&raw).unwrap();
-    std::fs::write(path, e.finish().unwrap()).unwrap();
 }
 
 /// Inputs shared by all cases, made once.
@@ -82,27 +63,6 @@ const IDX_NAMES: [&str; 4] = [
     "t10k-labels-idx1-ubyte",
 ];
 
-/// A data folder of `side × side` band images (4 classes) in MNIST's layout, one
-/// `(prefix, images, seed)` per split.
-fn write_bands(dir: &Path, side: u32, splits: &[(&str, u32, u64)]) {
-    std::fs::create_dir_all(dir).unwrap();
-    for &(prefix, n, seed) in splits {
-        let ds = synthetic_bands(n as usize, side as usize, 4, seed);
-        write_idx_gz(
-            &dir.join(format!("{prefix}-images-idx3-ubyte.gz")),
-            0x803,
-            &[n, side, side],
-            &ds.pixels,
-        );
-        write_idx_gz(
-            &dir.join(format!("{prefix}-labels-idx1-ubyte.gz")),
-            0x801,
-            &[n],
-            &ds.labels,
-        );
-    }
-}
-
 fn inputs() -> &'static Inputs {
     static INPUTS: OnceLock<Inputs> = OnceLock::new();
     INPUTS.get_or_init(|| {
@@ -140,7 +100,7 @@ fn inputs() -> &'static Inputs {
             }
         }
         let data = d.join("data");
-        write_bands(&data, 8, &[("train", 300, 1), ("t10k", 50, 2)]);
+        write_bands(&data, 8, 4, &[("train", 300, 1), ("t10k", 50, 2)]);
         let run = d.join("run");
         let o = bin()
             .args(["train", "--data", &p(&data), "--out", &p(&run)])
@@ -852,7 +812,7 @@ fn wrong_shapes_and_mistyped_records() {
     ));
     // Resuming a training run on other images of the same count.
     let other = dir.path().join("other-data");
-    write_bands(&other, 8, &[("train", 300, 9), ("t10k", 50, 10)]);
+    write_bands(&other, 8, 4, &[("train", 300, 9), ("t10k", 50, 10)]);
     cases.push(case(
         &[
             "train",
@@ -869,7 +829,7 @@ fn wrong_shapes_and_mistyped_records() {
     ));
     // Fine-tuning an 8 × 8 classifier on 28 × 28 images.
     let big = dir.path().join("big-data");
-    write_bands(&big, 28, &[("train", 100, 3)]);
+    write_bands(&big, 28, 4, &[("train", 100, 3)]);
     let init = p(&i.run.join("classifier.ckpt"));
     cases.push(case(
         &[

@@ -2,38 +2,11 @@
 //! every subcommand, and bad input giving a clear message, exit code 1 (2 for usage
 //! errors) and no partial output.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use pursamere_trainer::data::synthetic_bands;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pursamere"))
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run pursamere")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn write_idx_gz(path: &Path, magic: u32, dims: &[u32], data: &[u8]) {
-    let mut raw = magic.to_be_bytes().to_vec();
-    for d in dims {
-        raw.extend_from_slice(&d.to_be_bytes());
-    }
-    raw.extend_from_slice(data);
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(&raw).unwrap();
-    std::fs::write(path, e.finish().unwrap()).unwrap();
-}
+mod common;
+use common::{bin, fixtures, run, text, write_bands, write_idx_gz};
 
 /// An MNIST-layout directory of 8×8 synthetic images.
 fn data_dir(dir: &Path) {
@@ -42,21 +15,7 @@ fn data_dir(dir: &Path) {
 
 /// Generated IDX files (8 × 8 images of `classes` bands) in `dir`.
 fn data_dir_with(dir: &Path, classes: usize, train: u32, test: u32) {
-    for (prefix, n, seed) in [("train", train, 1), ("t10k", test, 2)] {
-        let ds = synthetic_bands(n as usize, 8, classes, seed);
-        write_idx_gz(
-            &dir.join(format!("{prefix}-images-idx3-ubyte.gz")),
-            0x803,
-            &[n, 8, 8],
-            &ds.pixels,
-        );
-        write_idx_gz(
-            &dir.join(format!("{prefix}-labels-idx1-ubyte.gz")),
-            0x801,
-            &[n],
-            &ds.labels,
-        );
-    }
+    write_bands(dir, 8, classes, &[("train", train, 1), ("t10k", test, 2)]);
 }
 
 fn s(p: &Path) -> &str {
@@ -280,10 +239,6 @@ fn write_png(path: &Path, w: u32, h: u32, color: png::ColorType, data: &[u8]) {
     enc.set_color(color);
     enc.set_depth(png::BitDepth::Eight);
     enc.write_header().unwrap().write_image_data(data).unwrap();
-}
-
-fn fixtures() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
 }
 
 #[test]
@@ -2323,21 +2278,7 @@ fn int8_converts_the_classifier_reports_accuracy_and_refuses_what_it_cannot_do()
     let d = tmp.path();
     // 28 × 28 generated images in the MNIST layout, for the shipped model.
     let data = d.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let n = 300u32;
-    let ds = synthetic_bands(n as usize, 28, 10, 3);
-    write_idx_gz(
-        &data.join("train-images-idx3-ubyte.gz"),
-        0x803,
-        &[n, 28, 28],
-        &ds.pixels,
-    );
-    write_idx_gz(
-        &data.join("train-labels-idx1-ubyte.gz"),
-        0x801,
-        &[n],
-        &ds.labels,
-    );
+    write_bands(&data, 28, 10, &[("train", 300, 3)]);
     let model = fixtures().join("mnist-robust.psm");
     let out = d.join("q");
     let args = |extra: &[&str]| {

@@ -4,24 +4,11 @@
 //! architecture.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use pursamere_core::Model;
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pursamere"))
-        .args(args)
-        .output()
-        .expect("run pursamere")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+mod common;
+use common::{run, text};
 
 /// CIFAR-10 binary batches (1 label byte + 3,072 pixel bytes per record, planes
 /// R, G, B): class `c` is bright in colour plane `c % 3` and dark elsewhere, so a
