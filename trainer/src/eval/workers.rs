@@ -1,10 +1,15 @@
 //! The evaluation's threads: how many, the worker pool of its passes, and the
 //! split of one batch of verdicts over the CPUs.
 //!
-//! Two levels share the CPUs without oversubscribing them: the engine's passes run
-//! jobs on [`run_on_workers`] (one thread per CPU), and each worker asks the
+//! Three levels share the CPUs without oversubscribing them: the engine's passes
+//! run jobs on [`run_on_workers`] (one thread per CPU), and each worker asks the
 //! deployed system for verdicts, which [`parallel_ranges`] would spread over every
-//! CPU again; inside a worker it runs on the worker's own thread instead.
+//! CPU again, and runs the float reference, whose every matrix product dfdx splits
+//! over rayon's global pool (one thread per CPU) again. Inside a worker both run on
+//! the worker's own thread instead: with two workers on two cores, the nested
+//! splitting made the evaluation 1.6× slower, its threads waiting on each other
+//! (BENCHMARKS.md, "Attack cost"). The results are the same either way: a split
+//! matrix product divides the rows and columns of its output, never a sum.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
@@ -105,18 +110,27 @@ pub fn run_on_workers<J: Sync, R: Send, E: Send>(
             let (next, failed, run) = (&next, &failed, &run);
             handles.push(s.spawn(move || {
                 let _stop = StopOnPanic(failed);
-                single_threaded(|| {
-                    while !failed.load(Relaxed) {
-                        let Some(job) = jobs.get(next.fetch_add(1, Relaxed)) else {
-                            break;
-                        };
-                        let r = run(job);
-                        failed.fetch_or(r.is_err(), Relaxed);
-                        if tx.send((job, r)).is_err() {
-                            break;
+                let work = || {
+                    single_threaded(|| {
+                        while !failed.load(Relaxed) {
+                            let Some(job) = jobs.get(next.fetch_add(1, Relaxed)) else {
+                                break;
+                            };
+                            let r = run(job);
+                            failed.fetch_or(r.is_err(), Relaxed);
+                            if tx.send((job, r)).is_err() {
+                                break;
+                            }
                         }
-                    }
-                })
+                    })
+                };
+                // dfdx's matrix products inside `run` take the pool they run in;
+                // should the pool not start, they share the global one (slower,
+                // the same results).
+                match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+                    Ok(pool) => pool.install(work),
+                    Err(_) => work(),
+                }
             }));
         }
         drop(tx);
@@ -260,6 +274,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(spans, [true; 4]);
+        // ... and dfdx's matrix products too: rayon's pool inside a worker has one
+        // thread, whatever the global pool has (three here, unless another test of
+        // this process started it first).
+        if rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build_global()
+            .is_ok()
+        {
+            assert_eq!(rayon::current_num_threads(), 3);
+        }
+        let mut pools = Vec::new();
+        run_on_workers(
+            2,
+            &jobs,
+            |_| Ok::<_, ()>(rayon::current_num_threads()),
+            |_, n| {
+                pools.push(n);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(pools, [1; 4]);
         // Outside a pool, one range per CPU, concatenated in order.
         let all = parallel_ranges(10, |r| Ok::<_, ()>(r.collect())).unwrap();
         assert_eq!(all, (0..10).collect::<Vec<usize>>());
