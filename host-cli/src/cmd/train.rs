@@ -140,7 +140,8 @@ pub struct TrainArgs {
     pub trades_beta: Option<f32>,
     /// With --adversarial pgd-max: radius of the second threat, in the norm other
     /// than --adv-norm (--adv-norm linf --adv-eps 0.3 --adv-second-eps 2.0 trains
-    /// against L∞ 0.3 and L2 2.0 together) [default: 2].
+    /// against L∞ 0.3 and L2 2.0 together) [default: the MNIST standard radius of
+    /// that norm: 2 in L2 with --adv-norm linf, 0.3 in L∞ with --adv-norm l2].
     #[arg(long, requires = "adversarial")]
     pub adv_second_eps: Option<f32>,
     /// Train the classifier behind the purifier of this model file (its denoiser and
@@ -199,14 +200,30 @@ fn list<T: std::fmt::Display>(v: &[T]) -> String {
     v.iter().map(T::to_string).collect::<Vec<_>>().join(",")
 }
 
+/// Default TRADES β: the value Zhang et al. (2019) use on MNIST and CIFAR-10.
+const DEFAULT_TRADES_BETA: f32 = 6.0;
+
+/// Default second radius of `pgd-max` when the second norm is L2: the MNIST
+/// standard L2 radius.
+const DEFAULT_SECOND_EPS_L2: f32 = 2.0;
+
+/// Default second radius of `pgd-max` when the second norm is L∞: the MNIST
+/// standard L∞ radius.
+const DEFAULT_SECOND_EPS_LINF: f32 = 0.3;
+
 /// `--trades-beta`, or its default.
 fn trades_beta(a: &TrainArgs) -> f32 {
-    a.trades_beta.unwrap_or(6.0)
+    a.trades_beta.unwrap_or(DEFAULT_TRADES_BETA)
 }
 
-/// `--adv-second-eps`, or its default.
+/// `--adv-second-eps`, or the standard radius of the second norm (the one other
+/// than `--adv-norm`): one default for both norms would be 2 in L∞, a ball that
+/// holds every image.
 fn adv_second_eps(a: &TrainArgs) -> f32 {
-    a.adv_second_eps.unwrap_or(2.0)
+    a.adv_second_eps.unwrap_or(match a.adv_norm {
+        NormArg::Linf => DEFAULT_SECOND_EPS_L2,
+        NormArg::L2 => DEFAULT_SECOND_EPS_LINF,
+    })
 }
 
 /// Checks every flag before any data is read or anything is written.
@@ -933,4 +950,52 @@ pub fn run(a: TrainArgs) -> Result<i32> {
         )?;
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// `train`'s flags alone, to parse them in tests.
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    fn parse(args: &[&str]) -> TrainArgs {
+        let argv = ["train", "--data", "d", "--out", "o"].iter().chain(args);
+        match Cli::try_parse_from(argv) {
+            Ok(c) => c.train,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn second_eps_defaults_to_the_standard_radius_of_the_second_norm() {
+        let linf = parse(&["--adversarial", "pgd-max", "--adv-norm", "linf"]);
+        assert_eq!(adv_second_eps(&linf), DEFAULT_SECOND_EPS_L2);
+        let l2 = parse(&["--adversarial", "pgd-max", "--adv-norm", "l2"]);
+        assert_eq!(adv_second_eps(&l2), DEFAULT_SECOND_EPS_LINF);
+        const {
+            assert!(
+                DEFAULT_SECOND_EPS_LINF < 1.0,
+                "an L∞ ball of 1 holds every image"
+            )
+        };
+        let given = parse(&[
+            "--adversarial",
+            "pgd-max",
+            "--adv-norm",
+            "l2",
+            "--adv-second-eps",
+            "0.1",
+        ]);
+        assert_eq!(adv_second_eps(&given), 0.1);
+        assert_eq!(
+            trades_beta(&parse(&["--adversarial", "trades"])),
+            DEFAULT_TRADES_BETA
+        );
+    }
 }
