@@ -15,6 +15,7 @@ model file was never committed.
 Settings are compared as `pursamere eval` fingerprints them: the canonical JSON of
 settings.json (keys sorted, no spaces), SHA-256.
 """
+import collections
 import glob
 import hashlib
 import json
@@ -63,15 +64,15 @@ def main():
     for r in rows:
         groups.setdefault((r["protocol"], r["model_sha256"], r["fingerprint"]), []).append(r)
     scratch = tempfile.mkdtemp(prefix="pursamere-provenance-")
-    counts = {}
+    counts = collections.Counter()
     try:
         for (protocol, sha, want), rs in sorted(groups.items()):
             what = f"{protocol}, {rs[0]['classifier']} ({len(rs)} rows)"
             model = models.get(sha)
             if model is None:
-                verdict = f"no model (SHA-256 {sha[:12]}… is in no file of fixtures/)"
+                kind, verdict = "no model", f"no model (SHA-256 {sha[:12]}… is in no file of fixtures/)"
             elif not os.path.exists(protocol):
-                verdict = "no protocol file"
+                kind, verdict = "no protocol", "no protocol file"
             else:
                 args = [BIN, "eval", "--protocol", protocol, "--data", DATA[rs[0]["dataset"]],
                         "--data-name", rs[0]["dataset"], "--model", model]
@@ -87,15 +88,14 @@ def main():
                              "--noise-seed", str(purifier["seed"])]
                 settings, err = settings_of(args, os.path.join(scratch, "out"))
                 if settings is None:
-                    verdict = f"could not start: {err}"
+                    kind, verdict = "could not start", f"could not start: {err}"
                 elif fingerprint(settings) == want:
-                    verdict = "ok"
+                    kind, verdict = "ok", "ok"
                 else:
-                    verdict = (f"MISMATCH: the rows have {want[:12]}, these files give "
+                    kind, verdict = "MISMATCH", (f"MISMATCH: the rows have {want[:12]}, these files give "
                                f"{fingerprint(settings)[:12]} (engine version "
                                f"{settings.get('engine_version')})")
-            kind = verdict.split(":")[0].split(" (")[0]
-            counts[kind] = counts.get(kind, 0) + len(rs)
+            counts[kind] += len(rs)
             print(f"ok  {what}" if verdict == "ok" else f"{what}: {verdict}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
