@@ -387,8 +387,9 @@ pub fn defended_rows(summary: &str, model_sha256: &str, purifier_on: bool) -> Ve
 /// summary file: one line per (classifier, defence, purifier setting), one column per
 /// threat (L∞ before L2, by ε); a cell is the worst case with its images, "≤" when
 /// the row's report flagged it (an upper bound: gradient-free attacks or a check
-/// broke what the gradient attacks missed), "†" when the row predates recorded flags
-/// (explained under the table), "–" when not measured. Every figure
+/// broke what the gradient attacks missed), "†" when the row predates recorded flags,
+/// "°" when it had survivors but no convergence check ran on it (both explained under
+/// the table), "–" when not measured. Every figure
 /// comes from the file (`pursamere summary`), none is typed.
 pub fn matrix_markdown(summary: &str, dataset: &str) -> Result<String, EvalError> {
     let rows = parse_rows(summary)
@@ -447,6 +448,7 @@ pub fn matrix_markdown(summary: &str, dataset: &str) -> Result<String, EvalError
         " --- |".repeat(threats.len())
     );
     let mut unrecorded = false;
+    let mut unchecked = false;
     for (classifier, _, defence, setting) in &systems {
         let of_system: Vec<&&Value> = mine
             .iter()
@@ -471,8 +473,10 @@ pub fn matrix_markdown(summary: &str, dataset: &str) -> Result<String, EvalError
                     .map_or("–".to_string(), |r| {
                         let bound = bound_of(r);
                         unrecorded |= bound == Bound::Unrecorded;
+                        let no_check = ran_no_check(r);
+                        unchecked |= no_check;
                         format!(
-                            "{}{:.1} % ({}){}",
+                            "{}{:.1} % ({}){}{}",
                             if bound == Bound::UpperBound {
                                 "≤ "
                             } else {
@@ -485,6 +489,7 @@ pub fn matrix_markdown(summary: &str, dataset: &str) -> Result<String, EvalError
                             } else {
                                 ""
                             },
+                            if no_check { " °" } else { "" },
                         )
                     })
             })
@@ -502,7 +507,17 @@ pub fn matrix_markdown(summary: &str, dataset: &str) -> Result<String, EvalError
     if unrecorded {
         md += "\n† written before summary rows recorded their sanity flags: whether the figure is an upper bound is not in the file (docs/EVALUATION.md discusses each run).\n";
     }
+    if unchecked {
+        md += "\n° no convergence check ran on this row: the engine re-attacks the survivors of each norm's largest ε in a protocol only, so the figure rests on the main suite alone.\n";
+    }
     Ok(md)
+}
+
+/// Whether a row had survivors but no convergence check re-attacked them: it records
+/// `checks_broken` (rows written before the field existed cannot say) and it is empty.
+fn ran_no_check(r: &Value) -> bool {
+    let survivors = r["worst_case"].as_f64().is_some_and(|w| w > 0.0);
+    survivors && r["checks_broken"].as_object().is_some_and(|c| c.is_empty())
 }
 
 /// What a summary row says about the standing of its figure.
@@ -673,6 +688,10 @@ mod tests {
              "norm": "linf", "eps": 0.1, "worst_case": 0.0, "n": 200, "clean": 0.875}
         ]}"#;
         let md = matrix_markdown(text, "mnist").unwrap();
+        assert!(
+            !md.contains('°'),
+            "every row either predates checks_broken or ran a check: {md}"
+        );
         let lines: Vec<&str> = md.lines().collect();
         // Four table lines, a blank line and the note on the unrecorded row.
         assert_eq!(lines.len(), 6, "{md}");
@@ -692,6 +711,35 @@ mod tests {
         let err = matrix_markdown(text, "cifar10").unwrap_err().to_string();
         assert!(err.contains("fashion-mnist, mnist"), "{err}");
         assert!(matrix_markdown("[]", "mnist").is_err());
+    }
+
+    /// A row whose survivors no convergence check re-attacked is marked, and so is
+    /// only such a row: not one that ran a check, not one with no survivors to check,
+    /// not one written before rows recorded their checks.
+    #[test]
+    fn a_row_no_check_ran_on_is_marked() {
+        let row = |eps: f64, worst: f64, checks: Value| {
+            json!({"dataset": "mnist", "classifier": "std", "defence": "none",
+                "norm": "linf", "eps": eps, "worst_case": worst, "n": 1000, "clean": 0.98,
+                "flags": [], "upper_bound": false, "checks_broken": checks})
+        };
+        let mut unrecorded = row(0.4, 0.1, Value::Null);
+        unrecorded.as_object_mut().unwrap().remove("checks_broken");
+        let text = json!({"rows": [
+            row(0.1, 0.5, json!({})),
+            row(0.2, 0.3, json!({"restarts": 4})),
+            row(0.3, 0.0, json!({})),
+            unrecorded,
+        ]})
+        .to_string();
+        let md = matrix_markdown(&text, "mnist").unwrap();
+        let lines: Vec<&str> = md.lines().collect();
+        assert_eq!(
+            lines[2],
+            "| std | none | 98.0 % | 50.0 % (1000) ° | 30.0 % (1000) | 0.0 % (1000) | 10.0 % (1000) |",
+            "{md}"
+        );
+        assert!(lines[4].starts_with("° no convergence check ran"), "{md}");
     }
 }
 
