@@ -16,10 +16,14 @@ const PROTOCOL: &str = "images = 16\nbatch = 2\nsteps = 2\nrestarts = 1\n\
     attacks = [\"apgd-ce\", \"square\"]\nsquare_queries = 60\nrestart_check = true\n";
 
 fn run(out: &Path, threads: usize, count: Option<usize>) {
+    run_protocol(out, PROTOCOL, threads, count);
+}
+
+fn run_protocol(out: &Path, protocol: &str, threads: usize, count: Option<usize>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
     let bytes = std::fs::read(root.join("mnist.psm")).unwrap();
     let model = pursamere_core::Model::parse(&bytes).unwrap();
-    let p = Protocol::from_toml(PROTOCOL)
+    let p = Protocol::from_toml(protocol)
         .unwrap()
         .resolved(count, None)
         .unwrap();
@@ -127,4 +131,48 @@ fn worker_threads_give_the_same_records_and_checks() {
         &base_checks,
         "three threads' checks",
     );
+}
+
+/// `check_every_eps` checks the survivors of the smaller budgets too, and since it
+/// changes no record, turning it on in a finished run's protocol resumes that run
+/// and adds exactly the checks a run with it from the start has.
+#[test]
+fn check_every_eps_adds_the_smaller_budgets_checks_to_a_finished_run() {
+    let base = "images = 12\nbatch = 4\nsteps = 2\nrestarts = 1\n\
+        linf_eps = [0.05, 0.1]\ndefences = [\"none\"]\nattacks = [\"apgd-ce\"]\n\
+        restart_check = true\n";
+    let every = format!("{base}check_every_eps = true\n");
+    let tmp = tempfile::tempdir().unwrap();
+    let (extended, fresh) = (tmp.path().join("extended"), tmp.path().join("fresh"));
+    let budgets = |dir: &Path| -> Vec<String> {
+        let mut e: Vec<String> = records(dir, "checks.jsonl")
+            .values()
+            .map(|c| c["eps"].to_string())
+            .collect();
+        e.dedup();
+        e
+    };
+    run_protocol(&extended, base, 2, None);
+    assert_eq!(budgets(&extended), ["0.1"], "the largest ε only");
+    let main = records(&extended, "results.jsonl");
+    run_protocol(&extended, &every, 2, None);
+    run_protocol(&fresh, &every, 2, None);
+    let checks = records(&extended, "checks.jsonl");
+    let mut all: Vec<String> = checks.values().map(|c| c["eps"].to_string()).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all, ["0.05", "0.1"], "every ε");
+    assert_same(&records(&extended, "results.jsonl"), &main, "main records");
+    assert_same(&records(&fresh, "checks.jsonl"), &checks, "checks");
+    // The report's row at the smaller ε names the check that ran on it.
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(extended.join("report.json")).unwrap())
+            .unwrap();
+    let row = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["eps"].as_f64().is_some_and(|e| (e - 0.05).abs() < 1e-6))
+        .unwrap();
+    assert!(row["checks_broken"].get("restarts").is_some(), "{row}");
 }

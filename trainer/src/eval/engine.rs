@@ -178,7 +178,8 @@ pub(crate) fn has_int8_classifier(model: &Model<'_>) -> bool {
 fn settings(model_bytes: &[u8], p: &Protocol, opts: &EvalOptions) -> Value {
     let mut proto = serde_json::to_value(p).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut proto {
-        for k in ["images", "start", "batch"] {
+        // `check_every_eps` too: it changes no record (checks are keyed by their ε).
+        for k in ["images", "start", "batch", "check_every_eps"] {
             m.remove(k);
         }
     }
@@ -692,8 +693,9 @@ pub fn run(
         |(chunk, def, norm, eps)| run_job(chunk, def, *norm, *eps),
         |_, recs| record_job(recs),
     )?;
-    // Convergence checks on each norm's largest ε: new random starts (always when
-    // `restart_check`), twice the steps (with `convergence_check`).
+    // Convergence checks on each norm's largest ε (every ε with `check_every_eps`):
+    // new random starts (always when `restart_check`), twice the steps (with
+    // `convergence_check`).
     let gradient_attacks: Vec<&String> = p
         .attacks
         .iter()
@@ -715,101 +717,104 @@ pub fn run(
         for def in &defences {
             for norm in [AttackNorm::Linf, AttackNorm::L2] {
                 let nn = norm.name();
-                let Some(eps) = threats
-                    .iter()
-                    .filter(|t| t.0 == norm)
-                    .map(|t| t.1)
-                    .reduce(f32::max)
-                else {
-                    continue;
+                let of_norm = threats.iter().filter(|t| t.0 == norm).map(|t| t.1);
+                let budgets: Vec<f32> = if p.check_every_eps {
+                    of_norm.collect()
+                } else {
+                    of_norm.reduce(f32::max).into_iter().collect()
                 };
-                let checked: std::collections::HashSet<usize> = store
-                    .checks
-                    .iter()
-                    .filter(|c| {
-                        c.check == check && c.defence == def.name && c.norm == nn && c.eps == eps
-                    })
-                    .map(|c| c.index)
-                    .collect();
-                let mut todo: Vec<usize> = store
-                    .records
-                    .iter()
-                    .filter(|r| {
-                        in_range(r)
-                            && r.defence == def.name
-                            && r.norm == nn
-                            && r.eps == eps
-                            && r.robust()
-                            && !checked.contains(&r.index)
-                    })
-                    .map(|r| r.index)
-                    .collect();
-                // In image order, not the order the main pass's jobs finished in
-                // (with worker threads, completion order): the chunks, and so their
-                // seeds, must not depend on timing.
-                todo.sort_unstable();
-                if todo.is_empty() {
-                    continue;
-                }
-                let t = Instant::now();
-                let mut broken_total = 0;
-                // Chunks on every thread: a chunk's seed is its first image's, so the
-                // verdicts do not depend on which thread ran it or when (the records
-                // arrive in completion order; they are keyed by image).
-                let chunks: Vec<&[usize]> = todo.chunks(p.batch).collect();
-                let check_chunk = |chunk: &[usize]| -> Result<Vec<usize>, EvalError> {
-                    let (x, y) = images(data, chunk);
-                    let seed = chunk[0] as u64 + seed_offset;
-                    let mut alive: Vec<usize> = (0..chunk.len()).collect();
-                    for name in &gradient_attacks {
-                        if (name.as_str() == "surrogate" && def.surrogate.is_none())
-                            || alive.is_empty()
-                        {
-                            continue;
-                        }
-                        alive = attack(
-                            &ctx,
-                            name,
-                            def,
-                            norm,
-                            eps,
-                            &x,
-                            &y,
-                            &alive,
-                            steps,
-                            restarts,
-                            seed,
-                            check == "restarts",
-                        )?;
+                for eps in budgets {
+                    let checked: std::collections::HashSet<usize> = store
+                        .checks
+                        .iter()
+                        .filter(|c| {
+                            c.check == check
+                                && c.defence == def.name
+                                && c.norm == nn
+                                && c.eps == eps
+                        })
+                        .map(|c| c.index)
+                        .collect();
+                    let mut todo: Vec<usize> = store
+                        .records
+                        .iter()
+                        .filter(|r| {
+                            in_range(r)
+                                && r.defence == def.name
+                                && r.norm == nn
+                                && r.eps == eps
+                                && r.robust()
+                                && !checked.contains(&r.index)
+                        })
+                        .map(|r| r.index)
+                        .collect();
+                    // In image order, not the order the main pass's jobs finished in
+                    // (with worker threads, completion order): the chunks, and so their
+                    // seeds, must not depend on timing.
+                    todo.sort_unstable();
+                    if todo.is_empty() {
+                        continue;
                     }
-                    Ok(alive)
-                };
-                workers::run_on_workers(
-                    opts.threads(),
-                    &chunks,
-                    |chunk| check_chunk(chunk),
-                    |chunk, alive| {
-                        broken_total += chunk.len() - alive.len();
-                        let recs = (0..chunk.len())
-                            .map(|k| CheckRecord {
-                                fingerprint: store.fingerprint().to_string(),
-                                check: check.into(),
-                                index: chunk[k],
-                                defence: def.name.clone(),
-                                norm: nn.into(),
+                    let t = Instant::now();
+                    let mut broken_total = 0;
+                    // Chunks on every thread: a chunk's seed is its first image's, so the
+                    // verdicts do not depend on which thread ran it or when (the records
+                    // arrive in completion order; they are keyed by image).
+                    let chunks: Vec<&[usize]> = todo.chunks(p.batch).collect();
+                    let check_chunk = |chunk: &[usize]| -> Result<Vec<usize>, EvalError> {
+                        let (x, y) = images(data, chunk);
+                        let seed = chunk[0] as u64 + seed_offset;
+                        let mut alive: Vec<usize> = (0..chunk.len()).collect();
+                        for name in &gradient_attacks {
+                            if (name.as_str() == "surrogate" && def.surrogate.is_none())
+                                || alive.is_empty()
+                            {
+                                continue;
+                            }
+                            alive = attack(
+                                &ctx,
+                                name,
+                                def,
+                                norm,
                                 eps,
-                                broken: !alive.contains(&k),
-                            })
-                            .collect();
-                        store.append_checks(recs)
-                    },
-                )?;
-                obs.note(&format!(
+                                &x,
+                                &y,
+                                &alive,
+                                steps,
+                                restarts,
+                                seed,
+                                check == "restarts",
+                            )?;
+                        }
+                        Ok(alive)
+                    };
+                    workers::run_on_workers(
+                        opts.threads(),
+                        &chunks,
+                        |chunk| check_chunk(chunk),
+                        |chunk, alive| {
+                            broken_total += chunk.len() - alive.len();
+                            let recs = (0..chunk.len())
+                                .map(|k| CheckRecord {
+                                    fingerprint: store.fingerprint().to_string(),
+                                    check: check.into(),
+                                    index: chunk[k],
+                                    defence: def.name.clone(),
+                                    norm: nn.into(),
+                                    eps,
+                                    broken: !alive.contains(&k),
+                                })
+                                .collect();
+                            store.append_checks(recs)
+                        },
+                    )?;
+                    obs.note(&format!(
                     "{check} check {} {nn} {eps}: {broken_total} of {} survivors broken ({:.0} s)",
                     def.name,
                     todo.len(),
                     t.elapsed().as_secs_f64()
                 ));
+                }
             }
         }
     }

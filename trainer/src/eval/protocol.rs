@@ -85,11 +85,20 @@ pub struct Protocol {
     /// APGD-T and FAB-T: number of target classes (the runner-up first).
     #[serde(default = "nine")]
     pub apgd_targets: usize,
-    /// Re-attack the survivors of each norm's largest ε with every gradient attack,
-    /// `restart_check_restarts` new random starts each; a row whose worst case
-    /// drops by more than 1 point is flagged "not converged". On by default.
+    /// Re-attack the survivors of each norm's largest ε (of every ε with
+    /// `check_every_eps`) with every gradient attack, `restart_check_restarts` new
+    /// random starts each; a row whose worst case drops by more than 1 point is
+    /// flagged "not converged". On by default.
     #[serde(default = "yes")]
     pub restart_check: bool,
+    /// Run the convergence checks on the survivors of every ε, not only of each
+    /// norm's largest (the default, which leaves the smaller budgets of a
+    /// multi-budget protocol to the main suite alone). Which budgets are checked
+    /// changes no record, so it is left out of the settings' fingerprint: turning it
+    /// on in a finished run's protocol and running it again adds the smaller budgets'
+    /// checks to that run.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub check_every_eps: bool,
     /// Random restarts of the restart check.
     #[serde(default = "two")]
     pub restart_check_restarts: usize,
@@ -133,6 +142,9 @@ fn two() -> usize {
 }
 fn nine() -> usize {
     9
+}
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 fn yes() -> bool {
     true

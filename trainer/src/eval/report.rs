@@ -297,7 +297,14 @@ pub fn write(
             }
         }
     }
-    md += "\nConvergence checks (survivors of each norm's largest ε re-attacked by every gradient attack):\n";
+    md += &format!(
+        "\nConvergence checks (survivors of {} re-attacked by every gradient attack):\n",
+        if p.check_every_eps {
+            "every ε"
+        } else {
+            "each norm's largest ε"
+        }
+    );
     if check_lines.is_empty() {
         md += "- none ran (restart_check = false, or no survivors)\n";
     }
