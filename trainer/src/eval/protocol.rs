@@ -97,7 +97,7 @@ pub struct Protocol {
     /// changes no record, so it is left out of the settings' fingerprint: turning it
     /// on in a finished run's protocol and running it again adds the smaller budgets'
     /// checks to that run.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default)]
     pub check_every_eps: bool,
     /// Random restarts of the restart check.
     #[serde(default = "two")]
@@ -142,9 +142,6 @@ fn two() -> usize {
 }
 fn nine() -> usize {
     9
-}
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 fn yes() -> bool {
     true
